@@ -1,0 +1,114 @@
+"""The interface every variant implements, and the Q/O side that all of them share.
+
+A variant is built from a CanonicalMHA (`from_mha`), runs over (B, T, d) with a key-padding mask (True = pad),
+optional positional input and an optional cache, and reports the bytes of the cache it produces.
+
+Cache semantics (streaming encoder): a chunk attends to every cached frame plus itself. `cache` is the dict the
+previous call returned (or None); with `use_cache=True` the call returns the grown cache / updated state.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .canonical import CanonicalMHA
+from .positions import XLPosition, key_padding_to_sdpa, rotate_inputs
+
+Cache = dict[str, Tensor]
+
+
+def linear_from(weight: Tensor, bias: Tensor | None) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    layer.weight.data.copy_(weight)
+    if bias is not None:
+        layer.bias.data.copy_(bias)
+    return layer
+
+
+def cache_nbytes(cache: Cache) -> int:
+    """Bytes the cache tensors really hold: what the measured-cache tests compare to `cache_bytes`."""
+    return sum(t.numel() * t.element_size() for t in cache.values())
+
+
+class AttentionVariant(nn.Module):
+    """Shared by all variants: the query and output projections and the position scheme."""
+
+    name: str
+
+    def __init__(self, mha: CanonicalMHA):
+        super().__init__()
+        self.d_model, self.num_heads, self.head_dim = mha.d_model, mha.num_heads, mha.head_dim
+        self.scale = mha.scale
+        self.position = mha.position
+        self.q_proj = linear_from(mha.q_weight, mha.q_bias)
+        self.o_proj = linear_from(mha.o_weight, mha.o_bias)
+        self.xl = XLPosition(mha) if mha.position == "xl" else None
+
+    @classmethod
+    def from_mha(cls, mha: CanonicalMHA, **options) -> "AttentionVariant":
+        return cls(mha, **options)
+
+    def cache_bytes(self, frames: int, batch: int, dtype: torch.dtype) -> int:
+        """Bytes of the cache (or state) this layer keeps after `frames` frames."""
+        raise NotImplementedError
+
+    def split_heads(self, x: Tensor, heads: int | None = None) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, heads or self.num_heads, self.head_dim).transpose(1, 2)
+
+    def merge_heads(self, x: Tensor) -> Tensor:
+        b, _, t, _ = x.shape
+        return x.transpose(1, 2).reshape(b, t, self.d_model)
+
+    def query_input(self, x: Tensor, pos: Tensor | None) -> Tensor:
+        """What the Q and K projections read: x, or x rotated for the rotary-on-inputs scheme."""
+        return rotate_inputs(x, pos, self.num_heads) if self.position == "rotary_input" else x
+
+    def check_cache(self, cache: Cache | None, use_cache: bool) -> None:
+        if (cache is not None or use_cache) and self.position == "xl":
+            # The XL skew assumes queries and keys cover the same frames; a chunk against a longer cache
+            # would need the relative positions re-indexed, which no backbone here streams with.
+            raise NotImplementedError(f"{self.name}: cached/streaming steps are not supported with xl positions")
+
+
+class SoftmaxAttention(AttentionVariant):
+    """MHA, GQA and MLA: softmax attention that differs only in how K/V are produced and cached."""
+
+    kv_heads: int
+
+    def keys_values(
+        self, x: Tensor, qk_in: Tensor, cache: Cache | None, use_cache: bool
+    ) -> tuple[Tensor, Tensor, Cache | None]:
+        """-> K, V as (B, kv_heads, S, hd) over cache + chunk, and the new cache (None unless asked)."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        x: Tensor,
+        key_padding_mask: Tensor | None = None,
+        pos: Tensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool = False,
+    ) -> tuple[Tensor, Cache | None]:
+        self.check_cache(cache, use_cache)
+        qk_in = self.query_input(x, pos)
+        q = self.split_heads(self.q_proj(qk_in))
+        k, v, new_cache = self.keys_values(x, qk_in, cache, use_cache)
+        bias = None
+        if self.xl is not None:
+            bias = self.xl.score_bias(q, pos, self.scale)
+            q = self.xl.content_query(q)
+        mask = key_padding_to_sdpa(key_padding_mask, bias)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=self.kv_heads != self.num_heads
+        )
+        return self.o_proj(self.merge_heads(out)), new_cache
+
+
+def append(cache: Cache | None, **new: Tensor) -> Cache:
+    """Grow each cached tensor along time (dim -2)."""
+    if cache is None:
+        return dict(new)
+    return {k: torch.cat((cache[k], v), dim=-2) for k, v in new.items()}

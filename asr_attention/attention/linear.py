@@ -1,0 +1,77 @@
+"""Linear attention: softmax(q·k) replaced by phi(q)·phi(k), computed in O(T) as phi(Q) (phi(K)^T V).
+
+Same Q/K/V/O weights as the MHA it comes from. Offline encoding is non-causal (every frame sees every frame);
+streaming keeps a running state S = sum phi(k) v^T and normaliser z = sum phi(k), constant in size.
+The Transformer-XL position term needs the full T x T score matrix, so under xl positions it is dropped (the
+content bias u is kept); rotary-on-inputs is kept as is.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor, nn
+
+from .base import AttentionVariant, Cache, linear_from
+from .canonical import CanonicalMHA
+from .feature_maps import build_feature_map
+from .positions import rotate_inputs
+
+log = logging.getLogger(__name__)
+_warned_xl = False
+
+
+class LinearAttention(AttentionVariant):
+    name = "linear"
+
+    def __init__(self, mha: CanonicalMHA, feature_map: str = "elu", eps: float = 1e-6):
+        super().__init__(mha)
+        self.k_proj = linear_from(mha.k_weight, mha.k_bias)
+        self.v_proj = linear_from(mha.v_weight, mha.v_bias)
+        self.feature_map = build_feature_map(feature_map, self.num_heads, self.head_dim)
+        self.feature_dim = self.head_dim * getattr(self.feature_map, "expansion", 1)
+        self.eps = eps
+        if self.xl is not None:
+            # linear attention cannot keep the O(T^2) relative-position term: keep only the u bias
+            self.xl.linear_pos.requires_grad_(False)
+            self.xl.pos_bias_v.requires_grad_(False)
+            _warn_xl_dropped()
+
+    def cache_bytes(self, frames: int, batch: int, dtype: torch.dtype) -> int:
+        # state (H, F, hd) + normaliser (H, F), independent of frames
+        return batch * self.num_heads * self.feature_dim * (self.head_dim + 1) * dtype.itemsize
+
+    def forward(
+        self,
+        x: Tensor,
+        key_padding_mask: Tensor | None = None,
+        pos: Tensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool = False,
+    ) -> tuple[Tensor, Cache | None]:
+        qk_in = rotate_inputs(x, pos, self.num_heads) if self.position == "rotary_input" else x
+        q = self.split_heads(self.q_proj(qk_in))
+        if self.xl is not None:
+            q = self.xl.content_query(q)
+        phi_q = self.feature_map(q)
+        phi_k = self.feature_map(self.split_heads(self.k_proj(qk_in)))
+        v = self.split_heads(self.v_proj(x))
+        if key_padding_mask is not None:
+            phi_k = phi_k.masked_fill(key_padding_mask[:, None, :, None], 0.0)
+        state = torch.einsum("bhtf,bhtd->bhfd", phi_k, v)
+        normaliser = phi_k.sum(dim=2)
+        if cache is not None:
+            state, normaliser = state + cache["state"], normaliser + cache["normaliser"]
+        numerator = torch.einsum("bhtf,bhfd->bhtd", phi_q, state)
+        denominator = torch.einsum("bhtf,bhf->bht", phi_q, normaliser)[..., None] + self.eps
+        out = self.o_proj(self.merge_heads(numerator / denominator))
+        new = {"state": state, "normaliser": normaliser} if (cache is not None or use_cache) else None
+        return out, new
+
+
+def _warn_xl_dropped() -> None:
+    global _warned_xl
+    if not _warned_xl:
+        log.warning("linear attention drops the Transformer-XL relative-position term (it needs T x T scores)")
+        _warned_xl = True
