@@ -1,0 +1,212 @@
+"""Variant-level behaviour: conversions keep the weights' function, caches are exactly what cache_bytes says."""
+
+import pytest
+import torch
+
+from asr_attention.attention import build_attention, cache_nbytes, random_mha, relative_error
+from asr_attention.attention.mla import MultiHeadLatentAttention
+
+D, H, T = 64, 4, 12
+POSITIONS = ["none", "xl", "rotary_input"]
+CONFIGS = {
+    "mha": {"name": "mha"},
+    "gqa": {"name": "gqa", "num_kv_heads": 2},
+    "mla": {"name": "mla", "latent_dim": 16},
+    "linear": {"name": "linear", "feature_map": "elu"},
+}
+
+
+def inputs(position, batch=3, t=T, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, t, D, generator=g)
+    pad = torch.zeros(batch, t, dtype=torch.bool)
+    pad[1 % batch, t - 4 :] = True
+    pad[2 % batch, t - 1 :] = True
+    pos = None
+    if position == "xl":
+        pos = torch.randn(1, 2 * t - 1, D, generator=g)
+    elif position == "rotary_input":
+        angles = torch.arange(t)[:, None] * torch.rand(D // H // 2, generator=g).repeat(2)[None]
+        pos = torch.stack((angles.cos(), angles.sin()))
+    return x, pad, pos
+
+
+def reference(position):
+    mha = random_mha(D, H, position)
+    return mha, build_attention({"name": "mha"}, mha)
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_gqa_with_all_heads_equals_mha(position):
+    mha, ref = reference(position)
+    x, pad, pos = inputs(position)
+    gqa = build_attention({"name": "gqa", "num_kv_heads": H}, mha)
+    assert relative_error(ref(x, pad, pos)[0], gqa(x, pad, pos)[0], pad) <= 1e-6
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_mla_at_full_rank_equals_mha(position):
+    mha, ref = reference(position)
+    x, pad, pos = inputs(position)
+    mla = build_attention({"name": "mla", "latent_dim": D}, mha)
+    assert relative_error(ref(x, pad, pos)[0], mla(x, pad, pos)[0], pad) <= 1e-4
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_mla_error_falls_as_latent_grows(position):
+    mha, ref = reference(position)
+    x, pad, pos = inputs(position)
+    y = ref(x, pad, pos)[0]
+    errors = [
+        relative_error(y, build_attention({"name": "mla", "latent_dim": r}, mha)(x, pad, pos)[0], pad)
+        for r in (4, 8, 16, 32, 48, 64)
+    ]
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] <= 1e-4 and errors[0] > 0.1
+
+
+def anisotropic_activations(n, seed=3):
+    """Activations with a few dominant directions, as real hidden states have; where whitening pays off."""
+    basis = torch.linalg.qr(torch.randn(D, D, generator=torch.Generator().manual_seed(0)))[0]
+    scales = torch.logspace(1, -2, D)
+    return torch.randn(n, D, generator=torch.Generator().manual_seed(seed)) * scales @ basis.T
+
+
+@pytest.mark.parametrize("rank", [4, 8, 16, 32])
+def test_activation_aware_svd_beats_plain_svd(rank):
+    mha, ref = reference("none")
+    calib = anisotropic_activations(512)
+    x = anisotropic_activations(3 * T, seed=4).view(3, T, D)
+    y = ref(x)[0]
+    plain = build_attention({"name": "mla", "latent_dim": rank}, mha)
+    aware = build_attention({"name": "mla", "latent_dim": rank, "calibration": "activation"}, mha, calib)
+    plain_err, aware_err = relative_error(y, plain(x)[0]), relative_error(y, aware(x)[0])
+    assert aware_err <= plain_err, (aware_err, plain_err)
+
+
+def test_activation_aware_at_full_rank_is_exact():
+    mha, ref = reference("none")
+    x, pad, _ = inputs("none")
+    aware = build_attention({"name": "mla", "latent_dim": D, "calibration": "activation"}, mha, x.view(-1, D))
+    assert relative_error(ref(x, pad)[0], aware(x, pad)[0], pad) <= 1e-4
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("position", ["none", "rotary_input"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_measured_cache_bytes_equal_analytic(name, position, dtype):
+    mha, _ = reference(position)
+    layer = build_attention(CONFIGS[name], mha).to(dtype)
+    batch, frames = 2, 10
+    x, _, pos = inputs(position, batch=batch, t=frames)
+    _, cache = layer(x.to(dtype), pos=None if pos is None else pos.to(dtype), use_cache=True)
+    assert cache_nbytes(cache) == layer.cache_bytes(frames, batch, dtype)
+
+
+def test_cache_bytes_grow_with_frames_except_linear():
+    mha, _ = reference("none")
+    for name, cfg in CONFIGS.items():
+        layer = build_attention(cfg, mha)
+        one, two = layer.cache_bytes(100, 1, torch.float32), layer.cache_bytes(200, 1, torch.float32)
+        assert two == (one if name == "linear" else 2 * one), name
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("position", ["none", "rotary_input"])
+def test_last_chunk_over_cache_equals_full_sequence(name, position):
+    """Streaming: a chunk attends to the cache plus itself, so the last chunk sees the whole sequence."""
+    mha, _ = reference(position)
+    layer = build_attention(CONFIGS[name], mha)
+    x, _, pos = inputs(position, batch=2)
+    full, _ = layer(x, pos=pos)
+    split = 8
+    _, cache = layer(x[:, :split], pos=None if pos is None else pos[:, :split], use_cache=True)
+    last, cache = layer(x[:, split:], pos=None if pos is None else pos[:, split:], cache=cache)
+    assert relative_error(full[:, split:], last) <= 1e-5
+    assert cache_nbytes(cache) == layer.cache_bytes(T, 2, torch.float32)
+
+
+def test_mla_absorbed_step_equals_up_projected_step():
+    mha, _ = reference("none")
+    layer = build_attention({"name": "mla", "latent_dim": 16}, mha)
+    x, _, _ = inputs("none", batch=2)
+    _, cache = layer(x[:, :8], use_cache=True)
+    outs = []
+    for absorb in (True, False):
+        layer.absorb = absorb
+        outs.append(layer(x[:, 8:], cache=cache)[0])
+    assert relative_error(outs[1], outs[0]) <= 1e-5
+
+
+def test_mla_cache_holds_only_the_latent():
+    mha, _ = reference("none")
+    layer = build_attention({"name": "mla", "latent_dim": 16}, mha)
+    _, cache = layer(inputs("none")[0], use_cache=True)
+    assert list(cache) == ["latent"] and cache["latent"].shape == (3, T, 16)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS) + ["hedgehog"])
+@pytest.mark.parametrize("position", POSITIONS)
+def test_gradients_reach_every_trainable_parameter(name, position):
+    cfg = {"name": "linear", "feature_map": "hedgehog"} if name == "hedgehog" else CONFIGS[name]
+    layer = build_attention(cfg, random_mha(D, H, position))
+    x, pad, pos = inputs(position)
+    out, _ = layer(x, pad, pos)
+    out[~pad].pow(2).sum().backward()
+    trainable = {n: p for n, p in layer.named_parameters() if p.requires_grad}
+    assert trainable
+    missing = [n for n, p in trainable.items() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing, missing
+
+
+def test_linear_attention_has_no_t_by_t_intermediate():
+    """O(T): at T=4096 a T x T fp32 score matrix per head would be 4096*4096*4*H bytes; check none is made."""
+    layer = build_attention(CONFIGS["linear"], random_mha(D, H))
+    x = torch.randn(1, 4096, D)
+    biggest = []
+
+    def track(t):
+        biggest.append(t.numel())
+        return t
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Sizes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor):
+                track(out)
+            return out
+
+    with Sizes(), torch.no_grad():
+        layer(x)
+    assert max(biggest) < 4096 * 4096
+
+
+def test_padding_does_not_change_valid_outputs():
+    for name, cfg in CONFIGS.items():
+        layer = build_attention(cfg, random_mha(D, H))
+        x, pad, _ = inputs("none")
+        out_padded, _ = layer(x[1:2], pad[1:2])
+        valid = (~pad[1]).sum()
+        out_trimmed, _ = layer(x[1:2, :valid])
+        assert relative_error(out_trimmed, out_padded[:, :valid]) <= 1e-5, name
+
+
+def test_invalid_options_name_the_field():
+    mha = random_mha(D, H)
+    with pytest.raises(ValueError, match="num_kv_heads=3"):
+        build_attention({"name": "gqa", "num_kv_heads": 3}, mha)
+    with pytest.raises(ValueError, match="latent_dim=129"):
+        MultiHeadLatentAttention(mha, latent_dim=129)
+    with pytest.raises(ValueError, match="feature_map='tanh'"):
+        build_attention({"name": "linear", "feature_map": "tanh"}, mha)
+    with pytest.raises(ValueError, match="attention.name='flash'"):
+        build_attention({"name": "flash"}, mha)
+
+
+def test_xl_streaming_is_refused_not_silently_wrong():
+    layer = build_attention(CONFIGS["mha"], random_mha(D, H, "xl"))
+    x, _, pos = inputs("xl")
+    with pytest.raises(NotImplementedError, match="xl"):
+        layer(x, pos=pos, use_cache=True)
