@@ -1,0 +1,69 @@
+"""Audio loading: soundfile for I/O (torchaudio 2.11's load/info need torchcodec), torchaudio for resampling.
+
+Always returns what every backbone here consumes: a float32 mono 1-D tensor at 16 kHz. Any failure raises
+`AudioError` naming the file and the reason, so callers can skip or fail fast with a useful message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+SAMPLE_RATE = 16_000
+
+
+class AudioError(Exception):
+    """A file that cannot give audio: unreadable, corrupt, empty, or a segment outside the file."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass
+class AudioInfo:
+    sample_rate: int
+    frames: int
+    channels: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def audio_info(path: str) -> AudioInfo:
+    """Read only the header (cheap): used to pre-validate a corpus and to get durations."""
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # soundfile raises RuntimeError/LibsndfileError/OSError depending on the failure
+        raise AudioError(path, f"unreadable ({type(e).__name__}: {e})") from e
+    if info.frames <= 0:
+        raise AudioError(path, "empty (0 samples)")
+    return AudioInfo(info.samplerate, info.frames, info.channels)
+
+
+def load_audio(path: str, start: float | None = None, end: float | None = None,
+               sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+    """Load `path` (optionally the [start, end) seconds segment) as float32 mono at `sample_rate`."""
+    info = audio_info(path)
+    first = 0 if start is None else int(round(start * info.sample_rate))
+    last = info.frames if end is None else min(int(round(end * info.sample_rate)), info.frames)
+    if first >= last:
+        raise AudioError(path, f"empty segment [{start}, {end}] s in a {info.duration:.2f} s file")
+    try:
+        data, sr = sf.read(str(path), start=first, stop=last, dtype="float32", always_2d=True)
+    except Exception as e:
+        raise AudioError(path, f"cannot decode ({type(e).__name__}: {e})") from e
+    if data.shape[0] == 0:
+        raise AudioError(path, "empty (0 samples decoded)")
+    if not np.isfinite(data).all():
+        raise AudioError(path, "corrupt (non-finite samples)")
+    wave = torch.from_numpy(data).mean(dim=1)  # (frames, channels) -> mono by channel mean
+    if sr != sample_rate:
+        wave = AF.resample(wave, sr, sample_rate)
+    return wave.contiguous()
