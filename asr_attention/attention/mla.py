@@ -77,6 +77,9 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         return self.latents_per_frame * batch * frames * self.latent_dim * dtype.itemsize
 
     def _up(self, latent_k: Tensor, latent_v: Tensor) -> tuple[Tensor, Tensor]:
+        if latent_k is latent_v:  # one shared latent: a single (r -> 2d) GEMM, then split
+            k, v = self.kv_up(latent_k).chunk(2, dim=-1)
+            return self.split_heads(k), self.split_heads(v)
         d = self.d_model
         w, b = self.kv_up.weight, self.kv_up.bias
         k = F.linear(latent_k, w[:d], None if b is None else b[:d])
@@ -140,9 +143,11 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         w_k = self.kv_up.weight[:d].view(h, hd, r)
         w_v = self.kv_up.weight[d:].view(h, hd, r)
         q_latent = torch.einsum("bhtd,hdr->bhtr", q, w_k)
-        out_latent = F.scaled_dot_product_attention(
-            q_latent, latent_k[:, None], latent_v[:, None], attn_mask=mask, scale=self.scale, enable_gqa=True
-        )
+        # plain matmuls: SDPA has no fused kernel for head_dim = r, and the chunk is short
+        scores = torch.matmul(q_latent, latent_k[:, None].transpose(-1, -2)) * self.scale
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        out_latent = torch.matmul(scores.float().softmax(-1).to(q.dtype), latent_v[:, None])
         out = torch.einsum("bhtr,hdr->bhtd", out_latent, w_v)
         if self.kv_up.bias is not None:
             out = out + self.kv_up.bias[d:].view(1, h, 1, hd)
