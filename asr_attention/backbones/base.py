@@ -1,0 +1,84 @@
+"""What every backbone adapter offers: CTC log-probs from raw waves, and the three hooks patching needs.
+
+An adapter knows its family's quirks; nothing outside `backbones/` does. Patching (patch.py) only uses:
+  attention_sites()        -> (parent module, attribute name, original attention module) per encoder layer
+  to_canonical(original)   -> CanonicalMHA (weights, heads, scale, position scheme), the variants' only input
+  wrap(variant)            -> an nn.Module the backbone can call exactly as it called the original
+  variant_inputs(args, kw) -> the variant's (x, key_padding_mask, pos) for one call of the original module
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from asr_attention.attention import AttentionVariant, CanonicalMHA
+
+DEMO_HINT = "or run the embedded demo offline: `python -m asr_attention.train experiment=demo`"
+
+
+class Backbone(nn.Module):
+    family: str
+    frame_ms: float  # duration of one encoder output frame
+    vocab: list[str] | None = None  # tokens by id, when the checkpoint ships a vocabulary
+    blank_id: int = 0
+
+    def forward(self, waves: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """waves (B, S) at 16 kHz, zero padded; wave_lengths (B,) in samples -> log_probs (B, T, V), lengths (B,)."""
+        raise NotImplementedError
+
+    def attention_sites(self) -> Iterator[tuple[nn.Module, str, nn.Module]]:
+        raise NotImplementedError
+
+    def to_canonical(self, original: nn.Module) -> CanonicalMHA:
+        raise NotImplementedError
+
+    def wrap(self, variant: AttentionVariant) -> nn.Module:
+        raise NotImplementedError
+
+    def variant_inputs(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        """One call of the original attention module -> the keyword arguments of the equivalent variant call."""
+        raise NotImplementedError
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+
+def arch_of(model_cfg: Mapping) -> dict:
+    """The optional `model.arch` node as a plain dict."""
+    arch = model_cfg.get("arch") or {}
+    return {k: arch[k] for k in arch}
+
+
+def check_sizes(source: str, pairs: list[tuple[str, int, str, int]]) -> None:
+    """pairs: (config field, its value, checkpoint field, its value); any disagreement fails naming both."""
+    diffs = [f"{cf}={cv} but the checkpoint has {kf}={kv}" for cf, cv, kf, kv in pairs if int(cv) != int(kv)]
+    if diffs:
+        raise ValueError(f"checkpoint {source!r} disagrees with the model config: " + "; ".join(diffs))
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe, so a missing network fails in seconds instead of after the hub client's retries."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((endpoint, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_error(source: str, why: str) -> OSError:
+    return OSError(
+        f"cannot load model.source={source!r} from the Hugging Face hub ({why}). It is not a local directory "
+        f"either. Point model.source at a local checkpoint directory (e.g. one written by save_pretrained / the "
+        f"SpeechBrain pretrained layout), unset HF_HUB_OFFLINE with network access to download it, {DEMO_HINT}."
+    )

@@ -1,0 +1,251 @@
+"""Hugging Face wav2vec2 family: `Wav2Vec2ForCTC` and `Wav2Vec2ConformerForCTC` (transformers 5.17).
+
+Where attention lives and how the layer calls it:
+  Wav2Vec2ForCTC:          model.wav2vec2.encoder.layers[i].attention = Wav2Vec2Attention
+                           called as attention(hidden_states, attention_mask=mask, **kwargs)
+  Wav2Vec2ConformerForCTC: model.wav2vec2_conformer.encoder.layers[i].self_attn = Wav2Vec2ConformerSelfAttention
+                           called as self_attn(hidden_states=..., attention_mask=mask,
+                                               relative_position_embeddings=pos, **kwargs)
+  Both must return a tuple (out, attn_weights or None).
+  mask: None (no padding), sdpa: bool keep-mask, eager: additive float (0 keep, dtype-min drop); (B,1,T,T) or
+        (B,1,1,T). Converted here to key_padding_mask (B, T), True = padding.
+  pos:  "relative": (1, 2T-1, d) sinusoids (linear_pos is applied inside attention) -> canonical "xl" as is;
+        "rotary": stack(cos, sin) shaped (2, T, 1, 1, hd) -> canonical "rotary_input" (2, T, hd).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+from transformers import (
+    Wav2Vec2Config,
+    Wav2Vec2ConformerConfig,
+    Wav2Vec2ConformerForCTC,
+    Wav2Vec2ForCTC,
+    Wav2Vec2PreTrainedModel,
+)
+
+from asr_attention.attention import AttentionVariant, CanonicalMHA
+
+from .base import Backbone, arch_of, check_sizes, hub_error, hub_offline, hub_reachable
+
+log = logging.getLogger(__name__)
+
+CLASSES = {"Wav2Vec2ForCTC": (Wav2Vec2ForCTC, Wav2Vec2Config), "Wav2Vec2ConformerForCTC": (Wav2Vec2ConformerForCTC, Wav2Vec2ConformerConfig)}
+HF_POSITIONS = {None: "none", "relative": "xl", "rotary": "rotary_input"}
+
+
+def key_padding_from_hf(attention_mask: Tensor | None) -> Tensor | None:
+    """HF 4-D attention mask (bool keep-mask or additive float) -> (B, T) key padding mask, True = padding."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dtype == torch.bool:
+        keep = attention_mask
+    else:
+        keep = attention_mask > torch.finfo(attention_mask.dtype).min / 2
+    if keep.dim() == 2:
+        return ~keep
+    if keep.dim() != 4:
+        raise ValueError(f"unexpected attention_mask of shape {tuple(attention_mask.shape)}")
+    keep = keep[:, 0]  # (B, T_q or 1, T_k)
+    if keep.shape[-2] > 1 and not torch.equal(keep, keep[:, :1].expand_as(keep)):
+        raise NotImplementedError("only key-padding attention masks are supported (rows of the mask differ)")
+    return ~keep[:, 0]
+
+
+def position_type(module: nn.Module) -> str:
+    hf_type = getattr(module, "position_embeddings_type", None)
+    if hf_type not in HF_POSITIONS:
+        # transformers itself silently runs such a module without any position term; we refuse.
+        raise ValueError(
+            f"position_embeddings_type={hf_type!r} is not one of {sorted(k for k in HF_POSITIONS if k)} or None"
+        )
+    return HF_POSITIONS[hf_type]
+
+
+class HFAttention(nn.Module):
+    """A variant in the place of Wav2Vec2Attention / Wav2Vec2ConformerSelfAttention: same call, same return."""
+
+    def __init__(self, variant: AttentionVariant):
+        super().__init__()
+        self.variant = variant
+
+    @staticmethod
+    def variant_inputs(
+        hidden_states: Tensor,
+        attention_mask: Tensor | None = None,
+        relative_position_embeddings: Tensor | None = None,
+        key_value_states: Tensor | None = None,
+        position: str = "none",
+        **kwargs,
+    ) -> dict:
+        if key_value_states is not None:
+            raise NotImplementedError("cross-attention (key_value_states) is not supported")
+        pos = relative_position_embeddings
+        if position == "rotary_input":
+            pos = pos[:, :, 0, 0, :]  # (2, T, 1, 1, hd) -> (2, T, hd)
+        elif position == "none":
+            pos = None
+        return {"x": hidden_states, "key_padding_mask": key_padding_from_hf(attention_mask), "pos": pos}
+
+    def forward(self, hidden_states: Tensor, *args, **kwargs) -> tuple[Tensor, None]:
+        # Wav2Vec2Attention's second positional argument is key_value_states; layers here pass keywords only.
+        if args:
+            raise TypeError("HFAttention takes hidden_states positionally and everything else by keyword")
+        kwargs.pop("output_attentions", None)
+        out, _ = self.variant(**self.variant_inputs(hidden_states, position=self.variant.position, **kwargs))
+        return out, None
+
+
+class HFWav2Vec2(Backbone):
+    family = "hf_wav2vec2"
+
+    def __init__(self, model: Wav2Vec2PreTrainedModel, vocab: list[str] | None = None):
+        super().__init__()
+        self.model = model
+        self.vocab = vocab
+        cfg = model.config
+        self.blank_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+        # wav2vec2 with a group-norm feature extractor was trained without an attention mask: pad with zeros
+        # and pass none. Layer-norm extractors (large-lv60, conformer) take the mask.
+        self.use_attention_mask = cfg.feat_extract_norm == "layer"
+        stride = 1
+        for s in cfg.conv_stride:
+            stride *= s
+        self.frame_ms = 1000.0 * stride / 16000
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.model.base_model.encoder
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.lm_head.out_features
+
+    def reset_head(self, vocab_size: int) -> None:
+        """A fresh CTC head over another vocabulary (the checkpoint's head is kept when sizes agree)."""
+        d = self.model.lm_head.in_features
+        self.model.lm_head = nn.Linear(d, vocab_size)
+        self.model.config.vocab_size = vocab_size
+        self.vocab = None
+
+    def forward(self, waves: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        mask = None
+        if self.use_attention_mask:
+            mask = torch.arange(waves.shape[1], device=waves.device)[None] < wave_lengths[:, None]
+        logits = self.model(waves, attention_mask=mask).logits
+        out_lengths = self.model._get_feat_extract_output_lengths(wave_lengths).clamp(max=logits.shape[1])
+        return logits.float().log_softmax(-1), out_lengths
+
+    def attention_sites(self) -> Iterator[tuple[nn.Module, str, nn.Module]]:
+        name = "self_attn" if isinstance(self.model, Wav2Vec2ConformerForCTC) else "attention"
+        for layer in self.encoder.layers:
+            yield layer, name, getattr(layer, name)
+
+    def to_canonical(self, original: nn.Module) -> CanonicalMHA:
+        if hasattr(original, "q_proj"):  # Wav2Vec2Attention
+            q, k, v, o = original.q_proj, original.k_proj, original.v_proj, original.out_proj
+            return CanonicalMHA(
+                q.weight.detach(), k.weight.detach(), v.weight.detach(), o.weight.detach(),
+                _bias(q), _bias(k), _bias(v), _bias(o),
+                num_heads=original.num_heads, scale=original.scaling, position="none",
+            )
+        # Wav2Vec2ConformerSelfAttention
+        q, k, v, o = original.linear_q, original.linear_k, original.linear_v, original.linear_out
+        position = position_type(original)
+        xl = position == "xl"
+        return CanonicalMHA(
+            q.weight.detach(), k.weight.detach(), v.weight.detach(), o.weight.detach(),
+            _bias(q), _bias(k), _bias(v), _bias(o),
+            num_heads=original.num_heads, scale=original.scaling, position=position,
+            pos_bias_u=original.pos_bias_u.detach() if xl else None,  # (H, hd) already
+            pos_bias_v=original.pos_bias_v.detach() if xl else None,
+            linear_pos_weight=original.linear_pos.weight.detach() if xl else None,
+        )
+
+    def wrap(self, variant: AttentionVariant) -> nn.Module:
+        return HFAttention(variant)
+
+    def variant_inputs(self, args: tuple, kwargs: dict) -> dict:
+        position = HF_POSITIONS.get(getattr(self.model.config, "position_embeddings_type", None), "none")
+        return HFAttention.variant_inputs(*args, position=position, **kwargs)
+
+
+def _bias(linear: nn.Linear) -> Tensor | None:
+    return None if linear.bias is None else linear.bias.detach()
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+
+def build_hf_wav2vec2(model_cfg: Mapping, vocab_size: int | None = None) -> HFWav2Vec2:
+    arch = arch_of(model_cfg)
+    class_name = arch.pop("hf_class", "Wav2Vec2ForCTC")
+    if class_name not in CLASSES:
+        raise ValueError(f"model.arch.hf_class={class_name!r} is not one of {sorted(CLASSES)}")
+    model_cls, config_cls = CLASSES[class_name]
+    attn_impl = arch.pop("attn_implementation", "sdpa")
+    if model_cfg.get("pretrained", True):
+        model, vocab = _load_pretrained(model_cls, config_cls, model_cfg, attn_impl, arch)
+    else:
+        config = config_cls(
+            hidden_size=int(model_cfg["d_model"]),
+            num_attention_heads=int(model_cfg["num_heads"]),
+            num_hidden_layers=int(model_cfg["num_layers"]),
+            vocab_size=int(vocab_size or arch.pop("vocab_size", 32)),
+            layerdrop=0.0,
+            **arch,
+        )
+        if class_name == "Wav2Vec2ConformerForCTC":
+            position_type(config)  # an unknown type raises here, before any weights are made
+        model, vocab = model_cls._from_config(config, attn_implementation=attn_impl), None
+    backbone = HFWav2Vec2(model, vocab)
+    if vocab_size is not None and vocab_size != backbone.vocab_size:
+        log.info("new CTC head: %d outputs (the checkpoint's head has %d)", vocab_size, backbone.vocab_size)
+        backbone.reset_head(vocab_size)
+    return backbone
+
+
+def _load_pretrained(model_cls, config_cls, model_cfg: Mapping, attn_impl: str, overrides: dict):
+    source = str(model_cfg["source"])
+    local = os.path.isdir(source)
+    kwargs = {"local_files_only": True}
+    try:
+        config = config_cls.from_pretrained(source, **kwargs)
+    except OSError as err:
+        if local:
+            raise OSError(f"model.source={source!r} is a directory without a readable config.json: {err}") from err
+        if hub_offline():
+            raise hub_error(source, "HF_HUB_OFFLINE is set and it is not in the local cache") from err
+        if not hub_reachable():
+            raise hub_error(source, "no network: huggingface.co is unreachable") from err
+        kwargs = {}
+        config = config_cls.from_pretrained(source)
+    check_sizes(source, [
+        ("model.d_model", model_cfg["d_model"], "hidden_size", config.hidden_size),
+        ("model.num_heads", model_cfg["num_heads"], "num_attention_heads", config.num_attention_heads),
+        ("model.num_layers", model_cfg["num_layers"], "num_hidden_layers", config.num_hidden_layers),
+    ])
+    if model_cls is Wav2Vec2ConformerForCTC:
+        position_type(config)
+    overrides.setdefault("layerdrop", 0.0)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    model = model_cls.from_pretrained(source, config=config, attn_implementation=attn_impl, **kwargs)
+    return model, _load_vocab(source, kwargs)
+
+
+def _load_vocab(source: str, kwargs: dict) -> list[str] | None:
+    """The checkpoint's character vocabulary (vocab.json of its CTC tokenizer), by id; None if it has none."""
+    from transformers import Wav2Vec2CTCTokenizer
+
+    try:
+        tok = Wav2Vec2CTCTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, TypeError):
+        return None
+    by_id = {i: t for t, i in tok.get_vocab().items()}
+    return [by_id[i] for i in range(len(by_id))]

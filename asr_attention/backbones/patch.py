@@ -1,0 +1,116 @@
+"""Family-agnostic patching: replace every encoder self-attention of a backbone by the configured variant.
+
+Also: capture each attention layer's real inputs from the unpatched model (for the fidelity table and for
+MLA's activation-aware conversion), and the original layers as MHA variants (the fidelity reference).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from asr_attention.attention import AttentionVariant, build_attention
+from asr_attention.attention.mha import MultiHeadAttention
+
+from .base import Backbone
+
+log = logging.getLogger(__name__)
+MIB = 2**20
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def patch_attention(
+    backbone: Backbone, attention_cfg: Mapping, calibration: Sequence[Tensor | None] | None = None
+) -> dict:
+    """Swap every attention site for `build_attention(attention_cfg, canonical)` wrapped in the backbone's call.
+
+    calibration: per layer, the K/V projection inputs (N, d) for activation-aware MLA (see `calibration_batch`).
+    Returns (and logs) a summary: layers replaced, parameters before/after, analytic cache MiB per 1000 frames.
+    """
+    sites = list(backbone.attention_sites())
+    if not sites:
+        raise ValueError(f"{type(backbone).__name__}: no attention layers found to patch")
+    if calibration is not None and len(calibration) != len(sites):
+        raise ValueError(f"calibration has {len(calibration)} layers, the backbone {len(sites)}")
+    before = count_parameters(backbone)
+    variants: list[AttentionVariant] = []
+    for i, (parent, name, original) in enumerate(sites):
+        variant = build_attention(attention_cfg, backbone.to_canonical(original),
+                                  calibration=None if calibration is None else calibration[i])
+        ref = next(original.parameters())
+        variant.to(device=ref.device, dtype=ref.dtype).train(original.training)
+        setattr(parent, name, backbone.wrap(variant))
+        variants.append(variant)
+    cache = sum(v.cache_bytes(1000, 1, torch.float32) for v in variants)
+    summary = {
+        "attention": attention_cfg["name"],
+        "layers_replaced": len(variants),
+        "params_before": before,
+        "params_after": count_parameters(backbone),
+        "cache_mib_per_1000_frames": cache / MIB,  # fp32, batch 1
+    }
+    log.info(
+        "patched %d attention layers with %s: parameters %s -> %s, cache %.4g MiB per 1000 frames (fp32, batch 1)",
+        summary["layers_replaced"], summary["attention"], f"{before:,}", f"{summary['params_after']:,}",
+        summary["cache_mib_per_1000_frames"],
+    )
+    return summary
+
+
+def patched_variants(backbone: Backbone) -> list[AttentionVariant]:
+    """The variants inside a patched backbone, in layer order."""
+    return [site.variant for _, _, site in backbone.attention_sites()]
+
+
+@torch.no_grad()
+def original_variants(backbone: Backbone) -> list[MultiHeadAttention]:
+    """Each original attention as an MHA variant (same weights): the reference of `fidelity_table`.
+    Call on the unpatched backbone."""
+    out = []
+    for _, _, original in backbone.attention_sites():
+        ref = next(original.parameters())
+        out.append(MultiHeadAttention(backbone.to_canonical(original)).to(device=ref.device, dtype=ref.dtype).eval())
+    return out
+
+
+@torch.no_grad()
+def capture_attention_inputs(backbone: Backbone, waves: Tensor, wave_lengths: Tensor) -> list[dict]:
+    """Run the backbone once and record, per attention layer, the variant-call inputs it really received:
+    {"x": (B, T, d), "key_padding_mask": (B, T) or None, "pos": ... or None}."""
+    captured: list[dict | None] = []
+    handles = []
+    for i, (_, _, module) in enumerate(backbone.attention_sites()):
+        captured.append(None)
+
+        def hook(mod, args, kwargs, i=i):
+            captured[i] = {k: (v.detach() if isinstance(v, Tensor) else v)
+                           for k, v in backbone.variant_inputs(args, kwargs).items()}
+
+        handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        backbone(waves, wave_lengths)
+    finally:
+        for h in handles:
+            h.remove()
+        backbone.train(was_training)
+    missing = [i for i, c in enumerate(captured) if c is None]
+    if missing:
+        raise RuntimeError(f"attention layers {missing} were not called during the forward pass")
+    return captured  # type: ignore[return-value]
+
+
+def calibration_batch(inputs: Sequence[dict]) -> list[Tensor]:
+    """Per layer, the K/V projection inputs over the non-padded frames, (N, d): MLA's calibration data."""
+    out = []
+    for kw in inputs:
+        x, pad = kw["x"], kw.get("key_padding_mask")
+        out.append(x[~pad] if pad is not None else x.reshape(-1, x.shape[-1]))
+    return out
