@@ -8,8 +8,8 @@ Bad audio never crashes an epoch. At setup every file's header is read (soundfil
 that are unreadable or empty are skipped with a `BadAudioWarning` naming the path (on_bad_audio="skip") or
 raise `AudioError` with the path ("error"). Decode errors that only show at read time are caught by the
 dataset and dropped by collate. Every skip is recorded once in `skipped` (utt_id, path, reason), for
-results.json. A batch whose items all failed reaches the LightningModule as `None`: its step should return
-None (Lightning then skips the optimiser step).
+results.json. A batch whose items all failed becomes `None` (in `on_before_batch_transfer`, main process):
+Lightning's training loop skips it by itself; validation/test steps receive None and must return early.
 
 Transcripts are normalised to the tokenizer's vocabulary at setup; characters outside it raise ValueError
 naming the utterance (oov="error") or are dropped (oov="drop").
@@ -18,7 +18,6 @@ naming the utterance (oov="error") or are dropped (oov="drop").
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any

@@ -63,8 +63,8 @@ class CharTokenizer:
         self.id_to_token = {i: t for t, i in self.vocab.items()}
         # Characters a transcript may contain: single-character tokens, with the delimiter standing for space.
         self._char_to_id = {t: i for t, i in self.vocab.items() if len(t) == 1 and i != blank_id}
+        self._char_to_id.pop(word_delimiter, None)  # a literal '|' in a transcript is not a word boundary
         self._char_to_id[" "] = self.vocab[word_delimiter]
-        self._char_to_id.pop(word_delimiter if word_delimiter != " " else "", None)
 
     @classmethod
     def from_texts(cls, texts: Iterable[str], word_delimiter: str = "|", blank: str = "<blank>",

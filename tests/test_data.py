@@ -1,0 +1,334 @@
+"""Data layer: readers, audio, tokenizer, sampler, datamodule — each test checks real values."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+
+import lightning as L
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from omegaconf import OmegaConf
+
+from asr_attention.data import (AN4_VAL_SPEAKERS, ASRDataModule, AudioError, BadAudioWarning, BucketBatchSampler,
+                                CharTokenizer, Utterance, build_datamodule, collate, corpus_texts, load_audio,
+                                normalise, read_an4, read_librispeech, read_manifest, read_tedlium,
+                                write_manifest)
+from asr_attention.data.dataset import ASRDataset, Skipped
+
+SR = 16_000
+
+
+def sine(seconds: float, sr: int = SR, freq: float = 440.0, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(round(seconds * sr))) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+# ---- AN4 ----------------------------------------------------------------------------------------------------
+def test_an4_counts_and_speaker_disjoint_splits():
+    train, val, test = read_an4("train"), read_an4("val"), read_an4("test")
+    assert (len(train), len({u.speaker for u in train})) == (948, 74)
+    assert (len(test), len({u.speaker for u in test})) == (130, 10)
+    assert (len(val), {u.speaker for u in val}) == (103, set(AN4_VAL_SPEAKERS))
+    assert not {u.speaker for u in train} & {u.speaker for u in test}
+    assert all(set(u.text) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZ ") for u in train + test)
+
+    tok = CharTokenizer.from_texts(corpus_texts())
+    dm = ASRDataModule(tokenizer=tok, batch_size=4, validate_audio=False)
+    dm.setup()
+    spk = {p: {u.speaker for u in ds.utterances} for p, ds in dm.datasets.items()}
+    assert {p: len(ds) for p, ds in dm.datasets.items()} == {"train": 845, "val": 103, "test": 130}
+    assert not spk["train"] & spk["val"] and not spk["train"] & spk["test"] and not spk["val"] & spk["test"]
+    assert len(tok) == 28 and tok.vocab["<blank>"] == 0 and tok.vocab["|"] == 1
+
+
+def test_one_real_an4_batch():
+    tok = CharTokenizer.from_texts(corpus_texts())
+    dm = ASRDataModule(tokenizer=tok, batch_size=4, limit_test=8)
+    dm.setup()
+    batch = next(iter(dm.test_dataloader()))
+    by_id = {u.utt_id: u for u in read_an4("test")}
+    assert batch["waves"].dtype == torch.float32 and batch["waves"].shape[0] == 4
+    assert batch["waves"].shape[1] == int(batch["wave_lengths"].max())
+    assert batch["targets"].shape == (4, int(batch["target_lengths"].max()))
+    assert dm.skipped == []
+    for k, utt in enumerate(batch["utt_ids"]):
+        u = by_id[utt]
+        assert int(batch["wave_lengths"][k]) == round(u.duration * SR)  # tsv durations are exact
+        assert batch["texts"][k] == u.text
+        n = int(batch["target_lengths"][k])
+        assert n == len(u.text) and tok.decode(batch["targets"][k, :n].tolist()) == u.text
+        assert (batch["targets"][k, n:] == -100).all()
+        assert (batch["waves"][k, int(batch["wave_lengths"][k]):] == 0).all()
+
+
+# ---- LibriSpeech and TED-LIUM 2 layouts ----------------------------------------------------------------------
+def test_librispeech_reader(tmp_path):
+    chap = tmp_path / "dev-clean" / "84" / "121123"
+    chap.mkdir(parents=True)
+    sf.write(chap / "84-121123-0000.flac", sine(1.5), SR)
+    sf.write(chap / "84-121123-0001.flac", sine(0.75), SR)
+    (chap / "84-121123.trans.txt").write_text("84-121123-0000 GO DO YOU HEAR\n84-121123-0001 BUT IN LESS THAN\n")
+    utts = read_librispeech("dev-clean", tmp_path)
+    assert [(u.utt_id, u.speaker, u.text, u.duration) for u in utts] == [
+        ("84-121123-0000", "84", "GO DO YOU HEAR", 1.5), ("84-121123-0001", "84", "BUT IN LESS THAN", 0.75)]
+    assert load_audio(utts[1].path).shape == (12_000,)
+
+
+def test_tedlium_reader_cuts_segments(tmp_path):
+    assert "NIST" in sf.available_formats()
+    (tmp_path / "test" / "stm").mkdir(parents=True)
+    (tmp_path / "test" / "sph").mkdir()
+    audio = sine(4.0)
+    sf.write(tmp_path / "test" / "sph" / "TalkA_2010.sph", audio, SR, format="NIST", subtype="PCM_16")
+    (tmp_path / "test" / "stm" / "TalkA_2010.stm").write_text(
+        ";; a comment\n"
+        "TalkA_2010 1 TalkA_2010 0.00 1.00 <o,f0,male> ignore_time_segment_in_scoring\n"
+        "TalkA_2010 1 TalkA_2010 1.00 2.50 <o,f0,male> so it 's <unk> a story\n"
+        "TalkA_2010 1 TalkA_2010 2.50 3.25 <o,f0,male> thank you\n")
+    utts = read_tedlium("test", tmp_path)
+    assert [(u.utt_id, u.text, u.start, u.end, u.speaker) for u in utts] == [
+        ("TalkA_2010-0000100-0000250", "so it's a story", 1.0, 2.5, "TalkA_2010"),
+        ("TalkA_2010-0000250-0000325", "thank you", 2.5, 3.25, "TalkA_2010")]
+    seg = load_audio(utts[1].path, utts[1].start, utts[1].end)
+    assert seg.shape == (12_000,)
+    expected = torch.from_numpy(audio[40_000:52_000])
+    assert torch.allclose(seg, expected, atol=1 / 32768 + 1e-6)  # PCM_16 quantisation only
+
+
+# ---- audio --------------------------------------------------------------------------------------------------
+def test_stereo_44k_to_mono_16k(tmp_path):
+    left = sine(1.0, 44_100, 440.0, 0.5)
+    stereo = np.stack([left, -0.5 * left], axis=1)  # channel mean = (0.5 - 0.25) / 2 = 0.125 x sin
+    path = tmp_path / "stereo.wav"
+    sf.write(path, stereo, 44_100, subtype="FLOAT")
+    wave = load_audio(str(path))
+    assert wave.dtype == torch.float32 and wave.shape == (16_000,)
+    spectrum = torch.fft.rfft(wave).abs()
+    assert int(spectrum.argmax()) == 440  # 1 s at 16 kHz: bin k = k Hz
+    ref = torch.from_numpy(sine(1.0, SR, 440.0, 0.125))
+    assert torch.allclose(wave[500:-500], ref[500:-500], atol=5e-3)  # resampler edges excluded
+
+
+def test_corrupt_and_empty_audio_raise_audio_error_with_path(tmp_path):
+    corrupt, empty, zero = tmp_path / "corrupt.wav", tmp_path / "empty.wav", tmp_path / "zero_bytes.flac"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(4000))
+    sf.write(empty, np.zeros(0, np.float32), SR)  # a valid WAV header with 0 frames
+    zero.write_bytes(b"")
+    with pytest.raises(AudioError, match="corrupt.wav: unreadable") as e:
+        load_audio(str(corrupt))
+    assert e.value.path == str(corrupt)
+    with pytest.raises(AudioError, match=r"empty.wav: empty \(0 samples\)"):
+        load_audio(str(empty))
+    with pytest.raises(AudioError, match="zero_bytes.flac: unreadable"):
+        load_audio(str(zero))
+    with pytest.raises(AudioError, match="missing.wav: unreadable"):
+        load_audio(str(tmp_path / "missing.wav"))
+
+
+# ---- datamodule with bad files -------------------------------------------------------------------------------
+def _manifest_with_bad_files(tmp_path):
+    good = []
+    for i, seconds in enumerate([0.5, 0.75, 1.0, 1.25]):
+        p = tmp_path / f"good{i}.wav"
+        sf.write(p, sine(seconds), SR)
+        good.append(Utterance(f"good{i}", str(p), "HELLO WORLD", seconds, "spk1"))
+    corrupt, empty = tmp_path / "corrupt.wav", tmp_path / "empty.wav"
+    corrupt.write_bytes(np.random.default_rng(1).bytes(3000))
+    sf.write(empty, np.zeros(0, np.float32), SR)
+    # the bad pair is the shortest, so duration bucketing puts both in one batch
+    bad = [Utterance("bad_corrupt", str(corrupt), "HELLO", 0.3, "spk2"),
+           Utterance("bad_empty", str(empty), "WORLD", 0.3, "spk2")]
+    write_manifest(good + bad, tmp_path / "train.tsv")
+    # val/test speakers differ from train's (the datamodule drops val speakers from train)
+    write_manifest([replace(u, speaker="spk_val") for u in good[:2]], tmp_path / "val.tsv")
+    write_manifest([replace(u, speaker="spk_test") for u in bad], tmp_path / "test.tsv")
+    return corrupt, empty
+
+
+def _dm(tmp_path, **kw):
+    tok = CharTokenizer.from_texts(["HELLO WORLD"])
+    return ASRDataModule("manifest", str(tmp_path), tok, batch_size=2, train_split="train.tsv",
+                         val_split="other_val.tsv" if kw.pop("other_val", False) else "val.tsv",
+                         test_split="test.tsv", **kw)
+
+
+def test_manifest_round_trip(tmp_path):
+    utts = [Utterance("a", str(tmp_path / "a.wav"), "HI THERE", 1.25, "s1"),
+            Utterance("b", "rel/b.sph", "YES", 0.5, "s2", start=3.0, end=3.5)]
+    write_manifest(utts, tmp_path / "m.tsv")
+    back = read_manifest(tmp_path / "m.tsv")
+    assert back[0] == utts[0]
+    assert back[1] == Utterance("b", str(tmp_path / "rel/b.sph"), "YES", 0.5, "s2", 3.0, 3.5)
+
+
+def test_datamodule_skips_bad_audio_at_setup(tmp_path):
+    corrupt, empty = _manifest_with_bad_files(tmp_path)
+    write_manifest([], tmp_path / "other_val.tsv")
+    dm = _dm(tmp_path, other_val=True)
+    with pytest.warns(BadAudioWarning) as rec:
+        dm.setup()
+    messages = [str(w.message) for w in rec]
+    assert any(str(corrupt) in m for m in messages) and any(str(empty) in m for m in messages)
+    # train and test both list the two bad files; each utterance is counted once
+    assert sorted((s["utt_id"], s["path"]) for s in dm.skipped) == [
+        ("bad_corrupt", str(corrupt)), ("bad_empty", str(empty))]
+    assert "empty (0 samples)" in {s["utt_id"]: s["reason"] for s in dm.skipped}["bad_empty"]
+    assert len(dm.datasets["train"]) == 4 and len(dm.datasets["test"]) == 0
+    ids = sorted(u for b in dm.train_dataloader() for u in b["utt_ids"])
+    assert ids == ["good0", "good1", "good2", "good3"]
+
+
+def test_datamodule_on_bad_audio_error_names_path(tmp_path):
+    corrupt, _ = _manifest_with_bad_files(tmp_path)
+    with pytest.raises(AudioError, match=str(corrupt)):
+        _dm(tmp_path, on_bad_audio="error").setup()
+
+
+def test_read_time_failure_is_dropped_by_collate(tmp_path):
+    corrupt, empty = _manifest_with_bad_files(tmp_path)
+    utts = read_manifest(tmp_path / "train.tsv")
+    ds = ASRDataset(utts, [[1]] * len(utts), [u.text for u in utts])
+    with pytest.warns(BadAudioWarning, match=str(corrupt)):
+        item = ds[4]
+    assert isinstance(item, Skipped) and item.path == str(corrupt)
+    with pytest.warns(BadAudioWarning):
+        batch = collate([ds[0], ds[4], ds[5]])
+    assert batch["utt_ids"] == ["good0"] and batch["waves"].shape == (1, 8000)
+    assert [s["utt_id"] for s in batch["skipped"]] == ["bad_corrupt", "bad_empty"]
+    with pytest.warns(BadAudioWarning):
+        empty_batch = collate([ds[4], ds[5]])
+    assert empty_batch["waves"].shape == (0, 0) and empty_batch["utt_ids"] == []
+    with pytest.raises(AudioError, match=str(empty)):
+        ASRDataset(utts, [[1]] * len(utts), [u.text for u in utts], on_bad_audio="error")[5]
+
+
+class _CountingModule(L.LightningModule):
+    """Minimal module: wave energy as a loss; an all-failed batch arrives as None."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+        self.seen, self.none_batches = [], {"train": 0, "val": 0}
+
+    def training_step(self, batch, batch_idx):
+        if batch is None:  # Lightning's training loop already skips None batches; kept for safety
+            self.none_batches["train"] += 1
+            return None
+        self.seen += batch["utt_ids"]
+        return (self.w * batch["waves"].pow(2).mean()).sum()
+
+    def validation_step(self, batch, batch_idx):
+        if batch is None:  # evaluation loops do pass None on: the step must return early
+            self.none_batches["val"] += 1
+            return None
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_fit_survives_bad_audio_found_only_at_read_time(tmp_path):
+    """No header check: the bad files fail while loading (in a worker process) and the epoch still ends."""
+    corrupt, empty = _manifest_with_bad_files(tmp_path)
+    dm = _dm(tmp_path, validate_audio=False, num_workers=1)
+    dm.splits["val"] = "test.tsv"  # two bad files only: one all-bad val batch per epoch
+    model = _CountingModule()
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, datamodule=dm)
+    assert sorted(model.seen) == sorted([f"good{i}" for i in range(4)] * 2)
+    assert sorted(s["path"] for s in dm.skipped) == sorted([str(corrupt), str(empty)])
+    assert sorted(s["utt_id"] for s in dm.skipped) == ["bad_corrupt", "bad_empty"]  # counted once
+    assert trainer.global_step == 4  # 2 good batches x 2 epochs; the all-bad batch gave no step
+    assert model.none_batches == {"train": 0, "val": 2}
+
+
+# ---- text ---------------------------------------------------------------------------------------------------
+def test_tokenizer_round_trip_and_normalise():
+    assert normalise("  Well-known,  \"quoted\"  don’t!\n") == "WELL KNOWN QUOTED DON'T"
+    tok = CharTokenizer.from_texts(["hello world", "don't"])
+    assert tok.vocab == {"<blank>": 0, "|": 1, "'": 2, "D": 3, "E": 4, "H": 5, "L": 6, "N": 7, "O": 8, "R": 9,
+                         "T": 10, "W": 11}
+    ids = tok.encode("Hello, world")
+    assert ids == [5, 4, 6, 6, 8, 1, 11, 8, 9, 6, 3]
+    assert tok.decode(ids) == "HELLO WORLD"
+    # a wav2vec2-style vocabulary: blank = pad id 0, '|' between words, special tokens never emitted
+    w2v = CharTokenizer({"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, "E": 5, "T": 6, "'": 7})
+    assert w2v.encode("te'e t") == [6, 5, 7, 5, 4, 6]
+    assert w2v.decode([1, 6, 4, 3, 5, 2]) == "T E"
+
+
+def test_oov_policy():
+    tok = CharTokenizer.from_texts(["ABC"])
+    with pytest.raises(ValueError, match=r"utterance utt-42: characters \['X', 'Z'\]"):
+        tok.encode("abz cx", utt_id="utt-42")
+    assert tok.normalise("abz cx", "utt-42", oov="drop") == "AB C"
+    assert CharTokenizer.from_texts(["ABC"], oov="drop").encode("a x b") == [2, 1, 3]
+
+
+def test_oov_error_at_setup_names_utterance(tmp_path):
+    p = tmp_path / "a.wav"
+    sf.write(p, sine(0.5), SR)
+    write_manifest([Utterance("u-ok", str(p), "HELLO", 0.5, "s")], tmp_path / "val.tsv")
+    write_manifest([Utterance("u-ok", str(p), "HELLO", 0.5, "s")], tmp_path / "test.tsv")
+    write_manifest([Utterance("u-bad", str(p), "HELLO 42", 0.5, "s_train")], tmp_path / "train.tsv")
+    with pytest.raises(ValueError, match=r"utterance u-bad: characters \['2', '4'\]"):
+        _dm(tmp_path).setup()
+    dm = _dm(tmp_path, oov="drop")
+    dm.setup()
+    assert dm.datasets["train"].texts == ["HELLO"]
+
+
+def test_greedy_ctc_decode():
+    tok = CharTokenizer({"<b>": 0, "|": 1, "A": 2, "B": 3, "C": 4})
+    ids = torch.tensor([[0, 2, 2, 0, 2, 3, 1, 1, 4, 4, 0, 3],
+                        [4, 0, 4, 4, 1, 2, 0, 0, 0, 0, 0, 0]])
+    assert tok.ctc_decode(ids, torch.tensor([12, 6])) == ["AAB CB", "CC A"]
+    assert tok.ctc_decode(ids, [9, 3]) == ["AAB C", "CC"]
+    logp = torch.nn.functional.one_hot(ids, 5).float().log_softmax(-1)  # (B, T, V) scores
+    assert tok.ctc_decode(logp, [12, 6]) == ["AAB CB", "CC A"]
+
+
+# ---- sampler ------------------------------------------------------------------------------------------------
+def test_bucket_sampler_covers_each_index_once_and_sorts_batches():
+    rng = np.random.default_rng(0)
+    durations = rng.uniform(1.0, 20.0, size=400).tolist()
+    s = BucketBatchSampler(durations, batch_size=8, shuffle=True, seed=3)
+    orders = []
+    for epoch in range(2):
+        s.set_epoch(epoch)
+        batches = list(s)
+        flat = [i for b in batches for i in b]
+        assert sorted(flat) == list(range(400)) and len(batches) == 50 == len(s)
+        spreads = [max(durations[i] for i in b) - min(durations[i] for i in b) for b in batches]
+        assert max(spreads) < 1.0  # random batches of 8 from U(1, 20) would spread ~15 s
+        orders.append(flat)
+    assert orders[0] != orders[1]
+    s.set_epoch(1)
+    assert [i for b in s for i in b] == orders[1]  # deterministic per (seed, epoch)
+
+    budget = BucketBatchSampler(durations, max_batch_seconds=60.0, shuffle=False)
+    batches = list(budget)
+    assert sorted(i for b in batches for i in b) == list(range(400))
+    assert all(len(b) * max(durations[i] for i in b) <= 60.0 for b in batches)
+    flat = [durations[i] for b in batches for i in b]
+    assert flat == sorted(flat)
+
+
+def test_build_datamodule_from_hydra_node():
+    cfg = OmegaConf.create({"corpus": "an4", "root": None, "train_split": "train", "val_split": "val",
+                            "test_split": "test", "batch_size": 16, "num_workers": 0, "max_duration": 2.0,
+                            "on_bad_audio": "skip", "oov": "error", "validate_audio": False})
+    dm = build_datamodule(cfg, CharTokenizer.from_texts(corpus_texts()))
+    dm.setup()
+    assert max(dm.datasets["train"].durations) <= 2.0 and len(dm.datasets["test"]) == 130
+    assert len(dm.datasets["train"]) == sum(u.duration <= 2.0 for u in read_an4("train")
+                                            if u.speaker not in AN4_VAL_SPEAKERS)
+    with pytest.raises(ValueError, match=r"unknown fields \['batchsize'\]"):
+        build_datamodule({"batchsize": 3}, None)
+    with pytest.raises(ValueError, match="data.corpus 'timit'"):
+        ASRDataModule("timit", "/x", CharTokenizer.from_texts(["A"])).setup()
