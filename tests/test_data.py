@@ -328,6 +328,11 @@ def test_build_datamodule_from_hydra_node():
     assert max(dm.datasets["train"].durations) <= 2.0 and len(dm.datasets["test"]) == 130
     assert len(dm.datasets["train"]) == sum(u.duration <= 2.0 for u in read_an4("train")
                                             if u.speaker not in AN4_VAL_SPEAKERS)
+    placeholder = build_datamodule(OmegaConf.create({"name": "an4", "root": None, "sample_rate": 16000,
+                                                     "batch_size": 2, "num_workers": 0}), None)
+    assert placeholder.corpus == "an4" and placeholder.batch_size == 2
+    with pytest.raises(ValueError, match="data.sample_rate 8000"):
+        build_datamodule({"sample_rate": 8000}, None)
     with pytest.raises(ValueError, match=r"unknown fields \['batchsize'\]"):
         build_datamodule({"batchsize": 3}, None)
     with pytest.raises(ValueError, match="data.corpus 'timit'"):

@@ -187,12 +187,19 @@ class ASRDataModule(L.LightningDataModule):
 
 def build_datamodule(cfg: Mapping[str, Any], tokenizer: CharTokenizer | None) -> ASRDataModule:
     """From the Hydra `data` node (corpus, root, train/val/test_split, batch_size, num_workers, max_duration,
-    on_bad_audio, oov, and optionally max_batch_seconds, eval_batch_size, limit_*, val_speakers, seed)."""
+    on_bad_audio, oov, and optionally max_batch_seconds, eval_batch_size, limit_*, val_speakers, seed,
+    validate_audio, pin_memory; `name` stands for corpus if corpus is absent; sample_rate must be 16000).
+    Unknown fields are an error naming them, so a typo cannot silently fall back to a default."""
     allowed = {"corpus", "root", "train_split", "val_split", "test_split", "batch_size", "num_workers",
                "max_duration", "on_bad_audio", "oov", "max_batch_seconds", "eval_batch_size", "limit_train",
                "limit_val", "limit_test", "val_speakers", "validate_audio", "seed", "pin_memory"}
     cfg = dict(cfg)
     cfg.pop("_target_", None)
+    name = cfg.pop("name", None)  # the config group's label; the corpus when `corpus` is not given
+    cfg.setdefault("corpus", name or "an4")
+    sample_rate = cfg.pop("sample_rate", 16_000)
+    if sample_rate != 16_000:
+        raise ValueError(f"data.sample_rate {sample_rate}: only 16000 is supported (audio is resampled to it)")
     unknown = sorted(set(cfg) - allowed)
     if unknown:
         raise ValueError(f"data config: unknown fields {unknown}; allowed {sorted(allowed)}")
