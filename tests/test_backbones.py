@@ -1,0 +1,324 @@
+"""Backbone adapters: patched attention == the original, at module level and whole-model level, on tiny random
+models of both families (HF wav2vec2, HF conformer relative + rotary, SpeechBrain Branchformer), fp32, padded batches.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import copy
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from asr_attention.attention import fidelity_table, relative_error
+from asr_attention.backbones import (
+    build_backbone,
+    calibration_batch,
+    capture_attention_inputs,
+    original_variants,
+    patch_attention,
+    patched_variants,
+)
+
+TINY_HF = dict(
+    intermediate_size=64, conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+    feat_proj_dropout=0.0, final_dropout=0.0, mask_time_prob=0.0,
+)
+CONFORMER = dict(hf_class="Wav2Vec2ConformerForCTC", conv_depthwise_kernel_size=3)
+HF_CASES = {
+    # name: arch overrides. "layer" feature extractors take the attention mask, so padding reaches attention.
+    "wav2vec2-group-sdpa": dict(),
+    "wav2vec2-sdpa": dict(feat_extract_norm="layer"),
+    "wav2vec2-eager": dict(feat_extract_norm="layer", attn_implementation="eager"),
+    "conformer-relative-sdpa": dict(CONFORMER, position_embeddings_type="relative", feat_extract_norm="layer"),
+    "conformer-relative-eager": dict(CONFORMER, position_embeddings_type="relative", feat_extract_norm="layer",
+                                     attn_implementation="eager"),
+    "conformer-rotary-sdpa": dict(CONFORMER, position_embeddings_type="rotary", feat_extract_norm="layer"),
+    "conformer-rotary-eager": dict(CONFORMER, position_embeddings_type="rotary", feat_extract_norm="layer",
+                                   attn_implementation="eager"),
+}
+SB_ARCH = dict(csgu_linear_units=48, kernel_size=7, cnn_channels=(8, 8), dropout=0.0)
+VOCAB = 11
+
+
+def hf_cfg(**arch):
+    return dict(family="hf_wav2vec2", source="unused", pretrained=False, d_model=32, num_heads=4, num_layers=2,
+                arch={**TINY_HF, **arch})
+
+
+def sb_cfg(**arch):
+    return dict(family="speechbrain_branchformer", source="unused", pretrained=False, d_model=32, num_heads=4,
+                num_layers=2, arch={**SB_ARCH, **arch})
+
+
+ALL_CASES = {**{k: hf_cfg(**v) for k, v in HF_CASES.items()}, "branchformer": sb_cfg()}
+
+
+def make(cfg, seed=0):
+    torch.manual_seed(seed)
+    backbone = build_backbone(cfg, VOCAB).eval()
+    with torch.no_grad():  # SpeechBrain leaves the XL position biases near zero-ish; make every term count
+        for _, _, original in backbone.attention_sites():
+            for name in ("pos_bias_u", "pos_bias_v"):
+                if hasattr(original, name):
+                    getattr(original, name).normal_(0, 0.5)
+    return backbone
+
+
+def batch(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    waves = torch.randn(3, 8000, generator=g)
+    lengths = torch.tensor([8000, 5900, 3300])
+    waves[1, 5900:] = 0
+    waves[2, 3300:] = 0
+    return waves, lengths
+
+
+# ------------------------------------------------------------------------------------------- module level
+
+
+@pytest.mark.parametrize("case", list(ALL_CASES))
+def test_wrapped_mha_equals_original_module(case):
+    """The original attention module vs the wrapped MHA variant, same call (captured from the model), <= 1e-5."""
+    backbone = make(ALL_CASES[case])
+    waves, lengths = batch()
+    calls = []
+    handles = [m.register_forward_pre_hook(lambda mod, a, kw: calls.append((mod, a, kw)), with_kwargs=True)
+               for _, _, m in backbone.attention_sites()]
+    with torch.no_grad():
+        backbone(waves, lengths)
+    for h in handles:
+        h.remove()
+    assert len(calls) == 2
+    for original, args, kwargs in calls:
+        wrapped = backbone.wrap(original_variants_of(backbone, original))
+        with torch.no_grad():
+            ref, _ = original(*args, **kwargs)
+            out, weights = wrapped(*args, **kwargs)
+        pad = backbone.variant_inputs(args, kwargs)["key_padding_mask"]
+        err = relative_error(ref, out, pad)
+        assert err <= 1e-5, f"{case}: relative error {err:.2e}"
+        assert weights is None and out.shape == ref.shape
+    if case != "wav2vec2-group-sdpa":  # the padding really reaches attention in these
+        assert pad is not None and pad.any()
+
+
+def original_variants_of(backbone, original):
+    from asr_attention.attention.mha import MultiHeadAttention
+
+    return MultiHeadAttention(backbone.to_canonical(original)).eval()
+
+
+def test_speechbrain_quirks_matter():
+    """Negative controls: each RelPosMHAXL quirk, done the naive way, breaks equality by far more than 1e-5."""
+    backbone = make(ALL_CASES["branchformer"])
+    inputs = capture_attention_inputs(backbone, *batch())
+    original = backbone.transformer.encoder.layers[0].mha_layer
+    kw = inputs[0]
+    with torch.no_grad():
+        ref, _ = original(kw["x"], kw["x"], kw["x"], pos_embs=kw["pos"], key_padding_mask=kw["key_padding_mask"])
+    good = backbone.to_canonical(original)
+    h, d = good.num_heads, good.d_model
+    naive_qkv = copy.copy(good)
+    naive_qkv.q_weight, naive_qkv.k_weight, naive_qkv.v_weight = original.in_proj_weight.detach().chunk(3)
+    naive_pos = copy.copy(good)
+    naive_pos.pos_bias_u = original.pos_bias_u.detach().T.contiguous()
+    naive_pos.pos_bias_v = original.pos_bias_v.detach().T.contiguous()
+    naive_scale = copy.copy(good)
+    naive_scale.scale = (d // h) ** -0.5
+    from asr_attention.attention.mha import MultiHeadAttention
+
+    errors = {}
+    for name, canon in {"good": good, "chunk": naive_qkv, "transpose": naive_pos, "scale": naive_scale}.items():
+        with torch.no_grad():
+            out, _ = MultiHeadAttention(canon)(**kw)
+        errors[name] = relative_error(ref, out, kw["key_padding_mask"])
+    assert errors["good"] <= 1e-5
+    for name in ("chunk", "transpose", "scale"):
+        assert errors[name] > 1e-3, errors  # >= 100x the tolerance
+
+
+def test_hf_rotary_position_reaches_attention():
+    """Rotary pos really matters (dropping it is detected), so the rotary equality above is not vacuous."""
+    backbone = make(ALL_CASES["conformer-rotary-sdpa"])
+    kw = capture_attention_inputs(backbone, *batch())[0]
+    original = backbone.model.wav2vec2_conformer.encoder.layers[0].self_attn
+    canon = backbone.to_canonical(original)
+    assert canon.position == "rotary_input" and kw["pos"].shape == (2, kw["x"].shape[1], 8)
+    canon.position = "none"
+    from asr_attention.attention.mha import MultiHeadAttention
+
+    ref, _ = original_variants(backbone)[0](**kw)
+    out, _ = MultiHeadAttention(canon)(x=kw["x"], key_padding_mask=kw["key_padding_mask"])
+    assert relative_error(ref, out) > 1e-3  # >= 100x the 1e-5 tolerance
+
+
+# ------------------------------------------------------------------------------------------ whole-model level
+
+
+def run(backbone):
+    with torch.no_grad():
+        return backbone(*batch())
+
+
+def valid(log_probs, lengths):
+    keep = torch.arange(log_probs.shape[1])[None] < lengths[:, None]
+    return log_probs[keep]
+
+
+@pytest.mark.parametrize("case", list(ALL_CASES))
+def test_patched_mha_model_equals_unpatched(case):
+    backbone = make(ALL_CASES[case])
+    ref, lengths = run(backbone)
+    assert (lengths < ref.shape[1]).any(), "the batch must contain padding"
+    params = sum(p.numel() for p in backbone.parameters())
+    summary = patch_attention(backbone, {"name": "mha"})
+    out, lengths2 = run(backbone)
+    assert torch.equal(lengths, lengths2)
+    err = relative_error(valid(ref, lengths), valid(out, lengths))
+    assert err <= 1e-5, f"{case}: patched logits differ by {err:.2e}"
+    assert summary["layers_replaced"] == 2
+    assert summary["params_before"] == summary["params_after"] == params
+    assert summary["cache_mib_per_1000_frames"] == pytest.approx(2 * 1000 * 2 * 32 * 4 / 2**20)
+    assert all(type(v).__name__ == "MultiHeadAttention" for v in patched_variants(backbone))
+
+
+@pytest.mark.parametrize("case", ["wav2vec2-sdpa", "conformer-relative-sdpa", "conformer-rotary-eager", "branchformer"])
+def test_gqa_full_heads_and_mla_full_rank_equal_original(case):
+    backbone = make(ALL_CASES[case])
+    ref, lengths = run(backbone)
+    gqa = copy.deepcopy(backbone)
+    summary = patch_attention(gqa, {"name": "gqa", "num_kv_heads": 4})
+    assert relative_error(valid(ref, lengths), valid(run(gqa)[0], lengths)) <= 1e-5
+    assert summary["cache_mib_per_1000_frames"] == pytest.approx(2 * 1000 * 2 * 32 * 4 / 2**20)
+    mla = copy.deepcopy(backbone)
+    summary = patch_attention(mla, {"name": "mla", "latent_dim": 32, "calibration": "plain"})
+    assert relative_error(valid(ref, lengths), valid(run(mla)[0], lengths)) <= 1e-4
+    per_frame = 2 if case == "conformer-rotary-eager" else 1  # rotary MLA keeps two latents
+    assert summary["cache_mib_per_1000_frames"] == pytest.approx(2 * 1000 * per_frame * 32 * 4 / 2**20)
+
+
+@pytest.mark.parametrize("case", ["conformer-relative-sdpa", "branchformer"])
+def test_fidelity_table_and_activation_aware_mla(case):
+    """Captured inputs feed fidelity_table; activation-aware MLA (calibrated on them) beats plain SVD per layer."""
+    backbone = make(ALL_CASES[case])
+    inputs = capture_attention_inputs(backbone, *batch())
+    assert inputs[0]["x"].shape[-1] == 32 and inputs[0]["key_padding_mask"].any()
+    refs = original_variants(backbone)
+    rows = fidelity_table(refs, refs, inputs)
+    assert [r["relative_error"] for r in rows] == [0.0, 0.0]
+    calibration = calibration_batch(inputs)
+    assert calibration[0].shape == (int((~inputs[0]["key_padding_mask"]).sum()), 32)
+    plain, aware = copy.deepcopy(backbone), copy.deepcopy(backbone)
+    patch_attention(plain, {"name": "mla", "latent_dim": 6, "calibration": "plain"})
+    patch_attention(aware, {"name": "mla", "latent_dim": 6, "calibration": "activation"}, calibration=calibration)
+    e_plain = [r["relative_error"] for r in fidelity_table(refs, patched_variants(plain), inputs)]
+    e_aware = [r["relative_error"] for r in fidelity_table(refs, patched_variants(aware), inputs)]
+    assert all(p > 1e-3 for p in e_plain)
+    assert all(a <= p + 1e-6 for a, p in zip(e_aware, e_plain)), (e_aware, e_plain)
+
+
+@pytest.mark.parametrize("case", ["conformer-relative-sdpa", "conformer-rotary-sdpa", "branchformer"])
+@pytest.mark.parametrize("attention", [{"name": "mla", "latent_dim": 8}, {"name": "gqa", "num_kv_heads": 2},
+                                       {"name": "linear", "feature_map": "hedgehog"}])
+def test_gradients_reach_every_trainable_parameter(case, attention):
+    backbone = make(ALL_CASES[case])
+    patch_attention(backbone, attention)
+    backbone.train()
+    log_probs, lengths = backbone(*batch())
+    targets = torch.randint(1, VOCAB, (3, 4))
+    loss = torch.nn.functional.ctc_loss(log_probs.transpose(0, 1), targets, lengths, torch.full((3,), 4),
+                                        blank=backbone.blank_id, zero_infinity=True)
+    loss.backward()
+    missing = [n for n, p in backbone.named_parameters()
+               if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    # Not used by the original models either: masked_spec_embed (SpecAugment only, off here) and, in HF's
+    # Wav2Vec2ConformerEncoder, pos_conv_embed (built in __init__, never called in forward).
+    missing = [n for n in missing if "masked_spec_embed" not in n and "conformer.encoder.pos_conv_embed" not in n]
+    assert not missing, missing
+
+
+# -------------------------------------------------------------------------------------------- loading / errors
+
+
+def test_unknown_hf_position_type_raises():
+    with pytest.raises(ValueError, match="position_embeddings_type='alibi'"):
+        build_backbone(hf_cfg(**CONFORMER, position_embeddings_type="alibi"), VOCAB)
+
+
+def test_hf_local_dir_round_trip_and_config_mismatch(tmp_path):
+    backbone = make(ALL_CASES["conformer-relative-sdpa"])
+    backbone.model.save_pretrained(tmp_path)
+    cfg = dict(ALL_CASES["conformer-relative-sdpa"], pretrained=True, source=str(tmp_path),
+               arch={"hf_class": "Wav2Vec2ConformerForCTC"})
+    loaded = build_backbone(cfg).eval()
+    assert loaded.vocab_size == VOCAB
+    assert torch.equal(run(backbone)[0], run(loaded)[0])
+    with pytest.raises(ValueError) as err:
+        build_backbone(dict(cfg, d_model=64, num_layers=3))
+    msg = str(err.value)
+    assert "model.d_model=64" in msg and "hidden_size=32" in msg
+    assert "model.num_layers=3" in msg and "num_hidden_layers=2" in msg and str(tmp_path) in msg
+
+
+def test_hub_id_offline_fails_fast_with_alternatives(tmp_path):
+    """In a fresh process with HF_HUB_OFFLINE=1 and an empty cache: fails in seconds, names the fixes."""
+    code = (
+        "from asr_attention.backbones import build_backbone\n"
+        "for fam in ('hf_wav2vec2', 'speechbrain_branchformer'):\n"
+        "    try:\n"
+        "        build_backbone(dict(family=fam, source='facebook/not-a-real-model-xyz', pretrained=True,"
+        " d_model=1024, num_heads=16, num_layers=24))\n"
+        "    except OSError as e:\n"
+        "        print('ERR', e)\n"
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    start = time.monotonic()
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - start
+    errors = [line for line in res.stdout.splitlines() if line.startswith("ERR")]
+    assert len(errors) == 2, res.stdout + res.stderr
+    for line in errors:
+        assert "HF_HUB_OFFLINE" in line and "local checkpoint directory" in line and "experiment=demo" in line
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+
+
+def test_speechbrain_local_dir_round_trip(tmp_path):
+    backbone = make(ALL_CASES["branchformer"])
+    backbone.normalize.mean.normal_()
+    backbone.normalize.std.uniform_(0.5, 2.0)
+    backbone.save_speechbrain(tmp_path)
+    import sentencepiece as spm
+
+    (tmp_path / "text.txt").write_text("\n".join(["abc dab cad", "bad cab dad", "add bca"] * 20))
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "text.txt"), model_prefix=str(tmp_path / "tok"),
+                                   vocab_size=VOCAB, model_type="unigram", minloglevel=2)
+    (tmp_path / "tok.model").rename(tmp_path / "tokenizer.ckpt")
+    # the recipe's checkpoint also holds the attention decoder: the loader must drop it
+    state = torch.load(tmp_path / "asr.ckpt")
+    state["1.decoder.layers.0.self_attn.att.in_proj_weight"] = torch.zeros(96, 32)
+    torch.save(state, tmp_path / "asr.ckpt")
+
+    cfg = dict(ALL_CASES["branchformer"], pretrained=True, source=str(tmp_path), arch={"dropout": 0.0})
+    loaded = build_backbone(cfg).eval()
+    assert loaded.sizes["csgu_linear_units"] == 48 and loaded.sizes["kernel_size"] == 7  # read from the checkpoint
+    assert len(loaded.vocab) == VOCAB and loaded.blank_id == 0
+    assert torch.equal(run(backbone)[0], run(loaded)[0])
+    with pytest.raises(ValueError) as err:
+        build_backbone(dict(cfg, num_heads=8))
+    assert "model.num_heads=8" in str(err.value) and "nhead=4" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="asr.ckpt"):
+        (tmp_path / "empty").mkdir()
+        build_backbone(dict(cfg, source=str(tmp_path / "empty")))
+
+
+def test_unknown_family():
+    with pytest.raises(ValueError, match="model.family='nemo'"):
+        build_backbone({"family": "nemo"})
