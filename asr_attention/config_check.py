@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-ATTENTION_NAMES = ("mha", "mla", "gqa", "linear")
+ATTENTION_NAMES = ("native", "mha", "mla", "gqa", "linear")
 FEATURE_MAPS = ("elu", "relu", "hedgehog")
 CALIBRATIONS = ("plain", "activation")
 MODEL_FAMILIES = ("hf_wav2vec2", "speechbrain_branchformer")

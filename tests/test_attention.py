@@ -208,5 +208,7 @@ def test_invalid_options_name_the_field():
 def test_xl_streaming_is_refused_not_silently_wrong():
     layer = build_attention(CONFIGS["mha"], random_mha(D, H, "xl"))
     x, _, pos = inputs("xl")
-    with pytest.raises(NotImplementedError, match="xl"):
-        layer(x, pos=pos, use_cache=True)
+    _, cache = layer(x, pos=pos, use_cache=True)  # a cache of a whole sequence is fine ...
+    assert cache_nbytes(cache) == layer.cache_bytes(T, 3, torch.float32)
+    with pytest.raises(NotImplementedError, match="xl"):  # ... a chunk against it is not
+        layer(x, pos=pos, cache=cache)

@@ -67,10 +67,11 @@ class AttentionVariant(nn.Module):
         return rotate_inputs(x, pos, self.num_heads) if self.position == "rotary_input" else x
 
     def check_cache(self, cache: Cache | None, use_cache: bool) -> None:
-        if (cache is not None or use_cache) and self.position == "xl":
+        if cache is not None and self.position == "xl":
             # The XL skew assumes queries and keys cover the same frames; a chunk against a longer cache
-            # would need the relative positions re-indexed, which no backbone here streams with.
-            raise NotImplementedError(f"{self.name}: cached/streaming steps are not supported with xl positions")
+            # would need the relative positions re-indexed, which no backbone here streams with. Producing
+            # a cache from a whole sequence (use_cache alone) is fine.
+            raise NotImplementedError(f"{self.name}: a chunk attending to a cache is not supported with xl positions")
 
 
 class SoftmaxAttention(AttentionVariant):
