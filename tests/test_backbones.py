@@ -266,6 +266,10 @@ def test_hf_local_dir_round_trip_and_config_mismatch(tmp_path):
     msg = str(err.value)
     assert "model.d_model=64" in msg and "hidden_size=32" in msg
     assert "model.num_layers=3" in msg and "num_hidden_layers=2" in msg and str(tmp_path) in msg
+    half_dir = tmp_path / "fp16"
+    backbone.model.half().save_pretrained(half_dir)
+    loaded = build_backbone(dict(cfg, source=str(half_dir)))
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
 
 
 def test_hub_id_offline_fails_fast_with_alternatives(tmp_path):

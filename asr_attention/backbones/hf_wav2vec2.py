@@ -235,7 +235,10 @@ def _load_pretrained(model_cls, config_cls, model_cfg: Mapping, attn_impl: str, 
     overrides.setdefault("layerdrop", 0.0)
     for key, value in overrides.items():
         setattr(config, key, value)
-    model = model_cls.from_pretrained(source, config=config, attn_implementation=attn_impl, **kwargs)
+    # fp32 master weights whatever the checkpoint's storage dtype (fp16 exports); AMP decides compute precision
+    model = model_cls.from_pretrained(
+        source, config=config, attn_implementation=attn_impl, dtype=torch.float32, **kwargs
+    )
     return model, _load_vocab(source, kwargs)
 
 
