@@ -20,7 +20,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from asr_attention.attention import build_attention, random_mha
+from asr_attention.attention import VARIANTS, build_attention, random_mha
 from asr_attention.config_check import ATTENTION_NAMES, validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -52,9 +52,9 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def attention_presets(model: Mapping) -> dict[str, dict]:
-    """Each conf/attention/<name>.yaml, resolved against `model` (so latent_dim: ${model.d_model} works)."""
+    """conf/attention/<name>.yaml of every variant, resolved against `model` (latent_dim: ${model.d_model})."""
     presets = {}
-    for name in ATTENTION_NAMES:
+    for name in (n for n in ATTENTION_NAMES if n in VARIANTS):  # `native` is no variant: the original module
         node = OmegaConf.create({"model": OmegaConf.to_container(OmegaConf.create(model), resolve=True)})
         node.attention = OmegaConf.load(CONF / "attention" / f"{name}.yaml")
         presets[name] = OmegaConf.to_container(node.attention, resolve=True)
@@ -65,6 +65,8 @@ def cache_rows(model: Mapping, chosen: Mapping | None, frames: int, batch: int, 
     """One row per attention variant for this model; `chosen` (an attention config) replaces its preset."""
     mha = random_mha(model["d_model"], model["num_heads"], position=model["position"])
     attentions = attention_presets(model)
+    if chosen is not None and chosen["name"] == "native":
+        chosen = attentions["mha"]  # the unpatched module caches exactly what MHA does
     if chosen is not None:
         attentions[chosen["name"]] = dict(chosen)
     rows = []
