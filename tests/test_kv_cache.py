@@ -85,3 +85,8 @@ def test_bad_report_settings_fail_naming_the_field(compose_cfg, overrides, messa
 def test_dtype_names_map_to_torch():
     assert torch_dtype("bfloat16") is torch.bfloat16 and torch_dtype("float64") is torch.float64
 
+
+def test_native_attention_reports_as_mha(compose_cfg):
+    rows = report(compose_cfg("kv_cache", ["attention=native"]))
+    assert [(r.attention, r.chosen) for r in rows] == [("mha", True), ("mla", False), ("gqa", False), ("linear", False)]
+    assert rows[0].mib == 187.5
