@@ -51,8 +51,12 @@ class Backbone(nn.Module):
 
 def arch_of(model_cfg: Mapping) -> dict:
     """The optional `model.arch` node as a plain dict."""
+    from omegaconf import DictConfig, OmegaConf
+
     arch = model_cfg.get("arch") or {}
-    return {k: arch[k] for k in arch}
+    if isinstance(arch, DictConfig):  # plain lists and dicts: HF configs type-check their fields
+        return OmegaConf.to_container(arch, resolve=True)
+    return dict(arch)
 
 
 def check_sizes(source: str, pairs: list[tuple[str, int, str, int]]) -> None:

@@ -22,6 +22,7 @@ Pretrained layout (a SpeechBrain source dir, or a hub id fetched into one):
 from __future__ import annotations
 
 import logging
+import json
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -284,6 +285,9 @@ def build_speechbrain_branchformer(model_cfg: Mapping, vocab_size: int | None = 
         sp = sentencepiece.SentencePieceProcessor(model_file=str(directory / "tokenizer.ckpt"))
         backbone.vocab = [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
         backbone.tokenizer = sp
+    if (directory / "vocab.json").exists():  # a character head exported by this framework (backbones/export.py)
+        by_id = {i: t for t, i in json.loads((directory / "vocab.json").read_text()).items()}
+        backbone.vocab = [by_id[i] for i in range(len(by_id))]
     backbone.blank_id = 0  # the recipe's blank_index
     if vocab_size is not None and vocab_size != backbone.vocab_size:
         log.info("new CTC head: %d outputs (the checkpoint's head has %d)", vocab_size, backbone.vocab_size)
