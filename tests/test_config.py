@@ -34,8 +34,9 @@ def test_every_combination_composes_with_seed_values(compose_cfg, model, attenti
 
 
 def test_defaults_are_conformer_mha_with_offline_wandb(compose_cfg):
-    cfg = compose_cfg("train")
-    assert (cfg.model.name, cfg.attention.name, cfg.data.name) == ("conformer", "mha", "an4")
+    cfg = compose_cfg("train", return_hydra_config=True)
+    choices = cfg.hydra.runtime.choices
+    assert (choices.model, choices.attention, choices.data, choices.logger) == ("conformer", "mha", "an4", "wandb")
     assert cfg.logger.wandb.mode == "offline" and cfg.logger.wandb.project == "asr-attention"
     assert cfg.trainer._target_ == "lightning.Trainer"
     assert compose_cfg("train", ["logger=none"]).logger == {}
