@@ -326,3 +326,19 @@ def test_speechbrain_local_dir_round_trip(tmp_path):
 def test_unknown_family():
     with pytest.raises(ValueError, match="model.family='nemo'"):
         build_backbone({"family": "nemo"})
+
+
+def test_wave_normalisation_matches_the_hf_feature_extractor():
+    import numpy as np
+    from transformers import Wav2Vec2FeatureExtractor
+
+    from asr_attention.backbones.hf_wav2vec2 import zero_mean_unit_var
+
+    waves = torch.randn(2, 100) * 0.1 + 0.3
+    lengths = torch.tensor([100, 60])
+    waves[1, 60:] = 0
+    ours = zero_mean_unit_var(waves, lengths)
+    mask = (torch.arange(100)[None] < lengths[:, None]).int().numpy()
+    ref = Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm([w.numpy() for w in waves], mask, padding_value=0.0)
+    for i in range(2):
+        assert np.abs(ours[i].numpy() - ref[i]).max() < 1e-5

@@ -142,12 +142,14 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         h, hd, r, d = self.num_heads, self.head_dim, self.latent_dim, self.d_model
         w_k = self.kv_up.weight[:d].view(h, hd, r)
         w_v = self.kv_up.weight[d:].view(h, hd, r)
-        q_latent = torch.einsum("bhtd,hdr->bhtr", q, w_k)
-        # plain matmuls: SDPA has no fused kernel for head_dim = r, and the chunk is short
-        scores = torch.matmul(q_latent, latent_k[:, None].transpose(-1, -2)) * self.scale
+        b, _, t, _ = q.shape
+        # heads folded into the query axis: one bmm against the shared latent, never an expanded copy of it
+        q_latent = torch.einsum("bhtd,hdr->bhtr", q, w_k).reshape(b, h * t, r)
+        scores = torch.bmm(q_latent, latent_k.transpose(1, 2)) * self.scale  # (B, H*T, S)
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        out_latent = torch.matmul(scores.float().softmax(-1).to(q.dtype), latent_v[:, None])
+            scores = scores.view(b, h, t, -1).masked_fill(~mask, float("-inf")).view(b, h * t, -1)
+        weights = scores.float().softmax(-1).to(q.dtype)
+        out_latent = torch.bmm(weights, latent_v).view(b, h, t, r)
         out = torch.einsum("bhtr,hdr->bhtd", out_latent, w_v)
         if self.kv_up.bias is not None:
             out = out + self.kv_up.bias[d:].view(1, h, 1, hd)

@@ -101,6 +101,16 @@ class HFAttention(nn.Module):
         return out, None
 
 
+def zero_mean_unit_var(waves: Tensor, wave_lengths: Tensor, eps: float = 1e-7) -> Tensor:
+    """Per utterance over its valid samples, padding kept at 0: Wav2Vec2FeatureExtractor's normalisation, in torch
+    so it runs on the batch's device (tests compare it with the extractor's own)."""
+    valid = torch.arange(waves.shape[1], device=waves.device)[None] < wave_lengths[:, None]
+    n = wave_lengths[:, None].clamp_min(1)
+    mean = (waves * valid).sum(1, keepdim=True) / n
+    var = (((waves - mean) * valid) ** 2).sum(1, keepdim=True) / n
+    return ((waves - mean) / torch.sqrt(var + eps)) * valid
+
+
 class HFWav2Vec2(Backbone):
     family = "hf_wav2vec2"
 
@@ -113,6 +123,9 @@ class HFWav2Vec2(Backbone):
         # wav2vec2 with a group-norm feature extractor was trained without an attention mask: pad with zeros
         # and pass none. Layer-norm extractors (large-lv60, conformer) take the mask.
         self.use_attention_mask = cfg.feat_extract_norm == "layer"
+        # The checkpoints' feature extractors normalise each utterance (do_normalize=True in
+        # preprocessor_config.json of wav2vec2-large-960h and the conformer checkpoints); so does this adapter.
+        self.normalize_waves = True
         stride = 1
         for s in cfg.conv_stride:
             stride *= s
@@ -137,6 +150,8 @@ class HFWav2Vec2(Backbone):
         mask = None
         if self.use_attention_mask:
             mask = torch.arange(waves.shape[1], device=waves.device)[None] < wave_lengths[:, None]
+        if self.normalize_waves:
+            waves = zero_mean_unit_var(waves, wave_lengths)
         logits = self.model(waves, attention_mask=mask).logits
         out_lengths = self.model._get_feat_extract_output_lengths(wave_lengths).clamp(max=logits.shape[1])
         return logits.float().log_softmax(-1), out_lengths
