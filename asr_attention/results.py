@@ -22,3 +22,27 @@ class Results:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=1, default=str))
         os.replace(tmp, self.path)  # atomic: a reader never sees half a file
+
+
+def summary_table(data: dict) -> str:
+    """The lines a run prints at its end: WER/CER before and after fine-tuning, cache, throughput."""
+    cfg = data.get("config", {})
+    conv = data.get("conversion", {})
+    before, after = data.get("before") or {}, data.get("after") or {}
+
+    def pct(d: dict, key: str) -> str:
+        return f"{100 * d[key]:.1f} %" if key in d else "-"
+
+    rows = [
+        ("model / attention", f"{cfg.get('model', {}).get('name')} / {cfg.get('attention', {}).get('name')}"),
+        ("WER before -> after fine-tuning", f"{pct(before, 'test_wer')} -> {pct(after, 'test_wer')}"),
+        ("CER before -> after fine-tuning", f"{pct(before, 'test_cer')} -> {pct(after, 'test_cer')}"),
+        ("KV cache per 1000 frames (fp32, batch 1)",
+         f"{conv['cache_mib_per_1000_frames']:.4g} MiB" if "cache_mib_per_1000_frames" in conv else "native"),
+        ("parameters", f"{data.get('parameters', 0):,}"),
+        ("throughput (RTFx, test batch)", f"{data.get('throughput', {}).get('rtfx', 0):.1f} "
+                                          f"on {data.get('throughput', {}).get('device')}"),
+        ("skipped audio files", str(len(data.get("skipped_files", [])))),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

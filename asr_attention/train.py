@@ -24,7 +24,7 @@ from .config_check import validate
 from .experiment import (
     build_datamodule_for, build_module, build_tokenizer_and_backbone, build_trainer, config_summary, convert,
 )
-from .results import Results
+from .results import Results, summary_table
 from .throughput import measure_rtfx
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         wer = run(cfg, run_dir, results)
         results.update(status="completed")
+        print(f"\n{summary_table(results.data)}\nresults: {results.path}")
         return wer
     except Exception as err:
         results.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
