@@ -72,3 +72,6 @@ def validate(cfg: Mapping) -> None:
             _fail(group, cfg.get(group), "expected a config group (e.g. model=conformer attention=mha)")
     validate_model(cfg["model"])
     validate_attention(cfg["attention"], cfg["model"])
+    if cfg.get("export_dir") and cfg["attention"]["name"] != "native":
+        # export writes the backbone's own format, which has no place for a converted attention
+        _fail("export_dir", cfg["export_dir"], f"needs attention=native, not attention={cfg['attention']['name']}")

@@ -1,0 +1,84 @@
+"""The training entry end to end on the shipped AN4 demo checkpoints (CPU, a few utterances), and a real
+kill-and-resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["experiment=demo", "model=branchformer", "data.limit_train=16", "data.limit_val=8", "data.limit_test=8",
+        "data.num_workers=0"]
+
+
+def train(run_dir: Path, *overrides: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "asr_attention.train", *TINY, f"hydra.run.dir={run_dir}", *overrides]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **popen)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def test_train_converts_finetunes_and_writes_results(tmp_path):
+    out = finish(train(tmp_path, "attention=gqa", "trainer.max_epochs=1"))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "completed"
+    conv = results["conversion"]
+    assert conv["attention"] == "gqa" and conv["layers_replaced"] == 4
+    assert len(conv["fidelity"]) == 4 and all(row["relative_error"] > 0 for row in conv["fidelity"])
+    # the measured cache of the patched layers equals the analytic figure for the same frames and batch
+    assert conv["measured_cache_bytes"]["measured"] == conv["measured_cache_bytes"]["analytic"] > 0
+    # 4 layers x 2 KV heads x 36 head dims x 2 (K, V) x 1000 frames x 4 bytes
+    assert conv["cache_mib_per_1000_frames"] == 4 * 2 * 36 * 2 * 1000 * 4 / 2**20
+    for phase in ("before", "after"):
+        assert 0 <= results[phase]["test_wer"] <= 2 and 0 <= results[phase]["test_cer"] <= 2
+    assert results["throughput"]["rtfx"] > 0
+    assert "WER before -> after fine-tuning" in out
+
+
+def test_mha_conversion_keeps_the_checkpoint_exactly(tmp_path):
+    finish(train(tmp_path, "attention=mha", "trainer.max_epochs=1", "+trainer.limit_train_batches=0"))
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert max(row["relative_error"] for row in results["conversion"]["fidelity"]) < 1e-5
+    # no training step was taken, so the test WER after equals the one right after conversion
+    assert results["after"]["test_wer"] == pytest.approx(results["before"]["test_wer"])
+
+
+def test_killed_run_resumes_from_last_checkpoint(tmp_path):
+    args = ("attention=gqa", "trainer.max_epochs=4")
+    proc = train(tmp_path, *args, start_new_session=True)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 400
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert last.exists(), "no last.ckpt before the deadline"
+    os.killpg(proc.pid, signal.SIGKILL)  # a real kill: no clean-up runs
+    proc.communicate()
+    killed = json.loads((tmp_path / "results.json").read_text())
+    assert killed["status"] == "running" and "after" not in killed and "before" in killed
+
+    out = finish(train(tmp_path, *args))
+    assert f"Restoring states from the checkpoint path at {last}" in out
+    done = json.loads((tmp_path / "results.json").read_text())
+    assert done["status"] == "completed"
+    # 16 utterances at batch 16: one step per epoch, so 4 epochs = 4 steps in all, counting across the kill
+    assert done["global_step"] == 4
+    assert done["before"] == killed["before"]  # measured once, before the kill
+
+
+def test_export_with_a_converted_attention_is_refused_before_any_work(tmp_path):
+    proc = train(tmp_path, "attention=mla", f"export_dir={tmp_path}/x")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "export_dir" in out and "needs attention=native" in out
+    assert not (tmp_path / "results.json").exists()
