@@ -8,11 +8,11 @@ from asr_attention.config_check import validate
 SEED_MODELS = {
     "conformer": dict(
         name="conformer", family="hf_wav2vec2", source="facebook/wav2vec2-large-960h", pretrained=True,
-        d_model=1024, num_heads=16, num_layers=24, batch_size=16, frame_ms=20, position="none",
+        d_model=1024, num_heads=16, num_layers=24, batch_size=16, frame_ms=20, position="none", arch={},
     ),
     "branchformer": dict(
         name="branchformer", family="speechbrain_branchformer", source="speechbrain/asr-branchformer-large-tedlium2",
-        pretrained=True, d_model=512, num_heads=8, num_layers=18, batch_size=1, frame_ms=40, position="xl",
+        pretrained=True, d_model=512, num_heads=8, num_layers=18, batch_size=1, frame_ms=40, position="xl", arch={},
     ),
 }
 SEED_ATTENTION = {  # per model: mla's latent_dim follows d_model
