@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 def build_tokenizer_and_backbone(cfg: DictConfig) -> tuple[CharTokenizer, Backbone]:
     """Reuse the checkpoint's CTC vocabulary and head when it has one; else characters of the training texts."""
     backbone = build_backbone(cfg.model)
+    if cfg.model.get("pretrained", True) and backbone.family == "hf_wav2vec2":
+        backbone.model.freeze_feature_encoder()  # the conv front end stays as pretrained (HF's own recipe)
     if backbone.vocab is not None and "|" in backbone.vocab:
         vocab = {tok: i for i, tok in enumerate(backbone.vocab)}
         return CharTokenizer(vocab, blank_id=backbone.blank_id, word_delimiter="|", oov=cfg.data.oov), backbone

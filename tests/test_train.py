@@ -82,3 +82,14 @@ def test_export_with_a_converted_attention_is_refused_before_any_work(tmp_path):
     assert proc.returncode != 0
     assert "export_dir" in out and "needs attention=native" in out
     assert not (tmp_path / "results.json").exists()
+
+
+def test_pretrained_wav2vec2_front_end_is_frozen(compose_cfg):
+    from asr_attention.experiment import build_tokenizer_and_backbone
+
+    cfg = compose_cfg("train", ["experiment=demo", "model=conformer"])
+    tokenizer, backbone = build_tokenizer_and_backbone(cfg)
+    front_end = backbone.model.wav2vec2_conformer.feature_extractor
+    assert not any(p.requires_grad for p in front_end.parameters())
+    assert all(p.requires_grad for p in backbone.model.wav2vec2_conformer.encoder.parameters())
+    assert len(tokenizer) == backbone.vocab_size  # the shipped checkpoint's own CTC head and vocabulary

@@ -117,7 +117,8 @@ class HFWav2Vec2(Backbone):
     def __init__(self, model: Wav2Vec2PreTrainedModel, vocab: list[str] | None = None):
         super().__init__()
         self.model = model
-        self.vocab = vocab
+        # the CTC head defines the vocabulary: tokenizers may list special tokens (<s>, </s>) beyond it
+        self.vocab = None if vocab is None else vocab[: model.lm_head.out_features]
         cfg = model.config
         self.blank_id = cfg.pad_token_id if cfg.pad_token_id is not None else 0
         # wav2vec2 with a group-norm feature extractor was trained without an attention mask: pad with zeros
