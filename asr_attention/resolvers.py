@@ -8,3 +8,17 @@ from omegaconf import OmegaConf
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 OmegaConf.register_new_resolver("pkg", lambda rel: str(PACKAGE_DIR / rel), replace=True)
+
+
+def sweep_group(default: str) -> str:
+    """${sweep_group:<default>}: in a -m sweep, a name for the sweep (its directory's last two parts, e.g.
+    2026-11-28_04-07-46), so every job of one sweep shares a W&B group; else `default`."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return default
+    return "_".join(Path(HydraConfig.get().sweep.dir).parts[-2:])
+
+
+OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)

@@ -26,6 +26,7 @@ from .experiment import (
 )
 from .results import Results, summary_table
 from .throughput import measure_rtfx
+from .wandb_log import log_results_to_wandb
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,13 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    validate(cfg)
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        validate(cfg)  # a single run fails before touching outputs/<run_name> (which may hold a finished run)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     results = Results(run_dir / "results.json", status="running", config=config_summary(cfg),
                       torch=torch.__version__)
     try:
+        validate(cfg)  # in a sweep, a bad grid point is a failed job with its error recorded; the sweep goes on
         wer = run(cfg, run_dir, results)
         results.update(status="completed")
         print(f"\n{summary_table(results.data)}\nresults: {results.path}")
@@ -81,6 +84,7 @@ def main(cfg: DictConfig) -> float | None:
         log.exception("job failed; its results.json records the error and the sweep goes on")
         return None
     finally:
+        log_results_to_wandb(results.data, cfg)
         finish_wandb()
 
 

@@ -1,0 +1,175 @@
+"""Multirun sweeps end to end on the shipped AN4 demo checkpoint (CPU, one training batch per job): one results.json
+and one offline W&B run per job holding the expected config and summary; a failing job is recorded and the sweep
+goes on; the Optuna presets' search spaces; the submitit launcher presets, one job through submitit's local executor.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from asr_attention.wandb_log import offline_runs, read_offline_run
+
+REPO = Path(__file__).resolve().parents[1]
+BRANCHFORMER = REPO / "asr_attention" / "pretrained" / "branchformer_an4"
+TINY = ["experiment=demo", "model=branchformer", "data.limit_train=8", "data.limit_val=8", "data.limit_test=8",
+        "trainer.max_epochs=1", "+trainer.limit_train_batches=1", "trainer.log_every_n_steps=1",
+        "data.num_workers=0"]
+
+
+def sweep(sweep_dir: Path, *overrides: str, timeout: int = 300) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "asr_attention.train", "-m", *TINY, f"hydra.sweep.dir={sweep_dir}", *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def plugin(module: str):
+    """The Hydra plugins come with the `sweeps` extra (pip install -e '.[sweeps]'); without it their tests skip."""
+    try:
+        __import__(module)
+    except ImportError:
+        return pytest.mark.skip(reason=f"{module} not installed: pip install -e '.[sweeps]'")
+    return lambda f: f
+
+
+OPTUNA = plugin("hydra_plugins.hydra_optuna_sweeper")
+SUBMITIT = plugin("hydra_plugins.hydra_submitit_launcher")
+
+
+def job_results(sweep_dir: Path) -> dict[str, dict]:
+    """{job number: results.json} of every job of a sweep."""
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/results.json"))}
+
+
+def job_overrides(sweep_dir: Path, job: str) -> list[str]:
+    return list(OmegaConf.load(sweep_dir / job / ".hydra" / "overrides.yaml"))
+
+
+def test_offline_sweep_leaves_one_results_json_and_one_wandb_run_per_job(tmp_path):
+    sweep(tmp_path, "attention=mha,gqa", "logger=wandb")
+    results = job_results(tmp_path)
+    assert sorted(results) == ["0", "1"]
+    for job, res in results.items():
+        attention = res["config"]["attention"]["name"]
+        assert f"attention={attention}" in job_overrides(tmp_path, job)
+        assert res["status"] == "completed", res.get("error")
+        for phase in ("before", "after"):
+            assert 0 <= res[phase]["test_wer"] and 0 <= res[phase]["test_cer"]
+        assert res["throughput"]["rtfx"] > 0
+        conversion = res["conversion"]
+        assert conversion["cache_mib_per_1000_frames"] > 0 and len(conversion["fidelity"]) == 4
+
+        (run_dir,) = offline_runs(tmp_path / job)  # exactly one W&B run per job, inside the job's directory
+        run = read_offline_run(run_dir)
+        assert run["exit_code"] == 0
+        assert run["run"]["name"] == f"branchformer_demo-{attention}"
+        assert run["run"]["group"] == f"{tmp_path.parent.name}_{tmp_path.name}"  # the sweep: same for every job
+        assert run["run"]["tags"] == ["branchformer_demo", attention]
+        assert run["run"]["project"] == "asr-attention"
+        # the resolved config
+        assert run["config"]["attention"]["name"] == attention
+        assert run["config"]["model"]["d_model"] == 144 and run["config"]["data"]["limit_train"] == 8
+        # results.json's key fields in the summary
+        s = run["summary"]
+        assert s["status"] == "completed"
+        assert s["before/test_wer"] == pytest.approx(res["before"]["test_wer"])
+        assert s["after/test_wer"] == pytest.approx(res["after"]["test_wer"])
+        assert s["after/test_cer"] == pytest.approx(res["after"]["test_cer"])
+        assert s["cache/mib_per_1000_frames"] == pytest.approx(conversion["cache_mib_per_1000_frames"])
+        assert s["cache/analytic_bytes"] == conversion["measured_cache_bytes"]["analytic"]
+        assert s["cache/measured_bytes"] == conversion["measured_cache_bytes"]["measured"] > 0
+        assert s["throughput/rtfx"] == pytest.approx(res["throughput"]["rtfx"])
+        assert s["parameters"] == res["parameters"]
+        assert s["fidelity/max_relative_error"] == pytest.approx(max(r["relative_error"] for r in conversion["fidelity"]))
+        assert s["fidelity"]["_type"] == "table-file" and s["fidelity"]["nrows"] == 4
+        if attention == "mha":  # the original weights, re-expressed: exact
+            assert s["fidelity/max_relative_error"] < 1e-5
+        # Lightning's per-step and per-epoch metrics
+        history = {k for row in run["history"] for k in row}
+        assert {"train_loss", "val_wer", "val_cer", "test_wer", "test_cer", "before_test_wer"} <= history
+    # each job's run was finished before the next started: two distinct run ids, both exited
+    ids = {read_offline_run(r)["run"]["id"] for r in offline_runs(tmp_path)}
+    assert len(ids) == 2
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # 4 jobs: (2 kv heads, good checkpoint) completes; a missing checkpoint fails inside run(); 3 kv heads (does
+    # not divide 4 heads) fails validation -- inside the job, so it is recorded as well
+    sweep(tmp_path, "attention=gqa", "attention.num_kv_heads=2,3", f"model.source={BRANCHFORMER},/nonexistent/ckpt",
+          "logger=wandb")
+    results = job_results(tmp_path)
+    assert len(results) == 4
+    by_point = {(r["config"]["attention"]["num_kv_heads"], r["config"]["model"]["source"]): r for r in results.values()}
+    ok = by_point[(2, str(BRANCHFORMER))]
+    assert ok["status"] == "completed" and "error" not in ok and ok["after"]["test_wer"] >= 0
+    missing = by_point[(2, "/nonexistent/ckpt")]
+    assert missing["status"] == "failed" and "/nonexistent/ckpt" in missing["error"] and missing["traceback"]
+    for source in (str(BRANCHFORMER), "/nonexistent/ckpt"):
+        bad = by_point[(3, source)]
+        assert bad["status"] == "failed"
+        assert bad["error"].startswith("ValueError: attention.num_kv_heads=3 is not allowed")
+    # failed jobs show in W&B too, with their status and error
+    for job, res in results.items():
+        (run_dir,) = offline_runs(tmp_path / job)
+        summary = read_offline_run(run_dir)["summary"]
+        assert summary["status"] == res["status"]
+        assert summary.get("error") == res.get("error")
+
+
+@OPTUNA
+def test_optuna_presets_search_the_attention_knobs_and_lr(compose_cfg):
+    cfg = compose_cfg("train", ["hparams_search=mla_optuna"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper")
+    assert sweeper.direction == "minimize"  # main returns the test WER after fine-tuning
+    assert cfg.attention.name == "mla"
+    assert dict(sweeper.params) == {"attention.latent_dim": "range(16, 288, step=16)",
+                                    "optim.lr": "tag(log, interval(1e-5, 1e-3))"}
+    assert sweeper.max_failure_rate == 1.0  # a failed trial (recorded in its results.json) does not stop the search
+
+    cfg = compose_cfg("train", ["hparams_search=gqa_optuna"], return_hydra_config=True)
+    assert cfg.attention.name == "gqa"
+    assert dict(cfg.hydra.sweeper.params) == {"attention.num_kv_heads": "choice(1, 2, 4)",
+                                              "optim.lr": "tag(log, interval(1e-5, 1e-3))"}
+
+
+@OPTUNA
+def test_optuna_sweep_runs_trials_and_records_the_best(tmp_path):
+    """Two real trials of the GQA preset on the demo checkpoint; Optuna writes optimization_results.yaml."""
+    sweep(tmp_path, "hparams_search=gqa_optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
+          "logger=none")
+    results = job_results(tmp_path)
+    assert len(results) == 2 and all(r["status"] == "completed" for r in results.values())
+    best = OmegaConf.load(tmp_path / "optimization_results.yaml")
+    assert best.best_value == pytest.approx(min(r["after"]["test_wer"] for r in results.values()))
+    assert set(best.best_params) == {"attention.num_kv_heads", "optim.lr"}
+
+
+@SUBMITIT
+def test_launcher_and_ddp_presets_compose(compose_cfg):
+    cfg = compose_cfg("train", ["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert {"partition", "gpus_per_node", "timeout_min", "tasks_per_node"} <= set(launcher)
+    assert launcher.tasks_per_node == launcher.gpus_per_node  # one task per GPU: Lightning DDP under SLURM
+    cfg = compose_cfg("train", ["hydra/launcher=local"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("LocalLauncher")
+    cfg = compose_cfg("train", ["trainer=ddp"], return_hydra_config=True)
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.sync_batchnorm is False
+    assert cfg.hydra.job.chdir is False and cfg.hydra.run.dir == f"outputs/{cfg.run_name}"  # fixed: no timestamp
+
+
+@SUBMITIT
+def test_one_job_through_submitit_local_executor(tmp_path):
+    out = sweep(tmp_path, "attention=gqa", "hydra/launcher=local", "logger=none", timeout=400)
+    results = job_results(tmp_path)
+    assert list(results) == ["0"], out[-2000:]
+    assert results["0"]["status"] == "completed"
+    assert (tmp_path / ".submitit").is_dir()  # it went through submitit, not the basic launcher
