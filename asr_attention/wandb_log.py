@@ -60,6 +60,10 @@ def _active_run(cfg: Mapping | None):
                   if str(c.get("_target_", "")).endswith("WandbLogger")), None)
     if entry is None:
         return None
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # under DDP only rank 0 has a run (Lightning's WandbLogger does the same)
+        return None
     import hydra
 
     return hydra.utils.instantiate(entry).experiment
