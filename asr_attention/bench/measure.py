@@ -1,0 +1,220 @@
+"""The measurements: whole-encoder forward (feature front end included), one attention site, the cache.
+
+Forward times are eager (CUDA events around each call, median of `repeats`): what a user of the model gets,
+Python launch overhead included. Attention-site times are CUDA-graph replays (`bench_layers.time_ms`) when the
+module can be captured, eager otherwise; the row says which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from asr_attention.attention import cache_nbytes
+from asr_attention.attention.mha import MultiHeadAttention
+from asr_attention.backbones import Backbone, original_variants, patch_attention, patched_variants
+from asr_attention.bench_layers import time_ms as graph_time_ms
+
+GIB = 2**30
+SAMPLE_RATE = 16000
+
+
+def autocast(device: torch.device, dtype: str):
+    if dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    raise ValueError(f"dtype={dtype!r} is not one of bf16, fp32")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def eager_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    samples = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            samples.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            samples.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(samples)
+
+
+def timed(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> tuple[float, str]:
+    """CUDA-graph replay time when fn can be captured, else eager; -> (ms, method)."""
+    if device.type == "cuda":
+        try:
+            return graph_time_ms(fn, repeats=repeats, inner=10), "cuda graph"
+        except Exception:  # not capturable (host syncs, data-dependent shapes)
+            torch.cuda.synchronize(device)
+    return eager_ms(fn, device, warmup, repeats), "eager"
+
+
+def make_batch(batch: int, seconds: float, device: torch.device, seed: int = 0) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    samples = int(round(seconds * SAMPLE_RATE))
+    waves = 0.1 * torch.randn(batch, samples, generator=g)
+    return waves.to(device), torch.full((batch,), samples, dtype=torch.long, device=device)
+
+
+def weights_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def site_of(backbone: Backbone, layer: int | None) -> tuple[int, nn.Module]:
+    sites = list(backbone.attention_sites())
+    i = len(sites) // 2 if layer is None else int(layer)
+    parent, name, _ = sites[i]
+    return i, getattr(parent, name)
+
+
+@torch.no_grad()
+def capture_call(backbone: Backbone, site: nn.Module, waves: Tensor, lengths: Tensor) -> tuple[tuple, dict]:
+    """The (args, kwargs) one attention site really receives in a forward pass."""
+    seen: dict = {}
+
+    def hook(mod, args, kwargs):
+        seen["call"] = (args, dict(kwargs))
+
+    handle = site.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        backbone(waves, lengths)
+    finally:
+        handle.remove()
+    return seen["call"]
+
+
+def out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+@torch.no_grad()
+def forward_row(backbone: Backbone, device: torch.device, batch: int, seconds: float, dtype: str, cfg,
+                attention_site: bool = True) -> dict:
+    """One whole-encoder forward config: time, RTFx, peak memory, and (optionally) one attention site x layers."""
+    row = {"batch": batch, "seconds": seconds, "dtype": dtype}
+    waves, lengths = make_batch(batch, seconds, device, cfg.seed)
+    try:
+        with autocast(device, dtype):
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            log_probs, _ = backbone(waves, lengths)
+            row["frames"] = int(log_probs.shape[1])
+            del log_probs
+            ms = eager_ms(lambda: backbone(waves, lengths), device, cfg.warmup, cfg.repeats)
+            if device.type == "cuda":
+                row["peak_gib"] = torch.cuda.max_memory_allocated(device) / GIB
+            row["ms"] = ms
+            row["rtfx"] = batch * seconds / (ms / 1000)
+            if attention_site:
+                layer, site = site_of(backbone, cfg.attention_layer)
+                args, kwargs = capture_call(backbone, site, waves, lengths)
+                site_ms, method = timed(lambda: site(*args, **kwargs), device, cfg.warmup, cfg.repeats)
+                layers = len(list(backbone.attention_sites()))
+                row.update(attn_layer=layer, attn_layer_ms=site_ms, attn_ms=site_ms * layers, attn_method=method,
+                           attn_share=site_ms * layers / ms)
+                del args, kwargs
+    except Exception as err:  # noqa: BLE001 - a row that cannot run is recorded, the others still run
+        if not out_of_memory(err):
+            raise
+        row["error"] = "out of memory"
+    finally:
+        del waves, lengths
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+@torch.no_grad()
+def cache_row(backbone: Backbone, native: bool, device: torch.device, seconds: float, cfg) -> dict:
+    """Run the timed layer's attention with use_cache=True on its captured input (batch 1, fp32): measured bytes of
+    the returned cache x layers vs the variant's analytic cache_bytes x layers. Native caches what MHA caches."""
+    waves, lengths = make_batch(1, seconds, device, cfg.seed)
+    layer, site = site_of(backbone, cfg.attention_layer)
+    args, kwargs = capture_call(backbone, site, waves, lengths)
+    inputs = backbone.variant_inputs(args, kwargs)
+    if native:
+        variant = original_variants(backbone)[layer]
+    else:
+        variant = patched_variants(backbone)[layer]
+    _, cache = variant(**inputs, use_cache=True)
+    x = inputs["x"]
+    layers = len(list(backbone.attention_sites()))
+    measured = cache_nbytes(cache) * layers
+    analytic = variant.cache_bytes(x.shape[1], x.shape[0], x.dtype) * layers
+    return {"frames": int(x.shape[1]), "batch": int(x.shape[0]), "dtype": str(x.dtype).replace("torch.", ""),
+            "layers": layers, "measured_bytes": measured, "analytic_bytes": analytic,
+            "measured_mib": measured / 2**20, "analytic_mib": analytic / 2**20, "tensors": sorted(cache)}
+
+
+def build_variant(native_cpu: Backbone, attention: dict | None, device: torch.device) -> tuple[Backbone, dict]:
+    """A copy of the native backbone on `device`, patched with `attention` (None = left native)."""
+    model = copy.deepcopy(native_cpu).to(device).eval()
+    summary = {"params": sum(p.numel() for p in model.parameters())}
+    if attention is not None:
+        summary = patch_attention(model, attention)
+        summary["params"] = summary["params_after"]
+    return model, summary
+
+
+@torch.no_grad()
+def relpos_rows(backbone: Backbone, device: torch.device, batch: int, frames: int, dtypes: list[str], cfg) -> list[dict]:
+    """The native relative-position attention module alone vs our MHA variant (the same weights, XL bias added
+    through SDPA as an additive float mask), both called exactly as the layer calls them, on the same captured
+    input of `batch` x `frames` encoder frames."""
+    layer, site = site_of(backbone, cfg.attention_layer)
+    ours = backbone.wrap(MultiHeadAttention(backbone.to_canonical(site)).to(device).eval())
+    seconds = frames * backbone.frame_ms / 1000
+    for _ in range(3):  # front ends trim or pad a frame or two: adjust the audio until exactly `frames` come out
+        waves, lengths = make_batch(batch, seconds, device, cfg.seed)
+        args, kwargs = capture_call(backbone, site, waves[:1], lengths[:1])
+        got = (args[0] if args else kwargs["hidden_states"]).shape[1]
+        if got == frames:
+            break
+        seconds += (frames - got) * backbone.frame_ms / 1000 + (0.25 * backbone.frame_ms / 1000 if got < frames else 0)
+    rows = []
+    for dtype in dtypes:
+        with autocast(device, dtype):
+            args, kwargs = capture_call(backbone, site, waves, lengths)
+            x = args[0] if args else kwargs.get("hidden_states")
+            native_ms, native_method = timed(lambda: site(*args, **kwargs), device, cfg.warmup, cfg.repeats)
+            ours_ms, ours_method = timed(lambda: ours(*args, **kwargs), device, cfg.warmup, cfg.repeats)
+        rows.append({"module": type(site).__name__, "batch": batch, "frames": int(x.shape[1]), "dtype": dtype,
+                     "native_ms": native_ms, "ours_ms": ours_ms, "speedup": native_ms / ours_ms,
+                     "method": native_method if native_method == ours_method else f"{native_method}/{ours_method}"})
+        del args, kwargs
+    return rows
+
+
+@torch.no_grad()
+def graphed_forward_row(backbone: Backbone, device: torch.device, batch: int, seconds: float, cfg) -> dict:
+    """Moonshot: the whole forward captured in one CUDA graph (bf16 autocast), replay time."""
+    row = {"batch": batch, "seconds": seconds, "dtype": "bf16"}
+    waves, lengths = make_batch(batch, seconds, device, cfg.seed)
+    try:
+        with autocast(device, "bf16"):
+            ms = graph_time_ms(lambda: backbone(waves, lengths), repeats=cfg.repeats, inner=3)
+        row.update(ms=ms, rtfx=batch * seconds / (ms / 1000))
+    except Exception as err:  # noqa: BLE001 - not capturable: say why
+        torch.cuda.synchronize(device)
+        row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+    return row
