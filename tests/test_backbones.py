@@ -273,25 +273,28 @@ def test_hf_local_dir_round_trip_and_config_mismatch(tmp_path):
 
 
 def test_hub_id_offline_fails_fast_with_alternatives(tmp_path):
-    """In a fresh process with HF_HUB_OFFLINE=1 and an empty cache: fails in seconds, names the fixes."""
+    """In a fresh process with HF_HUB_OFFLINE=1 and an empty cache: fails at once (not after the hub client's
+    ~23 s of retries), naming the fixes. Only the build call is timed, not the process's imports."""
     code = (
+        "import time\n"
         "from asr_attention.backbones import build_backbone\n"
+        "import asr_attention.backbones.hf_wav2vec2, asr_attention.backbones.speechbrain_branchformer\n"
         "for fam in ('hf_wav2vec2', 'speechbrain_branchformer'):\n"
+        "    start = time.monotonic()\n"
         "    try:\n"
         "        build_backbone(dict(family=fam, source='facebook/not-a-real-model-xyz', pretrained=True,"
         " d_model=1024, num_heads=16, num_layers=24))\n"
         "    except OSError as e:\n"
-        "        print('ERR', e)\n"
+        "        print('ERR', round(time.monotonic() - start, 2), e)\n"
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
-    start = time.monotonic()
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    elapsed = time.monotonic() - start
-    errors = [line for line in res.stdout.splitlines() if line.startswith("ERR")]
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    errors = [line.split(" ", 2) for line in res.stdout.splitlines() if line.startswith("ERR")]
     assert len(errors) == 2, res.stdout + res.stderr
-    for line in errors:
-        assert "HF_HUB_OFFLINE" in line and "local checkpoint directory" in line and "experiment=demo" in line
-    assert elapsed < 10, f"took {elapsed:.1f} s"
+    for _, seconds, message in errors:
+        assert "HF_HUB_OFFLINE" in message and "local checkpoint directory" in message
+        assert "experiment=demo" in message
+        assert float(seconds) < 5, f"took {seconds} s"
 
 
 def test_speechbrain_local_dir_round_trip(tmp_path):

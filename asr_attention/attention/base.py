@@ -85,6 +85,14 @@ class SoftmaxAttention(AttentionVariant):
         """-> K, V as (B, kv_heads, S, hd) over cache + chunk, and the new cache (None unless asked)."""
         raise NotImplementedError
 
+    def kv_input_projection(self) -> tuple[Tensor, Tensor | None]:
+        """Weight and bias of the K/V-side projection(s) that read x, for fusing with Q into one GEMM."""
+        raise NotImplementedError
+
+    def keys_values_from(self, projected: Tensor) -> tuple[Tensor, Tensor]:
+        """K, V from the output of `kv_input_projection` (no cache)."""
+        raise NotImplementedError
+
     def forward(
         self,
         x: Tensor,
@@ -94,9 +102,17 @@ class SoftmaxAttention(AttentionVariant):
         use_cache: bool = False,
     ) -> tuple[Tensor, Cache | None]:
         self.check_cache(cache, use_cache)
-        qk_in = self.query_input(x, pos)
-        q = self.split_heads(self.q_proj(qk_in))
-        k, v, new_cache = self.keys_values(x, qk_in, cache, use_cache)
+        if self.position == "rotary_input" or cache is not None or use_cache:
+            qk_in = self.query_input(x, pos)
+            q = self.split_heads(self.q_proj(qk_in))
+            k, v, new_cache = self.keys_values(x, qk_in, cache, use_cache)
+        else:
+            # Q and the K/V side read the same x: one GEMM instead of two or three narrower ones
+            kv_weight, kv_bias = self.kv_input_projection()
+            q, projected = fused_linear(x, (self.q_proj.weight, self.q_proj.bias), (kv_weight, kv_bias))
+            q = self.split_heads(q)
+            k, v = self.keys_values_from(projected)
+            new_cache = None
         bias = None
         if self.xl is not None:
             bias = self.xl.score_bias(q, pos, self.scale)
@@ -106,6 +122,23 @@ class SoftmaxAttention(AttentionVariant):
             q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=self.kv_heads != self.num_heads
         )
         return self.o_proj(self.merge_heads(out)), new_cache
+
+
+def fused_linear(x: Tensor, *layers: tuple[Tensor, Tensor | None]) -> list[Tensor]:
+    """Several linear maps of the same input as one matmul; a missing bias counts as zeros."""
+    weight = torch.cat([w for w, _ in layers])
+    bias = None
+    if any(b is not None for _, b in layers):
+        bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in layers])
+    return list(F.linear(x, weight, bias).split([w.shape[0] for w, _ in layers], dim=-1))
+
+
+def fused_kv(k_proj: nn.Linear, v_proj: nn.Linear) -> tuple[Tensor, Tensor | None]:
+    """K and V projections stacked, for `fused_linear`."""
+    bias = None
+    if k_proj.bias is not None or v_proj.bias is not None:
+        bias = torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features) for p in (k_proj, v_proj)])
+    return torch.cat((k_proj.weight, v_proj.weight)), bias
 
 
 def append(cache: Cache | None, **new: Tensor) -> Cache:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Cache, SoftmaxAttention, append, linear_from
+from .base import Cache, SoftmaxAttention, append, fused_kv, linear_from
 from .canonical import CanonicalMHA
 
 
@@ -39,6 +39,13 @@ class GroupedQueryAttention(SoftmaxAttention):
             return k, v, None
         new = append(cache, k=k, v=v)
         return new["k"], new["v"], new
+
+    def kv_input_projection(self):
+        return fused_kv(self.k_proj, self.v_proj)
+
+    def keys_values_from(self, projected: Tensor):
+        k, v = projected.chunk(2, dim=-1)
+        return self.split_heads(k, self.kv_heads), self.split_heads(v, self.kv_heads)
 
     def cache_bytes(self, frames: int, batch: int, dtype: torch.dtype) -> int:
         return 2 * batch * frames * self.kv_heads * self.head_dim * dtype.itemsize

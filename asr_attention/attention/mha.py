@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Cache, SoftmaxAttention, append, linear_from
+from .base import Cache, SoftmaxAttention, append, fused_kv, linear_from
 from .canonical import CanonicalMHA
 
 
@@ -25,6 +25,13 @@ class MultiHeadAttention(SoftmaxAttention):
             return k, v, None
         new = append(cache, k=k, v=v)
         return new["k"], new["v"], new
+
+    def kv_input_projection(self):
+        return fused_kv(self.k_proj, self.v_proj)
+
+    def keys_values_from(self, projected: Tensor):
+        k, v = projected.chunk(2, dim=-1)
+        return self.split_heads(k), self.split_heads(v)
 
     def cache_bytes(self, frames: int, batch: int, dtype: torch.dtype) -> int:
         # K and V: d values each per frame

@@ -86,18 +86,29 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         v = F.linear(latent_v, w[d:], None if b is None else b[d:])
         return self.split_heads(k), self.split_heads(v)
 
+    @property
+    def merged(self) -> bool:
+        """Without a cache, a wide latent is cheaper as one merged (2d, d) map than as down then up."""
+        return 3 * self.latent_dim > 2 * self.d_model
+
+    def kv_input_projection(self):
+        if self.merged:
+            return self.kv_up.weight @ self.kv_down.weight, self.kv_up.bias
+        return self.kv_down.weight, None
+
+    def keys_values_from(self, projected: Tensor):
+        k, v = (projected if self.merged else self.kv_up(projected)).chunk(2, dim=-1)
+        return self.split_heads(k), self.split_heads(v)
+
     def keys_values(self, x: Tensor, qk_in: Tensor, cache: Cache | None, use_cache: bool):
-        if 3 * self.latent_dim > 2 * self.d_model:
-            # No cache wanted and a wide latent: one merged (2d, d) matmul is cheaper than down then up.
-            merged = self.kv_up.weight @ self.kv_down.weight
-            b = self.kv_up.bias
+        """Only for rotary-on-inputs without a cache: K reads rotated inputs, V plain ones."""
+        if self.merged:
+            w, b = self.kv_input_projection()
             d = self.d_model
-            k = F.linear(qk_in, merged[:d], None if b is None else b[:d])
-            v = F.linear(x, merged[d:], None if b is None else b[d:])
+            k = F.linear(qk_in, w[:d], None if b is None else b[:d])
+            v = F.linear(x, w[d:], None if b is None else b[d:])
             return self.split_heads(k), self.split_heads(v), None
-        latent_v = self.kv_down(x)
-        latent_k = self.kv_down(qk_in) if self.position == "rotary_input" else latent_v
-        k, v = self._up(latent_k, latent_v)
+        k, v = self._up(self.kv_down(qk_in), self.kv_down(x))
         return k, v, None
 
     def _latents(self, x: Tensor, qk_in: Tensor, cache: Cache | None) -> Cache:
