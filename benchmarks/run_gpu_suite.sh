@@ -14,7 +14,7 @@ OUT_DIR=${2:-benchmarks}
 WORK=${BENCH_WORK:-/tmp/bench_suite}
 PY=${PYTHON:-python3}
 rm -rf "$WORK"
-COMMON=(variants=[mha,gqa,mla,linear] moonshot=true "commit=$COMMIT")
+COMMON=(variants=[mha,gqa,mla,linear] moonshot=true "commit='${COMMIT//\'/}'")
 
 report() {
   "$PY" -m asr_attention.bench.report --out "$OUT_DIR/gpu_{card}" "$WORK"/*/results.json > /dev/null || true

@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("results", nargs="+", type=Path)
     args = parser.parse_args()
     existing = [p for p in args.results if p.exists()]
+    if not existing:
+        raise SystemExit("no results.json to merge")
     card = json.loads(existing[0].read_text())["meta"]["card"]
     out = Path(args.out.replace("{card}", card_slug(card)))
     print(suite(existing, out))
