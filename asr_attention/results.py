@@ -19,6 +19,8 @@ class Results:
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
+        if int(os.environ.get("LOCAL_RANK", "0")) or int(os.environ.get("NODE_RANK", "0")):
+            return  # under DDP every rank runs the job; only the first writes the file
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=1, default=str))
         os.replace(tmp, self.path)  # atomic: a reader never sees half a file

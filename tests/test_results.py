@@ -1,0 +1,32 @@
+"""results.json: rewritten whole after each phase, kept across restarts, written by rank 0 only."""
+
+import json
+
+from asr_attention.results import Results, summary_table
+
+
+def test_updates_accumulate_and_survive_a_restart(tmp_path):
+    path = tmp_path / "results.json"
+    Results(path, status="running").update(before={"test_wer": 0.5})
+    again = Results(path, status="running")  # a resumed run reads what the killed one wrote
+    assert again.get("before") == {"test_wer": 0.5}
+    again.update(status="completed")
+    assert json.loads(path.read_text()) == {"status": "completed", "before": {"test_wer": 0.5}}
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left behind
+
+
+def test_only_rank_zero_writes(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    Results(tmp_path / "results.json", status="running")
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_summary_table_shows_before_and_after():
+    table = summary_table({
+        "config": {"model": {"name": "m"}, "attention": {"name": "gqa"}},
+        "before": {"test_wer": 0.164, "test_cer": 0.075}, "after": {"test_wer": 0.149, "test_cer": 0.067},
+        "conversion": {"cache_mib_per_1000_frames": 2.197265625}, "parameters": 1133612,
+        "throughput": {"rtfx": 833.8, "device": "cpu"},
+    })
+    assert "16.4 % -> 14.9 %" in table and "7.5 % -> 6.7 %" in table and "2.197 MiB" in table
+    assert "1,133,612" in table and "833.8 on cpu" in table
