@@ -52,7 +52,7 @@ def layer_flops(cfg: dict, b: int, t: int, d: int, h: int, s: int | None = None)
         return q_o + 2 * b * new_kv * d * cfg["num_kv_heads"] * hd * 2 + attn
     r = cfg["latent_dim"]
     if s == t and 3 * r > 2 * d:  # merged (2d, d) projection, as MultiHeadLatentAttention does without a cache
-        return q_o + 2 * b * t * d * d * 2 + 2 * d * r * 2 * d + attn
+        return q_o + 2 * b * t * d * d * 2 + attn  # the merged map is built once for inference
     return q_o + b * new_kv * d * r * 2 + b * s * r * 2 * d * 2 + attn
 
 

@@ -212,3 +212,18 @@ def test_xl_streaming_is_refused_not_silently_wrong():
     assert cache_nbytes(cache) == layer.cache_bytes(T, 3, torch.float32)
     with pytest.raises(NotImplementedError, match="xl"):  # ... a chunk against it is not
         layer(x, pos=pos, cache=cache)
+
+
+@pytest.mark.parametrize("name", ["mha", "gqa", "mla"])
+def test_inference_keeps_stacked_weights_until_a_parameter_changes(name):
+    cfg = {"name": "mla", "latent_dim": 56} if name == "mla" else CONFIGS[name]  # 56: merged for inference
+    layer = build_attention(cfg, random_mha(D, H)).eval()
+    x, pad, _ = inputs("none")
+    with torch.no_grad():
+        first, _ = layer(x, pad)
+        assert torch.equal(layer(x, pad)[0], first)
+        layer.q_proj.weight.mul_(0.5)  # an in-place update (an optimizer step) must invalidate the stack
+        changed, _ = layer(x, pad)
+    assert not torch.allclose(changed, first)
+    with_grad, _ = layer(x, pad)  # the autograd path stacks afresh; both paths agree
+    assert relative_error(with_grad, changed, pad) <= 1e-5

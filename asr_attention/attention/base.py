@@ -9,6 +9,8 @@ previous call returned (or None); with `use_cache=True` the call returns the gro
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,6 +19,7 @@ from .canonical import CanonicalMHA
 from .positions import XLPosition, key_padding_to_sdpa, rotate_inputs
 
 Cache = dict[str, Tensor]
+KVFromProjection = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
 def linear_from(weight: Tensor, bias: Tensor | None) -> nn.Linear:
@@ -78,6 +81,7 @@ class SoftmaxAttention(AttentionVariant):
     """MHA, GQA and MLA: softmax attention that differs only in how K/V are produced and cached."""
 
     kv_heads: int
+    _inference_projection: tuple | None = None
 
     def keys_values(
         self, x: Tensor, qk_in: Tensor, cache: Cache | None, use_cache: bool
@@ -85,13 +89,25 @@ class SoftmaxAttention(AttentionVariant):
         """-> K, V as (B, kv_heads, S, hd) over cache + chunk, and the new cache (None unless asked)."""
         raise NotImplementedError
 
-    def kv_input_projection(self) -> tuple[Tensor, Tensor | None]:
-        """Weight and bias of the K/V-side projection(s) that read x, for fusing with Q into one GEMM."""
+    def kv_input_projection(self, tokens: int | None) -> tuple[Tensor, Tensor | None, KVFromProjection]:
+        """Weight and bias of the K/V-side projection that reads x, and how to turn its output into K, V.
+        tokens: frames in this call, or None for inference, where the stacked weights are built once."""
         raise NotImplementedError
 
-    def keys_values_from(self, projected: Tensor) -> tuple[Tensor, Tensor]:
-        """K, V from the output of `kv_input_projection` (no cache)."""
-        raise NotImplementedError
+    def input_projection(self, tokens: int) -> tuple[Tensor, Tensor | None, list[int], KVFromProjection]:
+        """Q and the K/V side stacked into one (weight, bias): one GEMM instead of two or three narrower ones.
+        Without autograd (inference) the stack is kept until a parameter changes (in place, or by .to())."""
+        if torch.is_grad_enabled():
+            return self._stack_input_projection(tokens)
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        if self._inference_projection is None or self._inference_projection[0] != key:
+            self._inference_projection = (key, self._stack_input_projection(None))
+        return self._inference_projection[1]
+
+    def _stack_input_projection(self, tokens: int | None):
+        kv_weight, kv_bias, to_kv = self.kv_input_projection(tokens)
+        (weight, bias), sizes = stack_linear((self.q_proj.weight, self.q_proj.bias), (kv_weight, kv_bias))
+        return weight, bias, sizes, to_kv
 
     def forward(
         self,
@@ -107,11 +123,10 @@ class SoftmaxAttention(AttentionVariant):
             q = self.split_heads(self.q_proj(qk_in))
             k, v, new_cache = self.keys_values(x, qk_in, cache, use_cache)
         else:
-            # Q and the K/V side read the same x: one GEMM instead of two or three narrower ones
-            kv_weight, kv_bias = self.kv_input_projection()
-            q, projected = fused_linear(x, (self.q_proj.weight, self.q_proj.bias), (kv_weight, kv_bias))
+            weight, bias, sizes, to_kv = self.input_projection(x.shape[0] * x.shape[1])
+            q, projected = F.linear(x, weight, bias).split(sizes, dim=-1)
             q = self.split_heads(q)
-            k, v = self.keys_values_from(projected)
+            k, v = to_kv(projected)
             new_cache = None
         bias = None
         if self.xl is not None:
@@ -124,21 +139,18 @@ class SoftmaxAttention(AttentionVariant):
         return self.o_proj(self.merge_heads(out)), new_cache
 
 
-def fused_linear(x: Tensor, *layers: tuple[Tensor, Tensor | None]) -> list[Tensor]:
-    """Several linear maps of the same input as one matmul; a missing bias counts as zeros."""
+def stack_linear(*layers: tuple[Tensor, Tensor | None]) -> tuple[tuple[Tensor, Tensor | None], list[int]]:
+    """Several (weight, bias) maps of the same input as one; a missing bias counts as zeros."""
     weight = torch.cat([w for w, _ in layers])
     bias = None
     if any(b is not None for _, b in layers):
         bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in layers])
-    return list(F.linear(x, weight, bias).split([w.shape[0] for w, _ in layers], dim=-1))
+    return (weight, bias), [w.shape[0] for w, _ in layers]
 
 
-def fused_kv(k_proj: nn.Linear, v_proj: nn.Linear) -> tuple[Tensor, Tensor | None]:
-    """K and V projections stacked, for `fused_linear`."""
-    bias = None
-    if k_proj.bias is not None or v_proj.bias is not None:
-        bias = torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features) for p in (k_proj, v_proj)])
-    return torch.cat((k_proj.weight, v_proj.weight)), bias
+def stacked_kv(k_proj: nn.Linear, v_proj: nn.Linear) -> tuple[Tensor, Tensor | None]:
+    """K and V projections as one (weight, bias)."""
+    return stack_linear((k_proj.weight, k_proj.bias), (v_proj.weight, v_proj.bias))[0]
 
 
 def append(cache: Cache | None, **new: Tensor) -> Cache:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Cache, SoftmaxAttention, append, fused_kv, linear_from
+from .base import Cache, SoftmaxAttention, append, stacked_kv, linear_from
 from .canonical import CanonicalMHA
 
 
@@ -40,10 +40,10 @@ class GroupedQueryAttention(SoftmaxAttention):
         new = append(cache, k=k, v=v)
         return new["k"], new["v"], new
 
-    def kv_input_projection(self):
-        return fused_kv(self.k_proj, self.v_proj)
+    def kv_input_projection(self, tokens: int | None):
+        return (*stacked_kv(self.k_proj, self.v_proj), self._split_kv)
 
-    def keys_values_from(self, projected: Tensor):
+    def _split_kv(self, projected: Tensor):
         k, v = projected.chunk(2, dim=-1)
         return self.split_heads(k, self.kv_heads), self.split_heads(v, self.kv_heads)
 

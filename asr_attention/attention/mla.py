@@ -86,24 +86,27 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         v = F.linear(latent_v, w[d:], None if b is None else b[d:])
         return self.split_heads(k), self.split_heads(v)
 
-    @property
-    def merged(self) -> bool:
-        """Without a cache, a wide latent is cheaper as one merged (2d, d) map than as down then up."""
-        return 3 * self.latent_dim > 2 * self.d_model
+    def merges(self, tokens: int | None) -> bool:
+        """Whether K/V are cheaper through the merged (2d, d) map up @ down than down then up. Merging costs
+        2d·r·d once per call, or once in all for inference (tokens=None), then 2d·d per frame against 3·d·r."""
+        d, r = self.d_model, self.latent_dim
+        if tokens is None:
+            return 2 * d < 3 * r
+        return tokens * 2 * d * d + 2 * d * r * d < tokens * 3 * d * r
 
-    def kv_input_projection(self):
-        if self.merged:
-            return self.kv_up.weight @ self.kv_down.weight, self.kv_up.bias
-        return self.kv_down.weight, None
+    def kv_input_projection(self, tokens: int | None):
+        if self.merges(tokens):
+            return self.kv_up.weight @ self.kv_down.weight, self.kv_up.bias, self._split_kv
+        return self.kv_down.weight, None, lambda latent: self._split_kv(self.kv_up(latent))
 
-    def keys_values_from(self, projected: Tensor):
-        k, v = (projected if self.merged else self.kv_up(projected)).chunk(2, dim=-1)
+    def _split_kv(self, kv: Tensor):
+        k, v = kv.chunk(2, dim=-1)
         return self.split_heads(k), self.split_heads(v)
 
     def keys_values(self, x: Tensor, qk_in: Tensor, cache: Cache | None, use_cache: bool):
         """Only for rotary-on-inputs without a cache: K reads rotated inputs, V plain ones."""
-        if self.merged:
-            w, b = self.kv_input_projection()
+        if self.merges(x.shape[0] * x.shape[1]):
+            w, b, _ = self.kv_input_projection(x.shape[0] * x.shape[1])
             d = self.d_model
             k = F.linear(qk_in, w[:d], None if b is None else b[:d])
             v = F.linear(x, w[d:], None if b is None else b[d:])
