@@ -89,12 +89,13 @@ class SoftmaxAttention(AttentionVariant):
         """-> K, V as (B, kv_heads, S, hd) over cache + chunk, and the new cache (None unless asked)."""
         raise NotImplementedError
 
-    def kv_input_projection(self, tokens: int | None) -> tuple[Tensor, Tensor | None, KVFromProjection]:
-        """Weight and bias of the K/V-side projection that reads x, and how to turn its output into K, V.
-        tokens: frames in this call, or None for inference, where the stacked weights are built once."""
+    def kv_input_projection(self, tokens: int | None) -> tuple[Tensor, Tensor | None, KVFromProjection] | None:
+        """Weight and bias of the K/V-side projection that reads x, and how to turn its output into K, V; None
+        where stacking it with Q does not pay. tokens: frames in this call, or None for inference, where the
+        stacked weights are built once."""
         raise NotImplementedError
 
-    def input_projection(self, tokens: int) -> tuple[Tensor, Tensor | None, list[int], KVFromProjection]:
+    def input_projection(self, tokens: int) -> tuple[Tensor, Tensor | None, list[int], KVFromProjection] | None:
         """Q and the K/V side stacked into one (weight, bias): one GEMM instead of two or three narrower ones.
         Without autograd (inference) the stack is kept until a parameter changes (in place, or by .to())."""
         if torch.is_grad_enabled():
@@ -105,7 +106,10 @@ class SoftmaxAttention(AttentionVariant):
         return self._inference_projection[1]
 
     def _stack_input_projection(self, tokens: int | None):
-        kv_weight, kv_bias, to_kv = self.kv_input_projection(tokens)
+        kv_side = self.kv_input_projection(tokens)
+        if kv_side is None:
+            return None
+        kv_weight, kv_bias, to_kv = kv_side
         (weight, bias), sizes = stack_linear((self.q_proj.weight, self.q_proj.bias), (kv_weight, kv_bias))
         return weight, bias, sizes, to_kv
 
@@ -118,12 +122,15 @@ class SoftmaxAttention(AttentionVariant):
         use_cache: bool = False,
     ) -> tuple[Tensor, Cache | None]:
         self.check_cache(cache, use_cache)
-        if self.position == "rotary_input" or cache is not None or use_cache:
+        stacked = None
+        if self.position != "rotary_input" and cache is None and not use_cache:
+            stacked = self.input_projection(x.shape[0] * x.shape[1])
+        if stacked is None:
             qk_in = self.query_input(x, pos)
             q = self.split_heads(self.q_proj(qk_in))
             k, v, new_cache = self.keys_values(x, qk_in, cache, use_cache)
         else:
-            weight, bias, sizes, to_kv = self.input_projection(x.shape[0] * x.shape[1])
+            weight, bias, sizes, to_kv = stacked
             q, projected = F.linear(x, weight, bias).split(sizes, dim=-1)
             q = self.split_heads(q)
             k, v = to_kv(projected)
