@@ -8,7 +8,7 @@ from asr_attention.config_check import validate
 SEED_MODELS = {
     "conformer": dict(
         name="conformer", family="hf_wav2vec2", source="facebook/wav2vec2-large-960h", pretrained=True,
-        d_model=1024, num_heads=16, num_layers=24, batch_size=16, frame_ms=20, position="none", arch={},
+        d_model=1024, num_heads=16, num_layers=24, batch_size=16, frame_ms=20, position="none", arch={"intermediate_size": 4096},
     ),
     "branchformer": dict(
         name="branchformer", family="speechbrain_branchformer", source="speechbrain/asr-branchformer-large-tedlium2",
