@@ -93,3 +93,23 @@ def test_pretrained_wav2vec2_front_end_is_frozen(compose_cfg):
     assert not any(p.requires_grad for p in front_end.parameters())
     assert all(p.requires_grad for p in backbone.model.wav2vec2_conformer.encoder.parameters())
     assert len(tokenizer) == backbone.vocab_size  # the shipped checkpoint's own CTC head and vocabulary
+
+
+def test_attention_only_steps_train_just_the_converted_layers(compose_cfg, tmp_path):
+    import torch
+
+    from asr_attention.experiment import (
+        build_datamodule_for, build_module, build_tokenizer_and_backbone, build_trainer, convert,
+    )
+
+    cfg = compose_cfg("train", [*TINY, "attention=gqa", "optim.attention_only_steps=5", "optim.warmup_steps=0",
+                                "trainer.max_epochs=1", "+trainer.limit_val_batches=0", "logger=none"])
+    tokenizer, backbone = build_tokenizer_and_backbone(cfg)
+    datamodule = build_datamodule_for(cfg, tokenizer)
+    convert(backbone, cfg.attention, datamodule)
+    before = {n: p.detach().clone() for n, p in backbone.named_parameters()}
+    module = build_module(cfg, backbone, tokenizer)
+    build_trainer(cfg, tmp_path).fit(module, datamodule=datamodule)
+    changed = {n for n, p in backbone.named_parameters() if not torch.equal(p.detach().cpu(), before[n])}
+    assert changed and all(".variant." in n for n in changed), sorted(changed)[:5]
+    assert any("q_proj" in n for n in changed)
