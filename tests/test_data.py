@@ -337,3 +337,73 @@ def test_build_datamodule_from_hydra_node():
         build_datamodule({"batchsize": 3}, None)
     with pytest.raises(ValueError, match="data.corpus 'timit'"):
         ASRDataModule("timit", "/x", CharTokenizer.from_texts(["A"])).setup()
+
+
+def test_bucket_sampler_shards_batches_across_ranks():
+    rng = np.random.default_rng(1)
+    durations = rng.uniform(1.0, 20.0, size=403).tolist()  # 403 / 8 -> 51 batches: one left over for W=2
+    single = BucketBatchSampler(durations, batch_size=8, shuffle=True, seed=5, num_replicas=1, rank=0)
+    ranks = [BucketBatchSampler(durations, batch_size=8, shuffle=True, seed=5, num_replicas=2, rank=r)
+             for r in range(2)]
+    orders = []
+    for epoch in range(2):
+        for s in (single, *ranks):
+            s.set_epoch(epoch)
+        full = list(single)
+        assert len(full) == 51
+        r0, r1 = list(ranks[0]), list(ranks[1])
+        assert len(r0) == len(r1) == len(ranks[0]) == len(ranks[1]) == 25  # equal counts: remainder dropped
+        assert not {i for b in r0 for i in b} & {i for b in r1 for i in b}  # disjoint
+        # rank r takes batches r, r+2, ... of the single-process order; together: that list minus its last batch
+        assert r0 == full[0:50:2] and r1 == full[1:50:2]
+        assert sorted(r0 + r1) == sorted(full[:50])
+        assert ranks[0].all_batches() == full
+        orders.append((r0, r1))
+    assert orders[0][0] != orders[1][0] and orders[0][1] != orders[1][1]  # set_epoch reshuffles each rank
+    # no remainder: the union is exactly the single-process list
+    even = [BucketBatchSampler(durations[:400], batch_size=8, seed=5, num_replicas=2, rank=r) for r in range(2)]
+    full = list(BucketBatchSampler(durations[:400], batch_size=8, seed=5))
+    assert sorted(list(even[0]) + list(even[1])) == sorted(full) and len(even[0]) == 25
+    with pytest.raises(ValueError, match="rank 2 of num_replicas 2"):
+        BucketBatchSampler(durations, batch_size=8, num_replicas=2, rank=2)
+
+
+def test_bucket_sampler_reads_the_world_from_torch_distributed(monkeypatch):
+    durations = [1.0 + i for i in range(20)]
+    assert (BucketBatchSampler(durations, batch_size=2).num_replicas, BucketBatchSampler(durations, 2).rank) == (1, 0)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 4)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 3)
+    s = BucketBatchSampler(durations, batch_size=2)
+    assert (s.num_replicas, s.rank, len(s)) == (4, 3, 2)  # 10 batches over 4 ranks: 2 each, 2 dropped
+    assert BucketBatchSampler(durations, batch_size=2, num_replicas=1, rank=0).num_replicas == 1  # explicit wins
+
+
+def test_lightning_calls_set_epoch_on_the_bucket_sampler_each_epoch(tmp_path):
+    """Lightning 2.6 (fit_loop.on_advance_start -> _set_sampler_epoch) calls set_epoch on
+    `dataloader.batch_sampler.sampler`, which the bucket sampler points at itself: each epoch a new order."""
+    durations = [1.0 + (i * 7) % 13 for i in range(24)]
+    sampler = BucketBatchSampler(durations, batch_size=4, shuffle=True, seed=2)
+    seen: list[list[list[int]]] = []
+
+    class Recorder(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def on_train_epoch_start(self):
+            seen.append([])
+
+        def training_step(self, batch, batch_idx):
+            seen[-1].append(batch.tolist())
+            return (self.w * batch.float()).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    loader = torch.utils.data.DataLoader(list(range(24)), batch_sampler=sampler)
+    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(Recorder(), loader)
+    assert seen == [sampler.batches(e) for e in range(3)]
+    assert seen[0] != seen[1] != seen[2]

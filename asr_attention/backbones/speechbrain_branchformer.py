@@ -129,6 +129,7 @@ class SpeechBrainBranchformer(Backbone):
         self.cnn = ConvolutionFrontEnd(
             input_shape=(8, 10, s["n_mels"]), num_blocks=2, num_layers_per_block=1, out_channels=channels,
             kernel_sizes=(3, 3), strides=(2, 2), residuals=(False, False),
+            dropout=s["dropout"],  # the recipe's 0.1 is also the front end's default; model.arch.dropout=0 turns all off
         )
         self.transformer = TransformerASR(
             tgt_vocab=vocab_size, input_size=channels[-1] * -(-s["n_mels"] // 4), d_model=d_model, nhead=num_heads,

@@ -160,9 +160,17 @@ class ASRDataModule(L.LightningDataModule):
 
     # ---- loaders -------------------------------------------------------------------------------------------
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
+        """Built when Lightning asks (after the strategy's setup), so under DDP torch.distributed is initialised
+        and the training sampler shards its batches across the ranks. Val/test are not sharded: every rank
+        evaluates the whole split (the synced WER/CER/loss then equal the single-process ones exactly; no batch
+        of a split is dropped or repeated)."""
         ds = self.datasets[part]
+        shard = {} if shuffle else {"num_replicas": 1, "rank": 0}
         sampler = BucketBatchSampler(ds.durations, self.batch_size if shuffle else self.eval_batch_size,
-                                     self.max_batch_seconds, shuffle=shuffle, seed=self.seed)
+                                     self.max_batch_seconds, shuffle=shuffle, seed=self.seed, **shard)
+        if sampler.num_replicas > 1:
+            log.info("%s: rank %d of %d takes %d of the batches", part, sampler.rank, sampler.num_replicas,
+                     len(sampler))
         return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
 

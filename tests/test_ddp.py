@@ -1,0 +1,66 @@
+"""DDP end to end on CPU (gloo, 2 processes) on the shipped tiny Branchformer: the bucket sampler shards the
+training batches across ranks, so 2 ranks x batch 4 take the same optimizer steps as one process.
+
+Exact reference: one process, batch 4, accumulate_grad_batches=2. Its step k consumes batches 2k and 2k+1 of
+the seeded order, which are exactly rank 0's and rank 1's k-th batches under DDP (rank r takes r, r+2, ...), and
+DDP averages the two ranks' gradients as accumulation averages the two micro-batches: same result up to float
+summation order. Doubled batch (one process, batch 8): the same utterances per epoch but grouped differently
+(and padded to the longest of 8), so only close.
+Eval batches are pinned (+data.eval_batch_size=8) and val/test are not sharded, so evaluation is identical.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+COMMON = ["experiment=demo", "model=branchformer", "attention=gqa", "data.limit_train=32", "data.limit_val=8",
+          "data.limit_test=8", "data.num_workers=0", "+data.eval_batch_size=8", "trainer.max_epochs=1",
+          "+model.arch.dropout=0.0", "optim.warmup_steps=0", "logger=none"]
+
+
+def run(run_dir: Path, *overrides: str) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": "1"}
+    for k in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT"):  # a clean launch, not a child rank
+        env.pop(k, None)
+    cmd = [sys.executable, "-m", "asr_attention.train", *COMMON, *overrides, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with the gloo backend is needed for CPU DDP")
+def test_cpu_ddp_two_ranks_match_one_process(tmp_path):
+    out = run(tmp_path / "ddp", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+              "trainer.precision=32-true", "data.batch_size=4")
+    # the sampler was built after the process group came up: each rank took its own half of the 8 batches
+    assert "train: rank 0 of 2 takes 4 of the batches" in out
+    assert "train: rank 1 of 2 takes 4 of the batches" in out
+    run(tmp_path / "accum", "data.batch_size=4", "+trainer.accumulate_grad_batches=2")
+    run(tmp_path / "double", "data.batch_size=8")
+    res = {k: json.loads((tmp_path / k / "results.json").read_text()) for k in ("ddp", "accum", "double")}
+    ddp, accum, double = res["ddp"], res["accum"], res["double"]
+    for r in res.values():
+        assert r["status"] == "completed"
+    # 32 utterances, 8 per step: 4 steps (without sharding each rank would take all 8 batches of 4: 8 steps)
+    assert ddp["global_step"] == accum["global_step"] == double["global_step"] == 4
+    assert ddp["before"] == pytest.approx(accum["before"], rel=1e-5)  # same model, same eval batches
+    # exact reference: the same batches per step
+    assert ddp["after"]["test_loss"] == pytest.approx(accum["after"]["test_loss"], rel=1e-4)
+    assert ddp["after"]["test_wer"] == pytest.approx(accum["after"]["test_wer"], abs=1e-6)
+    assert ddp["after"]["test_cer"] == pytest.approx(accum["after"]["test_cer"], abs=1e-6)
+    # doubled batch: different grouping and padding, so only close
+    assert ddp["after"]["test_loss"] == pytest.approx(double["after"]["test_loss"], rel=0.05)
+    assert abs(ddp["after"]["test_wer"] - double["after"]["test_wer"]) <= 0.1
+    # one writer for the shared run dir: rank 0 wrote results.json and a loadable last.ckpt
+    ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 4
+    print({k: (r["global_step"], r["before"], r["after"]) for k, r in res.items()})
