@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 import hydra
+import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 def run(cfg: DictConfig, run_dir: Path, results: Results) -> float:
     start = time.time()
+    L.seed_everything(cfg.seed, workers=True)  # same command, same batches and initialisation
     tokenizer, backbone = build_tokenizer_and_backbone(cfg)
     datamodule = build_datamodule_for(cfg, tokenizer)
     if cfg.attention.name != "native":

@@ -113,3 +113,12 @@ def test_attention_only_steps_train_just_the_converted_layers(compose_cfg, tmp_p
     changed = {n for n, p in backbone.named_parameters() if not torch.equal(p.detach().cpu(), before[n])}
     assert changed and all(".variant." in n for n in changed), sorted(changed)[:5]
     assert any("q_proj" in n for n in changed)
+
+
+def test_same_command_same_result(tmp_path):
+    """cfg.seed fixes batches, dropout and new heads: two runs of one command give the same numbers."""
+    runs = []
+    for name in ("a", "b"):
+        finish(train(tmp_path / name, "attention=gqa", "trainer.max_epochs=1"))
+        runs.append(json.loads((tmp_path / name / "results.json").read_text())["after"])
+    assert runs[0] == runs[1]
