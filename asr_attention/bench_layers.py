@@ -36,8 +36,9 @@ def resolve(cfg: dict, d: int) -> dict:
     return cfg
 
 
-def layer_flops(cfg: dict, b: int, t: int, d: int, h: int, s: int | None = None) -> float:
-    """Multiply-adds x2 for one forward: t query frames against s key frames (s = t when not cached)."""
+def layer_flops(cfg: dict, b: int, t: int, d: int, h: int, s: int | None = None, absorbed: bool = False) -> float:
+    """Multiply-adds x2 for one forward: t query frames against s key frames (s = t when not cached);
+    absorbed: an MLA cached step that runs in latent space (the path MultiHeadLatentAttention picked)."""
     s = t if s is None else s
     hd = d // h
     new_kv = t  # frames whose K/V (or latent) are computed in this call
@@ -53,6 +54,8 @@ def layer_flops(cfg: dict, b: int, t: int, d: int, h: int, s: int | None = None)
     r = cfg["latent_dim"]
     if s == t and 3 * r > 2 * d:  # merged (2d, d) projection, as MultiHeadLatentAttention does without a cache
         return q_o + 2 * b * t * d * d * 2 + attn  # the merged map is built once for inference
+    if s != t and absorbed:  # cached step in latent space: absorb W_uk into q, attend over r, then W_uv
+        return q_o + b * new_kv * d * r * 2 + 2 * b * t * h * hd * r * 2 + 2 * b * h * t * s * r * 2
     return q_o + b * new_kv * d * r * 2 + b * s * r * 2 * d * 2 + attn
 
 
@@ -118,8 +121,9 @@ def cached_step(b: int, chunk: int, frames: int, d: int, h: int, dtype) -> list[
         _, cache = layer(x_cache, use_cache=True)
         ms = time_ms(lambda: layer(x, cache=cache))
         base_ms = base_ms or ms
+        absorbed = cfg["name"] == "mla" and layer._should_absorb(chunk, frames + chunk)
         rows.append({"shape": f"B{b} chunk{chunk} cache{frames}", "layer": label, "ms": ms,
-                     "gflop": layer_flops(cfg, b, chunk, d, h, s=frames + chunk) / 1e9,
+                     "gflop": layer_flops(cfg, b, chunk, d, h, s=frames + chunk, absorbed=absorbed) / 1e9,
                      "cache_MiB": layer.cache_bytes(frames, b, dtype) / 2**20, "x_baseline": ms / base_ms})
     return rows
 
