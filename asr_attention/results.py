@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_only
+
 
 class Results:
     def __init__(self, path: Path, **initial: Any):
@@ -19,8 +21,8 @@ class Results:
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
-        if int(os.environ.get("LOCAL_RANK", "0")) or int(os.environ.get("NODE_RANK", "0")):
-            return  # under DDP every rank runs the job; only the first writes the file
+        if rank_zero_only.rank != 0:
+            return  # under DDP every rank runs the job; only the first writes the file (as W&B logging does)
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=1, default=str))
         os.replace(tmp, self.path)  # atomic: a reader never sees half a file

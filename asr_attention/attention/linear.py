@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .base import AttentionVariant, Cache, linear_from
 from .canonical import CanonicalMHA
 from .feature_maps import build_feature_map
-from .positions import rotate_inputs
 
 log = logging.getLogger(__name__)
 _warned_xl = False
@@ -50,7 +49,7 @@ class LinearAttention(AttentionVariant):
         cache: Cache | None = None,
         use_cache: bool = False,
     ) -> tuple[Tensor, Cache | None]:
-        qk_in = rotate_inputs(x, pos, self.num_heads) if self.position == "rotary_input" else x
+        qk_in = self.query_input(x, pos)
         q = self.split_heads(self.q_proj(qk_in))
         if self.xl is not None:
             q = self.xl.content_query(q)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from asr_attention.attention import cache_nbytes
 from asr_attention.attention.mha import MultiHeadAttention
-from asr_attention.backbones import Backbone, original_variants, patch_attention, patched_variants
+from asr_attention.backbones import Backbone, count_parameters, original_variants, patch_attention, patched_variants
 from asr_attention.bench_layers import time_ms as graph_time_ms
 
 GIB = 2**30
@@ -169,7 +169,7 @@ def cache_row(backbone: Backbone, native: bool, device: torch.device, seconds: f
 def build_variant(native_cpu: Backbone, attention: dict | None, device: torch.device) -> tuple[Backbone, dict]:
     """A copy of the native backbone on `device`, patched with `attention` (None = left native)."""
     model = copy.deepcopy(native_cpu).to(device).eval()
-    summary = {"params": sum(p.numel() for p in model.parameters())}
+    summary = {"params": count_parameters(model)}
     if attention is not None:
         summary = patch_attention(model, attention)
         summary["params"] = summary["params_after"]
