@@ -10,10 +10,11 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from .attention import fidelity_table
+from .attention import cache_nbytes, fidelity_table
 from .backbones import (
     Backbone, build_backbone, calibration_batch, capture_attention_inputs, original_variants, patch_attention,
     patched_variants,
@@ -59,10 +60,6 @@ def convert(backbone: Backbone, attention_cfg: DictConfig, datamodule: ASRDataMo
 def measured_cache_bytes(backbone: Backbone, inputs: list[dict]) -> dict:
     """Run each patched layer over its captured input with use_cache=True and count the bytes it holds, beside
     the analytic figure for the same frames and batch."""
-    import torch
-
-    from .attention import cache_nbytes
-
     measured = analytic = 0
     with torch.no_grad():
         for variant, kw in zip(patched_variants(backbone), inputs):
