@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from asr_attention import ddp_report
+
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["experiment=demo", "model=branchformer", "attention=gqa", "data.limit_train=32", "data.limit_val=8",
           "data.limit_test=8", "data.num_workers=0", "+data.eval_batch_size=8", "trainer.max_epochs=1",
@@ -63,4 +65,12 @@ def test_cpu_ddp_two_ranks_match_one_process(tmp_path):
     # one writer for the shared run dir: rank 0 wrote results.json and a loadable last.ckpt
     ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 4
-    print({k: (r["global_step"], r["before"], r["after"]) for k, r in res.items()})
+    # the report that benchmarks/run_ddp_check.sh commits for the 2-GPU run reads the same three run dirs
+    assert ddp_report.main(["--out", str(tmp_path / "report"), *(str(tmp_path / k) for k in res)]) == 0
+    rows = json.loads((tmp_path / "report.json").read_text())["runs"]
+    assert [(r["run"], r["strategy"], r["global_step"]) for r in rows] == [
+        ("ddp", "ddp", 4), ("accum", "auto", 4), ("double", "auto", 4)]
+    assert rows[1]["test_loss_rel_diff"] <= 1e-4 and rows[1]["test_wer_abs_diff"] <= 1e-6
+    assert rows[2]["test_loss_rel_diff"] == pytest.approx(
+        abs(double["after"]["test_loss"] - ddp["after"]["test_loss"]) / ddp["after"]["test_loss"])
+    assert "| ddp | ddp | 2 | 4 | 1 | 4 |" in (tmp_path / "report.md").read_text()
