@@ -11,14 +11,29 @@ from torch import Tensor, nn
 from .canonical import CanonicalMHA
 
 
-def rel_shift(scores: Tensor) -> Tensor:
-    """(B, H, T, 2T-1) scores against relative positions T-1 … -(T-1) -> (B, H, T, T) scores against keys.
+# SDPA's memory-efficient kernel reads an additive mask in place when its rows start on 16-element boundaries;
+# otherwise it pads (copies) the whole (B, H, T, T) mask first.
+MASK_ALIGN = 16
 
-    The Transformer-XL skew, as both SpeechBrain RelPosMHAXL and HF's conformer "relative" attention do it.
+
+def skewed_scores(q: Tensor, p: Tensor) -> Tensor:
+    """Scores of q (B, H, T, hd) against relative positions p (1, H, hd, 2T-1), ordered T-1 … -(T-1), as a
+    (B, H, T, T) view against keys: out[i, j] = (q_i · p[T-1-i+j]).
+
+    The Transformer-XL skew (SpeechBrain RelPosMHAXL and HF's conformer "relative" pad, reshape and slice the
+    scores, copying them twice) as a strided view of the one matmul output: row i starts one column earlier than
+    row i-1, so its row stride is width - 1. Zero position columns around the real ones (never read) make that
+    stride and the first read element 16-aligned.
     """
-    b, h, t, p = scores.shape
-    scores = nn.functional.pad(scores, (1, 0)).view(b, h, p + 1, t)
-    return scores[:, :, 1:].reshape(b, h, t, p)[..., :t]
+    t = q.shape[-2]
+    lead = -(t - 1) % MASK_ALIGN
+    width = lead + 2 * t - 1
+    width += (1 - width) % MASK_ALIGN
+    p = nn.functional.pad(p, (lead, width - lead - (2 * t - 1)))
+    full = torch.matmul(q, p)  # (B, H, T, width), a new contiguous tensor
+    b, h = full.shape[:2]
+    return full.as_strided((b, h, t, t), (h * t * width, t * width, width - 1, 1),
+                           full.storage_offset() + lead + t - 1)
 
 
 class XLPosition(nn.Module):
@@ -43,7 +58,7 @@ class XLPosition(nn.Module):
             raise ValueError(f"xl attention needs pos of shape (1, {2 * q.shape[-2] - 1}, d); got {got}")
         p = self.linear_pos(pos).view(pos.shape[0], -1, self.num_heads, self.head_dim).permute(0, 2, 3, 1)
         q_v = (q + self.pos_bias_v[None, :, None, :]) * scale
-        return rel_shift(torch.matmul(q_v, p))
+        return skewed_scores(q_v, p)
 
 
 def rotate_inputs(x: Tensor, pos: Tensor, num_heads: int) -> Tensor:
