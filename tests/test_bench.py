@@ -18,7 +18,7 @@ TINY = {
         "++model.arch.vocab_size=10",
     ],
 }
-FAST = ["device=cpu", "seconds=1", "batches=[2,1]", "dtypes=[fp32,bf16]", "long_seconds=2", "warmup=1", "repeats=2",
+FAST = ["device=cpu", "seconds=1", "batches=[2,1]", "dtypes=[fp32,bf16]", "long_seconds=2", "warmup=1", "repeats=2", "min_seconds=0",
         "relpos_batch=2", "relpos_frames=25"]
 
 
@@ -56,3 +56,19 @@ def test_suite_report_merges_runs(run_module, tmp_path):
     merged = json.loads((tmp_path / "gpu_cpu.json").read_text())
     assert merged["meta"]["card"] == "cpu" and len(merged["runs"]) == 1
     assert "| linear |" in (tmp_path / "gpu_cpu.md").read_text()
+
+
+def test_eager_timing_samples_at_least_min_seconds():
+    import time
+
+    from asr_attention.bench.measure import eager_ms
+    calls = []
+
+    def work():
+        calls.append(1)
+        time.sleep(0.002)
+    ms = eager_ms(work, torch.device("cpu"), warmup=0, repeats=2, min_seconds=0.04)
+    assert ms >= 2.0 and len(calls) >= 15  # 40 ms of 2 ms calls, not just the 2 repeats
+    calls.clear()
+    eager_ms(work, torch.device("cpu"), warmup=0, repeats=3)
+    assert len(calls) == 3

@@ -1,7 +1,8 @@
 """The measurements: whole-encoder forward (feature front end included), one attention site, the cache.
 
-Forward times are eager (CUDA events around each call, median of `repeats`): what a user of the model gets,
-Python launch overhead included. Attention-site times are CUDA-graph replays (`bench_layers.time_ms`) when the
+Forward times are eager (CUDA events around each call, median of at least `repeats` calls and at least
+`min_seconds` of them): what a user of the model gets, Python launch overhead included. Batch-1 forwards are
+launch-bound and jitter with the host, so they take many more samples than the few that a long forward needs. Attention-site times are CUDA-graph replays (`bench_layers.time_ms`) when the
 module can be captured, eager otherwise; the row says which.
 """
 
@@ -38,12 +39,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def eager_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
+def eager_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int,
+             min_seconds: float = 0.0) -> float:
     for _ in range(warmup):
         fn()
     sync(device)
-    samples = []
-    for _ in range(repeats):
+    samples: list[float] = []
+    while len(samples) < repeats or sum(samples) < 1000 * min_seconds:
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -120,7 +122,7 @@ def forward_row(backbone: Backbone, device: torch.device, batch: int, seconds: f
             log_probs, _ = backbone(waves, lengths)
             row["frames"] = int(log_probs.shape[1])
             del log_probs
-            ms = eager_ms(lambda: backbone(waves, lengths), device, cfg.warmup, cfg.repeats)
+            ms = eager_ms(lambda: backbone(waves, lengths), device, cfg.warmup, cfg.repeats, cfg.min_seconds)
             if device.type == "cuda":
                 row["peak_gib"] = torch.cuda.max_memory_allocated(device) / GIB
             row["ms"] = ms
