@@ -61,6 +61,8 @@ def test_suite_report_merges_runs(run_module, tmp_path):
 def test_eager_timing_samples_at_least_min_seconds():
     import time
 
+    import torch
+
     from asr_attention.bench.measure import eager_ms
     calls = []
 
