@@ -227,3 +227,16 @@ def test_inference_keeps_stacked_weights_until_a_parameter_changes(name):
     assert not torch.allclose(changed, first)
     with_grad, _ = layer(x, pad)  # the autograd path stacks afresh; both paths agree
     assert relative_error(with_grad, changed, pad) <= 1e-5
+
+
+@pytest.mark.parametrize("feature_map", ["elu", "relu", "hedgehog"])
+@pytest.mark.parametrize("position", POSITIONS)
+def test_linear_dense_whole_sequence_equals_per_head_states(feature_map, position):
+    """The whole-sequence path (one dense state, masked to per-head blocks) against the per-head einsum path the
+    cache uses, on the same padded batch."""
+    layer = build_attention({"name": "linear", "feature_map": feature_map}, random_mha(D, H, position))
+    x, pad, pos = inputs(position)
+    dense, _ = layer(x, pad, pos)
+    per_head, state = layer(x, pad, pos, use_cache=True)
+    assert state is not None
+    assert relative_error(dense[~pad], per_head[~pad]) <= 1e-5

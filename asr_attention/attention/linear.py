@@ -2,6 +2,8 @@
 
 Same Q/K/V/O weights as the MHA it comes from. Offline encoding is non-causal (every frame sees every frame);
 streaming keeps a running state S = sum phi(k) v^T and normaliser z = sum phi(k), constant in size.
+A whole sequence is computed in the (B, T, d) layout the projections produce, with all heads in one dense state
+(`_whole_sequence`); the per-head (B, H, T, hd) form needs strided copies that cost more than the attention.
 The Transformer-XL position term needs the full T x T score matrix, so under xl positions it is dropped (the
 content bias u is kept); rotary-on-inputs is kept as is.
 """
@@ -55,9 +57,12 @@ class LinearAttention(AttentionVariant):
             q = self.xl.content_query(q)
         phi_q = self.feature_map(q)
         phi_k = self.feature_map(self.split_heads(self.k_proj(qk_in)))
-        v = self.split_heads(self.v_proj(x))
+        v = self.v_proj(x)
         if key_padding_mask is not None:
             phi_k = phi_k.masked_fill(key_padding_mask[:, None, :, None], 0.0)
+        if cache is None and not use_cache:
+            return self.o_proj(self._whole_sequence(phi_q, phi_k, v)), None
+        v = self.split_heads(v)
         state = torch.einsum("bhtf,bhtd->bhfd", phi_k, v)
         normaliser = phi_k.sum(dim=2)
         if cache is not None:
@@ -65,8 +70,25 @@ class LinearAttention(AttentionVariant):
         numerator = torch.einsum("bhtf,bhfd->bhtd", phi_q, state)
         denominator = torch.einsum("bhtf,bhf->bht", phi_q, normaliser)[..., None] + self.eps
         out = self.o_proj(self.merge_heads(numerator / denominator))
-        new = {"state": state, "normaliser": normaliser} if (cache is not None or use_cache) else None
-        return out, new
+        return out, {"state": state, "normaliser": normaliser}
+
+    def _whole_sequence(self, phi_q: Tensor, phi_k: Tensor, v: Tensor) -> Tensor:
+        """phi_q, phi_k: (B, H, T, F) views; v: (B, T, d) -> (B, T, d) attention output before o_proj.
+
+        All heads share one (H*F, d) state phi(K)^T V, masked to its per-head diagonal blocks: H times the
+        multiply-adds of per-head states, but plain GEMMs over (B, T, .) with no transposed copies. The head
+        normalisers ride along as H extra state columns, so one GEMM yields numerator and denominator."""
+        b, h, t, f = phi_q.shape
+        hd = self.head_dim
+        phi_q, phi_k = (p.transpose(1, 2).reshape(b, t, h * f) for p in (phi_q, phi_k))
+        heads = torch.arange(h, device=v.device)
+        own_head = heads.repeat_interleave(f)[:, None] == heads[None, :]  # (H*F, H): feature row -> its head
+        dense = torch.bmm(phi_k.transpose(1, 2), v)  # (B, H*F, d)
+        state = torch.cat((dense * own_head.repeat_interleave(hd, dim=1), phi_k.sum(dim=1)[..., None] * own_head),
+                          dim=-1)
+        both = torch.bmm(phi_q, state)  # (B, T, d + H): numerators, then denominators
+        numerator = both[..., :-h].view(b, t, h, hd)
+        return (numerator / (both[..., -h:, None] + self.eps)).reshape(b, t, h * hd)
 
 
 def _warn_xl_dropped() -> None:
