@@ -17,23 +17,23 @@ MASK_ALIGN = 16
 
 
 def skewed_scores(q: Tensor, p: Tensor) -> Tensor:
-    """Scores of q (B, H, T, hd) against relative positions p (H, hd, 2T-1), ordered T-1 … -(T-1), as a
-    (B, H, T, T) view against keys: out[b, h, i, j] = q[b, h, i] · p[h, :, T-1-i+j].
+    """Scores of q (B, H, T, hd) against relative positions p (1, H, hd, 2T-1), ordered T-1 … -(T-1), as a
+    (B, H, T, T) view against keys: out[i, j] = (q_i · p[T-1-i+j]).
 
     The Transformer-XL skew (SpeechBrain RelPosMHAXL and HF's conformer "relative" pad, reshape and slice the
-    scores, copying them twice) as a strided view of one matmul output: row i starts one column earlier than
+    scores, copying them twice) as a strided view of the one matmul output: row i starts one column earlier than
     row i-1, so its row stride is width - 1. Zero position columns around the real ones (never read) make that
-    stride and the first read element 16-aligned. The matmul runs per head over all B*T query rows (one GEMM per
-    head, not B*H thin ones), so its output is laid out (H, B, T, width).
+    stride and the first read element 16-aligned.
     """
-    b, h, t, hd = q.shape
+    t = q.shape[-2]
     lead = -(t - 1) % MASK_ALIGN
     width = lead + 2 * t - 1
     width += (1 - width) % MASK_ALIGN
     p = nn.functional.pad(p, (lead, width - lead - (2 * t - 1)))
-    rows = q.transpose(0, 1).reshape(h, b * t, hd)  # a view when q is split from a (B, T, d) projection
-    full = torch.bmm(rows, p)  # (H, B*T, width)
-    return full.as_strided((b, h, t, t), (t * width, b * t * width, width - 1, 1), full.storage_offset() + lead + t - 1)
+    full = torch.matmul(q, p)  # (B, H, T, width), a new contiguous tensor
+    b, h = full.shape[:2]
+    return full.as_strided((b, h, t, t), (h * t * width, t * width, width - 1, 1),
+                           full.storage_offset() + lead + t - 1)
 
 
 class XLPosition(nn.Module):
@@ -53,10 +53,10 @@ class XLPosition(nn.Module):
 
     def score_bias(self, q: Tensor, pos: Tensor, scale: float) -> Tensor:
         """Scaled position scores (B, H, T, T) for q: (B, H, T, hd), pos: (1, 2T-1, d)."""
-        if pos is None or pos.dim() != 3 or pos.shape[0] != 1 or pos.shape[1] != 2 * q.shape[-2] - 1:
+        if pos is None or pos.shape[-2] != 2 * q.shape[-2] - 1:
             got = None if pos is None else tuple(pos.shape)
             raise ValueError(f"xl attention needs pos of shape (1, {2 * q.shape[-2] - 1}, d); got {got}")
-        p = self.linear_pos(pos[0]).view(-1, self.num_heads, self.head_dim).permute(1, 2, 0)  # (H, hd, 2T-1)
+        p = self.linear_pos(pos).view(pos.shape[0], -1, self.num_heads, self.head_dim).permute(0, 2, 3, 1)
         q_v = (q + self.pos_bias_v[None, :, None, :]) * scale
         return skewed_scores(q_v, p)
 
