@@ -190,6 +190,33 @@ def test_patched_mha_model_equals_unpatched(case):
     assert all(type(v).__name__ == "MultiHeadAttention" for v in patched_variants(backbone))
 
 
+def test_hf_mask_is_converted_once_per_forward_not_per_layer(monkeypatch):
+    """The mask check is a host sync: the patched layers of one forward share one conversion, and the next
+    forward (a new mask object) converts again."""
+    from asr_attention.backbones import hf_wav2vec2
+    calls = []
+    convert = hf_wav2vec2.key_padding_from_hf
+    monkeypatch.setattr(hf_wav2vec2, "key_padding_from_hf", lambda m: calls.append(1) or convert(m))
+    backbone = make(ALL_CASES["conformer-relative-sdpa"])
+    ref, lengths = run(backbone)
+    patch_attention(backbone, {"name": "mha"})
+    out, _ = run(backbone)
+    assert len(calls) == 1  # 2 layers, 1 conversion
+    assert relative_error(valid(ref, lengths), valid(out, lengths)) <= 1e-5
+    waves, lengths = batch(seed=2)
+    lengths = torch.tensor([8000, 8000, 4000])  # other padding: a stale conversion would mask the wrong frames
+    with torch.no_grad():
+        patched, _ = backbone(waves, lengths)
+    assert len(calls) == 2
+    sharing = copy.deepcopy(backbone)  # a copy shares one converter among its own layers, not with the original
+    keys = {id(m.key_padding) for m in sharing.modules() if hasattr(m, "key_padding") and m is not sharing}
+    assert len(keys) == 1 and id(backbone.key_padding) not in keys
+    unpatched = make(ALL_CASES["conformer-relative-sdpa"])
+    with torch.no_grad():
+        expected, _ = unpatched(waves, lengths)
+    assert relative_error(valid(expected, lengths), valid(patched, lengths)) <= 1e-5
+
+
 @pytest.mark.parametrize("case", ["wav2vec2-sdpa", "conformer-relative-sdpa", "conformer-rotary-eager", "branchformer"])
 def test_gqa_full_heads_and_mla_full_rank_equal_original(case):
     backbone = make(ALL_CASES[case])

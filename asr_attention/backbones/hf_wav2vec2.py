@@ -67,12 +67,32 @@ def position_type(module: nn.Module) -> str:
     return HF_POSITIONS[hf_type]
 
 
+class SharedKeyPadding:
+    """HF hands every encoder layer the same 4-D mask object in one forward: convert and validate it (the check
+    is a host sync, which stalls the GPU) once per forward, not once per layer. Holds the last mask until the
+    next one comes, so its memory cannot be reused by another mask while remembered."""
+
+    def __init__(self):
+        self._source: Tensor | None = None
+        self._version = -1
+        self._result: Tensor | None = None
+
+    def __call__(self, attention_mask: Tensor | None) -> Tensor | None:
+        if attention_mask is None:
+            return None
+        if attention_mask is not self._source or attention_mask._version != self._version:
+            self._result = key_padding_from_hf(attention_mask)
+            self._source, self._version = attention_mask, attention_mask._version
+        return self._result
+
+
 class HFAttention(nn.Module):
     """A variant in the place of Wav2Vec2Attention / Wav2Vec2ConformerSelfAttention: same call, same return."""
 
-    def __init__(self, variant: AttentionVariant):
+    def __init__(self, variant: AttentionVariant, key_padding: SharedKeyPadding | None = None):
         super().__init__()
         self.variant = variant
+        self.key_padding = key_padding or SharedKeyPadding()
 
     @staticmethod
     def variant_inputs(
@@ -81,6 +101,7 @@ class HFAttention(nn.Module):
         relative_position_embeddings: Tensor | None = None,
         key_value_states: Tensor | None = None,
         position: str = "none",
+        key_padding=key_padding_from_hf,
         **kwargs,
     ) -> dict:
         if key_value_states is not None:
@@ -90,14 +111,16 @@ class HFAttention(nn.Module):
             pos = pos[:, :, 0, 0, :]  # (2, T, 1, 1, hd) -> (2, T, hd)
         elif position == "none":
             pos = None
-        return {"x": hidden_states, "key_padding_mask": key_padding_from_hf(attention_mask), "pos": pos}
+        return {"x": hidden_states, "key_padding_mask": key_padding(attention_mask), "pos": pos}
 
     def forward(self, hidden_states: Tensor, *args, **kwargs) -> tuple[Tensor, None]:
         # Wav2Vec2Attention's second positional argument is key_value_states; layers here pass keywords only.
         if args:
             raise TypeError("HFAttention takes hidden_states positionally and everything else by keyword")
         kwargs.pop("output_attentions", None)
-        out, _ = self.variant(**self.variant_inputs(hidden_states, position=self.variant.position, **kwargs))
+        inputs = self.variant_inputs(hidden_states, position=self.variant.position, key_padding=self.key_padding,
+                                     **kwargs)
+        out, _ = self.variant(**inputs)
         return out, None
 
 
@@ -131,6 +154,7 @@ class HFWav2Vec2(Backbone):
         for s in cfg.conv_stride:
             stride *= s
         self.frame_ms = 1000.0 * stride / 16000
+        self.key_padding = SharedKeyPadding()  # one per model, shared by its patched layers
 
     @property
     def encoder(self) -> nn.Module:
@@ -184,7 +208,7 @@ class HFWav2Vec2(Backbone):
         )
 
     def wrap(self, variant: AttentionVariant) -> nn.Module:
-        return HFAttention(variant)
+        return HFAttention(variant, self.key_padding)
 
     def variant_inputs(self, args: tuple, kwargs: dict) -> dict:
         position = HF_POSITIONS.get(getattr(self.model.config, "position_embeddings_type", None), "none")
