@@ -217,6 +217,36 @@ def test_hf_mask_is_converted_once_per_forward_not_per_layer(monkeypatch):
     assert relative_error(valid(expected, lengths), valid(patched, lengths)) <= 1e-5
 
 
+HOST_SYNCS = {"aten.equal.default", "aten._local_scalar_dense.default", "aten.nonzero.default",
+              "aten.is_nonzero.default", "aten.masked_select.default"}
+
+
+def host_syncs(backbone) -> int:
+    """Ops in one forward that make a GPU wait for the host (counted on CPU, where they run the same way)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    count = []
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            count.append(str(func) in HOST_SYNCS)
+            return func(*args, **(kwargs or {}))
+    with torch.no_grad(), Count():
+        backbone(*batch())
+    return sum(count)
+
+
+@pytest.mark.parametrize("case", ["wav2vec2-sdpa", "conformer-relative-sdpa", "conformer-rotary-sdpa", "branchformer"])
+def test_patching_adds_at_most_one_host_sync_per_forward(case):
+    """Batch-1 GPU forwards are launch-bound: a sync per layer would stall every layer. Three layers here, so
+    a per-layer sync would add three."""
+    cfg = copy.deepcopy(ALL_CASES[case])
+    cfg["num_layers"] = 3
+    backbone = make(cfg)
+    native = host_syncs(backbone)
+    patch_attention(backbone, {"name": "mla", "latent_dim": 16})
+    assert host_syncs(backbone) <= native + 1
+
+
 @pytest.mark.parametrize("case", ["wav2vec2-sdpa", "conformer-relative-sdpa", "conformer-rotary-eager", "branchformer"])
 def test_gqa_full_heads_and_mla_full_rank_equal_original(case):
     backbone = make(ALL_CASES[case])
