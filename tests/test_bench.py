@@ -36,7 +36,9 @@ def test_bench_tiny_cpu(run_module, tmp_path, model):
         assert r["rtfx"] > 0 and r["ms"] > 0 and r["attn_ms"] > 0
         assert r["rtfx_x"] > 0 and r["attn_x"] > 0
         if r["variant"] == "native":
-            assert r["rtfx_x"] == 1.0
+            assert r["rtfx_x"] == 1.0 and "native_ms_paired" not in r
+        else:  # timed in alternation with native: the ratio comes from that pair, not native's own row
+            assert r["native_ms_paired"] > 0 and r["rtfx_x"] == pytest.approx(r["native_ms_paired"] / r["ms"])
     assert {(r["batch"], r["dtype"]) for r in rows} == {(2, "fp32"), (2, "bf16"), (1, "fp32"), (1, "bf16")}
     assert long_rows[0]["frames"] > rows[0]["frames"]
     for name, c in data["cache"].items():
@@ -74,3 +76,22 @@ def test_eager_timing_samples_at_least_min_seconds():
     calls.clear()
     eager_ms(work, torch.device("cpu"), warmup=0, repeats=3)
     assert len(calls) == 3
+
+
+def test_interleaved_timing_alternates_and_times_each_function():
+    import time
+
+    import torch
+
+    from asr_attention.bench.measure import interleaved_ms
+    order = []
+
+    def fast():
+        order.append("f")
+
+    def slow():
+        order.append("s")
+        time.sleep(0.003)
+    fast_ms, slow_ms = interleaved_ms([fast, slow], torch.device("cpu"), warmup=1, repeats=4)
+    assert order == ["f", "s"] * 5  # one warmup round, then 4 alternating pairs
+    assert slow_ms >= 3.0 > fast_ms

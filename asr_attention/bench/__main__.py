@@ -59,19 +59,23 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
     results.update(
         meta={"card": card, "torch": torch.__version__, "date": datetime.date.today().isoformat(),
               "commit": cfg.commit or "unknown", "device": str(device),
-              "timing": "forward: eager, CUDA events, median of repeats; attention site: CUDA-graph replay "
-                        "of one layer's attention module on its captured call, x num_layers",
+              "timing": "forward: eager, CUDA events, median of repeats, each variant in alternation with "
+                        "native (RTFx x native from those pairs); attention site: CUDA-graph replay of one "
+                        "layer's attention module on its captured call, x num_layers",
               "fp32": "torch defaults: matmul TF32 off, cuDNN conv TF32 on",
               "front_end": "included (wav2vec2: conv feature encoder; branchformer: Fbank + CNN)"},
         model=model_cfg, settings=OmegaConf.to_container(cfg, resolve=True),
         rows=[], long=[], cache={}, relpos=[], moonshot=[],
     )
     rows, long_rows, cache, relpos, moonshot = [], [], {}, [], []
+    native = measure.build_variant(native_cpu, None, device)  # resident throughout: the paired reference
     for name, attention in variant_configs(cfg).items():
         log.info("%s: building on %s", name, device)
-        model, summary = measure.build_variant(native_cpu, attention, device)
+        model, summary = native if attention is None else measure.build_variant(native_cpu, attention, device)
+        reference = None if attention is None else native[0]
         for batch, dtype in configs(cfg):
-            row = {"variant": name, **measure.forward_row(model, device, batch, cfg.seconds, dtype, cfg)}
+            row = {"variant": name, **measure.forward_row(model, device, batch, cfg.seconds, dtype, cfg,
+                                                          reference=reference)}
             row["params"] = summary["params"]
             rows.append(row)
             log.info("%s", row)
@@ -81,7 +85,8 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         results.update(cache=cache)
         if cfg.long_seconds:
             quick = OmegaConf.merge(cfg, {"warmup": 1, "repeats": cfg.long_repeats})
-            row = {"variant": name, **measure.forward_row(model, device, 1, cfg.long_seconds, "bf16", quick)}
+            row = {"variant": name, **measure.forward_row(model, device, 1, cfg.long_seconds, "bf16", quick,
+                                                          reference=reference)}
             long_rows.append(row)
             log.info("long: %s", row)
             add_ratios(long_rows)
@@ -95,6 +100,7 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    del native
     if cfg.moonshot and device.type == "cuda":  # last: a failed graph capture must not disturb the rows above
         mha = OmegaConf.to_container(cfg.attention, resolve=True) if cfg.attention.name == "mha" else \
             attention_presets(cfg.model)["mha"]

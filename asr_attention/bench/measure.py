@@ -2,7 +2,8 @@
 
 Forward times are eager (CUDA events around each call, median of at least `repeats` calls and at least
 `min_seconds` of them): what a user of the model gets, Python launch overhead included. Batch-1 forwards are
-launch-bound and jitter with the host, so they take many more samples than the few that a long forward needs. Attention-site times are CUDA-graph replays (`bench_layers.time_ms`) when the
+launch-bound and jitter with the host, so they take many more samples than the few that a long forward needs,
+and each variant is timed in alternation with the native model, which stays resident for the whole run. Attention-site times are CUDA-graph replays (`bench_layers.time_ms`) when the
 module can be captured, eager otherwise; the row says which.
 """
 
@@ -39,25 +40,38 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def interleaved_ms(fns: list[Callable[[], object]], device: torch.device, warmup: int, repeats: int,
+                   min_seconds: float = 0.0) -> list[float]:
+    """Median ms of each fn, sampled in alternation (fn0, fn1, fn0, fn1, ...) until fn0 has at least `repeats`
+    samples and `min_seconds` of them. Slow drift of the host or the GPU (clocks, other load) then touches every
+    fn alike, so their ratio holds where timings taken one after the other drift apart."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    sync(device)
+    samples: list[list[float]] = [[] for _ in fns]
+    while len(samples[0]) < repeats or sum(samples[0]) < 1000 * min_seconds:
+        for fn, taken in zip(fns, samples):
+            taken.append(_sample_ms(fn, device))
+    return [statistics.median(taken) for taken in samples]
+
+
+def _sample_ms(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return 1000 * (time.perf_counter() - t0)
+
+
 def eager_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int,
              min_seconds: float = 0.0) -> float:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    samples: list[float] = []
-    while len(samples) < repeats or sum(samples) < 1000 * min_seconds:
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            samples.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            samples.append(1000 * (time.perf_counter() - t0))
-    return statistics.median(samples)
+    return interleaved_ms([fn], device, warmup, repeats, min_seconds)[0]
 
 
 def timed(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> tuple[float, str]:
@@ -110,21 +124,29 @@ def out_of_memory(err: BaseException) -> bool:
 
 @torch.no_grad()
 def forward_row(backbone: Backbone, device: torch.device, batch: int, seconds: float, dtype: str, cfg,
-                attention_site: bool = True) -> dict:
-    """One whole-encoder forward config: time, RTFx, peak memory, and (optionally) one attention site x layers."""
+                attention_site: bool = True, reference: Backbone | None = None) -> dict:
+    """One whole-encoder forward config: time, RTFx, peak memory, and (optionally) one attention site x layers.
+    reference: the native model, timed in alternation with this one (`native_ms_paired`, what the ratio uses)."""
     row = {"batch": batch, "seconds": seconds, "dtype": dtype}
     waves, lengths = make_batch(batch, seconds, device, cfg.seed)
     try:
         with autocast(device, dtype):
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+                resident = torch.cuda.memory_allocated(device)  # this model's weights, and the reference's
                 torch.cuda.reset_peak_memory_stats(device)
             log_probs, _ = backbone(waves, lengths)
+            if device.type == "cuda":  # this model's weights + the forward's peak, whatever else is resident
+                peak = torch.cuda.max_memory_allocated(device) - resident + weights_bytes(backbone)
+                row["peak_gib"] = peak / GIB
             row["frames"] = int(log_probs.shape[1])
             del log_probs
-            ms = eager_ms(lambda: backbone(waves, lengths), device, cfg.warmup, cfg.repeats, cfg.min_seconds)
-            if device.type == "cuda":
-                row["peak_gib"] = torch.cuda.max_memory_allocated(device) / GIB
+            fns = [lambda: backbone(waves, lengths)]
+            if reference is not None:
+                fns.append(lambda: reference(waves, lengths))
+            ms, *paired = interleaved_ms(fns, device, cfg.warmup, cfg.repeats, cfg.min_seconds)
+            if paired:
+                row["native_ms_paired"] = paired[0]
             row["ms"] = ms
             row["rtfx"] = batch * seconds / (ms / 1000)
             if attention_site:

@@ -14,8 +14,9 @@ RATIOS = (("rtfx", "rtfx_x"), ("peak_gib", "peak_x"), ("attn_ms", "attn_x"))
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """ratio = variant / native of the same quantity at the same (batch, seconds, dtype), measured in this run.
-    rtfx_x > 1: faster than native; peak_x < 1: less memory; attn_x < 1: attention faster."""
+    """ratio = variant / native of the same quantity at the same (batch, seconds, dtype), measured in this run;
+    RTFx against native's paired timing where the row has one. rtfx_x > 1: faster than native; peak_x < 1: less
+    memory; attn_x < 1: attention faster."""
     for row in rows:
         base = next((r for r in rows if r["variant"] == "native" and r["batch"] == row["batch"]
                      and r["seconds"] == row["seconds"] and r["dtype"] == row["dtype"]), None)
@@ -24,6 +25,8 @@ def add_ratios(rows: list[dict]) -> None:
         for key, ratio in RATIOS:
             if row.get(key) is not None and base.get(key):
                 row[ratio] = row[key] / base[key]
+        if row.get("native_ms_paired") and row.get("ms"):  # native timed in alternation with this variant
+            row["rtfx_x"] = row["native_ms_paired"] / row["ms"]
 
 
 def _f(value, fmt: str) -> str:
@@ -46,18 +49,20 @@ def markdown(data: dict, heading: str = "##") -> str:
              f"{meta['card']}, torch {meta['torch']}, {meta['date']}, commit {meta['commit']}. "
              f"Whole encoder forward, front end {meta['front_end']}; {meta['timing']}; fp32 = {meta.get('fp32')}; "
              "bf16 = autocast over fp32 weights. "
-             "Ratios = variant / native, same process: RTFx x>1 faster, peak x<1 smaller, attention x<1 faster.",
-             "", "| variant | batch x s | dtype | frames | ms | RTFx | RTFx x native | peak GiB | peak x native | "
-             "attention ms (1 layer x L) | attention x native | attention share |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "Ratios = variant / native, same process: RTFx x>1 faster, peak x<1 smaller, attention x<1 faster."
+             + (" RTFx x native = native's ms / the variant's ms, both from one alternating loop (`native ms, "
+                "paired`)." if any("native_ms_paired" in r for r in data["rows"]) else ""),
+             "", "| variant | batch x s | dtype | frames | ms | native ms, paired | RTFx | RTFx x native | peak GiB | "
+             "peak x native | attention ms (1 layer x L) | attention x native | attention share |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in data["rows"] + data.get("long", []):
         if "error" in r:
             lines.append(f"| {r['variant']} | {r['batch']} x {r['seconds']:g} | {r['dtype']} | | {r['error']} "
-                         "| | | | | | | |")
+                         "| | | | | | | | |")
             continue
         lines.append(
             f"| {r['variant']} | {r['batch']} x {r['seconds']:g} | {r['dtype']} | {r.get('frames', '')} | "
-            f"{r['ms']:.2f} | {r['rtfx']:.0f} | {_f(r.get('rtfx_x'), '.2f')} | {_f(r.get('peak_gib'), '.2f')} | "
+            f"{r['ms']:.2f} | {_f(r.get('native_ms_paired'), '.2f')} | {r['rtfx']:.0f} | {_f(r.get('rtfx_x'), '.2f')} | {_f(r.get('peak_gib'), '.2f')} | "
             f"{_f(r.get('peak_x'), '.2f')} | {_f(r.get('attn_ms'), '.2f')} | {_f(r.get('attn_x'), '.2f')} | "
             f"{_f(r.get('attn_share'), '.0%')} |")
     lines += ["", "Cache (timed layer's attention with use_cache=True on its captured input, x layers; native "
