@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from asr_attention.report import table_cell as cell
+
 METRICS = ("test_loss", "test_wer", "test_cer")
 
 
@@ -43,15 +45,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "| run | strategy | devices | batch / device | accumulate | steps | test loss | test WER | test CER "
              "| loss rel. diff | WER diff | CER diff | wall s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-
-    def f(value, fmt):
-        return "" if value is None else format(value, fmt)
     for r in rows:
         lines.append(f"| {r['run']} | {r['strategy']} | {r['devices']} | {r['batch_per_device']} | "
-                     f"{r['accumulate_grad_batches']} | {r['global_step']} | {f(r['test_loss'], '.6f')} | "
-                     f"{f(r['test_wer'], '.4f')} | {f(r['test_cer'], '.4f')} | {f(r.get('test_loss_rel_diff'), '.2e')} | "
-                     f"{f(r.get('test_wer_abs_diff'), '.4f')} | {f(r.get('test_cer_abs_diff'), '.4f')} | "
-                     f"{f(r['wall_seconds'], '.0f')} |")
+                     f"{r['accumulate_grad_batches']} | {r['global_step']} | {cell(r['test_loss'], '.6f')} | "
+                     f"{cell(r['test_wer'], '.4f')} | {cell(r['test_cer'], '.4f')} | "
+                     f"{cell(r.get('test_loss_rel_diff'), '.2e')} | "
+                     f"{cell(r.get('test_wer_abs_diff'), '.4f')} | {cell(r.get('test_cer_abs_diff'), '.4f')} | "
+                     f"{cell(r['wall_seconds'], '.0f')} |")
     return "\n".join(lines) + "\n"
 
 

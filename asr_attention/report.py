@@ -159,7 +159,8 @@ def _pct(value: float | None) -> str:
     return "" if value is None else f"{100 * value:.1f}"
 
 
-def _num(value: float | None, fmt: str) -> str:
+def table_cell(value: float | None, fmt: str) -> str:
+    """A markdown table cell: blank for a missing (None or NaN) value."""
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
 
 
@@ -173,8 +174,9 @@ def markdown_table(rows: Sequence[dict], front: Sequence[dict] = ()) -> str:
         cells = [
             r["job"], r["model"], r["variant"] + (" ★" if r["job"] in front_jobs else ""), r["status"],
             _pct(r["wer_before"]), _pct(r["cer_before"]), _pct(r["wer_after"]), _pct(r["cer_after"]),
-            _num(r["cache_mib_1000"], ".3f"), _num(r["cache_reduction_pct"], ".1f"),
-            _num(r["parameters"], ","), _num(r["rtfx"], ".1f"), error[:160] + ("…" if len(error) > 160 else ""),
+            table_cell(r["cache_mib_1000"], ".3f"), table_cell(r["cache_reduction_pct"], ".1f"),
+            table_cell(r["parameters"], ","), table_cell(r["rtfx"], ".1f"),
+            error[:160] + ("…" if len(error) > 160 else ""),
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)

@@ -18,8 +18,8 @@ TINY = {
         "++model.arch.vocab_size=10",
     ],
 }
-FAST = ["device=cpu", "seconds=1", "batches=[2,1]", "dtypes=[fp32,bf16]", "long_seconds=2", "warmup=1", "repeats=2", "min_seconds=0",
-        "relpos_batch=2", "relpos_frames=25"]
+FAST = ["device=cpu", "seconds=1", "batches=[2,1]", "dtypes=[fp32,bf16]", "long_seconds=2", "warmup=1", "repeats=2",
+        "min_seconds=0", "relpos_batch=2", "relpos_frames=25"]
 
 
 @pytest.mark.parametrize("model", TINY)

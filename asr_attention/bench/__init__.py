@@ -5,6 +5,7 @@ front end included: wav2vec2's conv encoder, the Branchformer's Fbank + CNN) as 
 GPU memory, one attention site timed on its captured call x num_layers, measured vs analytic cache bytes, a
 long-form row (batch 1, bf16, 5 min), and for relative-position models the native rel-pos attention alone vs our
 MHA variant. The unpatched model (attention=native) is measured first in the same process and stays resident;
-each variant's forwards are timed in alternation with it, and every ratio is variant / native. Writes results.json and results.md in the Hydra output dir. measure.py: the measurements;
+each variant's forwards are timed in alternation with it, and every ratio is variant / native. Writes
+results.json and results.md in the Hydra output dir. measure.py: the measurements;
 report.py: ratios, tables, and the suite merge (benchmarks/run_gpu_suite.sh).
 """

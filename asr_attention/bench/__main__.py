@@ -68,11 +68,13 @@ def run(cfg: DictConfig, out_dir: Path) -> dict:
         rows=[], long=[], cache={}, relpos=[], moonshot=[],
     )
     rows, long_rows, cache, relpos, moonshot = [], [], {}, [], []
-    native = measure.build_variant(native_cpu, None, device)  # resident throughout: the paired reference
+    native, native_summary = measure.build_variant(native_cpu, None, device)  # resident: the paired reference
     for name, attention in variant_configs(cfg).items():
         log.info("%s: building on %s", name, device)
-        model, summary = native if attention is None else measure.build_variant(native_cpu, attention, device)
-        reference = None if attention is None else native[0]
+        if attention is None:
+            model, summary, reference = native, native_summary, None
+        else:
+            (model, summary), reference = measure.build_variant(native_cpu, attention, device), native
         for batch, dtype in configs(cfg):
             row = {"variant": name, **measure.forward_row(model, device, batch, cfg.seconds, dtype, cfg,
                                                           reference=reference)}

@@ -3,7 +3,8 @@
 Forward times are eager (CUDA events around each call, median of at least `repeats` calls and at least
 `min_seconds` of them): what a user of the model gets, Python launch overhead included. Batch-1 forwards are
 launch-bound and jitter with the host, so they take many more samples than the few that a long forward needs,
-and each variant is timed in alternation with the native model, which stays resident for the whole run. Attention-site times are CUDA-graph replays (`bench_layers.time_ms`) when the
+and each variant is timed in alternation with the native model, which stays resident for the whole run.
+Attention-site times are CUDA-graph replays (`bench_layers.time_ms`) when the
 module can be captured, eager otherwise; the row says which.
 """
 

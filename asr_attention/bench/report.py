@@ -10,6 +10,8 @@ import json
 import re
 from pathlib import Path
 
+from asr_attention.report import table_cell as _f
+
 RATIOS = (("rtfx", "rtfx_x"), ("peak_gib", "peak_x"), ("attn_ms", "attn_x"))
 
 
@@ -27,10 +29,6 @@ def add_ratios(rows: list[dict]) -> None:
                 row[ratio] = row[key] / base[key]
         if row.get("native_ms_paired") and row.get("ms"):  # native timed in alternation with this variant
             row["rtfx_x"] = row["native_ms_paired"] / row["ms"]
-
-
-def _f(value, fmt: str) -> str:
-    return "" if value is None else format(value, fmt)
 
 
 def model_title(data: dict) -> str:
@@ -62,7 +60,8 @@ def markdown(data: dict, heading: str = "##") -> str:
             continue
         lines.append(
             f"| {r['variant']} | {r['batch']} x {r['seconds']:g} | {r['dtype']} | {r.get('frames', '')} | "
-            f"{r['ms']:.2f} | {_f(r.get('native_ms_paired'), '.2f')} | {r['rtfx']:.0f} | {_f(r.get('rtfx_x'), '.2f')} | {_f(r.get('peak_gib'), '.2f')} | "
+            f"{r['ms']:.2f} | {_f(r.get('native_ms_paired'), '.2f')} | {r['rtfx']:.0f} | "
+            f"{_f(r.get('rtfx_x'), '.2f')} | {_f(r.get('peak_gib'), '.2f')} | "
             f"{_f(r.get('peak_x'), '.2f')} | {_f(r.get('attn_ms'), '.2f')} | {_f(r.get('attn_x'), '.2f')} | "
             f"{_f(r.get('attn_share'), '.0%')} |")
     lines += ["", "Cache (timed layer's attention with use_cache=True on its captured input, x layers; native "
