@@ -8,8 +8,13 @@ from pathlib import Path
 # Before anything imports transformers or wandb: never touch the network in tests.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
-
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Before Triton is imported (torch alone does not): without a GPU, the Triton kernels run in Triton's CPU
+# interpreter, so their tests run here too.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from hydra import compose, initialize  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,0 +1,29 @@
+"""Triton kernels for the inference paths SDPA cannot express: the Transformer-XL position term fused into
+flash-style attention, and linear attention computed per head without a T x T matrix.
+
+They run forward only (no autograd): the variants call them when nothing needs gradients and the tensors are on
+a CUDA device, and use their plain PyTorch paths otherwise. The tests run them on CPU through Triton's
+interpreter (TRITON_INTERPRET=1, set in tests/conftest.py before Triton is imported).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+try:
+    import triton  # noqa: F401  (bundled with Linux torch wheels; absent on macOS/Windows)
+except ImportError:  # pragma: no cover - depends on the platform
+    triton = None
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def runs_on(*tensors: Tensor) -> bool:
+    """Whether the kernels take this inference call: Triton is installed, no gradient is needed, and every tensor
+    is on CUDA (the interpreter's CPU runs are for tests, which call the kernels directly)."""
+    if triton is None or torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return all(t.is_cuda for t in tensors)
