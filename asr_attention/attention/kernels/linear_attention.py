@@ -1,0 +1,140 @@
+"""Non-causal linear attention per head, in two memory-bound passes over the (B, T, H, .) layout.
+
+out[b, t, h] = phi_q[b, t, h] @ S[b, h] / (phi_q[b, t, h] . z[b, h] + eps),
+S[b, h] = sum_t phi_k[b, t, h]^T v[b, t, h]   (F x hd),   z[b, h] = sum_t phi_k[b, t, h]   (F)
+
+LinearAttention's PyTorch whole-sequence path keeps every head in one dense (H*F, d) state masked to its
+diagonal blocks, so it does H times the multiply-adds of per-head states (at T=1000 about as many as softmax
+attention), because per-head GEMMs would need transposed copies of q/k/v. Here each program reads its head's
+columns in place through strides: pass 1 reads phi_k and v once and sums S and z in fp32; pass 2 reads phi_q
+once, S and z from L2, and writes the output in the (B, T, H, hd) layout the output projection reads. Used for
+whole-sequence inference on CUDA (see `runs_on`); key padding is the caller's zeroing of phi_k at padded frames.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import triton
+
+if triton is not None:
+    import triton.language as tl
+
+    @triton.jit
+    def _state_kernel(
+        K, V, S, Z,
+        skb, skt, skh, skf, svb, svt, svh, svd,
+        T, H, split_len,
+        F: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr, ATOMIC: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        bh = tl.program_id(0)
+        b = (bh // H).to(tl.int64)  # int64: B*T*H*F can pass 2**31 elements at long T
+        h = bh % H
+        feats = tl.arange(0, F)
+        dims = tl.arange(0, HD)
+        rows = tl.arange(0, BLOCK_T)
+        k_head = K + b * skb + h * skh
+        v_head = V + b * svb + h * svh
+        state = tl.zeros((F, HD), tl.float32)
+        z = tl.zeros((F,), tl.float32)
+        start = tl.program_id(1) * split_len
+        for t0 in range(start, tl.minimum(start + split_len, T), BLOCK_T):
+            t = t0 + rows
+            inside = t[:, None] < T  # zero rows past T add nothing to S or z
+            k = tl.load(k_head + t[:, None] * skt + feats[None, :] * skf, mask=inside, other=0.0)
+            v = tl.load(v_head + t[:, None] * svt + dims[None, :] * svd, mask=inside, other=0.0)
+            state = tl.dot(tl.trans(k.to(v.dtype)), v, state, input_precision=PRECISION)
+            z += tl.sum(k.to(tl.float32), axis=0)
+        s_ptrs = S + bh * F * HD + feats[:, None] * HD + dims[None, :]
+        if ATOMIC:  # T split over several programs (few heads x batch items): partial sums meet in L2
+            tl.atomic_add(s_ptrs, state, sem="relaxed")
+            tl.atomic_add(Z + bh * F + feats, z, sem="relaxed")
+        else:
+            tl.store(s_ptrs, state)
+            tl.store(Z + bh * F + feats, z)
+
+    @triton.jit
+    def _output_kernel(
+        Q, S, Z, O,
+        sqb, sqt, sqh, sqf, sob, sot, soh,
+        T, H, eps,
+        F: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr, PRECISION: tl.constexpr,
+    ):
+        bh = tl.program_id(0)  # fastest-varying: programs of one head run together and share S in L2
+        b = (bh // H).to(tl.int64)
+        h = bh % H
+        feats = tl.arange(0, F)
+        dims = tl.arange(0, HD)
+        t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+        inside = t[:, None] < T
+        q = tl.load(Q + b * sqb + h * sqh + t[:, None] * sqt + feats[None, :] * sqf, mask=inside, other=0.0)
+        state = tl.load(S + bh * F * HD + feats[:, None] * HD + dims[None, :])
+        z = tl.load(Z + bh * F + feats)
+        # the state meets 16-bit queries in their own dtype (as the PyTorch path's bf16 state does); the
+        # normaliser stays fp32
+        numerator = tl.dot(q, state.to(q.dtype), input_precision=PRECISION)
+        denominator = tl.sum(q.to(tl.float32) * z[None, :], axis=1) + eps
+        out = numerator / denominator[:, None]
+        tl.store(O + b * sob + h * soh + t[:, None] * sot + dims[None, :], out.to(O.dtype.element_ty), mask=inside)
+
+
+def supported(feature_dim: int, head_dim: int) -> bool:
+    """Shapes the kernels take: power-of-two sizes >= 16 (tl.arange and tl.dot minimums), and an fp32 F x hd
+    state that fits one program's registers (hedgehog at hd=128, F=256, does not: the caller falls back)."""
+    return all(n >= 16 and n & (n - 1) == 0 for n in (feature_dim, head_dim)) and feature_dim * head_dim <= 16384
+
+
+def _launch_config(f: int, hd: int, exact_fp32: bool) -> tuple[int, int, int, int]:
+    """(state block, state warps, output block, output warps). Untimed: picked so that ptxas for sm_90 reports no
+    register spills at F x hd in {64x64, 128x64, 128x128}. Exact fp32 (no tensor cores) needs smaller tiles."""
+    warps = 8 if f * hd >= 8192 else 4
+    if not exact_fp32:
+        return 64, warps, 64, warps
+    return (32 if f * hd >= 16384 else 64), warps, (32 if f * hd >= 16384 else 16), warps
+
+
+def linear_attention(
+    phi_q: Tensor, phi_k: Tensor, v: Tensor, eps: float, block_t: int | None = None, splits: int | None = None
+) -> Tensor:
+    """phi_q, phi_k: (B, T, H, F); v: (B, T, H, hd); any strides. -> (B, T, H, hd) contiguous, in v's dtype.
+
+    block_t: frames per tile in both passes (None: per dtype and size); splits: programs per (b, h) in pass 1
+    (None: enough to fill the GPU). The tests set both to cover several blocks and the split path."""
+    b, t, h, f = phi_q.shape
+    hd = v.shape[-1]
+    if phi_k.shape != phi_q.shape or v.shape[:3] != (b, t, h):
+        raise ValueError(f"shapes disagree: phi_q {tuple(phi_q.shape)}, phi_k {tuple(phi_k.shape)}, v {tuple(v.shape)}")
+    if not supported(f, hd):
+        raise ValueError(f"linear_attention needs power-of-two F, hd >= 16 with F*hd <= 16384, got F={f}, hd={hd}")
+    out = torch.empty(b, t, h, hd, device=v.device, dtype=v.dtype)
+    if t == 0:
+        return out
+    exact_fp32 = torch.float32 in (phi_q.dtype, v.dtype) and not torch.backends.cuda.matmul.allow_tf32
+    precision = "ieee" if exact_fp32 else "tf32"  # 16-bit operands ignore it
+    state_block, state_warps, out_block, out_warps = _launch_config(f, hd, exact_fp32)
+    state_block, out_block = block_t or state_block, block_t or out_block
+    if splits is None:
+        # one program per (b, h) leaves most SMs idle at B=1 (16 programs for 16 heads); split T until ~4 per SM
+        sms = torch.cuda.get_device_properties(v.device).multi_processor_count if v.is_cuda else 1
+        splits = 1 if b * h >= sms else triton.cdiv(4 * sms, b * h)
+    blocks = triton.cdiv(t, state_block)
+    split_len = triton.cdiv(blocks, max(1, min(splits, blocks))) * state_block
+    splits = triton.cdiv(t, split_len)
+    # fp32 buffers: zeroed only when split programs add into them
+    state = (torch.zeros if splits > 1 else torch.empty)(b * h, f, hd, device=v.device, dtype=torch.float32)
+    z = (torch.zeros if splits > 1 else torch.empty)(b * h, f, device=v.device, dtype=torch.float32)
+    _state_kernel[(b * h, splits)](
+        phi_k, v, state, z,
+        *phi_k.stride(), *v.stride(),
+        t, h, split_len,
+        F=f, HD=hd, BLOCK_T=state_block, ATOMIC=splits > 1, PRECISION=precision, num_warps=state_warps,
+    )
+    _output_kernel[(b * h, triton.cdiv(t, out_block))](
+        phi_q, state, z, out,
+        *phi_q.stride(), *out.stride()[:3],
+        t, h, eps,
+        F=f, HD=hd, BLOCK_T=out_block, PRECISION=precision, num_warps=out_warps,
+    )
+    return out
