@@ -4,6 +4,8 @@ Same Q/K/V/O weights as the MHA it comes from. Offline encoding is non-causal (e
 streaming keeps a running state S = sum phi(k) v^T and normaliser z = sum phi(k), constant in size.
 A whole sequence is computed in the (B, T, d) layout the projections produce, with all heads in one dense state
 (`_whole_sequence`); the per-head (B, H, T, hd) form needs strided copies that cost more than the attention.
+Inference on CUDA instead runs a Triton kernel (kernels/linear_attention.py) that keeps per-head states and reads
+the heads in place through strides, so it does 1/H of the dense path's multiply-adds.
 The Transformer-XL position term needs the full T x T score matrix, so under xl positions it is dropped (the
 content bias u is kept); rotary-on-inputs is kept as is.
 """
@@ -18,6 +20,8 @@ from torch import Tensor
 from .base import AttentionVariant, Cache, linear_from
 from .canonical import CanonicalMHA
 from .feature_maps import build_feature_map
+from .kernels import runs_on
+from .kernels.linear_attention import linear_attention, supported
 
 log = logging.getLogger(__name__)
 _warned_xl = False
@@ -61,6 +65,11 @@ class LinearAttention(AttentionVariant):
         if key_padding_mask is not None:
             phi_k = phi_k.masked_fill(key_padding_mask[:, None, :, None], 0.0)
         if cache is None and not use_cache:
+            if runs_on(phi_q, phi_k, v) and supported(self.feature_dim, self.head_dim):
+                b, t, _ = v.shape
+                heads = linear_attention(phi_q.transpose(1, 2), phi_k.transpose(1, 2),
+                                         v.view(b, t, self.num_heads, self.head_dim), self.eps)
+                return self.o_proj(heads.view(b, t, self.d_model)), None
             return self.o_proj(self._whole_sequence(phi_q, phi_k, v)), None
         v = self.split_heads(v)
         state = torch.einsum("bhtf,bhtd->bhfd", phi_k, v)

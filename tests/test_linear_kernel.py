@@ -1,0 +1,148 @@
+"""The Triton linear-attention kernel against the einsum formula and the PyTorch whole-sequence path, and its
+wiring into LinearAttention (inference only). Without a GPU the kernel runs in Triton's CPU interpreter
+(tests/conftest.py); with one, on CUDA tensors."""
+
+import pytest
+import torch
+
+import asr_attention.attention.kernels as kernels
+import asr_attention.attention.linear as linear_module
+from asr_attention.attention import build_attention, random_mha, relative_error
+from asr_attention.attention.kernels import triton
+from asr_attention.attention.kernels.linear_attention import linear_attention, supported
+
+pytestmark = pytest.mark.skipif(triton is None, reason="Triton is not installed")
+
+B, T, H, HD = 2, 37, 3, 16  # T: not a multiple of any block size
+D = H * HD
+EPS = 1e-6
+LENGTHS = (T, 23)  # valid frames per batch item
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def padding():
+    return (torch.arange(T)[None, :] >= torch.tensor(LENGTHS)[:, None]).to(DEVICE)  # (B, T), True = pad
+
+
+def formula(phi_q, phi_k, v, eps=EPS):
+    """(B, T, H, F), (B, T, H, F), (B, T, H, hd) -> (B, T, H, hd), in float64."""
+    phi_q, phi_k, v = (x.double() for x in (phi_q, phi_k, v))
+    state = torch.einsum("bthf,bthd->bhfd", phi_k, v)
+    numerator = torch.einsum("bthf,bhfd->bthd", phi_q, state)
+    return numerator / (torch.einsum("bthf,bhf->bth", phi_q, phi_k.sum(1))[..., None] + eps)
+
+
+def features(feature_map, seed=0):
+    """A layer with this feature map, and phi_q, phi_k as it makes them: (B, H, T, F) views, phi_k zeroed at
+    padded frames; v: (B, T, d)."""
+    layer = build_attention({"name": "linear", "feature_map": feature_map}, random_mha(D, H)).to(DEVICE)
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, T, D, generator=g).to(DEVICE) for _ in range(3))
+    with torch.no_grad():
+        phi_q = layer.feature_map(layer.split_heads(q))
+        phi_k = layer.feature_map(layer.split_heads(k)).masked_fill(padding()[:, None, :, None], 0.0)
+    return layer, phi_q, phi_k, v
+
+
+@pytest.mark.parametrize("feature_map", ["elu", "relu", "hedgehog"])
+@pytest.mark.parametrize("block_t,splits", [(64, None), (16, 2)])  # one block; three blocks over two programs
+def test_kernel_equals_formula_and_whole_sequence(feature_map, block_t, splits):
+    layer, phi_q, phi_k, v = features(feature_map)
+    assert phi_q.shape[-1] == (2 * HD if feature_map == "hedgehog" else HD)
+    heads = v.view(B, T, H, HD)
+    out = linear_attention(phi_q.transpose(1, 2), phi_k.transpose(1, 2), heads, EPS, block_t=block_t, splits=splits)
+    assert out.shape == (B, T, H, HD) and out.dtype == v.dtype
+    expected = formula(phi_q.transpose(1, 2), phi_k.transpose(1, 2), heads)
+    assert relative_error(expected, out.double()) <= 1e-5
+    with torch.no_grad():
+        dense = layer._whole_sequence(phi_q, phi_k, v)
+    assert relative_error(dense, out.view(B, T, D)) <= 1e-5
+
+
+def test_padded_frames_do_not_reach_valid_outputs():
+    """Item 1 trimmed to its valid frames gives the same outputs as its padded form."""
+    _, phi_q, phi_k, v = features("elu")
+    args = [x.transpose(1, 2) for x in (phi_q, phi_k)] + [v.view(B, T, H, HD)]
+    padded = linear_attention(*args, EPS, block_t=16)
+    valid = LENGTHS[1]
+    trimmed = linear_attention(*(x[1:2, :valid] for x in args), EPS, block_t=16)
+    assert relative_error(trimmed, padded[1:2, :valid]) <= 1e-6
+
+
+def test_strided_views_equal_contiguous_copies():
+    _, phi_q, phi_k, v = features("hedgehog")
+    views = [phi_q.transpose(1, 2), phi_k.transpose(1, 2), v.view(B, T, H, HD)]
+    # a v whose head_dim is not unit-stride, too
+    v_strided = v.view(B, T, HD, H).transpose(2, 3)
+    views.append(v_strided)
+    assert not any(x.is_contiguous() for x in (views[0], views[1], views[3]))
+    copies = [x.contiguous() for x in views]
+    for v_index in (2, 3):
+        strided = linear_attention(views[0], views[1], views[v_index], EPS, block_t=16, splits=2)
+        dense = linear_attention(copies[0], copies[1], copies[v_index], EPS, block_t=16, splits=2)
+        assert relative_error(dense, strided) <= 1e-6
+
+
+@pytest.mark.skipif(DEVICE == "cpu", reason="Triton's CPU interpreter returns garbage for bf16 tl.dot")
+def test_bfloat16_inputs_follow_the_fp32_formula():
+    _, phi_q, phi_k, v = features("elu")
+    args = [phi_q.transpose(1, 2), phi_k.transpose(1, 2), v.view(B, T, H, HD)]
+    out = linear_attention(*(x.bfloat16() for x in args), EPS, block_t=16)
+    assert out.dtype == torch.bfloat16
+    assert relative_error(formula(*args), out.double()) <= 2e-2
+
+
+def test_unsupported_shapes_are_refused():
+    assert supported(64, 64) and supported(128, 64) and not supported(24, 24) and not supported(256, 128)
+    x = torch.rand(1, 4, 1, 24, device=DEVICE)
+    with pytest.raises(ValueError, match="F=24"):
+        linear_attention(x, x, x, EPS)
+
+
+def hand_cpu_to_the_kernels(monkeypatch):
+    """runs_on as on a GPU, gradient rule included, for CPU tensors (the interpreter runs the kernel)."""
+    monkeypatch.setattr(kernels, "DEVICES", {"cuda", "cpu"})
+
+
+@pytest.mark.parametrize("feature_map", ["elu", "hedgehog"])
+@pytest.mark.parametrize("position", ["none", "xl", "rotary_input"])
+def test_layer_inference_uses_the_kernel(monkeypatch, feature_map, position):
+    layer = build_attention({"name": "linear", "feature_map": feature_map}, random_mha(D, H, position))
+    layer = layer.to(DEVICE).eval()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(B, T, D, generator=g).to(DEVICE)
+    pos = None  # positions as tests/test_attention.py builds them
+    if position == "xl":
+        pos = torch.randn(1, 2 * T - 1, D, generator=g).to(DEVICE)
+    elif position == "rotary_input":
+        angles = torch.arange(T)[:, None] * torch.rand(HD // 2, generator=g).repeat(2)[None]
+        pos = torch.stack((angles.cos(), angles.sin())).to(DEVICE)
+    pad = padding()
+    monkeypatch.setattr(kernels, "DEVICES", set())
+    with torch.no_grad():
+        expected, _ = layer(x, pad, pos)  # the PyTorch whole-sequence path
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return linear_attention(*args, **kwargs)
+
+    hand_cpu_to_the_kernels(monkeypatch)
+    monkeypatch.setattr(linear_module, "linear_attention", counted)
+    with torch.no_grad():
+        out, cache = layer(x, pad, pos)
+    assert calls and cache is None
+    assert relative_error(expected, out, pad) <= 1e-5
+
+
+def test_training_keeps_the_autograd_path(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the kernel has no backward; training must not reach it")
+
+    hand_cpu_to_the_kernels(monkeypatch)
+    monkeypatch.setattr(linear_module, "linear_attention", refuse)
+    layer = build_attention({"name": "linear", "feature_map": "hedgehog"}, random_mha(D, H)).to(DEVICE)
+    x = torch.randn(B, T, D, device=DEVICE)
+    out, _ = layer(x, padding())
+    out[~padding()].pow(2).sum().backward()
+    assert layer.q_proj.weight.grad is not None and layer.feature_map.weight.grad is not None
