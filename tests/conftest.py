@@ -15,6 +15,26 @@ import torch  # noqa: E402
 # interpreter, so their tests run here too.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _let_interpreted_kernels_loop_over_scalar_arguments():
+    """Triton 3.6's interpreter holds a scalar kernel argument as a 1-element array and loops over it with
+    int(array) (`for j in range(0, T, BLOCK)`), which NumPy >= 2.4 refuses for anything but a 0-d array."""
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    patch_tensor = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
+
+    interpreter._patch_lang_tensor = patched
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _let_interpreted_kernels_loop_over_scalar_arguments()
 from hydra import compose, initialize  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

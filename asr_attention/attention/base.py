@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .canonical import CanonicalMHA
+from .kernels.xl_attention import fused_xl_fits, xl_attention
 from .positions import XLPosition, key_padding_to_sdpa, rotate_inputs
 
 Cache = dict[str, Tensor]
@@ -135,6 +136,12 @@ class SoftmaxAttention(AttentionVariant):
             q = self.split_heads(q)
             k, v = to_kv(projected)
             new_cache = None
+        if self.xl is not None and fused_xl_fits(q, k, v):
+            # inference: the position scores are made tile by tile inside the kernel, never a (B, H, T, T) mask
+            xl = self.xl
+            out = xl_attention(q, k, v, xl.projected(pos, q.shape[-2]), xl.pos_bias_u, xl.pos_bias_v,
+                               key_padding_mask, self.scale)
+            return self.o_proj(out.flatten(2)), new_cache
         bias = None
         if self.xl is not None:
             bias = self.xl.score_bias(q, pos, self.scale)

@@ -51,12 +51,16 @@ class XLPosition(nn.Module):
         """q: (B, H, T, hd) -> q + u."""
         return q + self.pos_bias_u[None, :, None, :]
 
+    def projected(self, pos: Tensor, frames: int) -> Tensor:
+        """linear_pos(pos) as a (2T-1, H, hd) view, for pos: (1, 2T-1, d) relative embeddings."""
+        if pos is None or pos.shape[0] != 1 or pos.shape[-2] != 2 * frames - 1:
+            got = None if pos is None else tuple(pos.shape)
+            raise ValueError(f"xl attention needs pos of shape (1, {2 * frames - 1}, d); got {got}")
+        return self.linear_pos(pos[0]).view(-1, self.num_heads, self.head_dim)
+
     def score_bias(self, q: Tensor, pos: Tensor, scale: float) -> Tensor:
         """Scaled position scores (B, H, T, T) for q: (B, H, T, hd), pos: (1, 2T-1, d)."""
-        if pos is None or pos.shape[-2] != 2 * q.shape[-2] - 1:
-            got = None if pos is None else tuple(pos.shape)
-            raise ValueError(f"xl attention needs pos of shape (1, {2 * q.shape[-2] - 1}, d); got {got}")
-        p = self.linear_pos(pos).view(pos.shape[0], -1, self.num_heads, self.head_dim).permute(0, 2, 3, 1)
+        p = self.projected(pos, q.shape[-2]).permute(1, 2, 0)[None]
         q_v = (q + self.pos_bias_v[None, :, None, :]) * scale
         return skewed_scores(q_v, p)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from asr_attention.attention import cache_nbytes
+from asr_attention.attention import cache_nbytes, relative_error
 from asr_attention.attention.mha import MultiHeadAttention
 from asr_attention.backbones import Backbone, count_parameters, original_variants, patch_attention, patched_variants
 from asr_attention.bench_layers import time_ms as graph_time_ms
@@ -223,8 +223,9 @@ def relpos_rows(backbone: Backbone, device: torch.device, batch: int, frames: in
             x = args[0] if args else kwargs.get("hidden_states")
             native_ms, native_method = timed(lambda: site(*args, **kwargs), device, cfg.warmup, cfg.repeats)
             ours_ms, ours_method = timed(lambda: ours(*args, **kwargs), device, cfg.warmup, cfg.repeats)
+            error = relative_error(site(*args, **kwargs)[0].float(), ours(*args, **kwargs)[0].float())
         rows.append({"module": type(site).__name__, "batch": batch, "frames": int(x.shape[1]), "dtype": dtype,
-                     "native_ms": native_ms, "ours_ms": ours_ms, "speedup": native_ms / ours_ms,
+                     "native_ms": native_ms, "ours_ms": ours_ms, "speedup": native_ms / ours_ms, "error": error,
                      "method": native_method if native_method == ours_method else f"{native_method}/{ours_method}"})
         del args, kwargs
     return rows

@@ -8,8 +8,6 @@ interpreter (TRITON_INTERPRET=1, set in tests/conftest.py before Triton is impor
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
 
@@ -18,12 +16,14 @@ try:
 except ImportError:  # pragma: no cover - depends on the platform
     triton = None
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+# Devices whose inference calls the variants hand to the kernels. The tests add "cpu", where Triton's
+# interpreter runs them, to check the variants' wiring as well as the kernels.
+DEVICES = {"cuda"}
 
 
 def runs_on(*tensors: Tensor) -> bool:
-    """Whether the kernels take this inference call: Triton is installed, no gradient is needed, and every tensor
-    is on CUDA (the interpreter's CPU runs are for tests, which call the kernels directly)."""
+    """Whether the kernels take this call: Triton is installed, no gradient is needed (they have no backward),
+    and every tensor is on one of DEVICES."""
     if triton is None or torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
-    return all(t.is_cuda for t in tensors)
+    return all(t.device.type in DEVICES for t in tensors)
