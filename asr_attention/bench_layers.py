@@ -46,8 +46,7 @@ def layer_flops(cfg: dict, b: int, t: int, d: int, h: int, s: int | None = None,
     name = cfg["name"]
     if name == "linear":  # elu/relu feature maps (feature dim = hd)
         proj = q_o + 2 * b * new_kv * d * d * 2
-        if s == t:  # whole sequence: one dense (d, d) state over all heads, then numerators + H denominators
-            return proj + 2 * b * t * d * d + 2 * b * t * d * (d + h)
+        # per-head (hd, hd) states: the Triton kernel's whole sequence on CUDA, and the cached step
         return proj + 2 * b * h * (new_kv + t) * hd * hd * 2
     attn = 2 * b * h * t * s * hd * 2
     if name == "mha":
