@@ -52,7 +52,10 @@ def key_padding_from_hf(attention_mask: Tensor | None) -> Tensor | None:
     if keep.dim() != 4:
         raise ValueError(f"unexpected attention_mask of shape {tuple(attention_mask.shape)}")
     keep = keep[:, 0]  # (B, T_q or 1, T_k)
-    if keep.shape[-2] > 1 and not torch.equal(keep, keep[:, :1].expand_as(keep)):
+    # The check reads the mask on the host, which a CUDA-graph capture forbids; the eager warm-up calls that a
+    # capture needs have checked this model's masks already.
+    capturing = keep.is_cuda and torch.cuda.is_current_stream_capturing()
+    if keep.shape[-2] > 1 and not capturing and not torch.equal(keep, keep[:, :1].expand_as(keep)):
         raise NotImplementedError("only key-padding attention masks are supported (rows of the mask differ)")
     return ~keep[:, 0]
 
