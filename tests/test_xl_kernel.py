@@ -59,7 +59,7 @@ def test_kernel_equals_sdpa_path(dtype, tol, kv, block):
     assert err <= tol, f"relative error {err:.2e}"
     # negative control: the same kernel output against the scores without the position term is far off
     no_pos = sdpa_reference(q, k, v, positions * 0, u, vb, pad, scale)
-    assert relative_error(no_pos, out.double()) > 100 * tol
+    assert relative_error(no_pos, out.double()) > 0.3
 
 
 def test_kernel_refuses_what_it_cannot_tile():
@@ -115,7 +115,7 @@ def test_patched_model_through_the_kernel_equals_the_original_model(case, kernel
         patch_attention(backbone, {"name": "mha"})
         out, _ = backbone(waves, wave_lengths)
     assert len(kernel_on_cpu) == 2  # one call per layer
-    err = relative_error(valid(ref, lengths), valid(out, lengths))
+    err = relative_error(valid(ref.cpu(), lengths.cpu()), valid(out.cpu(), lengths.cpu()))
     assert err <= 1e-5, f"{case}: patched logits through the kernel differ by {err:.2e}"
 
 
