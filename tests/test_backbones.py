@@ -402,3 +402,14 @@ def test_wave_normalisation_matches_the_hf_feature_extractor():
     ref = Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm([w.numpy() for w in waves], mask, padding_value=0.0)
     for i in range(2):
         assert np.abs(ours[i].numpy() - ref[i]).max() < 1e-5
+
+
+def test_fp32_stays_fp32_after_speechbrain_is_imported():
+    """SpeechBrain turns TF32 matmuls on at import; importing asr_attention first keeps torch's default."""
+    check = "import torch, speechbrain; print(torch.backends.cuda.matmul.allow_tf32)"
+    env = {k: v for k, v in os.environ.items() if k != "SB_DISABLE_QUIRKS"}
+    alone = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, check=True)
+    ours = subprocess.run([sys.executable, "-c", "import asr_attention; " + check], capture_output=True, text=True,
+                          env=env, check=True)
+    assert alone.stdout.split()[-1] == "True"  # the quirk this guards against
+    assert ours.stdout.split()[-1] == "False"
