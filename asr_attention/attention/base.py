@@ -147,10 +147,19 @@ class SoftmaxAttention(AttentionVariant):
             bias = self.xl.score_bias(q, pos, self.scale)
             q = self.xl.content_query(q)
         mask = key_padding_to_sdpa(key_padding_mask, bias)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=self.kv_heads != self.num_heads
-        )
+        grouped = self.kv_heads != self.num_heads
+        if grouped and not flash_takes(q, mask):
+            # SDPA shares grouped K/V heads (enable_gqa) only in its flash and math kernels; the math kernel would
+            # build the (B, H, T, S) scores, so copy K/V per head (MHA's size) for the memory-efficient kernel
+            k, v = (t.repeat_interleave(self.num_heads // self.kv_heads, dim=1) for t in (k, v))
+            grouped = False
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=grouped)
         return self.o_proj(self.merge_heads(out)), new_cache
+
+
+def flash_takes(q: Tensor, mask: Tensor | None) -> bool:
+    """Whether SDPA's flash kernel can take this call: CUDA, 16-bit, no attn_mask, head_dim <= 256."""
+    return q.is_cuda and mask is None and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256
 
 
 def stack_linear(*layers: tuple[Tensor, Tensor | None]) -> tuple[tuple[Tensor, Tensor | None], list[int]]:

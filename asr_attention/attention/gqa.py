@@ -32,7 +32,8 @@ class GroupedQueryAttention(SoftmaxAttention):
         self.v_proj: nn.Linear = linear_from(*pool_heads(mha.v_weight, mha.v_bias, mha.num_heads, num_kv_heads))
 
     def keys_values(self, x: Tensor, qk_in: Tensor, cache: Cache | None, use_cache: bool):
-        # Only kv_heads heads are produced and kept; SDPA's enable_gqa shares them without copies.
+        # Only kv_heads heads are produced and cached; SDPA's flash kernel shares them without copies
+        # (SoftmaxAttention.forward copies them per head only where flash cannot take the call).
         k = self.split_heads(self.k_proj(qk_in), self.kv_heads)
         v = self.split_heads(self.v_proj(x), self.kv_heads)
         if cache is None and not use_cache:
