@@ -27,3 +27,8 @@ def runs_on(*tensors: Tensor) -> bool:
     if triton is None or torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
     return all(t.device.type in DEVICES for t in tensors)
+
+
+def exact_fp32(*tensors: Tensor) -> bool:
+    """Whether tl.dot must run in exact fp32 ("ieee"): an fp32 operand while torch keeps TF32 matmuls off."""
+    return any(t.dtype == torch.float32 for t in tensors) and not torch.backends.cuda.matmul.allow_tf32

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import triton
+from . import exact_fp32, triton
 
 if triton is not None:
     import triton.language as tl
@@ -111,9 +111,9 @@ def linear_attention(
     out = torch.empty(b, t, h, hd, device=v.device, dtype=v.dtype)
     if t == 0:
         return out
-    exact_fp32 = torch.float32 in (phi_q.dtype, v.dtype) and not torch.backends.cuda.matmul.allow_tf32
-    precision = "ieee" if exact_fp32 else "tf32"  # 16-bit operands ignore it
-    state_block, state_warps, out_block, out_warps = _launch_config(f, hd, exact_fp32)
+    exact = exact_fp32(phi_q, v)
+    precision = "ieee" if exact else "tf32"  # 16-bit operands ignore it
+    state_block, state_warps, out_block, out_warps = _launch_config(f, hd, exact)
     state_block, out_block = block_t or state_block, block_t or out_block
     if splits is None:
         # one program per (b, h) leaves most SMs idle at B=1 (16 programs for 16 heads); split T until ~4 per SM

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import runs_on, triton
+from . import exact_fp32, runs_on, triton
 
 if triton is not None:
     import triton.language as tl
@@ -106,7 +106,6 @@ def xl_attention(
     pad = key_padding_mask
     if pad is not None:
         pad = pad.to(torch.uint8)
-    exact_fp32 = q.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
     grid = (triton.cdiv(t, block), b, h)
     _xl_attention_kernel[grid](
         q, k, v, positions, pos_bias_u.contiguous(), pos_bias_v.contiguous(), pad if pad is not None else q, out,
@@ -114,7 +113,7 @@ def xl_attention(
         v.stride(0), v.stride(1), v.stride(2), positions.stride(0), positions.stride(1),
         pad.stride(0) if pad is not None else 0, out.stride(0), out.stride(2), out.stride(1),
         t, h // k.shape[1], scale * 1.4426950408889634,
-        HD=hd, BLOCK=block, HAS_PAD=pad is not None, PRECISION="ieee" if exact_fp32 else None,
+        HD=hd, BLOCK=block, HAS_PAD=pad is not None, PRECISION="ieee" if exact_fp32(q) else None,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
