@@ -214,7 +214,7 @@ def test_xl_streaming_is_refused_not_silently_wrong():
         layer(x, pos=pos, cache=cache)
 
 
-@pytest.mark.parametrize("name", ["mha", "gqa", "mla"])
+@pytest.mark.parametrize("name", ["mha", "gqa", "mla", "linear"])
 def test_inference_keeps_stacked_weights_until_a_parameter_changes(name):
     cfg = {"name": "mla", "latent_dim": 56} if name == "mla" else CONFIGS[name]  # 56: merged for inference
     layer = build_attention(cfg, random_mha(D, H)).eval()
@@ -227,6 +227,23 @@ def test_inference_keeps_stacked_weights_until_a_parameter_changes(name):
     assert not torch.allclose(changed, first)
     with_grad, _ = layer(x, pad)  # the autograd path stacks afresh; both paths agree
     assert relative_error(with_grad, changed, pad) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["mha", "linear"])
+def test_inference_stack_is_cast_once_for_autocast(name):
+    """Autocast keeps its casts of parameters, not of the stacked weight built from them: the stack is kept in
+    the autocast dtype instead, so a bf16 forward casts no weight; outside autocast the fp32 stack comes back."""
+    layer = build_attention(CONFIGS[name], random_mha(D, H)).eval()
+    x, pad, _ = inputs("none")
+    with torch.no_grad():
+        reference, _ = layer(x, pad)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            weight = layer.input_projection(x)[0]
+            assert weight.dtype == torch.bfloat16 and layer.input_projection(x)[0] is weight
+            out, _ = layer(x, pad)
+        assert layer.input_projection(x)[0].dtype == torch.float32
+    assert out.dtype == torch.bfloat16
+    assert relative_error(reference, out.float(), pad) <= 2e-2
 
 
 @pytest.mark.parametrize("feature_map", ["elu", "relu", "hedgehog"])

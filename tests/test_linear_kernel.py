@@ -32,15 +32,19 @@ def formula(phi_q, phi_k, v, eps=EPS):
     return numerator / (torch.einsum("bthf,bhf->bth", phi_q, phi_k.sum(1))[..., None] + eps)
 
 
+def heads(x):
+    return x.view(B, T, H, -1)
+
+
 def features(feature_map, seed=0):
-    """A layer with this feature map, and phi_q, phi_k as it makes them: (B, H, T, F) views, phi_k zeroed at
-    padded frames; v: (B, T, d)."""
+    """A layer with this feature map, and phi_q, phi_k as it makes them: (B, T, H, F), phi_k zeroed at padded
+    frames; v: (B, T, H, hd)."""
     layer = build_attention({"name": "linear", "feature_map": feature_map}, random_mha(D, H)).to(DEVICE)
     g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, T, D, generator=g).to(DEVICE) for _ in range(3))
+    q, k, v = (heads(torch.randn(B, T, D, generator=g).to(DEVICE)) for _ in range(3))
     with torch.no_grad():
-        phi_q = layer.feature_map(layer.split_heads(q))
-        phi_k = layer.feature_map(layer.split_heads(k)).masked_fill(padding()[:, None, :, None], 0.0)
+        phi_q = layer.feature_map(q)
+        phi_k = layer.feature_map(k).masked_fill(padding()[:, :, None, None], 0.0)
     return layer, phi_q, phi_k, v
 
 
@@ -49,54 +53,70 @@ def features(feature_map, seed=0):
 def test_kernel_equals_formula_and_whole_sequence(feature_map, block_t, splits):
     layer, phi_q, phi_k, v = features(feature_map)
     assert phi_q.shape[-1] == (2 * HD if feature_map == "hedgehog" else HD)
-    heads = v.view(B, T, H, HD)
-    out = linear_attention(phi_q.transpose(1, 2), phi_k.transpose(1, 2), heads, EPS, block_t=block_t, splits=splits)
+    out = linear_attention(phi_q, phi_k, v, EPS, block_t=block_t, splits=splits)
     assert out.shape == (B, T, H, HD) and out.dtype == v.dtype
-    expected = formula(phi_q.transpose(1, 2), phi_k.transpose(1, 2), heads)
-    assert relative_error(expected, out.double()) <= 1e-5
+    assert relative_error(formula(phi_q, phi_k, v), out.double()) <= 1e-5
     with torch.no_grad():
         dense = layer._whole_sequence(phi_q, phi_k, v)
     assert relative_error(dense, out.view(B, T, D)) <= 1e-5
 
 
+@pytest.mark.parametrize("feature_map", ["elu", "relu"])
+@pytest.mark.parametrize("block_t,splits", [(64, None), (16, 2)])
+def test_feature_map_and_padding_inside_the_kernel(feature_map, block_t, splits):
+    """Raw q, k and the padding mask handed over: the same as phi and the zeroing applied beforehand."""
+    layer, phi_q, phi_k, v = features(feature_map)
+    g = torch.Generator().manual_seed(0)
+    q, k = (heads(torch.randn(B, T, D, generator=g).to(DEVICE)) for _ in range(2))  # what features() mapped
+    out = linear_attention(q, k, v, EPS, padding(), feature_map=feature_map, block_t=block_t, splits=splits)
+    assert relative_error(formula(phi_q, phi_k, v), out.double()) <= 1e-5
+    unmasked = linear_attention(q, k, v, EPS, feature_map=feature_map, block_t=block_t, splits=splits)
+    assert relative_error(out, unmasked) > 1e-2  # the mask is not a no-op here: item 1 has 14 padded frames
+
+
 def test_padded_frames_do_not_reach_valid_outputs():
-    """Item 1 trimmed to its valid frames gives the same outputs as its padded form."""
+    """Item 1 trimmed to its valid frames gives the same outputs as its padded form, mask or zeroed phi_k."""
     _, phi_q, phi_k, v = features("elu")
-    args = [x.transpose(1, 2) for x in (phi_q, phi_k)] + [v.view(B, T, H, HD)]
-    padded = linear_attention(*args, EPS, block_t=16)
+    padded = linear_attention(phi_q, phi_k, v, EPS, block_t=16)
     valid = LENGTHS[1]
-    trimmed = linear_attention(*(x[1:2, :valid] for x in args), EPS, block_t=16)
+    trimmed = linear_attention(*(x[1:2, :valid] for x in (phi_q, phi_k, v)), EPS, block_t=16)
     assert relative_error(trimmed, padded[1:2, :valid]) <= 1e-6
+    garbage = phi_k.masked_fill(padding()[:, :, None, None], 7.0)  # padded keys the mask must hide
+    masked = linear_attention(phi_q, garbage, v, EPS, padding(), block_t=16)
+    assert relative_error(trimmed, masked[1:2, :valid]) <= 1e-6
 
 
 def test_strided_views_equal_contiguous_copies():
     _, phi_q, phi_k, v = features("hedgehog")
-    views = [phi_q.transpose(1, 2), phi_k.transpose(1, 2), v.view(B, T, H, HD)]
-    # a v whose head_dim is not unit-stride, too
-    v_strided = v.view(B, T, HD, H).transpose(2, 3)
-    views.append(v_strided)
-    assert not any(x.is_contiguous() for x in (views[0], views[1], views[3]))
-    copies = [x.contiguous() for x in views]
-    for v_index in (2, 3):
-        strided = linear_attention(views[0], views[1], views[v_index], EPS, block_t=16, splits=2)
-        dense = linear_attention(copies[0], copies[1], copies[v_index], EPS, block_t=16, splits=2)
+    q_strided = phi_q.transpose(1, 2).contiguous().transpose(1, 2)  # (B, T, H, F) view of a (B, H, T, F) tensor
+    k_strided = phi_k.transpose(1, 2).contiguous().transpose(1, 2)
+    v_strided = v.reshape(B, T, D).view(B, T, HD, H).transpose(2, 3)  # head_dim not unit-stride
+    assert not any(x.is_contiguous() for x in (q_strided, k_strided, v_strided))
+    for values in (v, v_strided):
+        strided = linear_attention(q_strided, k_strided, values, EPS, block_t=16, splits=2)
+        dense = linear_attention(phi_q.contiguous(), phi_k.contiguous(), values.contiguous(), EPS, block_t=16,
+                                 splits=2)
         assert relative_error(dense, strided) <= 1e-6
 
 
 @pytest.mark.skipif(DEVICE == "cpu", reason="Triton's CPU interpreter returns garbage for bf16 tl.dot")
 def test_bfloat16_inputs_follow_the_fp32_formula():
     _, phi_q, phi_k, v = features("elu")
-    args = [phi_q.transpose(1, 2), phi_k.transpose(1, 2), v.view(B, T, H, HD)]
-    out = linear_attention(*(x.bfloat16() for x in args), EPS, block_t=16)
+    out = linear_attention(*(x.bfloat16() for x in (phi_q, phi_k, v)), EPS, block_t=16)
     assert out.dtype == torch.bfloat16
-    assert relative_error(formula(*args), out.double()) <= 2e-2
+    assert relative_error(formula(phi_q, phi_k, v), out.double()) <= 2e-2
 
 
-def test_unsupported_shapes_are_refused():
+def test_unsupported_shapes_and_options_are_refused():
     assert supported(64, 64) and supported(128, 64) and not supported(24, 24) and not supported(256, 128)
     x = torch.rand(1, 4, 1, 24, device=DEVICE)
     with pytest.raises(ValueError, match="F=24"):
         linear_attention(x, x, x, EPS)
+    x = torch.rand(1, 4, 1, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="feature_map='tanh'"):
+        linear_attention(x, x, x, EPS, feature_map="tanh")
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        linear_attention(x, x, x, EPS, torch.zeros(1, 5, dtype=torch.bool, device=DEVICE))
 
 
 def hand_cpu_to_the_kernels(monkeypatch):

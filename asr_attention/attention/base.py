@@ -40,6 +40,7 @@ class AttentionVariant(nn.Module):
     """Shared by all variants: the query and output projections and the position scheme."""
 
     name: str
+    _inference_projection: tuple | None = None
 
     def __init__(self, mha: CanonicalMHA):
         super().__init__()
@@ -70,6 +71,39 @@ class AttentionVariant(nn.Module):
         """What the Q and K projections read: x, or x rotated for the rotary-on-inputs scheme."""
         return rotate_inputs(x, pos, self.num_heads) if self.position == "rotary_input" else x
 
+    def kv_input_projection(self, tokens: int | None) -> tuple[Tensor, Tensor | None, KVFromProjection] | None:
+        """Weight and bias of the K/V-side projection that reads x, and how to turn its output into K, V; None
+        where stacking it with Q does not pay. tokens: frames in this call, or None for inference, where the
+        stacked weights are built once."""
+        raise NotImplementedError
+
+    def input_projection(self, x: Tensor) -> tuple[Tensor, Tensor | None, list[int], KVFromProjection] | None:
+        """Q and the K/V side stacked into one (weight, bias) for x: one GEMM instead of two or three narrower
+        ones. Without autograd (inference) the stack is kept until a parameter changes (in place, or by .to()),
+        already cast to the autocast dtype: autocast would otherwise cast it again on every call (it keeps casts
+        of parameters only)."""
+        if torch.is_grad_enabled():
+            return self._stack_input_projection(x.shape[0] * x.shape[1])
+        kind = x.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+        key = (dtype, tuple((p.data_ptr(), p._version) for p in self.parameters()))
+        if self._inference_projection is None or self._inference_projection[0] != key:
+            self._inference_projection = (key, self._stack_input_projection(None, dtype))
+        return self._inference_projection[1]
+
+    def _stack_input_projection(self, tokens: int | None, dtype: torch.dtype | None = None):
+        kv_side = self.kv_input_projection(tokens)
+        if kv_side is None:
+            return None
+        kv_weight, kv_bias, to_kv = kv_side
+        (weight, bias), sizes = stack_linear(self.query_projection(), (kv_weight, kv_bias))
+        if dtype is not None:
+            weight, bias = weight.to(dtype), None if bias is None else bias.to(dtype)
+        return weight, bias, sizes, to_kv
+
+    def query_projection(self) -> tuple[Tensor, Tensor | None]:
+        return self.q_proj.weight, self.q_proj.bias
+
     def check_cache(self, cache: Cache | None, use_cache: bool) -> None:
         if cache is not None and self.position == "xl":
             # The XL skew assumes queries and keys cover the same frames; a chunk against a longer cache
@@ -82,37 +116,12 @@ class SoftmaxAttention(AttentionVariant):
     """MHA, GQA and MLA: softmax attention that differs only in how K/V are produced and cached."""
 
     kv_heads: int
-    _inference_projection: tuple | None = None
 
     def keys_values(
         self, x: Tensor, qk_in: Tensor, cache: Cache | None, use_cache: bool
     ) -> tuple[Tensor, Tensor, Cache | None]:
         """-> K, V as (B, kv_heads, S, hd) over cache + chunk, and the new cache (None unless asked)."""
         raise NotImplementedError
-
-    def kv_input_projection(self, tokens: int | None) -> tuple[Tensor, Tensor | None, KVFromProjection] | None:
-        """Weight and bias of the K/V-side projection that reads x, and how to turn its output into K, V; None
-        where stacking it with Q does not pay. tokens: frames in this call, or None for inference, where the
-        stacked weights are built once."""
-        raise NotImplementedError
-
-    def input_projection(self, tokens: int) -> tuple[Tensor, Tensor | None, list[int], KVFromProjection] | None:
-        """Q and the K/V side stacked into one (weight, bias): one GEMM instead of two or three narrower ones.
-        Without autograd (inference) the stack is kept until a parameter changes (in place, or by .to())."""
-        if torch.is_grad_enabled():
-            return self._stack_input_projection(tokens)
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
-        if self._inference_projection is None or self._inference_projection[0] != key:
-            self._inference_projection = (key, self._stack_input_projection(None))
-        return self._inference_projection[1]
-
-    def _stack_input_projection(self, tokens: int | None):
-        kv_side = self.kv_input_projection(tokens)
-        if kv_side is None:
-            return None
-        kv_weight, kv_bias, to_kv = kv_side
-        (weight, bias), sizes = stack_linear((self.q_proj.weight, self.q_proj.bias), (kv_weight, kv_bias))
-        return weight, bias, sizes, to_kv
 
     def forward(
         self,
@@ -125,7 +134,7 @@ class SoftmaxAttention(AttentionVariant):
         self.check_cache(cache, use_cache)
         stacked = None
         if self.position != "rotary_input" and cache is None and not use_cache:
-            stacked = self.input_projection(x.shape[0] * x.shape[1])
+            stacked = self.input_projection(x)
         if stacked is None:
             qk_in = self.query_input(x, pos)
             q = self.split_heads(self.q_proj(qk_in))

@@ -10,11 +10,15 @@ from torch import Tensor, nn
 class EluPlusOne(nn.Module):
     """phi(x) = elu(x) + 1 (Katharopoulos et al., 2020)."""
 
+    kernel = "elu"  # the Triton kernel applies it as it loads q and k
+
     def forward(self, x: Tensor) -> Tensor:
         return F.elu(x) + 1
 
 
 class Relu(nn.Module):
+    kernel = "relu"
+
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(x)
 
@@ -29,8 +33,8 @@ class Hedgehog(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.eye(head_dim).repeat(num_heads, 1, 1))
 
-    def forward(self, x: Tensor) -> Tensor:  # x: (B, H, T, hd)
-        z = torch.einsum("bhtd,hde->bhte", x, self.weight)
+    def forward(self, x: Tensor) -> Tensor:  # x: (B, T, H, hd)
+        z = torch.einsum("bthd,hde->bthe", x, self.weight)
         return torch.cat((z.softmax(-1), (-z).softmax(-1)), dim=-1)
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .base import AttentionVariant, Cache, linear_from
+from .base import AttentionVariant, Cache, linear_from, stacked_kv
 from .canonical import CanonicalMHA
 from .feature_maps import build_feature_map
 from .kernels import runs_on
@@ -47,6 +48,29 @@ class LinearAttention(AttentionVariant):
         # state (H, F, hd) + normaliser (H, F), independent of frames
         return batch * self.num_heads * self.feature_dim * (self.head_dim + 1) * dtype.itemsize
 
+    def kv_input_projection(self, tokens: int | None):
+        return (*stacked_kv(self.k_proj, self.v_proj), lambda kv: kv.chunk(2, dim=-1))
+
+    def query_projection(self) -> tuple[Tensor, Tensor | None]:
+        """Under xl positions the query reads q + u (content bias): folded into the stacked bias."""
+        w, b = self.q_proj.weight, self.q_proj.bias
+        if self.xl is None:
+            return w, b
+        u = self.xl.pos_bias_u.flatten()
+        return w, u if b is None else b + u
+
+    def _heads(self, x: Tensor, pos: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """q (u added under xl), k, v as (B, T, H, hd) views: one stacked GEMM unless rotary rotates Q/K inputs."""
+        b, t, _ = x.shape
+        if self.position == "rotary_input":  # q and k read rotated inputs, v plain ones
+            qk_in = self.query_input(x, pos)
+            q, k, v = self.q_proj(qk_in), self.k_proj(qk_in), self.v_proj(x)
+        else:
+            weight, bias, sizes, to_kv = self.input_projection(x)
+            q, kv = F.linear(x, weight, bias).split(sizes, dim=-1)
+            k, v = to_kv(kv)
+        return tuple(y.view(b, t, self.num_heads, self.head_dim) for y in (q, k, v))
+
     def forward(
         self,
         x: Tensor,
@@ -55,41 +79,37 @@ class LinearAttention(AttentionVariant):
         cache: Cache | None = None,
         use_cache: bool = False,
     ) -> tuple[Tensor, Cache | None]:
-        qk_in = self.query_input(x, pos)
-        q = self.split_heads(self.q_proj(qk_in))
-        if self.xl is not None:
-            q = self.xl.content_query(q)
-        phi_q = self.feature_map(q)
-        phi_k = self.feature_map(self.split_heads(self.k_proj(qk_in)))
-        v = self.v_proj(x)
+        b, t, _ = x.shape
+        q, k, v = self._heads(x, pos)
+        if cache is None and not use_cache and runs_on(q, k, v) and supported(self.feature_dim, self.head_dim):
+            fused = getattr(self.feature_map, "kernel", None)  # elu+1 / relu: applied inside the kernel
+            if fused is None:
+                q, k = self.feature_map(q), self.feature_map(k)
+            heads = linear_attention(q, k, v, self.eps, key_padding_mask, feature_map=fused)
+            return self.o_proj(heads.view(b, t, self.d_model)), None
+        phi_q, phi_k = self.feature_map(q), self.feature_map(k)
         if key_padding_mask is not None:
-            phi_k = phi_k.masked_fill(key_padding_mask[:, None, :, None], 0.0)
+            phi_k = phi_k.masked_fill(key_padding_mask[:, :, None, None], 0.0)
         if cache is None and not use_cache:
-            if runs_on(phi_q, phi_k, v) and supported(self.feature_dim, self.head_dim):
-                b, t, _ = v.shape
-                heads = linear_attention(phi_q.transpose(1, 2), phi_k.transpose(1, 2),
-                                         v.view(b, t, self.num_heads, self.head_dim), self.eps)
-                return self.o_proj(heads.view(b, t, self.d_model)), None
             return self.o_proj(self._whole_sequence(phi_q, phi_k, v)), None
-        v = self.split_heads(v)
-        state = torch.einsum("bhtf,bhtd->bhfd", phi_k, v)
-        normaliser = phi_k.sum(dim=2)
+        state = torch.einsum("bthf,bthd->bhfd", phi_k, v)
+        normaliser = phi_k.sum(dim=1)
         if cache is not None:
             state, normaliser = state + cache["state"], normaliser + cache["normaliser"]
-        numerator = torch.einsum("bhtf,bhfd->bhtd", phi_q, state)
-        denominator = torch.einsum("bhtf,bhf->bht", phi_q, normaliser)[..., None] + self.eps
-        out = self.o_proj(self.merge_heads(numerator / denominator))
+        numerator = torch.einsum("bthf,bhfd->bthd", phi_q, state)
+        denominator = torch.einsum("bthf,bhf->bth", phi_q, normaliser)[..., None] + self.eps
+        out = self.o_proj((numerator / denominator).reshape(b, t, self.d_model))
         return out, {"state": state, "normaliser": normaliser}
 
     def _whole_sequence(self, phi_q: Tensor, phi_k: Tensor, v: Tensor) -> Tensor:
-        """phi_q, phi_k: (B, H, T, F) views; v: (B, T, d) -> (B, T, d) attention output before o_proj.
+        """phi_q, phi_k: (B, T, H, F); v: (B, T, H, hd) -> (B, T, d) attention output before o_proj.
 
         All heads share one (H*F, d) state phi(K)^T V, masked to its per-head diagonal blocks: H times the
         multiply-adds of per-head states, but plain GEMMs over (B, T, .) with no transposed copies. The head
         normalisers ride along as H extra state columns, so one GEMM yields numerator and denominator."""
-        b, h, t, f = phi_q.shape
+        b, t, h, f = phi_q.shape
         hd = self.head_dim
-        phi_q, phi_k = (p.transpose(1, 2).reshape(b, t, h * f) for p in (phi_q, phi_k))
+        phi_q, phi_k, v = phi_q.reshape(b, t, h * f), phi_k.reshape(b, t, h * f), v.reshape(b, t, h * hd)
         heads = torch.arange(h, device=v.device)
         own_head = heads.repeat_interleave(f)[:, None] == heads[None, :]  # (H*F, H): feature row -> its head
         dense = torch.bmm(phi_k.transpose(1, 2), v)  # (B, H*F, d)

@@ -8,7 +8,8 @@ diagonal blocks, so it does H times the multiply-adds of per-head states (at T=1
 attention), because per-head GEMMs would need transposed copies of q/k/v. Here each program reads its head's
 columns in place through strides: pass 1 reads phi_k and v once and sums S and z in fp32; pass 2 reads phi_q
 once, S and z from L2, and writes the output in the (B, T, H, hd) layout the output projection reads. Used for
-whole-sequence inference on CUDA (see `runs_on`); key padding is the caller's zeroing of phi_k at padded frames.
+whole-sequence inference on CUDA (see `runs_on`). The elementwise feature maps (elu+1, relu) and the key padding
+are applied as q and k are loaded, so a batch-1 forward, which is bound by kernel launches, pays none for them.
 """
 
 from __future__ import annotations
@@ -22,12 +23,22 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
+    def _feature(x, FEATURE: tl.constexpr):
+        """phi in fp32: 0 = none (already applied), 1 = elu(x) + 1, 2 = relu(x)."""
+        x = x.to(tl.float32)
+        if FEATURE == 1:
+            x = tl.where(x > 0, x + 1.0, tl.exp(x))
+        elif FEATURE == 2:
+            x = tl.maximum(x, 0.0)
+        return x
+
+    @triton.jit
     def _state_kernel(
-        K, V, S, Z,
-        skb, skt, skh, skf, svb, svt, svh, svd,
+        K, V, PAD, S, Z,
+        skb, skt, skh, skf, svb, svt, svh, svd, spb, spt, ssbh,
         T, H, split_len,
         F: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr, ATOMIC: tl.constexpr,
-        PRECISION: tl.constexpr,
+        PRECISION: tl.constexpr, FEATURE: tl.constexpr, HAS_PAD: tl.constexpr,
     ):
         bh = tl.program_id(0)
         b = (bh // H).to(tl.int64)  # int64: B*T*H*F can pass 2**31 elements at long T
@@ -42,25 +53,29 @@ if triton is not None:
         start = tl.program_id(1) * split_len
         for t0 in range(start, tl.minimum(start + split_len, T), BLOCK_T):
             t = t0 + rows
-            inside = t[:, None] < T  # zero rows past T add nothing to S or z
-            k = tl.load(k_head + t[:, None] * skt + feats[None, :] * skf, mask=inside, other=0.0)
-            v = tl.load(v_head + t[:, None] * svt + dims[None, :] * svd, mask=inside, other=0.0)
+            inside = t < T
+            if HAS_PAD:
+                inside = inside & (tl.load(PAD + b * spb + t * spt, mask=inside, other=1) == 0)
+            k = tl.load(k_head + t[:, None] * skt + feats[None, :] * skf, mask=inside[:, None], other=0.0)
+            v = tl.load(v_head + t[:, None] * svt + dims[None, :] * svd, mask=inside[:, None], other=0.0)
+            # phi(k) zeroed on rows past T and on padded frames: they add nothing to S or z
+            k = tl.where(inside[:, None], _feature(k, FEATURE), 0.0)
             state = tl.dot(tl.trans(k.to(v.dtype)), v, state, input_precision=PRECISION)
-            z += tl.sum(k.to(tl.float32), axis=0)
-        s_ptrs = S + bh * F * HD + feats[:, None] * HD + dims[None, :]
+            z += tl.sum(k, axis=0)
+        s_ptrs = S + bh * ssbh + feats[:, None] * HD + dims[None, :]
         if ATOMIC:  # T split over several programs (few heads x batch items): partial sums meet in L2
             tl.atomic_add(s_ptrs, state, sem="relaxed")
-            tl.atomic_add(Z + bh * F + feats, z, sem="relaxed")
+            tl.atomic_add(Z + bh * ssbh + feats, z, sem="relaxed")
         else:
             tl.store(s_ptrs, state)
-            tl.store(Z + bh * F + feats, z)
+            tl.store(Z + bh * ssbh + feats, z)
 
     @triton.jit
     def _output_kernel(
         Q, S, Z, O,
-        sqb, sqt, sqh, sqf, sob, sot, soh,
+        sqb, sqt, sqh, sqf, sob, sot, soh, ssbh,
         T, H, eps,
-        F: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr, PRECISION: tl.constexpr,
+        F: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr, PRECISION: tl.constexpr, FEATURE: tl.constexpr,
     ):
         bh = tl.program_id(0)  # fastest-varying: programs of one head run together and share S in L2
         b = (bh // H).to(tl.int64)
@@ -69,13 +84,14 @@ if triton is not None:
         dims = tl.arange(0, HD)
         t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
         inside = t[:, None] < T
-        q = tl.load(Q + b * sqb + h * sqh + t[:, None] * sqt + feats[None, :] * sqf, mask=inside, other=0.0)
-        state = tl.load(S + bh * F * HD + feats[:, None] * HD + dims[None, :])
-        z = tl.load(Z + bh * F + feats)
+        raw = tl.load(Q + b * sqb + h * sqh + t[:, None] * sqt + feats[None, :] * sqf, mask=inside, other=0.0)
+        q = _feature(raw, FEATURE)
+        state = tl.load(S + bh * ssbh + feats[:, None] * HD + dims[None, :])
+        z = tl.load(Z + bh * ssbh + feats)
         # the state meets 16-bit queries in their own dtype (as the PyTorch path's bf16 state does); the
         # normaliser stays fp32
-        numerator = tl.dot(q, state.to(q.dtype), input_precision=PRECISION)
-        denominator = tl.sum(q.to(tl.float32) * z[None, :], axis=1) + eps
+        numerator = tl.dot(q.to(raw.dtype), state.to(raw.dtype), input_precision=PRECISION)
+        denominator = tl.sum(q * z[None, :], axis=1) + eps
         out = numerator / denominator[:, None]
         tl.store(O + b * sob + h * soh + t[:, None] * sot + dims[None, :], out.to(O.dtype.element_ty), mask=inside)
 
@@ -95,23 +111,33 @@ def _launch_config(f: int, hd: int, exact_fp32: bool) -> tuple[int, int, int, in
     return (32 if f * hd >= 16384 else 64), warps, (32 if f * hd >= 16384 else 16), warps
 
 
-def linear_attention(
-    phi_q: Tensor, phi_k: Tensor, v: Tensor, eps: float, block_t: int | None = None, splits: int | None = None
-) -> Tensor:
-    """phi_q, phi_k: (B, T, H, F); v: (B, T, H, hd); any strides. -> (B, T, H, hd) contiguous, in v's dtype.
+FEATURES = {None: 0, "elu": 1, "relu": 2}
 
-    block_t: frames per tile in both passes (None: per dtype and size); splits: programs per (b, h) in pass 1
-    (None: enough to fill the GPU). The tests set both to cover several blocks and the split path."""
-    b, t, h, f = phi_q.shape
+
+def linear_attention(
+    q: Tensor, k: Tensor, v: Tensor, eps: float, key_padding_mask: Tensor | None = None,
+    feature_map: str | None = None, block_t: int | None = None, splits: int | None = None,
+) -> Tensor:
+    """q, k: (B, T, H, F); v: (B, T, H, hd); any strides. -> (B, T, H, hd) contiguous, in v's dtype.
+
+    key_padding_mask: (B, T), True = padding (those frames' keys are left out); feature_map: None when q and k
+    are phi(q), phi(k) already, or "elu" (elu+1) / "relu" to apply it here. block_t: frames per tile in both
+    passes (None: per dtype and size); splits: programs per (b, h) in pass 1 (None: enough to fill the GPU). The
+    tests set both to cover several blocks and the split path."""
+    b, t, h, f = q.shape
     hd = v.shape[-1]
-    if phi_k.shape != phi_q.shape or v.shape[:3] != (b, t, h):
-        raise ValueError(f"shapes disagree: phi_q {tuple(phi_q.shape)}, phi_k {tuple(phi_k.shape)}, v {tuple(v.shape)}")
+    if k.shape != q.shape or v.shape[:3] != (b, t, h):
+        raise ValueError(f"shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if not supported(f, hd):
         raise ValueError(f"linear_attention needs power-of-two F, hd >= 16 with F*hd <= 16384, got F={f}, hd={hd}")
+    if feature_map not in FEATURES:
+        raise ValueError(f"feature_map={feature_map!r} is not one of {list(FEATURES)}")
+    if key_padding_mask is not None and key_padding_mask.shape != (b, t):
+        raise ValueError(f"key_padding_mask must be (B, T) = {(b, t)}, got {tuple(key_padding_mask.shape)}")
     out = torch.empty(b, t, h, hd, device=v.device, dtype=v.dtype)
     if t == 0:
         return out
-    exact = exact_fp32(phi_q, v)
+    exact = exact_fp32(q, v)
     precision = "ieee" if exact else "tf32"  # 16-bit operands ignore it
     state_block, state_warps, out_block, out_warps = _launch_config(f, hd, exact)
     state_block, out_block = block_t or state_block, block_t or out_block
@@ -122,19 +148,22 @@ def linear_attention(
     blocks = triton.cdiv(t, state_block)
     split_len = triton.cdiv(blocks, max(1, min(splits, blocks))) * state_block
     splits = triton.cdiv(t, split_len)
-    # fp32 buffers: zeroed only when split programs add into them
-    state = (torch.zeros if splits > 1 else torch.empty)(b * h, f, hd, device=v.device, dtype=torch.float32)
-    z = (torch.zeros if splits > 1 else torch.empty)(b * h, f, device=v.device, dtype=torch.float32)
+    # one fp32 buffer per (b, h): the F x hd state, then the F normaliser; zeroed only when split programs add
+    # into it
+    sums = (torch.zeros if splits > 1 else torch.empty)(b * h, f * (hd + 1), device=v.device, dtype=torch.float32)
+    state, z = sums[:, : f * hd], sums[:, f * hd:]
+    pad = key_padding_mask.view(torch.uint8) if key_padding_mask is not None else sums  # sums: never read
     _state_kernel[(b * h, splits)](
-        phi_k, v, state, z,
-        *phi_k.stride(), *v.stride(),
+        k, v, pad, state, z,
+        *k.stride(), *v.stride(), *pad.stride(), sums.stride(0),
         t, h, split_len,
-        F=f, HD=hd, BLOCK_T=state_block, ATOMIC=splits > 1, PRECISION=precision, num_warps=state_warps,
+        F=f, HD=hd, BLOCK_T=state_block, ATOMIC=splits > 1, PRECISION=precision,
+        FEATURE=FEATURES[feature_map], HAS_PAD=key_padding_mask is not None, num_warps=state_warps,
     )
     _output_kernel[(b * h, triton.cdiv(t, out_block))](
-        phi_q, state, z, out,
-        *phi_q.stride(), *out.stride()[:3],
+        q, state, z, out,
+        *q.stride(), *out.stride()[:3], sums.stride(0),
         t, h, eps,
-        F=f, HD=hd, BLOCK_T=out_block, PRECISION=precision, num_warps=out_warps,
+        F=f, HD=hd, BLOCK_T=out_block, PRECISION=precision, FEATURE=FEATURES[feature_map], num_warps=out_warps,
     )
     return out
