@@ -2,6 +2,8 @@
 wiring into LinearAttention (inference only). Without a GPU the kernel runs in Triton's CPU interpreter
 (tests/conftest.py); with one, on CUDA tensors."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -48,12 +50,17 @@ def features(feature_map, seed=0):
     return layer, phi_q, phi_k, v
 
 
+# one launch, one block; one launch, three blocks; two passes, three blocks over two programs each
+PATHS = {"fused 1 block": dict(block_t=64, fused=True), "fused 3 blocks": dict(block_t=16, fused=True),
+         "split": dict(block_t=16, splits=2, fused=False)}
+
+
 @pytest.mark.parametrize("feature_map", ["elu", "relu", "hedgehog"])
-@pytest.mark.parametrize("block_t,splits", [(64, None), (16, 2)])  # one block; three blocks over two programs
-def test_kernel_equals_formula_and_whole_sequence(feature_map, block_t, splits):
+@pytest.mark.parametrize("path", PATHS)
+def test_kernel_equals_formula_and_whole_sequence(feature_map, path):
     layer, phi_q, phi_k, v = features(feature_map)
     assert phi_q.shape[-1] == (2 * HD if feature_map == "hedgehog" else HD)
-    out = linear_attention(phi_q, phi_k, v, EPS, block_t=block_t, splits=splits)
+    out = linear_attention(phi_q, phi_k, v, EPS, **PATHS[path])
     assert out.shape == (B, T, H, HD) and out.dtype == v.dtype
     assert relative_error(formula(phi_q, phi_k, v), out.double()) <= 1e-5
     with torch.no_grad():
@@ -62,27 +69,28 @@ def test_kernel_equals_formula_and_whole_sequence(feature_map, block_t, splits):
 
 
 @pytest.mark.parametrize("feature_map", ["elu", "relu"])
-@pytest.mark.parametrize("block_t,splits", [(64, None), (16, 2)])
-def test_feature_map_and_padding_inside_the_kernel(feature_map, block_t, splits):
+@pytest.mark.parametrize("path", PATHS)
+def test_feature_map_and_padding_inside_the_kernel(feature_map, path):
     """Raw q, k and the padding mask handed over: the same as phi and the zeroing applied beforehand."""
     layer, phi_q, phi_k, v = features(feature_map)
     g = torch.Generator().manual_seed(0)
     q, k = (heads(torch.randn(B, T, D, generator=g).to(DEVICE)) for _ in range(2))  # what features() mapped
-    out = linear_attention(q, k, v, EPS, padding(), feature_map=feature_map, block_t=block_t, splits=splits)
+    out = linear_attention(q, k, v, EPS, padding(), feature_map=feature_map, **PATHS[path])
     assert relative_error(formula(phi_q, phi_k, v), out.double()) <= 1e-5
-    unmasked = linear_attention(q, k, v, EPS, feature_map=feature_map, block_t=block_t, splits=splits)
+    unmasked = linear_attention(q, k, v, EPS, feature_map=feature_map, **PATHS[path])
     assert relative_error(out, unmasked) > 1e-2  # the mask is not a no-op here: item 1 has 14 padded frames
 
 
-def test_padded_frames_do_not_reach_valid_outputs():
+@pytest.mark.parametrize("path", PATHS)
+def test_padded_frames_do_not_reach_valid_outputs(path):
     """Item 1 trimmed to its valid frames gives the same outputs as its padded form, mask or zeroed phi_k."""
     _, phi_q, phi_k, v = features("elu")
-    padded = linear_attention(phi_q, phi_k, v, EPS, block_t=16)
+    padded = linear_attention(phi_q, phi_k, v, EPS, **PATHS[path])
     valid = LENGTHS[1]
-    trimmed = linear_attention(*(x[1:2, :valid] for x in (phi_q, phi_k, v)), EPS, block_t=16)
+    trimmed = linear_attention(*(x[1:2, :valid] for x in (phi_q, phi_k, v)), EPS, **PATHS[path])
     assert relative_error(trimmed, padded[1:2, :valid]) <= 1e-6
     garbage = phi_k.masked_fill(padding()[:, :, None, None], 7.0)  # padded keys the mask must hide
-    masked = linear_attention(phi_q, garbage, v, EPS, padding(), block_t=16)
+    masked = linear_attention(phi_q, garbage, v, EPS, padding(), **PATHS[path])
     assert relative_error(trimmed, masked[1:2, :valid]) <= 1e-6
 
 
@@ -92,19 +100,19 @@ def test_strided_views_equal_contiguous_copies():
     k_strided = phi_k.transpose(1, 2).contiguous().transpose(1, 2)
     v_strided = v.reshape(B, T, D).view(B, T, HD, H).transpose(2, 3)  # head_dim not unit-stride
     assert not any(x.is_contiguous() for x in (q_strided, k_strided, v_strided))
-    for values in (v, v_strided):
-        strided = linear_attention(q_strided, k_strided, values, EPS, block_t=16, splits=2)
-        dense = linear_attention(phi_q.contiguous(), phi_k.contiguous(), values.contiguous(), EPS, block_t=16,
-                                 splits=2)
+    for values, path in itertools.product((v, v_strided), PATHS.values()):
+        strided = linear_attention(q_strided, k_strided, values, EPS, **path)
+        dense = linear_attention(phi_q.contiguous(), phi_k.contiguous(), values.contiguous(), EPS, **path)
         assert relative_error(dense, strided) <= 1e-6
 
 
 @pytest.mark.skipif(DEVICE == "cpu", reason="Triton's CPU interpreter returns garbage for bf16 tl.dot")
 def test_bfloat16_inputs_follow_the_fp32_formula():
     _, phi_q, phi_k, v = features("elu")
-    out = linear_attention(*(x.bfloat16() for x in (phi_q, phi_k, v)), EPS, block_t=16)
-    assert out.dtype == torch.bfloat16
-    assert relative_error(formula(phi_q, phi_k, v), out.double()) <= 2e-2
+    for path in PATHS.values():
+        out = linear_attention(*(x.bfloat16() for x in (phi_q, phi_k, v)), EPS, **path)
+        assert out.dtype == torch.bfloat16
+        assert relative_error(formula(phi_q, phi_k, v), out.double()) <= 2e-2
 
 
 def test_unsupported_shapes_and_options_are_refused():

@@ -33,6 +33,49 @@ if triton is not None:
         return x
 
     @triton.jit
+    def _sums(
+        k_head, v_head, pad_row, skt, skf, svt, svd, spt, start, stop, T,
+        F: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr, PRECISION: tl.constexpr,
+        FEATURE: tl.constexpr, HAS_PAD: tl.constexpr,
+    ):
+        """S = sum phi(k)^T v (F x hd) and z = sum phi(k) over frames [start, stop) of one head, in fp32."""
+        feats = tl.arange(0, F)
+        dims = tl.arange(0, HD)
+        state = tl.zeros((F, HD), tl.float32)
+        z = tl.zeros((F,), tl.float32)
+        for t0 in range(start, stop, BLOCK_T):
+            t = t0 + tl.arange(0, BLOCK_T)
+            inside = t < T
+            if HAS_PAD:
+                inside = inside & (tl.load(pad_row + t * spt, mask=inside, other=1) == 0)
+            k = tl.load(k_head + t[:, None] * skt + feats[None, :] * skf, mask=inside[:, None], other=0.0)
+            v = tl.load(v_head + t[:, None] * svt + dims[None, :] * svd, mask=inside[:, None], other=0.0)
+            # phi(k) zeroed on rows past T and on padded frames: they add nothing to S or z
+            k = tl.where(inside[:, None], _feature(k, FEATURE), 0.0)
+            state = tl.dot(tl.trans(k.to(v.dtype)), v, state, input_precision=PRECISION)
+            z += tl.sum(k, axis=0)
+        return state, z
+
+    @triton.jit
+    def _emit(
+        q_head, o_head, sqt, sqf, sot, state, z, t0, T, eps,
+        F: tl.constexpr, HD: tl.constexpr, BLOCK_T: tl.constexpr, PRECISION: tl.constexpr, FEATURE: tl.constexpr,
+    ):
+        """Outputs of frames [t0, t0 + BLOCK_T) of one head from its S and z."""
+        feats = tl.arange(0, F)
+        dims = tl.arange(0, HD)
+        t = t0 + tl.arange(0, BLOCK_T)
+        inside = t[:, None] < T
+        raw = tl.load(q_head + t[:, None] * sqt + feats[None, :] * sqf, mask=inside, other=0.0)
+        q = _feature(raw, FEATURE)
+        # the state meets 16-bit queries in their own dtype (as the PyTorch path's bf16 state does); the
+        # normaliser stays fp32
+        numerator = tl.dot(q.to(raw.dtype), state.to(raw.dtype), input_precision=PRECISION)
+        denominator = tl.sum(q * z[None, :], axis=1) + eps
+        out = numerator / denominator[:, None]
+        tl.store(o_head + t[:, None] * sot + dims[None, :], out.to(o_head.dtype.element_ty), mask=inside)
+
+    @triton.jit
     def _state_kernel(
         K, V, PAD, S, Z,
         skb, skt, skh, skf, svb, svt, svh, svd, spb, spt, ssbh,
@@ -43,26 +86,12 @@ if triton is not None:
         bh = tl.program_id(0)
         b = (bh // H).to(tl.int64)  # int64: B*T*H*F can pass 2**31 elements at long T
         h = bh % H
-        feats = tl.arange(0, F)
-        dims = tl.arange(0, HD)
-        rows = tl.arange(0, BLOCK_T)
-        k_head = K + b * skb + h * skh
-        v_head = V + b * svb + h * svh
-        state = tl.zeros((F, HD), tl.float32)
-        z = tl.zeros((F,), tl.float32)
         start = tl.program_id(1) * split_len
-        for t0 in range(start, tl.minimum(start + split_len, T), BLOCK_T):
-            t = t0 + rows
-            inside = t < T
-            if HAS_PAD:
-                inside = inside & (tl.load(PAD + b * spb + t * spt, mask=inside, other=1) == 0)
-            k = tl.load(k_head + t[:, None] * skt + feats[None, :] * skf, mask=inside[:, None], other=0.0)
-            v = tl.load(v_head + t[:, None] * svt + dims[None, :] * svd, mask=inside[:, None], other=0.0)
-            # phi(k) zeroed on rows past T and on padded frames: they add nothing to S or z
-            k = tl.where(inside[:, None], _feature(k, FEATURE), 0.0)
-            state = tl.dot(tl.trans(k.to(v.dtype)), v, state, input_precision=PRECISION)
-            z += tl.sum(k, axis=0)
-        s_ptrs = S + bh * ssbh + feats[:, None] * HD + dims[None, :]
+        state, z = _sums(K + b * skb + h * skh, V + b * svb + h * svh, PAD + b * spb, skt, skf, svt, svd, spt,
+                         start, tl.minimum(start + split_len, T), T,
+                         F, HD, BLOCK_T, PRECISION, FEATURE, HAS_PAD)
+        feats = tl.arange(0, F)
+        s_ptrs = S + bh * ssbh + feats[:, None] * HD + tl.arange(0, HD)[None, :]
         if ATOMIC:  # T split over several programs (few heads x batch items): partial sums meet in L2
             tl.atomic_add(s_ptrs, state, sem="relaxed")
             tl.atomic_add(Z + bh * ssbh + feats, z, sem="relaxed")
@@ -81,19 +110,29 @@ if triton is not None:
         b = (bh // H).to(tl.int64)
         h = bh % H
         feats = tl.arange(0, F)
-        dims = tl.arange(0, HD)
-        t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-        inside = t[:, None] < T
-        raw = tl.load(Q + b * sqb + h * sqh + t[:, None] * sqt + feats[None, :] * sqf, mask=inside, other=0.0)
-        q = _feature(raw, FEATURE)
-        state = tl.load(S + bh * ssbh + feats[:, None] * HD + dims[None, :])
+        state = tl.load(S + bh * ssbh + feats[:, None] * HD + tl.arange(0, HD)[None, :])
         z = tl.load(Z + bh * ssbh + feats)
-        # the state meets 16-bit queries in their own dtype (as the PyTorch path's bf16 state does); the
-        # normaliser stays fp32
-        numerator = tl.dot(q.to(raw.dtype), state.to(raw.dtype), input_precision=PRECISION)
-        denominator = tl.sum(q * z[None, :], axis=1) + eps
-        out = numerator / denominator[:, None]
-        tl.store(O + b * sob + h * soh + t[:, None] * sot + dims[None, :], out.to(O.dtype.element_ty), mask=inside)
+        _emit(Q + b * sqb + h * sqh, O + b * sob + h * soh, sqt, sqf, sot, state, z, tl.program_id(1) * BLOCK_T, T,
+              eps, F, HD, BLOCK_T, PRECISION, FEATURE)
+
+    @triton.jit
+    def _fused_kernel(
+        Q, K, V, PAD, O,
+        sqb, sqt, sqh, sqf, skb, skt, skh, skf, svb, svt, svh, svd, spb, spt, sob, sot, soh,
+        T, H, eps,
+        F: tl.constexpr, HD: tl.constexpr, STATE_BLOCK: tl.constexpr, OUT_BLOCK: tl.constexpr,
+        PRECISION: tl.constexpr, FEATURE: tl.constexpr, HAS_PAD: tl.constexpr,
+    ):
+        """Both passes for one head in one program: the state never leaves registers, and one launch instead of
+        two (plus the zeroing): what counts where a forward is bound by launches."""
+        bh = tl.program_id(0)
+        b = (bh // H).to(tl.int64)
+        h = bh % H
+        state, z = _sums(K + b * skb + h * skh, V + b * svb + h * svh, PAD + b * spb, skt, skf, svt, svd, spt,
+                         0, T, T, F, HD, STATE_BLOCK, PRECISION, FEATURE, HAS_PAD)
+        for t0 in range(0, T, OUT_BLOCK):
+            _emit(Q + b * sqb + h * sqh, O + b * sob + h * soh, sqt, sqf, sot, state, z, t0, T, eps,
+                  F, HD, OUT_BLOCK, PRECISION, FEATURE)
 
 
 def supported(feature_dim: int, head_dim: int) -> bool:
@@ -112,18 +151,23 @@ def _launch_config(f: int, hd: int, exact_fp32: bool) -> tuple[int, int, int, in
 
 
 FEATURES = {None: 0, "elu": 1, "relu": 2}
+# Up to this many frames one launch (both passes per head) beats two launches that fill the GPU: a batch-1 forward
+# is bound by launches there, not by the few programs working.
+FUSED_FRAMES = 2048
 
 
 def linear_attention(
     q: Tensor, k: Tensor, v: Tensor, eps: float, key_padding_mask: Tensor | None = None,
     feature_map: str | None = None, block_t: int | None = None, splits: int | None = None,
+    fused: bool | None = None,
 ) -> Tensor:
     """q, k: (B, T, H, F); v: (B, T, H, hd); any strides. -> (B, T, H, hd) contiguous, in v's dtype.
 
     key_padding_mask: (B, T), True = padding (those frames' keys are left out); feature_map: None when q and k
     are phi(q), phi(k) already, or "elu" (elu+1) / "relu" to apply it here. block_t: frames per tile in both
-    passes (None: per dtype and size); splits: programs per (b, h) in pass 1 (None: enough to fill the GPU). The
-    tests set both to cover several blocks and the split path."""
+    passes (None: per dtype and size); splits: programs per (b, h) in pass 1 (None: enough to fill the GPU);
+    fused: both passes in one program per (b, h) (None: where that program count fills the GPU, or T is short
+    enough that one launch costs less than the idle SMs). The tests set all three to cover every path."""
     b, t, h, f = q.shape
     hd = v.shape[-1]
     if k.shape != q.shape or v.shape[:3] != (b, t, h):
@@ -145,6 +189,20 @@ def linear_attention(
         # one program per (b, h) leaves most SMs idle at B=1 (16 programs for 16 heads); split T until ~4 per SM
         sms = torch.cuda.get_device_properties(v.device).multi_processor_count if v.is_cuda else 1
         splits = 1 if b * h >= sms else triton.cdiv(4 * sms, b * h)
+    pad, pad_strides = (out, (0, 0)) if key_padding_mask is None else \
+        (key_padding_mask.view(torch.uint8), key_padding_mask.stride())  # out: a pointer never read
+    meta = dict(F=f, HD=hd, PRECISION=precision, FEATURE=FEATURES[feature_map])
+    if fused is None:
+        fused = splits == 1 or t <= FUSED_FRAMES
+    if fused:
+        _fused_kernel[(b * h,)](
+            q, k, v, pad, out,
+            *q.stride(), *k.stride(), *v.stride(), *pad_strides, *out.stride()[:3],
+            t, h, eps,
+            STATE_BLOCK=state_block, OUT_BLOCK=out_block, HAS_PAD=key_padding_mask is not None,
+            num_warps=max(state_warps, out_warps), **meta,
+        )
+        return out
     blocks = triton.cdiv(t, state_block)
     split_len = triton.cdiv(blocks, max(1, min(splits, blocks))) * state_block
     splits = triton.cdiv(t, split_len)
@@ -152,18 +210,16 @@ def linear_attention(
     # into it
     sums = (torch.zeros if splits > 1 else torch.empty)(b * h, f * (hd + 1), device=v.device, dtype=torch.float32)
     state, z = sums[:, : f * hd], sums[:, f * hd:]
-    pad = key_padding_mask.view(torch.uint8) if key_padding_mask is not None else sums  # sums: never read
     _state_kernel[(b * h, splits)](
         k, v, pad, state, z,
-        *k.stride(), *v.stride(), *pad.stride(), sums.stride(0),
+        *k.stride(), *v.stride(), *pad_strides, sums.stride(0),
         t, h, split_len,
-        F=f, HD=hd, BLOCK_T=state_block, ATOMIC=splits > 1, PRECISION=precision,
-        FEATURE=FEATURES[feature_map], HAS_PAD=key_padding_mask is not None, num_warps=state_warps,
+        BLOCK_T=state_block, ATOMIC=splits > 1, HAS_PAD=key_padding_mask is not None, num_warps=state_warps, **meta,
     )
     _output_kernel[(b * h, triton.cdiv(t, out_block))](
         q, state, z, out,
         *q.stride(), *out.stride()[:3], sums.stride(0),
         t, h, eps,
-        F=f, HD=hd, BLOCK_T=out_block, PRECISION=precision, FEATURE=FEATURES[feature_map], num_warps=out_warps,
+        BLOCK_T=out_block, num_warps=out_warps, **meta,
     )
     return out
