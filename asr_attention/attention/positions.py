@@ -49,7 +49,7 @@ class XLPosition(nn.Module):
 
     def content_query(self, q: Tensor) -> Tensor:
         """q: (B, H, T, hd) -> q + u."""
-        return q + self.pos_bias_u[None, :, None, :]
+        return q + self.pos_bias_u.view(1, self.num_heads, 1, self.head_dim)
 
     def projected(self, pos: Tensor, frames: int) -> Tensor:
         """linear_pos(pos) as a (2T-1, H, hd) view, for pos: (1, 2T-1, d) relative embeddings."""
@@ -61,7 +61,7 @@ class XLPosition(nn.Module):
     def score_bias(self, q: Tensor, pos: Tensor, scale: float) -> Tensor:
         """Scaled position scores (B, H, T, T) for q: (B, H, T, hd), pos: (1, 2T-1, d)."""
         p = self.projected(pos, q.shape[-2]).permute(1, 2, 0)[None]
-        q_v = (q + self.pos_bias_v[None, :, None, :]) * scale
+        q_v = (q + self.pos_bias_v.view(1, self.num_heads, 1, self.head_dim)) * scale
         return skewed_scores(q_v, p)
 
 
@@ -78,10 +78,11 @@ def rotate_inputs(x: Tensor, pos: Tensor, num_heads: int) -> Tensor:
 
 
 def key_padding_to_sdpa(key_padding_mask: Tensor | None, bias: Tensor | None) -> Tensor | None:
-    """SpeechBrain convention (True = padding) -> an SDPA attn_mask: bool keep-mask, or additive float with bias."""
+    """SpeechBrain convention (True = padding) -> an SDPA attn_mask: bool keep-mask, or additive float with bias.
+    Written in as few ops as it takes: a batch-1 forward is bound by the host's time per op."""
     if key_padding_mask is None:
         return bias
-    keep = ~key_padding_mask[:, None, None, :]
+    pad = key_padding_mask.reshape(key_padding_mask.shape[0], 1, 1, -1)
     if bias is None:
-        return keep
-    return bias.masked_fill(~keep, float("-inf"))
+        return pad.logical_not()
+    return bias.masked_fill(pad, float("-inf"))
