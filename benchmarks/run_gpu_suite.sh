@@ -30,8 +30,8 @@ run() {  # run <seconds allowed> <name> overrides...
 }
 
 run 150 conformer model=conformer ++model.arch.intermediate_size=4096
-run 120 branchformer model=branchformer
-run 240 conformer_relpos model=conformer model.name=conformer_relpos model.position=xl \
+run 140 branchformer model=branchformer
+run 250 conformer_relpos model=conformer model.name=conformer_relpos model.position=xl \
   ++model.arch.hf_class=Wav2Vec2ConformerForCTC ++model.arch.position_embeddings_type=relative \
   ++model.arch.intermediate_size=4096 ++model.arch.do_stable_layer_norm=true \
   ++model.arch.feat_extract_norm=layer ++model.arch.conv_bias=true
