@@ -7,9 +7,11 @@ LinearAttention's PyTorch whole-sequence path keeps every head in one dense (H*F
 diagonal blocks, so it does H times the multiply-adds of per-head states (at T=1000 about as many as softmax
 attention), because per-head GEMMs would need transposed copies of q/k/v. Here each program reads its head's
 columns in place through strides: pass 1 reads phi_k and v once and sums S and z in fp32; pass 2 reads phi_q
-once, S and z from L2, and writes the output in the (B, T, H, hd) layout the output projection reads. Used for
-whole-sequence inference on CUDA (see `runs_on`). The elementwise feature maps (elu+1, relu) and the key padding
-are applied as q and k are loaded, so a batch-1 forward, which is bound by kernel launches, pays none for them.
+once, S and z from L2, and writes the output in the (B, T, H, hd) layout the output projection reads. Short
+sequences (and batches whose (b, h) programs fill the GPU) run both passes in one program per head instead: one
+launch, the state kept in registers. Used for whole-sequence inference on CUDA (see `runs_on`). The elementwise
+feature maps (elu+1, relu) and the key padding are applied as q and k are loaded, so a batch-1 forward, which is
+bound by the host's time per launch, pays no launches for them.
 """
 
 from __future__ import annotations
