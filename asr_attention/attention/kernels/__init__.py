@@ -32,3 +32,11 @@ def runs_on(*tensors: Tensor) -> bool:
 def exact_fp32(*tensors: Tensor) -> bool:
     """Whether tl.dot must run in exact fp32 ("ieee"): an fp32 operand while torch keeps TF32 matmuls off."""
     return any(t.dtype == torch.float32 for t in tensors) and not torch.backends.cuda.matmul.allow_tf32
+
+
+def key_padding_arg(mask: Tensor | None, placeholder: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    """A (B, T) bool key-padding mask as the kernels read it: its bytes as uint8 (a view, no copy) and its two
+    strides. Without a mask, a placeholder pointer the kernels never read (HAS_PAD=False) and zero strides."""
+    if mask is None:
+        return placeholder, (0, 0)
+    return mask.view(torch.uint8), mask.stride()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import exact_fp32, triton
+from . import exact_fp32, key_padding_arg, triton
 
 if triton is not None:
     import triton.language as tl
@@ -143,13 +143,18 @@ def supported(feature_dim: int, head_dim: int) -> bool:
     return all(n >= 16 and n & (n - 1) == 0 for n in (feature_dim, head_dim)) and feature_dim * head_dim <= 16384
 
 
-def _launch_config(f: int, hd: int, exact_fp32: bool) -> tuple[int, int, int, int]:
-    """(state block, state warps, output block, output warps). Untimed: picked so that ptxas for sm_90 reports no
-    register spills at F x hd in {64x64, 128x64, 128x128}. Exact fp32 (no tensor cores) needs smaller tiles."""
+def _tiles(f: int, hd: int, exact_fp32: bool, fused: bool) -> tuple[int, int, int]:
+    """(frames per tile in pass 1, frames per tile in pass 2, warps). The two-pass tiles are untimed: picked so
+    that ptxas for sm_90 reports no register spills at F x hd in {64x64, 128x64, 128x128}; exact fp32 (no tensor
+    cores) needs smaller ones. The one-launch tiles for 16-bit inputs at F x hd <= 4096 were timed on an H200
+    (benchmarks/kernels/tune_linear_fused.log): 128 frames x 8 warps takes 47 us at B1 T1000 and 67 us at
+    B16 T1000, against 69 and 83 us at 64 x 4."""
     warps = 8 if f * hd >= 8192 else 4
-    if not exact_fp32:
-        return 64, warps, 64, warps
-    return (32 if f * hd >= 16384 else 64), warps, (32 if f * hd >= 16384 else 16), warps
+    if exact_fp32:
+        return (32 if f * hd >= 16384 else 64), (32 if f * hd >= 16384 else 16), warps
+    if fused and f * hd <= 4096:
+        return 128, 128, 8
+    return 64, 64, warps
 
 
 FEATURES = {None: 0, "elu": 1, "relu": 2}
@@ -185,29 +190,22 @@ def linear_attention(
         return out
     exact = exact_fp32(q, v)
     precision = "ieee" if exact else "tf32"  # 16-bit operands ignore it
-    state_block, state_warps, out_block, out_warps = _launch_config(f, hd, exact)
-    state_block, out_block = block_t or state_block, block_t or out_block
     if splits is None:
         # one program per (b, h) leaves most SMs idle at B=1 (16 programs for 16 heads); split T until ~4 per SM
         sms = torch.cuda.get_device_properties(v.device).multi_processor_count if v.is_cuda else 1
         splits = 1 if b * h >= sms else triton.cdiv(4 * sms, b * h)
-    pad, pad_strides = (out, (0, 0)) if key_padding_mask is None else \
-        (key_padding_mask.view(torch.uint8), key_padding_mask.stride())  # out: a pointer never read
-    meta = dict(F=f, HD=hd, PRECISION=precision, FEATURE=FEATURES[feature_map])
     if fused is None:
         fused = splits == 1 or t <= FUSED_FRAMES
+    tiles = _tiles(f, hd, exact, fused and block_t is None)
+    state_block, out_block, warps = tiles if block_t is None else (block_t, block_t, tiles[2])
+    pad, pad_strides = key_padding_arg(key_padding_mask, out)
+    meta = dict(F=f, HD=hd, PRECISION=precision, FEATURE=FEATURES[feature_map], num_warps=warps)
     if fused:
-        fused_block, fused_warps = (state_block, out_block), max(state_warps, out_warps)
-        if not exact and f * hd <= 4096 and block_t is None:
-            # timed on an H200 at F = hd = 64 (benchmarks/kernels/tune_linear_fused.log): 128 frames x 8 warps
-            # takes 47 us at B1 T1000 and 67 us at B16 T1000, against 69 and 83 us at 64 x 4
-            fused_block, fused_warps = (128, 128), 8
         _fused_kernel[(b * h,)](
             q, k, v, pad, out,
             *q.stride(), *k.stride(), *v.stride(), *pad_strides, *out.stride()[:3],
             t, h, eps,
-            STATE_BLOCK=fused_block[0], OUT_BLOCK=fused_block[1], HAS_PAD=key_padding_mask is not None,
-            num_warps=fused_warps, **meta,
+            STATE_BLOCK=state_block, OUT_BLOCK=out_block, HAS_PAD=key_padding_mask is not None, **meta,
         )
         return out
     blocks = triton.cdiv(t, state_block)
@@ -221,12 +219,12 @@ def linear_attention(
         k, v, pad, state, z,
         *k.stride(), *v.stride(), *pad_strides, sums.stride(0),
         t, h, split_len,
-        BLOCK_T=state_block, ATOMIC=splits > 1, HAS_PAD=key_padding_mask is not None, num_warps=state_warps, **meta,
+        BLOCK_T=state_block, ATOMIC=splits > 1, HAS_PAD=key_padding_mask is not None, **meta,
     )
     _output_kernel[(b * h, triton.cdiv(t, out_block))](
         q, state, z, out,
         *q.stride(), *out.stride()[:3], sums.stride(0),
         t, h, eps,
-        BLOCK_T=out_block, num_warps=out_warps, **meta,
+        BLOCK_T=out_block, **meta,
     )
     return out

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import exact_fp32, runs_on, triton
+from . import exact_fp32, key_padding_arg, runs_on, triton
 
 if triton is not None:
     import triton.language as tl
@@ -23,7 +23,7 @@ if triton is not None:
     @triton.jit
     def _xl_attention_kernel(
         Q, K, V, P, U, VB, PAD, O,
-        sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, spt, sph, spadb, sob, soh, sot,
+        sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, spt, sph, spadb, spadt, sob, soh, sot,
         T, heads_per_kv, qk_scale,
         HD: tl.constexpr, BLOCK: tl.constexpr, HAS_PAD: tl.constexpr, PRECISION: tl.constexpr,
     ):
@@ -62,7 +62,7 @@ if triton is not None:
             s += tl.gather(window_scores, shift, axis=1).to(tl.float32)
             valid = keys < T
             if HAS_PAD:
-                valid &= tl.load(PAD + b * spadb + keys, mask=keys < T, other=1) == 0
+                valid &= tl.load(PAD + b * spadb + keys * spadt, mask=keys < T, other=1) == 0
             s = tl.where(valid[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no valid key yet
@@ -103,17 +103,15 @@ def xl_attention(
     if any(x.stride(-1) != 1 for x in (q, k, v, positions)):
         raise ValueError("xl_attention needs unit stride along head_dim")
     out = q.new_empty(b, t, h, hd)
-    pad = key_padding_mask
-    if pad is not None:
-        pad = pad.to(torch.uint8)
+    pad, pad_strides = key_padding_arg(key_padding_mask, q)
     grid = (triton.cdiv(t, block), b, h)
     _xl_attention_kernel[grid](
-        q, k, v, positions, pos_bias_u.contiguous(), pos_bias_v.contiguous(), pad if pad is not None else q, out,
+        q, k, v, positions, pos_bias_u.contiguous(), pos_bias_v.contiguous(), pad, out,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), positions.stride(0), positions.stride(1),
-        pad.stride(0) if pad is not None else 0, out.stride(0), out.stride(2), out.stride(1),
+        *pad_strides, out.stride(0), out.stride(2), out.stride(1),
         t, h // k.shape[1], scale * 1.4426950408889634,
-        HD=hd, BLOCK=block, HAS_PAD=pad is not None, PRECISION="ieee" if exact_fp32(q) else None,
+        HD=hd, BLOCK=block, HAS_PAD=key_padding_mask is not None, PRECISION="ieee" if exact_fp32(q) else None,
         num_warps=num_warps, num_stages=num_stages,
     )
     return out
