@@ -131,7 +131,7 @@ def cached_step(b: int, chunk: int, frames: int, d: int, h: int, dtype) -> list[
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
-    lines = [f"# Attention layer micro-benchmark\n", f"{meta['card']}, torch {meta['torch']}, {meta['dtype']}, "
+    lines = ["# Attention layer micro-benchmark\n", f"{meta['card']}, torch {meta['torch']}, {meta['dtype']}, "
              f"{meta['date']}, commit {meta['commit']}. d=1024, 16 heads. Times: median CUDA-graph replay.\n",
              "Full sequences: `x_baseline` = time / torch nn.MultiheadAttention's time. Cached steps: "
              "time / our MHA layer's cached step.\n",

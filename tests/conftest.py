@@ -64,3 +64,20 @@ def run_module():
         return proc
 
     return _run
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """calls = spy(module, "name"): module.name still runs, and each call's (args, kwargs) is appended to calls."""
+
+    def _spy(owner, name: str) -> list[tuple[tuple, dict]]:
+        calls, real = [], getattr(owner, name)
+
+        def recorded(*args, **kwargs):
+            calls.append((args, kwargs))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, recorded)
+        return calls
+
+    return _spy

@@ -260,7 +260,7 @@ def test_linear_dense_whole_sequence_equals_per_head_states(feature_map, positio
 
 
 @pytest.mark.parametrize("position", POSITIONS)
-def test_gqa_shares_kv_heads_only_where_flash_takes_the_call(position, monkeypatch):
+def test_gqa_shares_kv_heads_only_where_flash_takes_the_call(position, monkeypatch, spy):
     """SDPA's grouped heads run in its flash or math kernel only; the math kernel would build (B, H, T, T) scores.
     Where flash cannot take the call (here: CPU, a padding mask) K/V are copied per head instead; where it can,
     the kv_heads are shared. Both give the same output."""
@@ -268,18 +268,12 @@ def test_gqa_shares_kv_heads_only_where_flash_takes_the_call(position, monkeypat
 
     layer = build_attention(CONFIGS["gqa"], random_mha(D, H, position)).eval()
     x, pad, pos = inputs(position)
-    calls = []
-    sdpa, flash_takes = base.F.scaled_dot_product_attention, base.flash_takes
-
-    def recorded(q, k, v, **kwargs):
-        calls.append((k.shape[1], kwargs["enable_gqa"]))
-        return sdpa(q, k, v, **kwargs)
-
-    monkeypatch.setattr(base.F, "scaled_dot_product_attention", recorded)
+    flash_takes = base.flash_takes
+    calls = spy(base.F, "scaled_dot_product_attention")
     with torch.no_grad():
         copied, _ = layer(x, pad, pos)
         monkeypatch.setattr(base, "flash_takes", lambda q, mask: True)
         shared, _ = layer(x, pad, pos)
-    assert calls == [(H, False), (2, True)]
+    assert [(args[1].shape[1], kwargs["enable_gqa"]) for args, kwargs in calls] == [(H, False), (2, True)]
     assert relative_error(copied, shared, pad) <= 1e-6
     assert not flash_takes(torch.zeros(1, H, T, D // H, dtype=torch.bfloat16), None)  # CPU

@@ -11,7 +11,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import copy
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -190,13 +189,11 @@ def test_patched_mha_model_equals_unpatched(case):
     assert all(type(v).__name__ == "MultiHeadAttention" for v in patched_variants(backbone))
 
 
-def test_hf_mask_is_converted_once_per_forward_not_per_layer(monkeypatch):
+def test_hf_mask_is_converted_once_per_forward_not_per_layer(spy):
     """The mask check is a host sync: the patched layers of one forward share one conversion, and the next
     forward (a new mask object) converts again."""
     from asr_attention.backbones import hf_wav2vec2
-    calls = []
-    convert = hf_wav2vec2.key_padding_from_hf
-    monkeypatch.setattr(hf_wav2vec2, "key_padding_from_hf", lambda m: calls.append(1) or convert(m))
+    calls = spy(hf_wav2vec2, "key_padding_from_hf")
     backbone = make(ALL_CASES["conformer-relative-sdpa"])
     ref, lengths = run(backbone)
     patch_attention(backbone, {"name": "mha"})

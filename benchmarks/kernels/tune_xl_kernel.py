@@ -1,6 +1,6 @@
 """One-off GPU probe behind benchmarks/gpu_kernel_checks.md (XL kernel tile shapes, bf16, B16 H16 T1000 hd64).
 Run on the device machine as `python3 benchmarks/kernels/tune_xl_kernel.py`, exactly as committed here."""
-import torch, itertools, torch.nn.functional as F
+import torch, torch.nn.functional as F
 from asr_attention.attention.kernels.xl_attention import xl_attention
 from asr_attention.attention.positions import skewed_scores, key_padding_to_sdpa
 from asr_attention.bench_layers import time_ms
