@@ -16,17 +16,19 @@ CONFIGS = {
 }
 
 
-def inputs(position, batch=3, t=T, seed=1):
+def inputs(position, batch=3, t=T, seed=1, d=D, h=H):
+    """x: (batch, t, d); a key-padding mask; pos as the position scheme takes it (None, XL embeddings, rotary
+    cos/sin)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, t, D, generator=g)
+    x = torch.randn(batch, t, d, generator=g)
     pad = torch.zeros(batch, t, dtype=torch.bool)
     pad[1 % batch, t - 4 :] = True
     pad[2 % batch, t - 1 :] = True
     pos = None
     if position == "xl":
-        pos = torch.randn(1, 2 * t - 1, D, generator=g)
+        pos = torch.randn(1, 2 * t - 1, d, generator=g)
     elif position == "rotary_input":
-        angles = torch.arange(t)[:, None] * torch.rand(D // H // 2, generator=g).repeat(2)[None]
+        angles = torch.arange(t)[:, None] * torch.rand(d // h // 2, generator=g).repeat(2)[None]
         pos = torch.stack((angles.cos(), angles.sin()))
     return x, pad, pos
 

@@ -13,6 +13,8 @@ from asr_attention.attention import build_attention, random_mha, relative_error
 from asr_attention.attention.kernels import triton
 from asr_attention.attention.kernels.linear_attention import linear_attention, supported
 
+from test_attention import inputs
+
 pytestmark = pytest.mark.skipif(triton is None, reason="Triton is not installed")
 
 B, T, H, HD = 2, 37, 3, 16  # T: not a multiple of any block size
@@ -137,15 +139,8 @@ def hand_cpu_to_the_kernels(monkeypatch):
 def test_layer_inference_uses_the_kernel(monkeypatch, spy, feature_map, position):
     layer = build_attention({"name": "linear", "feature_map": feature_map}, random_mha(D, H, position))
     layer = layer.to(DEVICE).eval()
-    g = torch.Generator().manual_seed(5)
-    x = torch.randn(B, T, D, generator=g).to(DEVICE)
-    pos = None  # positions as tests/test_attention.py builds them
-    if position == "xl":
-        pos = torch.randn(1, 2 * T - 1, D, generator=g).to(DEVICE)
-    elif position == "rotary_input":
-        angles = torch.arange(T)[:, None] * torch.rand(HD // 2, generator=g).repeat(2)[None]
-        pos = torch.stack((angles.cos(), angles.sin())).to(DEVICE)
-    pad = padding()
+    x, _, pos = inputs(position, batch=B, t=T, seed=5, d=D, h=H)
+    x, pos, pad = x.to(DEVICE), None if pos is None else pos.to(DEVICE), padding()
     monkeypatch.setattr(kernels, "DEVICES", set())
     with torch.no_grad():
         expected, _ = layer(x, pad, pos)  # the PyTorch whole-sequence path
