@@ -266,6 +266,19 @@ class Whisper(Backbone):
     def new_cache(self) -> DecoderCache:
         return DecoderCache([LayerCache() for _ in self.decoder.layers])
 
+    def cache_per_site(self, dtype: torch.dtype = torch.float32) -> dict[str, int]:
+        """Bytes the decoder caches hold (batch 1, all layers): self-attention per token, cross-attention per
+        second of audio (50 frames), beside the same sites as MHA. A linear variant's figure is its fixed state."""
+        d, frames = self.model.config.d_model, round(1000 / self.frame_ms)
+        layers = self.decoder.layers
+        mha = 2 * d * dtype.itemsize * len(layers)  # K and V per token / frame
+        return {
+            "decoder_self_per_token": sum(l.self_attn.variant.cache_bytes(1, 1, dtype) for l in layers),
+            "mha_decoder_self_per_token": mha,
+            "cross_per_second": sum(l.encoder_attn.variant.cache_bytes(frames, 1, dtype) for l in layers),
+            "mha_cross_per_second": mha * frames,
+        }
+
     # ---- calibration and fidelity --------------------------------------------------------------------------
     def calibration_pass(self, waves: Tensor, wave_lengths: Tensor, targets: Tensor | None = None) -> None:
         """One forward that calls every selected site: the encoder, and the decoder teacher-forced on targets."""
