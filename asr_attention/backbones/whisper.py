@@ -67,7 +67,7 @@ class CrossAttention(nn.Module):
         self.variant = variant
 
     def forward(self, x: Tensor, memory: Tensor | None = None, cache: Cache | None = None, use_cache: bool = False):
-        return self.variant(**self.inputs(x, memory), cache=cache, use_cache=use_cache)
+        return self.variant(**self.inputs(x, memory if cache is None else cache), use_cache=use_cache)
 
     @staticmethod
     def inputs(x: Tensor, memory: Tensor | None = None, *args, **kwargs) -> dict:
