@@ -94,7 +94,7 @@ def test_activation_aware_at_full_rank_is_exact():
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-@pytest.mark.parametrize("position", ["none", "rotary_input"])
+@pytest.mark.parametrize("position", POSITIONS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_measured_cache_bytes_equal_analytic(name, position, dtype):
     mha, _ = reference(position)
@@ -126,18 +126,6 @@ def test_last_chunk_over_cache_equals_full_sequence(name, position):
     last, cache = layer(x[:, split:], pos=None if pos is None else pos[:, split:], cache=cache)
     assert relative_error(full[:, split:], last) <= 1e-5
     assert cache_nbytes(cache) == layer.cache_bytes(T, 2, torch.float32)
-
-
-def test_mla_absorbed_step_equals_up_projected_step():
-    mha, _ = reference("none")
-    layer = build_attention({"name": "mla", "latent_dim": 16}, mha)
-    x, _, _ = inputs("none", batch=2)
-    _, cache = layer(x[:, :8], use_cache=True)
-    outs = []
-    for absorb in (True, False):
-        layer.absorb = absorb
-        outs.append(layer(x[:, 8:], cache=cache)[0])
-    assert relative_error(outs[1], outs[0]) <= 1e-5
 
 
 def test_mla_cache_holds_only_the_latent():
@@ -217,35 +205,20 @@ def test_xl_streaming_is_refused_not_silently_wrong():
 
 
 @pytest.mark.parametrize("name", ["mha", "gqa", "mla", "linear"])
-def test_inference_keeps_stacked_weights_until_a_parameter_changes(name):
-    cfg = {"name": "mla", "latent_dim": 56} if name == "mla" else CONFIGS[name]  # 56: merged for inference
+def test_inference_reads_weights_written_through_data(name):
+    """Writes through .data (load_state_dict-style copies, EMA updates) do not bump a tensor's version counter;
+    inference must still read the new weights (no stacked copy kept across calls can go stale)."""
+    cfg = {"name": "mla", "latent_dim": 56} if name == "mla" else CONFIGS[name]  # 56: the merged K/V map
     layer = build_attention(cfg, random_mha(D, H)).eval()
     x, pad, _ = inputs("none")
     with torch.no_grad():
         first, _ = layer(x, pad)
-        assert torch.equal(layer(x, pad)[0], first)
-        layer.q_proj.weight.mul_(0.5)  # an in-place update (an optimizer step) must invalidate the stack
-        changed, _ = layer(x, pad)
-    assert not torch.allclose(changed, first)
-    with_grad, _ = layer(x, pad)  # the autograd path stacks afresh; both paths agree
-    assert relative_error(with_grad, changed, pad) <= 1e-5
-
-
-@pytest.mark.parametrize("name", ["mha", "linear"])
-def test_inference_stack_is_cast_once_for_autocast(name):
-    """Autocast keeps its casts of parameters, not of the stacked weight built from them: the stack is kept in
-    the autocast dtype instead, so a bf16 forward casts no weight; outside autocast the fp32 stack comes back."""
-    layer = build_attention(CONFIGS[name], random_mha(D, H)).eval()
-    x, pad, _ = inputs("none")
-    with torch.no_grad():
-        reference, _ = layer(x, pad)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            weight = layer.input_projection(x)[0]
-            assert weight.dtype == torch.bfloat16 and layer.input_projection(x)[0] is weight
-            out, _ = layer(x, pad)
-        assert layer.input_projection(x)[0].dtype == torch.float32
-    assert out.dtype == torch.bfloat16
-    assert relative_error(reference, out.float(), pad) <= 2e-2
+        layer.q_proj.weight.data.mul_(0.5)
+        halved, _ = layer(x, pad)
+        layer.q_proj.weight.mul_(2.0)  # in place, as an optimizer step
+        restored, _ = layer(x, pad)
+    assert relative_error(first, halved, pad) > 1e-2
+    assert relative_error(first, restored, pad) <= 1e-6
 
 
 @pytest.mark.parametrize("feature_map", ["elu", "relu", "hedgehog"])
@@ -266,15 +239,15 @@ def test_gqa_shares_kv_heads_only_where_flash_takes_the_call(position, monkeypat
     """SDPA's grouped heads run in its flash or math kernel only; the math kernel would build (B, H, T, T) scores.
     Where flash cannot take the call (here: CPU, a padding mask) K/V are copied per head instead; where it can,
     the kv_heads are shared. Both give the same output."""
-    import asr_attention.attention.base as base
+    import asr_attention.attention.fast_paths as fast_paths
 
     layer = build_attention(CONFIGS["gqa"], random_mha(D, H, position)).eval()
     x, pad, pos = inputs(position)
-    flash_takes = base.flash_takes
-    calls = spy(base.F, "scaled_dot_product_attention")
+    flash_takes = fast_paths.flash_takes
+    calls = spy(fast_paths.F, "scaled_dot_product_attention")
     with torch.no_grad():
         copied, _ = layer(x, pad, pos)
-        monkeypatch.setattr(base, "flash_takes", lambda q, mask: True)
+        monkeypatch.setattr(fast_paths, "flash_takes", lambda q, mask: True)
         shared, _ = layer(x, pad, pos)
     assert [(args[1].shape[1], kwargs["enable_gqa"]) for args, kwargs in calls] == [(H, False), (2, True)]
     assert relative_error(copied, shared, pad) <= 1e-6
