@@ -113,6 +113,21 @@ def test_cache_bytes_grow_with_frames_except_linear():
         assert two == (one if name == "linear" else 2 * one), name
 
 
+@pytest.mark.parametrize("cfg", [*CONFIGS.values(), {"name": "mla", "latent_dim": 8}],
+                         ids=[*CONFIGS, "mla-latent-space"])  # r=8 < head_dim: a whole sequence absorbs too
+@pytest.mark.parametrize("position", POSITIONS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_building_a_cache_changes_nothing(cfg, position, causal):
+    """Same frames, only use_cache differs: the same output, the Transformer-XL term included."""
+    layer = build_attention(cfg, random_mha(D, H, position))
+    x, pad, pos = inputs(position)
+    plain, none = layer(x, pad, pos, causal=causal)
+    cached, cache = layer(x, pad, pos, use_cache=True, causal=causal)
+    assert none is None and cache is not None
+    err = relative_error(plain, cached, pad)
+    assert err <= 1e-5, f"{cfg}: {err:.2e}"
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("position", ["none", "rotary_input"])
 def test_last_chunk_over_cache_equals_full_sequence(name, position):
@@ -252,3 +267,23 @@ def test_gqa_shares_kv_heads_only_where_flash_takes_the_call(position, monkeypat
     assert [(args[1].shape[1], kwargs["enable_gqa"]) for args, kwargs in calls] == [(H, False), (2, True)]
     assert relative_error(copied, shared, pad) <= 1e-6
     assert not flash_takes(torch.zeros(1, H, T, D // H, dtype=torch.bfloat16), None)  # CPU
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.float32])
+def test_kernels_refuse_a_padding_mask_that_is_not_bool(dtype):
+    """The kernels read the mask's bytes as bool: any other dtype is refused, not misread."""
+    from asr_attention.attention import kernels
+    from asr_attention.attention.kernels.linear_attention import linear_attention
+    from asr_attention.attention.kernels.xl_attention import xl_attention
+
+    mask = torch.zeros(2, 16, dtype=dtype)
+    with pytest.raises(TypeError, match=f"key_padding_mask must be a bool tensor.*{dtype}"):
+        kernels.key_padding_arg(mask, mask)
+    if kernels.triton is None:
+        return
+    qkv = torch.randn(2, 16, 2, 16)
+    with pytest.raises(TypeError, match="bool"):
+        linear_attention(qkv, qkv, qkv, 1e-6, mask)
+    heads = qkv.transpose(1, 2)
+    with pytest.raises(TypeError, match="bool"):
+        xl_attention(heads, heads, heads, torch.randn(31, 2, 16), torch.zeros(2, 16), torch.zeros(2, 16), mask, 0.25)

@@ -199,3 +199,28 @@ def test_bad_site_calls_are_refused(name):
     xl = build_attention(VARIANTS[name], random_mha(D, H, "xl"))
     with pytest.raises(ValueError, match="position 'none'"):
         xl(x, memory=memory)
+
+
+@pytest.mark.parametrize("site", SITES)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_gqa_query_head_reads_its_groups_kv_head(site, groups):
+    """Query head h reads K/V head h // (H / g), pooled over that run of consecutive heads: against the reference
+    written above, and against SDPA's enable_gqa on the layer's own projections (the same grouping)."""
+    mha = random_mha(D, H)
+    layer = build_attention({"name": "gqa", "num_kv_heads": groups}, mha)
+    x, x_pad, _ = inputs("none", batch=B, t=T, d=D, h=H)
+    memory, memory_pad = memory_inputs()
+    pad = memory_pad if site == "cross" else x_pad
+    out, _ = call(layer, x, site, memory, pad)
+    err = relative_error(reference(mha, x, site, memory, pad, groups=groups), out)
+    assert err <= 1e-5, f"against the per-head reference: {err:.2e}"
+    source = memory if site == "cross" else x
+    q = layer.q_proj(x).view(B, T, H, HD).transpose(1, 2)
+    k, v = (p(source).view(B, -1, groups, HD).transpose(1, 2) for p in (layer.k_proj, layer.v_proj))
+    keep = ~pad[:, None, None, :]
+    if site == "causal":
+        keep = keep & torch.ones(T, T, dtype=torch.bool).tril()
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=mha.scale,
+                                                            enable_gqa=True)
+    err = relative_error(layer.o_proj(sdpa.transpose(1, 2).flatten(2)), out)
+    assert err <= 1e-5, f"against SDPA's enable_gqa: {err:.2e}"

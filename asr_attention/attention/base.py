@@ -13,6 +13,7 @@ arguments only, and the variant knows nothing else about the site:
 - cross-attention: memory (B, S, d), the sequence K and V come from (the encoder output); x's frames all see all
   of memory. With use_cache=True the Cache is built from memory once (Cache.from_memory); later calls pass it
   with memory=None, and it comes back unchanged.
+The returned cache is None unless use_cache is set or a cache was passed.
 key_padding_mask (B, S), True = padding, covers the keys this call attends to: the cached frames then x's
 (self-attention), or memory's frames (cross-attention; on every call: a cache does not keep the mask).
 pos is the position scheme's input: None (none), (1, 2T-1, d) relative embeddings (xl), or (2, T, hd) cos/sin of
