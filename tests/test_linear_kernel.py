@@ -66,7 +66,7 @@ def test_kernel_equals_formula_and_whole_sequence(feature_map, path):
     assert out.shape == (B, T, H, HD) and out.dtype == v.dtype
     assert relative_error(formula(phi_q, phi_k, v), out.double()) <= 1e-5
     with torch.no_grad():
-        dense = layer._whole_sequence(phi_q, phi_k, v)
+        dense = layer.dense_heads(phi_q, phi_k, v)
     assert relative_error(dense, out.view(B, T, D)) <= 1e-5
 
 

@@ -14,7 +14,8 @@ from asr_attention.attention import build_attention, random_mha, relative_error
 from asr_attention.attention import kernels
 from asr_attention.attention.kernels import xl_attention as xl_kernel
 from asr_attention.attention.kernels.xl_attention import xl_attention
-from asr_attention.attention.positions import key_padding_to_sdpa, skewed_scores
+from asr_attention.attention.masks import attention_mask
+from asr_attention.attention.positions import skewed_scores
 from asr_attention.backbones.patch import patch_attention
 
 from test_backbones import ALL_CASES, batch, make, valid
@@ -40,7 +41,8 @@ def sdpa_reference(q, k, v, positions, u, vb, pad, scale):
     """The SDPA path's arithmetic (skewed position scores as an additive mask), in float64."""
     q, k, v, positions, u, vb = (x.double() for x in (q, k, v, positions, u, vb))
     bias = skewed_scores((q + vb[None, :, None, :]) * scale, positions.permute(1, 2, 0)[None])
-    out = F.scaled_dot_product_attention(q + u[None, :, None, :], k, v, attn_mask=key_padding_to_sdpa(pad, bias),
+    mask, _ = attention_mask(pad, bias, q.shape[-2], k.shape[-2], False, q.device)
+    out = F.scaled_dot_product_attention(q + u[None, :, None, :], k, v, attn_mask=mask,
                                          scale=scale, enable_gqa=k.shape[1] != q.shape[1])
     return out.transpose(1, 2)
 

@@ -1,4 +1,5 @@
-"""Attention variants behind one interface: built from a CanonicalMHA, forward over (B, T, d), cache_bytes()."""
+"""Attention variants behind one interface (see base.py): built from a CanonicalMHA; encoder self-attention,
+causal decoder self-attention and cross-attention; each keeps its own cache; cache_bytes()."""
 
 from .base import AttentionVariant, Cache, cache_nbytes
 from .build import VARIANTS, build_attention

@@ -1,34 +1,67 @@
-"""The interface every variant implements, and the Q/O side that all of them share.
+"""The one interface every attention variant implements, and what all of them share.
 
-A variant is built from a CanonicalMHA (`from_mha`), runs over (B, T, d) with a key-padding mask (True = pad),
-optional positional input and an optional cache, and reports the bytes of the cache it produces.
+A variant is built from a CanonicalMHA and called as
 
-Cache semantics (streaming encoder): a chunk attends to every cached frame plus itself. `cache` is the dict the
-previous call returned (or None); with `use_cache=True` the call returns the grown cache / updated state.
+    out, cache = layer(x, key_padding_mask=None, pos=None, cache=None, use_cache=False, *, memory=None, causal=False)
 
-Decoder sites use two more arguments:
-  causal=True   each position attends to the cached positions and to x's positions up to its own (decoder
-                self-attention: a whole prefix for teacher forcing, or a token at a time with a cache).
-  memory        cross-attention: K/V come from this other sequence (B, S, d) instead of x (key_padding_mask then
-                masks memory frames); with use_cache the call returns the cache built from it. memory may also be
-                that cache, reused as it is (built once per utterance, never grown). Each variant caches its own
-                kind: K/V, grouped K/V, the latent, the linear state.
+x is (B, T, d): the queries, and without `memory` the keys and values too. The three kinds of site differ in two
+arguments only, and the variant knows nothing else about the site:
+- encoder self-attention: x alone. Every frame sees every frame.
+- decoder self-attention: causal=True. Frame i sees frames <= i. With use_cache=True the call returns a Cache of
+  its frames; the next call passes it back with the next frames (one token, or a chunk, causal within itself) and
+  gets it back grown by them. Without causal, a chunk against a cache sees all of itself (a streaming encoder).
+- cross-attention: memory (B, S, d), the sequence K and V come from (the encoder output); x's frames all see all
+  of memory. With use_cache=True the Cache is built from memory once (Cache.from_memory); later calls pass it
+  with memory=None, and it comes back unchanged.
+The returned cache is None unless use_cache is set or a cache was passed.
+key_padding_mask (B, S), True = padding, covers the keys this call attends to: the cached frames then x's
+(self-attention), or memory's frames (cross-attention; on every call: a cache does not keep the mask).
+pos is the position scheme's input: None (none), (1, 2T-1, d) relative embeddings (xl), or (2, T, hd) cos/sin of
+x's frames (rotary_input). Cross-attention takes position 'none' only; under xl a call attends within its own
+frames (it may build a cache, never read one).
+Each variant keeps its own cache: MHA and GQA their K/V heads, MLA the latent only, linear attention its state
+and normaliser. cache_bytes(frames, batch, dtype) is its analytic size for any site (frames: tokens or memory
+frames); cache_nbytes(cache) the measured one. The attention dropout of the original layer (CanonicalMHA.dropout)
+acts on the attention weights in training mode.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .canonical import CanonicalMHA
-from .kernels.xl_attention import fused_xl_fits, xl_attention
-from .positions import XLPosition, causal_keep, key_padding_to_sdpa, rotate_inputs
+from .fast_paths import fused_xl_takes, sdpa, stack_linear
+from .kernels.xl_attention import xl_attention
+from .masks import attention_mask
+from .positions import XLPosition, rotate_inputs
 
-Cache = dict[str, Tensor]
-KVFromProjection = Callable[[Tensor], tuple[Tensor, Tensor]]
+
+@dataclass(frozen=True, eq=False)
+class Cache(Mapping[str, Tensor]):
+    """What a layer keeps between calls: named tensors, each with time (or nothing, for a state) before its last
+    dim. from_memory: built from another sequence (cross-attention), so later calls reuse it as it is."""
+
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+    from_memory: bool = False
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self.tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+
+def cache_nbytes(cache: Mapping[str, Tensor]) -> int:
+    """Bytes the cache tensors really hold: what the measured-cache tests compare to `cache_bytes`."""
+    return sum(t.numel() * t.element_size() for t in cache.values())
 
 
 def linear_from(weight: Tensor, bias: Tensor | None) -> nn.Linear:
@@ -39,33 +72,48 @@ def linear_from(weight: Tensor, bias: Tensor | None) -> nn.Linear:
     return layer
 
 
-def cache_nbytes(cache: Cache) -> int:
-    """Bytes the cache tensors really hold: what the measured-cache tests compare to `cache_bytes`."""
-    return sum(t.numel() * t.element_size() for t in cache.values())
-
-
 class AttentionVariant(nn.Module):
-    """Shared by all variants: the query and output projections and the position scheme."""
+    """Shared by all variants: the query and output projections, the position scheme, dropout, call checks."""
 
     name: str
-    _inference_projection: tuple | None = None
 
     def __init__(self, mha: CanonicalMHA):
         super().__init__()
         self.d_model, self.num_heads, self.head_dim = mha.d_model, mha.num_heads, mha.head_dim
         self.scale = mha.scale
+        self.dropout = mha.dropout
         self.position = mha.position
         self.q_proj = linear_from(mha.q_weight, mha.q_bias)
         self.o_proj = linear_from(mha.o_weight, mha.o_bias)
         self.xl = XLPosition(mha) if mha.position == "xl" else None
 
-    @classmethod
-    def from_mha(cls, mha: CanonicalMHA, **options) -> "AttentionVariant":
-        return cls(mha, **options)
+    def forward(
+        self, x: Tensor, key_padding_mask: Tensor | None = None, pos: Tensor | None = None,
+        cache: Cache | None = None, use_cache: bool = False, *, memory: Tensor | None = None, causal: bool = False,
+    ) -> tuple[Tensor, Cache | None]:
+        raise NotImplementedError
 
     def cache_bytes(self, frames: int, batch: int, dtype: torch.dtype) -> int:
-        """Bytes of the cache (or state) this layer keeps after `frames` frames."""
+        """Bytes of the cache (or state) this layer keeps after `frames` frames (tokens, or memory frames)."""
         raise NotImplementedError
+
+    @property
+    def dropout_p(self) -> float:
+        return self.dropout if self.training else 0.0
+
+    def check_call(self, cache: Cache | None, memory: Tensor | None, causal: bool) -> None:
+        cross = memory is not None or (cache is not None and cache.from_memory)
+        if memory is not None and cache is not None:
+            raise ValueError(f"{self.name}: pass memory (to attend to it or build its cache) or its cache, not both")
+        if cross and causal:
+            raise ValueError(f"{self.name}: cross-attention (memory) cannot be causal")
+        if cross and self.position != "none":
+            raise ValueError(f"{self.name}: cross-attention needs position 'none', this layer has "
+                             f"{self.position!r} (positions relate frames of one sequence)")
+        if cache is not None and not cross and self.position == "xl":
+            # The XL skew assumes queries and keys cover the same frames; a chunk against a longer cache would
+            # need the relative positions re-indexed, which no backbone here streams with.
+            raise NotImplementedError(f"{self.name}: a chunk attending to a cache is not supported with xl positions")
 
     def split_heads(self, x: Tensor, heads: int | None = None) -> Tensor:
         b, t, _ = x.shape
@@ -79,142 +127,99 @@ class AttentionVariant(nn.Module):
         """What the Q and K projections read: x, or x rotated for the rotary-on-inputs scheme."""
         return rotate_inputs(x, pos, self.num_heads) if self.position == "rotary_input" else x
 
-    def kv_input_projection(self, tokens: int | None) -> tuple[Tensor, Tensor | None, KVFromProjection] | None:
-        """Weight and bias of the K/V-side projection that reads x, and how to turn its output into K, V; None
-        where stacking it with Q does not pay. tokens: frames in this call, or None for inference, where the
-        stacked weights are built once."""
-        raise NotImplementedError
+    @staticmethod
+    def kv_inputs(x: Tensor, query_input: Tensor, memory: Tensor | None) -> tuple[Tensor, Tensor]:
+        """What the K and V projections read: memory (cross-attention), or x, rotated for K under rotary."""
+        return (query_input, x) if memory is None else (memory, memory)
 
-    def input_projection(self, x: Tensor) -> tuple[Tensor, Tensor | None, list[int], KVFromProjection] | None:
-        """Q and the K/V side stacked into one (weight, bias) for x: one GEMM instead of two or three narrower
-        ones. Without autograd (inference) the stack is kept until a parameter changes (in place, or by .to()),
-        already cast to the autocast dtype: autocast would otherwise cast it again on every call (it keeps casts
-        of parameters only)."""
-        if torch.is_grad_enabled():
-            return self._stack_input_projection(x.shape[0] * x.shape[1])
-        kind = x.device.type
-        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
-        key = (dtype, tuple((p.data_ptr(), p._version) for p in self.parameters()))
-        if self._inference_projection is None or self._inference_projection[0] != key:
-            self._inference_projection = (key, self._stack_input_projection(None, dtype))
-        return self._inference_projection[1]
-
-    def _stack_input_projection(self, tokens: int | None, dtype: torch.dtype | None = None):
-        kv_side = self.kv_input_projection(tokens)
-        if kv_side is None:
-            return None
-        kv_weight, kv_bias, to_kv = kv_side
-        (weight, bias), sizes = stack_linear(self.query_projection(), (kv_weight, kv_bias))
-        if dtype is not None:
-            weight, bias = weight.to(dtype), None if bias is None else bias.to(dtype)
-        return weight, bias, sizes, to_kv
+    # -- fast path: Q, K and V of x from one GEMM ---------------------------------------------------------------
+    def kv_projection(self, tokens: int) -> tuple[Tensor, Tensor | None] | None:
+        """(weight, bias) mapping x to [K; V] in one GEMM, or None where the variant's K/V side is better left
+        apart (tokens: frames in this call). Here: its k_proj and v_proj, stacked."""
+        k, v = self.k_proj, self.v_proj
+        return stack_linear((k.weight, k.bias), (v.weight, v.bias))[0]
 
     def query_projection(self) -> tuple[Tensor, Tensor | None]:
         return self.q_proj.weight, self.q_proj.bias
 
-    def check_decoder_use(self, causal: bool, memory) -> None:
-        if (causal or memory is not None) and self.position != "none":
-            # decoders here (Whisper) add absolute positions before the layers; no scheme inside attention
-            raise NotImplementedError(f"{self.name}: causal / cross-attention with position={self.position!r}")
-
-    def check_cache(self, cache: Cache | None, use_cache: bool) -> None:
-        if cache is not None and self.position == "xl":
-            # The XL skew assumes queries and keys cover the same frames; a chunk against a longer cache
-            # would need the relative positions re-indexed, which no backbone here streams with. Producing
-            # a cache from a whole sequence (use_cache alone) is fine.
-            raise NotImplementedError(f"{self.name}: a chunk attending to a cache is not supported with xl positions")
+    def stacked_projection(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """Q, K, V of x as (B, T, .) from one GEMM over the stacked weights (one wide GEMM instead of two or three
+        narrow ones), or None where `kv_projection` declines. Self-attention without rotary only."""
+        kv = self.kv_projection(x.shape[0] * x.shape[1])
+        if kv is None:
+            return None
+        (weight, bias), sizes = stack_linear(self.query_projection(), kv)
+        q, kv = F.linear(x, weight, bias).split(sizes, dim=-1)
+        return q, *kv.chunk(2, dim=-1)
 
 
 class SoftmaxAttention(AttentionVariant):
-    """MHA, GQA and MLA: softmax attention that differs only in how K/V are produced and cached."""
+    """MHA, GQA and MLA: softmax attention that differs in what it keeps per frame (`compress`) and how it gets
+    K and V back from that (`expand`)."""
 
     kv_heads: int
 
-    def keys_values(
-        self, x: Tensor, qk_in: Tensor, cache: Cache | None, use_cache: bool
-    ) -> tuple[Tensor, Tensor, Cache | None]:
-        """-> K, V as (B, kv_heads, S, hd) over cache + chunk, and the new cache (None unless asked)."""
+    def compress(self, k_input: Tensor, v_input: Tensor) -> dict[str, Tensor]:
+        """What this variant keeps of these frames (its cache entries), time on dim -2."""
         raise NotImplementedError
 
-    def cross_attention(self, x: Tensor, memory: Tensor | Cache, key_padding_mask: Tensor | None,
-                        use_cache: bool) -> tuple[Tensor, Cache | None]:
-        """x's queries against memory's keys and values; memory may be the cache a previous call returned."""
+    def expand(self, kept: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """K, V as (B, kv_heads, S, hd) from what `compress` kept."""
         raise NotImplementedError
 
     def forward(
-        self,
-        x: Tensor,
-        key_padding_mask: Tensor | None = None,
-        pos: Tensor | None = None,
-        cache: Cache | None = None,
-        use_cache: bool = False,
-        causal: bool = False,
-        memory: Tensor | Cache | None = None,
+        self, x: Tensor, key_padding_mask: Tensor | None = None, pos: Tensor | None = None,
+        cache: Cache | None = None, use_cache: bool = False, *, memory: Tensor | None = None, causal: bool = False,
     ) -> tuple[Tensor, Cache | None]:
-        self.check_decoder_use(causal, memory)
-        if memory is not None:
-            return self.cross_attention(x, memory, key_padding_mask, use_cache)
-        self.check_cache(cache, use_cache)
-        stacked = None
-        if self.position != "rotary_input" and cache is None and not use_cache:
-            stacked = self.input_projection(x)
-        if stacked is None:
-            qk_in = self.query_input(x, pos)
-            q = self.split_heads(self.q_proj(qk_in))
-            k, v, new_cache = self.keys_values(x, qk_in, cache, use_cache)
+        self.check_call(cache, memory, causal)
+        if cache is None and not use_cache:
+            q, k, v = self.project(x, pos, memory)
+            return self.attend(q, k, v, key_padding_mask, pos, causal), None
+        q_input = self.query_input(x, pos)
+        q = self.split_heads(self.q_proj(q_input))
+        if cache is not None and cache.from_memory:
+            kept = cache
         else:
-            weight, bias, sizes, to_kv = stacked
-            q, projected = F.linear(x, weight, bias).split(sizes, dim=-1)
-            q = self.split_heads(q)
-            k, v = to_kv(projected)
-            new_cache = None
-        if self.xl is not None and fused_xl_fits(q, k, v):
-            # inference: the position scores are made tile by tile inside the kernel, never a (B, H, T, T) mask
-            xl = self.xl
-            out = xl_attention(q, k, v, xl.projected(pos, q.shape[-2]), xl.pos_bias_u, xl.pos_bias_v,
-                               key_padding_mask, self.scale)
-            return self.o_proj(out.flatten(2)), new_cache
+            new = self.compress(*self.kv_inputs(x, q_input, memory))
+            kept = Cache(new if cache is None else append(cache, new), from_memory=memory is not None)
+        return self.attend_kept(q, kept, key_padding_mask, pos, causal), kept
+
+    def project(self, x: Tensor, pos: Tensor | None, memory: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Q (B, H, T, hd) and K, V (B, kv_heads, S, hd) for a call that keeps nothing."""
+        if memory is None and self.position != "rotary_input" and (stacked := self.stacked_projection(x)):
+            q, k, v = stacked
+            return self.split_heads(q), self.split_heads(k, self.kv_heads), self.split_heads(v, self.kv_heads)
+        q_input = self.query_input(x, pos)
+        k, v = self.expand(self.compress(*self.kv_inputs(x, q_input, memory)))
+        return self.split_heads(self.q_proj(q_input)), k, v
+
+    def attend_kept(self, q: Tensor, kept: Cache, key_padding_mask: Tensor | None, pos: Tensor | None,
+                    causal: bool) -> Tensor:
+        return self.attend(q, *self.expand(kept), key_padding_mask, pos, causal)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, pos: Tensor | None,
+               causal: bool) -> Tensor:
+        """o_proj(softmax(scale * (q.k + position scores), masked) v)."""
+        if self.xl is not None and fused_xl_takes(q, k, v, causal, self.dropout_p):
+            # fast path: the position scores made tile by tile inside the kernel, never a (B, H, T, T) mask
+            out = xl_attention(q, k, v, self.xl.projected(pos, q.shape[-2]), self.xl.pos_bias_u,
+                               self.xl.pos_bias_v, key_padding_mask, self.scale)
+            return self.o_proj(out.flatten(2))
+        q, mask, is_causal = self.score_terms(q, key_padding_mask, pos, causal, k.shape[-2])
+        out = sdpa(q, k, v, mask, is_causal, self.scale, self.dropout_p)
+        return self.o_proj(self.merge_heads(out))
+
+    def score_terms(self, q: Tensor, key_padding_mask: Tensor | None, pos: Tensor | None, causal: bool,
+                    keys: int) -> tuple[Tensor, Tensor | None, bool]:
+        """The query as content scores read it (q + u under xl), and SDPA's (attn_mask, is_causal): padding,
+        causality and, under xl, the position scores as an additive bias."""
         bias = None
         if self.xl is not None:
             bias = self.xl.score_bias(q, pos, self.scale)
             q = self.xl.content_query(q)
-        mask = key_padding_to_sdpa(key_padding_mask, bias)
-        if causal:
-            mask = causal_keep(mask, q.shape[-2], k.shape[-2], q.device)
-        return self.o_proj(self.merge_heads(self.attend(q, k, v, mask))), new_cache
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-        """SDPA over (B, H, T, hd) queries and (B, kv_heads, S, hd) keys / values."""
-        grouped = self.kv_heads != self.num_heads
-        if grouped and not flash_takes(q, mask):
-            # SDPA shares grouped K/V heads (enable_gqa) only in its flash and math kernels; the math kernel would
-            # build the (B, H, T, S) scores, so copy K/V per head (MHA's size) for the memory-efficient kernel
-            k, v = (t.repeat_interleave(self.num_heads // self.kv_heads, dim=1) for t in (k, v))
-            grouped = False
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=grouped)
+        return q, *attention_mask(key_padding_mask, bias, q.shape[-2], keys, causal, q.device)
 
 
-def flash_takes(q: Tensor, mask: Tensor | None) -> bool:
-    """Whether SDPA's flash kernel can take this call: CUDA, 16-bit, no attn_mask, head_dim <= 256."""
-    return q.is_cuda and mask is None and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256
-
-
-def stack_linear(*layers: tuple[Tensor, Tensor | None]) -> tuple[tuple[Tensor, Tensor | None], list[int]]:
-    """Several (weight, bias) maps of the same input as one; a missing bias counts as zeros."""
-    weight = torch.cat([w for w, _ in layers])
-    bias = None
-    if any(b is not None for _, b in layers):
-        bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in layers])
-    return (weight, bias), [w.shape[0] for w, _ in layers]
-
-
-def stacked_kv(k_proj: nn.Linear, v_proj: nn.Linear) -> tuple[Tensor, Tensor | None]:
-    """K and V projections as one (weight, bias)."""
-    return stack_linear((k_proj.weight, k_proj.bias), (v_proj.weight, v_proj.bias))[0]
-
-
-def append(cache: Cache | None, **new: Tensor) -> Cache:
+def append(cache: Mapping[str, Tensor], new: dict[str, Tensor]) -> dict[str, Tensor]:
     """Grow each cached tensor along time (dim -2)."""
-    if cache is None:
-        return dict(new)
-    return {k: torch.cat((cache[k], v), dim=-2) for k, v in new.items()}
+    return {name: torch.cat((cache[name], t), dim=-2) for name, t in new.items()}

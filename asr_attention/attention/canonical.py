@@ -37,6 +37,7 @@ class CanonicalMHA:
     pos_bias_u: Tensor | None = None  # (H, hd), xl only
     pos_bias_v: Tensor | None = None  # (H, hd), xl only
     linear_pos_weight: Tensor | None = None  # (d, d), xl only, no bias
+    dropout: float = 0.0  # the original's dropout on attention weights (training mode only)
 
     @property
     def d_model(self) -> int:
@@ -53,6 +54,8 @@ class CanonicalMHA:
                 raise ValueError(f"CanonicalMHA.{name} must be ({d}, {d}), got {tuple(getattr(self, name).shape)}")
         if d % self.num_heads:
             raise ValueError(f"CanonicalMHA: num_heads={self.num_heads} does not divide d_model={d}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"CanonicalMHA.dropout={self.dropout} must be in [0, 1)")
         if self.position == "xl" and any(
             t is None for t in (self.pos_bias_u, self.pos_bias_v, self.linear_pos_weight)
         ):

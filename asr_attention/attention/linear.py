@@ -1,11 +1,13 @@
-"""Linear attention: softmax(q·k) replaced by phi(q)·phi(k), computed in O(T) as phi(Q) (phi(K)^T V).
+"""Linear attention: softmax(q.k) replaced by phi(q).phi(k), computed in O(T) as phi(Q) (phi(K)^T V).
 
-Same Q/K/V/O weights as the MHA it comes from. Offline encoding is non-causal (every frame sees every frame);
-streaming keeps a running state S = sum phi(k) v^T and normaliser z = sum phi(k), constant in size.
-A whole sequence is computed in the (B, T, d) layout the projections produce, with all heads in one dense state
-(`_whole_sequence`); the per-head (B, H, T, hd) form needs strided copies that cost more than the attention.
-Inference on CUDA instead runs a Triton kernel (kernels/linear_attention.py) that keeps per-head states and reads
-the heads in place through strides, so it does 1/H of the dense path's multiply-adds.
+Same Q/K/V/O weights as the MHA it comes from. What it keeps is a state S = sum phi(k) v^T and a normaliser
+z = sum phi(k), constant in size; out = phi(q) S / (phi(q) . z + eps). Per site:
+- encoder self-attention: S and z over the whole sequence (non-causal); a chunk against a cache adds its frames
+  to the cached S, z and reads the sum (streaming).
+- decoder self-attention (causal): frame i reads the running S, z after frame i (cumulative sums over the call's
+  frames, on top of a cached S, z); the cache is the running S, z after the last frame.
+- cross-attention: S and z over memory, made once; the cache holds them.
+It forms no attention weights, so the original's attention dropout has nothing to act on and is not applied.
 The Transformer-XL position term needs the full T x T score matrix, so under xl positions it is dropped (the
 content bias u is kept); rotary-on-inputs is kept as is.
 """
@@ -15,10 +17,9 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .base import AttentionVariant, Cache, linear_from, stacked_kv
+from .base import AttentionVariant, Cache, linear_from
 from .canonical import CanonicalMHA
 from .feature_maps import build_feature_map
 from .kernels import runs_on
@@ -48,105 +49,88 @@ class LinearAttention(AttentionVariant):
         # state (H, F, hd) + normaliser (H, F), independent of frames
         return batch * self.num_heads * self.feature_dim * (self.head_dim + 1) * dtype.itemsize
 
-    def kv_input_projection(self, tokens: int | None):
-        return (*stacked_kv(self.k_proj, self.v_proj), lambda kv: kv.chunk(2, dim=-1))
-
-    def query_projection(self) -> tuple[Tensor, Tensor | None]:
-        """Under xl positions the query reads q + u (content bias): folded into the stacked bias."""
-        w, b = self.q_proj.weight, self.q_proj.bias
-        if self.xl is None:
-            return w, b
-        u = self.xl.pos_bias_u.flatten()
-        return w, u if b is None else b + u
-
-    def _heads(self, x: Tensor, pos: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """q (u added under xl), k, v as (B, T, H, hd) views: one stacked GEMM unless rotary rotates Q/K inputs."""
-        b, t, _ = x.shape
-        if self.position == "rotary_input":  # q and k read rotated inputs, v plain ones
-            qk_in = self.query_input(x, pos)
-            q, k, v = self.q_proj(qk_in), self.k_proj(qk_in), self.v_proj(x)
-        else:
-            weight, bias, sizes, to_kv = self.input_projection(x)
-            q, kv = F.linear(x, weight, bias).split(sizes, dim=-1)
-            k, v = to_kv(kv)
-        return tuple(y.view(b, t, self.num_heads, self.head_dim) for y in (q, k, v))
-
     def forward(
-        self,
-        x: Tensor,
-        key_padding_mask: Tensor | None = None,
-        pos: Tensor | None = None,
-        cache: Cache | None = None,
-        use_cache: bool = False,
-        causal: bool = False,
-        memory: Tensor | Cache | None = None,
+        self, x: Tensor, key_padding_mask: Tensor | None = None, pos: Tensor | None = None,
+        cache: Cache | None = None, use_cache: bool = False, *, memory: Tensor | None = None, causal: bool = False,
     ) -> tuple[Tensor, Cache | None]:
-        self.check_decoder_use(causal, memory)
-        if memory is not None:
-            return self.cross_attention(x, memory, key_padding_mask, use_cache)
-        if causal:
-            return self.causal(x, cache, use_cache)
+        self.check_call(cache, memory, causal)
         b, t, _ = x.shape
-        q, k, v = self._heads(x, pos)
-        if cache is None and not use_cache and runs_on(q, k, v) and supported(self.feature_dim, self.head_dim):
+        if cache is not None and cache.from_memory:  # cross-attention: S, z over memory are made already
+            phi_q = self.feature_map(self.heads(self.q_proj(x)))
+            return self.o_proj(self.read(phi_q, cache["state"], cache["normaliser"])), cache
+        q, k, v = self.project(x, pos, memory)
+        if cache is None and not use_cache and not causal:
+            return self.o_proj(self.whole_sequence(q, k, v, key_padding_mask, memory is None)), None
+        phi_q, phi_k = self.feature_map(q), self.feature_map(k)
+        if key_padding_mask is not None:  # the mask covers cached frames too: this call's keys are its last ones
+            phi_k = phi_k.masked_fill(key_padding_mask[:, -k.shape[1]:, None, None], 0.0)
+        if causal:
+            out, state, normaliser = self.running(phi_q, phi_k, v, cache)
+        else:
+            state, normaliser = torch.einsum("bthf,bthd->bhfd", phi_k, v), phi_k.sum(dim=1)
+            if cache is not None:
+                state, normaliser = state + cache["state"], normaliser + cache["normaliser"]
+            out = self.read(phi_q, state, normaliser)
+        kept = Cache({"state": state, "normaliser": normaliser}, from_memory=memory is not None)
+        return self.o_proj(out), kept if use_cache or cache is not None else None
+
+    def heads(self, y: Tensor) -> Tensor:
+        """(B, T, d) -> (B, T, H, hd), a view."""
+        return y.view(y.shape[0], y.shape[1], self.num_heads, self.head_dim)
+
+    def project(self, x: Tensor, pos: Tensor | None, memory: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """q (u added under xl), k, v as (B, ., H, hd) views: one stacked GEMM for self-attention without rotary."""
+        if memory is None and self.position != "rotary_input":
+            q, k, v = self.stacked_projection(x)
+        else:
+            q_input = self.query_input(x, pos)
+            k_input, v_input = self.kv_inputs(x, q_input, memory)
+            q, k, v = self.q_proj(q_input), self.k_proj(k_input), self.v_proj(v_input)
+        return self.heads(q), self.heads(k), self.heads(v)
+
+    def read(self, phi_q: Tensor, state: Tensor, normaliser: Tensor) -> Tensor:
+        """phi(q) S / (phi(q) . z + eps) for phi_q (B, T, H, F) against one S (B, H, F, hd), z (B, H, F)
+        -> (B, T, d)."""
+        numerator = torch.einsum("bthf,bhfd->bthd", phi_q, state)
+        denominator = torch.einsum("bthf,bhf->bth", phi_q, normaliser)[..., None] + self.eps
+        return (numerator / denominator).flatten(2)
+
+    def running(self, phi_q: Tensor, phi_k: Tensor, v: Tensor, cache: Cache | None):
+        """Causal: frame i reads S_i = S_0 + sum_{j <= i} phi(k_j) v_j^T and z_i likewise (S_0, z_0: the cache, or
+        zero). -> (B, T, d) output, and S, z after the last frame. Holds (B, T, H, F, hd) running states."""
+        states = torch.einsum("bthf,bthd->bthfd", phi_k, v).cumsum(dim=1)
+        normalisers = phi_k.cumsum(dim=1)
+        if cache is not None:
+            states = states + cache["state"][:, None]
+            normalisers = normalisers + cache["normaliser"][:, None]
+        numerator = torch.einsum("bthf,bthfd->bthd", phi_q, states)
+        denominator = torch.einsum("bthf,bthf->bth", phi_q, normalisers)[..., None] + self.eps
+        return (numerator / denominator).flatten(2), states[:, -1], normalisers[:, -1]
+
+    def whole_sequence(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None,
+                       self_attention: bool) -> Tensor:
+        """Non-causal over all of k, v, keeping nothing: the Triton kernel where it takes the call (fast path:
+        inference on CUDA, self-attention), else one dense state for all heads (`dense_heads`)."""
+        if self_attention and runs_on(q, k, v) and supported(self.feature_dim, self.head_dim):
             fused = getattr(self.feature_map, "kernel", None)  # elu+1 / relu: applied inside the kernel
             if fused is None:
                 q, k = self.feature_map(q), self.feature_map(k)
-            heads = linear_attention(q, k, v, self.eps, key_padding_mask, feature_map=fused)
-            return self.o_proj(heads.view(b, t, self.d_model)), None
+            return linear_attention(q, k, v, self.eps, key_padding_mask, feature_map=fused).flatten(2)
         phi_q, phi_k = self.feature_map(q), self.feature_map(k)
         if key_padding_mask is not None:
             phi_k = phi_k.masked_fill(key_padding_mask[:, :, None, None], 0.0)
-        if cache is None and not use_cache:
-            return self.o_proj(self._whole_sequence(phi_q, phi_k, v)), None
-        state = torch.einsum("bthf,bthd->bhfd", phi_k, v)
-        normaliser = phi_k.sum(dim=1)
-        if cache is not None:
-            state, normaliser = state + cache["state"], normaliser + cache["normaliser"]
-        return self._read(phi_q, state, normaliser), {"state": state, "normaliser": normaliser}
+        return self.dense_heads(phi_q, phi_k, v)
 
-    def _read(self, phi_q: Tensor, state: Tensor, normaliser: Tensor) -> Tensor:
-        """phi(q) (B, T, H, F) against a state (B, H, F, hd) and normaliser (B, H, F), one shared by all queries;
-        or per query, (B, T, H, F, hd) and (B, T, H, F) (causal prefixes) -> o_proj of the attention output."""
-        per_query = state.dim() == 5
-        numerator = torch.einsum("bthf,bthfd->bthd" if per_query else "bthf,bhfd->bthd", phi_q, state)
-        denominator = torch.einsum("bthf,bthf->bth" if per_query else "bthf,bhf->bth", phi_q, normaliser)
-        b, t = phi_q.shape[:2]
-        return self.o_proj((numerator / (denominator[..., None] + self.eps)).reshape(b, t, self.d_model))
-
-    def causal(self, x: Tensor, cache: Cache | None, use_cache: bool) -> tuple[Tensor, Cache | None]:
-        """Decoder self-attention: position t reads the state of the cached tokens plus x's first t (prefix sums)."""
-        q, k, v = self._heads(x, None)
-        phi_q, phi_k = self.feature_map(q), self.feature_map(k)
-        state = torch.einsum("bthf,bthd->bthfd", phi_k, v).cumsum(dim=1)
-        normaliser = phi_k.cumsum(dim=1)
-        if cache is not None:
-            state, normaliser = state + cache["state"][:, None], normaliser + cache["normaliser"][:, None]
-        new = {"state": state[:, -1], "normaliser": normaliser[:, -1]} if use_cache else None
-        return self._read(phi_q, state, normaliser), new
-
-    def cross_attention(self, x: Tensor, memory: Tensor | Cache, key_padding_mask: Tensor | None, use_cache: bool):
-        """The cache is the memory's state and normaliser (fixed size whatever its frames), built once."""
-        b = x.shape[0]
-        if not isinstance(memory, dict):
-            k = self.k_proj(memory).view(b, -1, self.num_heads, self.head_dim)
-            v = self.v_proj(memory).view(b, -1, self.num_heads, self.head_dim)
-            phi_k = self.feature_map(k)
-            if key_padding_mask is not None:
-                phi_k = phi_k.masked_fill(key_padding_mask[:, :, None, None], 0.0)
-            memory = {"state": torch.einsum("bshf,bshd->bhfd", phi_k, v), "normaliser": phi_k.sum(dim=1)}
-        q = self.q_proj(x).view(b, x.shape[1], self.num_heads, self.head_dim)
-        return self._read(self.feature_map(q), memory["state"], memory["normaliser"]), memory if use_cache else None
-
-    def _whole_sequence(self, phi_q: Tensor, phi_k: Tensor, v: Tensor) -> Tensor:
-        """phi_q, phi_k: (B, T, H, F); v: (B, T, H, hd) -> (B, T, d) attention output before o_proj.
+    def dense_heads(self, phi_q: Tensor, phi_k: Tensor, v: Tensor) -> Tensor:
+        """phi_q: (B, T, H, F); phi_k: (B, S, H, F); v: (B, S, H, hd) -> (B, T, d) attention output before o_proj.
 
         All heads share one (H*F, d) state phi(K)^T V, masked to its per-head diagonal blocks: H times the
-        multiply-adds of per-head states, but plain GEMMs over (B, T, .) with no transposed copies. The head
-        normalisers ride along as H extra state columns, so one GEMM yields numerator and denominator."""
+        multiply-adds of per-head states, but plain GEMMs over (B, T, .) with no transposed copies (the per-head
+        (B, H, T, hd) form needs strided copies that cost more than the attention). The head normalisers ride
+        along as H extra state columns, so one GEMM yields numerator and denominator."""
         b, t, h, f = phi_q.shape
-        hd = self.head_dim
-        phi_q, phi_k, v = phi_q.reshape(b, t, h * f), phi_k.reshape(b, t, h * f), v.reshape(b, t, h * hd)
+        s, hd = phi_k.shape[1], self.head_dim
+        phi_q, phi_k, v = phi_q.reshape(b, t, h * f), phi_k.reshape(b, s, h * f), v.reshape(b, s, h * hd)
         heads = torch.arange(h, device=v.device)
         own_head = heads.repeat_interleave(f)[:, None] == heads[None, :]  # (H*F, H): feature row -> its head
         dense = torch.bmm(phi_k.transpose(1, 2), v)  # (B, H*F, d)
@@ -155,6 +139,16 @@ class LinearAttention(AttentionVariant):
         both = torch.bmm(phi_q, state)  # (B, T, d + H): numerators, then denominators
         numerator = both[..., :-h].view(b, t, h, hd)
         return (numerator / (both[..., -h:, None] + self.eps)).reshape(b, t, h * hd)
+
+    # -- fast path: Q, K, V from one GEMM (AttentionVariant.stacked_projection), u folded into Q's bias ----------
+
+    def query_projection(self) -> tuple[Tensor, Tensor | None]:
+        """Under xl positions the query reads q + u (content bias): folded into the stacked bias."""
+        w, b = self.q_proj.weight, self.q_proj.bias
+        if self.xl is None:
+            return w, b
+        u = self.xl.pos_bias_u.flatten()
+        return w, u if b is None else b + u
 
 
 def _warn_xl_dropped() -> None:

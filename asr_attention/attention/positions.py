@@ -76,20 +76,3 @@ def rotate_inputs(x: Tensor, pos: Tensor, num_heads: int) -> Tensor:
     rotated = torch.cat((-h[..., half:], h[..., :half]), dim=-1)
     return (h * cos + rotated * sin).reshape(b, t, d)
 
-
-def key_padding_to_sdpa(key_padding_mask: Tensor | None, bias: Tensor | None) -> Tensor | None:
-    """SpeechBrain convention (True = padding) -> an SDPA attn_mask: bool keep-mask, or additive float with bias.
-    Written in as few ops as it takes: a batch-1 forward is bound by the host's time per op."""
-    if key_padding_mask is None:
-        return bias
-    pad = key_padding_mask.reshape(key_padding_mask.shape[0], 1, 1, -1)
-    if bias is None:
-        return pad.logical_not()
-    return bias.masked_fill(pad, float("-inf"))
-
-
-def causal_keep(mask: Tensor | None, queries: int, keys: int, device) -> Tensor:
-    """A bool keep-mask where query i (the last `queries` of `keys` positions) sees keys up to its own position,
-    combined with an SDPA keep-mask (B, 1, 1, S) if given."""
-    keep = torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
-    return keep if mask is None else mask & keep

@@ -196,6 +196,7 @@ class HFWav2Vec2(Backbone):
                 q.weight.detach(), k.weight.detach(), v.weight.detach(), o.weight.detach(),
                 _bias(q), _bias(k), _bias(v), _bias(o),
                 num_heads=original.num_heads, scale=original.scaling, position="none",
+                dropout=original.config.attention_dropout,
             )
         # Wav2Vec2ConformerSelfAttention
         q, k, v, o = original.linear_q, original.linear_k, original.linear_v, original.linear_out
@@ -208,6 +209,7 @@ class HFWav2Vec2(Backbone):
             pos_bias_u=original.pos_bias_u.detach() if xl else None,  # (H, hd) already
             pos_bias_v=original.pos_bias_v.detach() if xl else None,
             linear_pos_weight=original.linear_pos.weight.detach() if xl else None,
+            dropout=original.config.attention_dropout,
         )
 
     def wrap(self, variant: AttentionVariant) -> nn.Module:

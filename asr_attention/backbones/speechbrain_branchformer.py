@@ -177,6 +177,7 @@ class SpeechBrainBranchformer(Backbone):
             pos_bias_u=original.pos_bias_u.detach().reshape(h, hd),  # (hd, H) storage read as (H, hd)
             pos_bias_v=original.pos_bias_v.detach().reshape(h, hd),
             linear_pos_weight=original.linear_pos.weight.detach(),
+            dropout=original.dropout,  # RelPosMHAXL's dropout_att probability
         )
 
     def wrap(self, variant: AttentionVariant) -> nn.Module:

@@ -67,7 +67,7 @@ class CrossAttention(nn.Module):
         self.variant = variant
 
     def forward(self, x: Tensor, memory: Tensor | None = None, cache: Cache | None = None, use_cache: bool = False):
-        return self.variant(**self.inputs(x, memory if cache is None else cache), use_cache=use_cache)
+        return self.variant(**self.inputs(x, memory if cache is None else None), cache=cache, use_cache=use_cache)
 
     @staticmethod
     def inputs(x: Tensor, memory: Tensor | None = None, *args, **kwargs) -> dict:
@@ -91,15 +91,13 @@ class DecoderCache:
 
     def select(self, rows: Tensor) -> "DecoderCache":
         """The caches of some batch rows, in that order (fallback re-decoding; later, beam search)."""
-        def pick(c):
-            return None if c is None else {k: v.index_select(0, rows) for k, v in c.items()}
-        return DecoderCache([LayerCache(pick(c.self_attn), pick(c.cross)) for c in self.layers], self.tokens)
+        return DecoderCache([LayerCache(_rows(c.self_attn, rows), _rows(c.cross, rows)) for c in self.layers],
+                            self.tokens)
 
     def restart(self, rows: Tensor) -> "DecoderCache":
         """Some rows decoded again from the prompt: their cross caches kept (built once per utterance), self
         caches emptied."""
-        return DecoderCache([LayerCache(None, {k: v.index_select(0, rows) for k, v in c.cross.items()})
-                             for c in self.layers])
+        return DecoderCache([LayerCache(None, _rows(c.cross, rows)) for c in self.layers])
 
     @property
     def batch_size(self) -> int:
@@ -111,6 +109,13 @@ class DecoderCache:
                 "cross": sum(cache_nbytes(c.cross or {}) for c in self.layers)}
 
 
+def _rows(cache: Cache | None, rows: Tensor) -> Cache | None:
+    """The same cache for some batch rows (every variant's cache tensors are batch-first)."""
+    if cache is None:
+        return None
+    return Cache({k: v.index_select(0, rows) for k, v in cache.items()}, from_memory=cache.from_memory)
+
+
 def canonical_of(module: nn.Module) -> CanonicalMHA:
     """HF WhisperAttention, or a site already holding an MHA variant -> its canonical description."""
     if isinstance(module, WhisperAttention):
@@ -119,6 +124,7 @@ def canonical_of(module: nn.Module) -> CanonicalMHA:
             q.weight.detach(), k.weight.detach(), v.weight.detach(), o.weight.detach(),
             _bias(q), _bias(k), _bias(v), _bias(o),  # k_proj has no bias in Whisper
             num_heads=module.num_heads, scale=module.scaling, position="none",  # HF scales q by this factor
+            dropout=module.dropout,
         )
     variant = getattr(module, "variant", None)
     if type(variant) is not MultiHeadAttention:
@@ -128,6 +134,7 @@ def canonical_of(module: nn.Module) -> CanonicalMHA:
     return CanonicalMHA(
         q.weight.detach(), k.weight.detach(), v.weight.detach(), o.weight.detach(),
         _bias(q), _bias(k), _bias(v), _bias(o), num_heads=variant.num_heads, scale=variant.scale, position="none",
+        dropout=variant.dropout,
     )
 
 

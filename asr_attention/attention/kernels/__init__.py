@@ -36,7 +36,10 @@ def exact_fp32(*tensors: Tensor) -> bool:
 
 def key_padding_arg(mask: Tensor | None, placeholder: Tensor) -> tuple[Tensor, tuple[int, int]]:
     """A (B, T) bool key-padding mask as the kernels read it: its bytes as uint8 (a view, no copy) and its two
-    strides. Without a mask, a placeholder pointer the kernels never read (HAS_PAD=False) and zero strides."""
+    strides. Without a mask, a placeholder pointer the kernels never read (HAS_PAD=False) and zero strides.
+    Another dtype would be read byte by byte as if it were bool: refused."""
     if mask is None:
         return placeholder, (0, 0)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"key_padding_mask must be a bool tensor (True = padding), got {mask.dtype}")
     return mask.view(torch.uint8), mask.stride()

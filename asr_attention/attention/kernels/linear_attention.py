@@ -148,9 +148,8 @@ def supported(feature_dim: int, head_dim: int) -> bool:
 def _tiles(f: int, hd: int, exact_fp32: bool, fused: bool) -> tuple[int, int, int]:
     """(frames per tile in pass 1, frames per tile in pass 2, warps). The two-pass tiles are untimed: picked so
     that ptxas for sm_90 reports no register spills at F x hd in {64x64, 128x64, 128x128}; exact fp32 (no tensor
-    cores) needs smaller ones. The one-launch tiles for 16-bit inputs at F x hd <= 4096 were timed on an H200
-    (benchmarks/kernels/tune_linear_fused.log): 128 frames x 8 warps takes 47 us at B1 T1000 and 67 us at
-    B16 T1000, against 69 and 83 us at 64 x 4."""
+    cores) needs smaller ones. The one-launch tiles for 16-bit inputs at F x hd <= 4096 were chosen by timing
+    (benchmarks/kernels/tune_linear_fused.py; the figures are in the README)."""
     warps = 8 if f * hd >= 8192 else 4
     if exact_fp32:
         return (32 if f * hd >= 16384 else 64), (32 if f * hd >= 16384 else 16), warps
