@@ -10,7 +10,7 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 from transformers import get_cosine_schedule_with_warmup
 
 from .backbones import Backbone
-from .data.normalise import normalise_for_scoring
+from .data.scoring import normalise_for_scoring
 from .data.text import CharTokenizer
 
 
@@ -19,6 +19,7 @@ class ASRFineTuner(L.LightningModule):
 
     Scoring: WER/CER on the texts after `normalise_for_scoring` (both sides, every model: "CQQF7" and
     "C Q Q F SEVEN" are the same words) are `{split}_wer` / `_cer`; on the raw texts, `{split}_raw_wer` / `_cer`.
+    cased_hypotheses: the head writes in upper and lower case (Whisper), so capital runs are spelled letters.
     lr / weight_decay / warmup_steps: AdamW with linear warmup then cosine decay over the whole run.
     attention_only_steps: train only the converted attention layers for the first N steps (they start as an
     approximation; the rest of the network already fits), then everything that is not frozen."""
@@ -27,6 +28,7 @@ class ASRFineTuner(L.LightningModule):
                  attention_only_steps: int = 0):
         super().__init__()
         self.backbone = backbone
+        self.cased_hypotheses = False
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.attention_only_steps = attention_only_steps
         self.metrics = torch.nn.ModuleDict(
@@ -56,7 +58,8 @@ class ASRFineTuner(L.LightningModule):
             return
         loss, hyps = self.loss_and_hyps(batch, decode=True)
         refs = batch["texts"]
-        scored_hyps, scored_refs = map(lambda texts: [normalise_for_scoring(t) for t in texts], (hyps, refs))
+        scored_hyps = [normalise_for_scoring(t, cased=self.cased_hypotheses) for t in hyps]
+        scored_refs = [normalise_for_scoring(t) for t in refs]
         for name in ("wer", "cer"):
             self.metrics[f"{split}_{name}"].update(scored_hyps, scored_refs)
             self.metrics[f"{split}_raw_{name}"].update(hyps, refs)

