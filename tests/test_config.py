@@ -61,7 +61,7 @@ BAD = [  # overrides, the start of the message (field=value), a word of what is 
     (["model.num_heads=12"], "model.num_heads=12", "must divide model.d_model=1024 (allowed: 1, 2, 4, 8, 16,"),
     (["model.num_heads=0"], "model.num_heads=0", "integer >= 1"),
     (["model.d_model=true"], "model.d_model=True", "integer >= 1"),
-    (["model.family=whisper"], "model.family='whisper'", "hf_wav2vec2, speechbrain_branchformer"),
+    (["model.family=wav2letter"], "model.family='wav2letter'", "hf_wav2vec2, speechbrain_branchformer, whisper"),
     (["model.position=alibi"], "model.position='alibi'", "none, xl, rotary_input"),
     (["attention.name=flash"], "attention.name='flash'", "mha, mla, gqa, linear"),
     (["attention=gqa", "attention.num_kv_heads=3"], "attention.num_kv_heads=3", "allowed: 1, 2, 4, 8, 16)"),
