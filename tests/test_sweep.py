@@ -128,7 +128,7 @@ def test_optuna_presets_search_the_attention_knobs_and_lr(compose_cfg):
     cfg = compose_cfg("train", ["hparams_search=mla_optuna"], return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper")
-    assert sweeper.direction == "minimize"  # main returns the test WER after fine-tuning
+    assert sweeper.direction == "minimize"  # main returns the best validation WER (model selection, not test)
     assert cfg.attention.name == "mla"
     assert dict(sweeper.params) == {"attention.latent_dim": "range(16, 288, step=16)",
                                     "optim.lr": "tag(log, interval(1e-5, 1e-3))"}
@@ -141,14 +141,19 @@ def test_optuna_presets_search_the_attention_knobs_and_lr(compose_cfg):
 
 
 @OPTUNA
-def test_optuna_sweep_runs_trials_and_records_the_best(tmp_path):
-    """Two real trials of the GQA preset on the demo checkpoint; Optuna writes optimization_results.yaml."""
+def test_optuna_sweep_minimises_validation_wer_not_test_wer(tmp_path):
+    """Two real trials of the GQA preset on the demo checkpoint. The objective Optuna records is each trial's best
+    val_wer, as W&B logged it during fit; the test WER (a different split) is only reported."""
     sweep(tmp_path, "hparams_search=gqa_optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
-          "logger=none")
+          "logger=wandb")
     results = job_results(tmp_path)
     assert len(results) == 2 and all(r["status"] == "completed" for r in results.values())
+    val_wer = {job: min(row["val_wer"] for row in read_offline_run(offline_runs(tmp_path / job)[0])["history"]
+                        if "val_wer" in row) for job in results}
     best = OmegaConf.load(tmp_path / "optimization_results.yaml")
-    assert best.best_value == pytest.approx(min(r["after"]["test_wer"] for r in results.values()))
+    assert best.best_value == pytest.approx(min(val_wer.values()), abs=1e-6)
+    test_wer = min(r["after"]["test_wer"] for r in results.values())
+    assert abs(best.best_value - test_wer) > 1e-3  # the two splits score differently here: a test-WER objective fails
     assert set(best.best_params) == {"attention.num_kv_heads", "optim.lr"}
 
 
