@@ -87,11 +87,14 @@ def test_tedlium_reader_cuts_segments(tmp_path):
         ";; a comment\n"
         "TalkA_2010 1 TalkA_2010 0.00 1.00 <o,f0,male> ignore_time_segment_in_scoring\n"
         "TalkA_2010 1 TalkA_2010 1.00 2.50 <o,f0,male> so it 's <unk> a story\n"
-        "TalkA_2010 1 TalkA_2010 2.50 3.25 <o,f0,male> thank you\n")
+        "TalkA_2010 1 TalkA_2010 2.50 3.25 <o,f0,male> thank you\n"
+        "TalkA_2010 1 TalkA_2010 3.25 4.00 <o,f0,male> the(2) end of a(2) talk(10)\n")
     utts = read_tedlium("test", tmp_path)
     assert [(u.utt_id, u.text, u.start, u.end, u.speaker) for u in utts] == [
         ("TalkA_2010-0000100-0000250", "so it's a story", 1.0, 2.5, "TalkA_2010"),
-        ("TalkA_2010-0000250-0000325", "thank you", 2.5, 3.25, "TalkA_2010")]
+        ("TalkA_2010-0000250-0000325", "thank you", 2.5, 3.25, "TalkA_2010"),
+        ("TalkA_2010-0000325-0000400", "the end of a talk", 3.25, 4.0, "TalkA_2010")]  # variant marks stripped
+    assert not set("0123456789") & set(CharTokenizer.from_texts(u.text for u in utts).vocab)  # no "THE2"
     seg = load_audio(utts[1].path, utts[1].start, utts[1].end)
     assert seg.shape == (12_000,)
     expected = torch.from_numpy(audio[40_000:52_000])
