@@ -38,7 +38,7 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
     tokenizer, backbone = build_tokenizer_and_backbone(cfg)
     datamodule = build_datamodule_for(cfg, tokenizer)
     if cfg.attention.name != "native":
-        results.update(conversion=convert(backbone, cfg.attention, datamodule))
+        results.update(conversion=convert(backbone, cfg.attention, datamodule, cfg.calibration.frames, cfg.seed))
     results.update(vocab_size=len(tokenizer), parameters=count_parameters(backbone))
     module = build_module(cfg, backbone, tokenizer)
     trainer = build_trainer(cfg, run_dir)
