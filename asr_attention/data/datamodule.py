@@ -32,20 +32,9 @@ from .corpora import AN4_VAL_SPEAKERS, read_corpus
 from .dataset import ASRDataset, BadAudioPolicy, Skipped, collate, warn_skipped
 from .manifest import Utterance
 from .sampler import BucketBatchSampler
-from .text import CharTokenizer, OOVPolicy
+from .text import CharTokenizer, OOVPolicy, check_oov_policy
 
 log = logging.getLogger(__name__)
-
-
-def corpus_texts(corpus: str = "an4", root: str | None = None, split: str = "train",
-                 exclude_split: str | None = "val") -> list[str]:
-    """Raw transcripts of the training split (minus the speakers of `exclude_split` for AN4's carved val),
-    for `CharTokenizer.from_texts`."""
-    utts = read_corpus(corpus, root, split)
-    if corpus == "an4" and exclude_split:
-        held = {u.speaker for u in read_corpus(corpus, root, exclude_split)}
-        utts = [u for u in utts if u.speaker not in held]
-    return [u.text for u in utts]
 
 
 class ASRDataModule(L.LightningDataModule):
@@ -71,8 +60,7 @@ class ASRDataModule(L.LightningDataModule):
         super().__init__()
         if on_bad_audio not in ("skip", "error"):
             raise ValueError(f"data.on_bad_audio {on_bad_audio!r}: allowed 'skip' or 'error'")
-        if oov not in ("error", "drop"):
-            raise ValueError(f"data.oov {oov!r}: allowed 'error' or 'drop'")
+        check_oov_policy(oov, "data.oov")
         self.corpus, self.root, self.tokenizer = corpus, root, tokenizer
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.limits = {"train": limit_train, "val": limit_val, "test": limit_test}
