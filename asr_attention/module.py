@@ -40,8 +40,9 @@ class CTCFineTuner(L.LightningModule):
     def forward(self, waves, wave_lengths):
         return self.backbone(waves, wave_lengths)
 
-    def ctc_loss(self, batch) -> torch.Tensor:
-        log_probs, lengths = self(batch["waves"], batch["wave_lengths"])
+    def ctc_loss(self, batch, outputs: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """outputs: the backbone's (log_probs, lengths) for this batch, when the caller has them already."""
+        log_probs, lengths = outputs if outputs is not None else self(batch["waves"], batch["wave_lengths"])
         targets = batch["targets"].clamp_min(0)  # padding (-100) lies past target_lengths: never read
         return F.ctc_loss(
             log_probs.float().transpose(0, 1), targets, lengths, batch["target_lengths"],
@@ -67,12 +68,12 @@ class CTCFineTuner(L.LightningModule):
     def evaluate(self, batch, split: str):
         if batch is None:  # every file of the batch was unreadable (the datamodule recorded them)
             return
-        log_probs, lengths = self(batch["waves"], batch["wave_lengths"])
-        hyps = self.tokenizer.ctc_decode(log_probs, lengths)
+        outputs = self(batch["waves"], batch["wave_lengths"])  # one forward for the transcripts and the loss
+        hyps = self.tokenizer.ctc_decode(*outputs)
         refs = batch["texts"]
         for name in ("wer", "cer"):
             self.metrics[f"{split}_{name}"].update(hyps, refs)
-        self.log(f"{self._prefix(split)}_loss", self.ctc_loss(batch), batch_size=len(refs), sync_dist=True)
+        self.log(f"{self._prefix(split)}_loss", self.ctc_loss(batch, outputs), batch_size=len(refs), sync_dist=True)
         if split == "test":
             self.last_predictions += [{"utt_id": u, "ref": r, "hyp": h} for u, r, h in
                                       zip(batch["utt_ids"], refs, hyps)]

@@ -118,6 +118,24 @@ def test_conversion_calibrates_on_frames_drawn_across_val(compose_cfg, spy):
     assert len(conversion["fidelity"]) == 4 and all(0 < r["relative_error"] < 1 for r in conversion["fidelity"])
 
 
+def test_evaluation_runs_the_backbone_once_per_batch(compose_cfg, monkeypatch):
+    """The transcripts and the loss of an evaluation batch come from one forward pass."""
+    from asr_attention.experiment import build_datamodule_for, build_module, build_tokenizer_and_backbone
+
+    cfg = compose_cfg("train", [*TINY, "attention=native", "data.limit_val=4"])
+    tokenizer, backbone = build_tokenizer_and_backbone(cfg)
+    module = build_module(cfg, backbone, tokenizer).eval()
+    batch = next(iter(build_datamodule_for(cfg, tokenizer).val_dataloader()))
+    forwards, logged = [], {}
+    backbone.register_forward_pre_hook(lambda *args: forwards.append(1))
+    monkeypatch.setattr(module, "log", lambda name, value, **kwargs: logged.update({name: float(value)}))
+    with torch.no_grad():
+        module.evaluate(batch, "val")
+        assert len(forwards) == 1
+        assert logged["val_loss"] == pytest.approx(float(module.ctc_loss(batch)))  # the same loss, recomputed
+    assert module.metrics["val_wer"].compute() < 0.5  # the shipped checkpoint's own transcripts
+
+
 def test_pretrained_wav2vec2_front_end_is_frozen(compose_cfg):
     from asr_attention.experiment import build_tokenizer_and_backbone
 
