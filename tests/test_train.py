@@ -116,6 +116,13 @@ def test_conversion_calibrates_on_frames_drawn_across_val(compose_cfg, spy):
     val = torch.tensor(datamodule.datasets["val"].durations)
     assert seconds.max() > val.median() > seconds.min()  # long and short utterances, not the shortest first
     assert len(conversion["fidelity"]) == 4 and all(0 < r["relative_error"] < 1 for r in conversion["fidelity"])
+    # how much is drawn for calibration leaves fine-tuning's random draws (dropout, new heads) as they were
+    rng_after = []
+    for frames in (300, 3000):
+        torch.manual_seed(0)
+        experiment.convert(experiment.build_tokenizer_and_backbone(cfg)[1], cfg.attention, datamodule, frames=frames)
+        rng_after.append(torch.get_rng_state())
+    assert torch.equal(*rng_after)
 
 
 def test_evaluation_runs_the_backbone_once_per_batch(compose_cfg, monkeypatch):
