@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, get_args
 
-ATTENTION_NAMES = ("native", "mha", "mla", "gqa", "linear")
-FEATURE_MAPS = ("elu", "relu", "hedgehog")
+from .attention import VARIANTS
+from .attention.canonical import Position
+from .attention.feature_maps import FEATURE_MAPS
+from .backbones import FAMILIES
+
+# The allowed names are the registries' own: a variant, feature map or family added there is allowed here.
+ATTENTION_NAMES = ("native", *VARIANTS)  # native: the backbone's own module, left unpatched
 CALIBRATIONS = ("plain", "activation")
-MODEL_FAMILIES = ("hf_wav2vec2", "speechbrain_branchformer", "whisper")
-POSITIONS = ("none", "xl", "rotary_input")
 SITE_KINDS = {"whisper": ("encoder", "decoder_self", "cross")}  # other families: encoder self-attention only
 HEADS = {"whisper": ("seq2seq", "ctc")}
+POSITIONS = get_args(Position)
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
@@ -38,7 +42,7 @@ def _divisors(n: int) -> str:
 
 
 def validate_model(model: Mapping) -> None:
-    _choice(model, "model", "family", MODEL_FAMILIES)
+    _choice(model, "model", "family", FAMILIES)
     _choice(model, "model", "position", POSITIONS)
     d = _positive_int(model, "model", "d_model")
     h = _positive_int(model, "model", "num_heads")
@@ -89,6 +93,10 @@ def validate(cfg: Mapping) -> None:
     validate_model(cfg["model"])
     validate_attention(cfg["attention"], cfg["model"])
     validate_sites(cfg["attention"], cfg["model"])
+    steps = (cfg.get("optim") or {}).get("attention_only_steps") or 0
+    if steps and cfg["attention"]["name"] == "native":
+        # the first steps would train nothing: no layer is converted
+        _fail("optim.attention_only_steps", steps, "needs a converted attention, not attention=native")
     if cfg.get("export_dir") and cfg["attention"]["name"] != "native":
         # export writes the backbone's own format, which has no place for a converted attention
         _fail("export_dir", cfg["export_dir"], f"needs attention=native, not attention={cfg['attention']['name']}")

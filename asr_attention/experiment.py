@@ -14,9 +14,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from .attention import cache_nbytes, fidelity_table
+from .attention import cache_nbytes
 from .backbones import (
-    Backbone, build_backbone, calibration_batch, capture_attention_inputs, original_variants, patch_attention,
+    Backbone, build_backbone, calibration_batch, capture_attention_calls, fidelity, kv_input, patch_attention,
     patched_variants,
 )
 from .data.datamodule import ASRDataModule, build_datamodule
@@ -47,18 +47,33 @@ def build_tokenizer_and_backbone(cfg: DictConfig) -> tuple[CharTokenizer, Backbo
     return tokenizer, backbone
 
 
-def convert(backbone: Backbone, attention_cfg: DictConfig, datamodule: ASRDataModule, batches: int = 1) -> dict:
-    """Patch every attention layer, calibrating on (and measuring fidelity over) the first val batch(es)."""
-    loader = datamodule.val_dataloader()
-    batch = next(b for b in loader if b is not None)
+def convert(backbone: Backbone, attention_cfg: DictConfig, datamodule: ASRDataModule, frames: int,
+            seed: int = 0) -> dict:
+    """Patch every attention layer. What conversion sees (MLA's activation-aware SVD, the fidelity table, the
+    measured cache) comes from the unpatched backbone's layers on about `frames` encoder frames of val utterances
+    drawn across the split (config `calibration.frames`); the summary records what was used."""
     backbone.select_sites(attention_cfg.get("sites"))
-    inputs = capture_attention_inputs(backbone, batch["waves"], batch["wave_lengths"], batch["targets"])
-    references = original_variants(backbone)
+    loader = datamodule.spread_dataloader("val", seconds=frames * backbone.frame_ms / 1000, seed=seed)
+    captured, utterances = [], 0
+    for batch in loader:
+        batch = datamodule.on_before_batch_transfer(batch, 0)  # records unreadable files; None if none was read
+        if batch is not None:
+            captured.append(capture_attention_calls(backbone, batch["waves"], batch["wave_lengths"],
+                                                    batch["targets"]))
+            utterances += len(batch["utt_ids"])
+    if not captured:
+        raise ValueError(f"calibration: no readable utterance in the val split ({datamodule.splits['val']})")
+    calibration = [torch.cat(layer) for layer in zip(*(calibration_batch(inputs) for inputs, _ in captured))]
+    used = {"split": "val", "utterances": utterances, "frames": len(calibration[0]), "requested_frames": frames}
+    if used["frames"] < frames:
+        log.warning("calibration: the val split holds %d frames, fewer than calibration.frames=%d; using all of it",
+                    used["frames"], frames)
     activation_aware = attention_cfg.get("calibration") == "activation"
-    summary = patch_attention(backbone, attention_cfg, calibration_batch(inputs) if activation_aware else None)
-    summary["fidelity"] = fidelity_table(references, [v.eval() for v in patched_variants(backbone)], inputs)
+    summary = patch_attention(backbone, attention_cfg, calibration if activation_aware else None)
+    summary["calibration_data"] = used
+    summary["fidelity"] = fidelity([v.eval() for v in patched_variants(backbone)], captured)
     backbone.train()
-    summary["measured_cache_bytes"] = measured_cache_bytes(backbone, inputs)
+    summary["measured_cache_bytes"] = measured_cache_bytes(backbone, captured[0][0])
     return summary
 
 
@@ -74,11 +89,6 @@ def measured_cache_bytes(backbone: Backbone, inputs: list[dict]) -> dict:
             analytic += variant.cache_bytes(t, b, kw["x"].dtype)
     frames, batch = kv_input(inputs[0]).shape[1], inputs[0]["x"].shape[0]
     return {"frames": frames, "batch": batch, "measured": measured, "analytic": analytic}
-
-
-def kv_input(inputs: dict):
-    """What a layer's K/V are made from: the memory for cross-attention, else x."""
-    return inputs["x"] if inputs.get("memory") is None else inputs["memory"]
 
 
 def build_module(cfg: DictConfig, backbone: Backbone, tokenizer: CharTokenizer) -> ASRFineTuner:

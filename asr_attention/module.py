@@ -42,11 +42,16 @@ class ASRFineTuner(L.LightningModule):
         """The training loss of the batch, and (decode=True) its transcripts."""
         raise NotImplementedError
 
-    def on_train_batch_start(self, batch, batch_idx):
-        attention_only = self.global_step < self.attention_only_steps
-        for name, p in self.backbone.named_parameters():
-            if name in self.trainable:
-                p.requires_grad_(not attention_only or ".variant." in name)
+    def on_before_optimizer_step(self, optimizer):
+        """attention_only_steps: drop the other parameters' gradients before the step, so AdamW skips them (no
+        update, no weight decay, no moments) and gradient clipping sees the attention's alone. Not by switching
+        requires_grad per step: DDP fixes the parameters it waits for when it wraps the model, and one that stops
+        receiving gradients crashes its reducer. The cost is computing (and, under DDP, averaging) gradients that
+        are then dropped, for the first attention_only_steps steps only."""
+        if self.global_step < self.attention_only_steps:
+            for name, p in self.backbone.named_parameters():
+                if ".variant." not in name:
+                    p.grad = None
 
     def training_step(self, batch, batch_idx):
         loss, _ = self.loss_and_hyps(batch, decode=False)
@@ -93,7 +98,6 @@ class ASRFineTuner(L.LightningModule):
         self._log_epoch("test")
 
     def configure_optimizers(self):
-        self.trainable = {n for n, p in self.backbone.named_parameters() if p.requires_grad}
         params = [p for p in self.backbone.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), self.warmup_steps + 1)

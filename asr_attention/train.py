@@ -32,7 +32,7 @@ from .wandb_log import log_results_to_wandb
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, run_dir: Path, results: Results) -> float:
+def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
     start = time.time()
     L.seed_everything(cfg.seed, workers=True)  # same command, same batches and initialisation
     tokenizer, backbone = build_tokenizer_and_backbone(cfg)
@@ -45,7 +45,7 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float:
         results.update(unconverted={k.removeprefix("unconverted_"): v for k, v in unconverted.items()},
                        parameters_unconverted=count_parameters(backbone))
     if cfg.attention.name != "native":
-        results.update(conversion=convert(backbone, cfg.attention, datamodule))
+        results.update(conversion=convert(backbone, cfg.attention, datamodule, cfg.calibration.frames, cfg.seed))
     results.update(vocab_size=len(tokenizer), parameters=count_parameters(backbone))
     if hasattr(backbone, "cache_per_site"):
         results.update(cache_per_site=backbone.cache_per_site())
@@ -70,7 +70,9 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float:
     if cfg.get("export_dir"):
         module.backbone.to("cpu")
         results.update(exported_to=str(export_backbone(module.backbone, cfg.export_dir, tokenizer.vocab)))
-    return after["test_wer"]
+    # the objective a sweep minimises: model selection on validation; test WER is only reported
+    best_val_wer = trainer.checkpoint_callback.best_model_score
+    return None if best_val_wer is None else float(best_val_wer)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

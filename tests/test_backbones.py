@@ -15,12 +15,13 @@ import sys
 import pytest
 import torch
 
-from asr_attention.attention import fidelity_table, relative_error
+from asr_attention.attention import relative_error
+from asr_attention.attention.mha import MultiHeadAttention
 from asr_attention.backbones import (
     build_backbone,
     calibration_batch,
-    capture_attention_inputs,
-    original_variants,
+    capture_attention_calls,
+    fidelity,
     patch_attention,
     patched_variants,
 )
@@ -110,15 +111,13 @@ def test_wrapped_mha_equals_original_module(case):
 
 
 def original_variants_of(backbone, original):
-    from asr_attention.attention.mha import MultiHeadAttention
-
     return MultiHeadAttention(backbone.to_canonical(original)).eval()
 
 
 def test_speechbrain_quirks_matter():
     """Negative controls: each RelPosMHAXL quirk, done the naive way, breaks equality by far more than 1e-5."""
     backbone = make(ALL_CASES["branchformer"])
-    inputs = capture_attention_inputs(backbone, *batch())
+    inputs, _ = capture_attention_calls(backbone, *batch())
     original = backbone.transformer.encoder.layers[0].mha_layer
     kw = inputs[0]
     with torch.no_grad():
@@ -132,8 +131,6 @@ def test_speechbrain_quirks_matter():
     naive_pos.pos_bias_v = original.pos_bias_v.detach().T.contiguous()
     naive_scale = copy.copy(good)
     naive_scale.scale = (d // h) ** -0.5
-    from asr_attention.attention.mha import MultiHeadAttention
-
     errors = {}
     for name, canon in {"good": good, "chunk": naive_qkv, "transpose": naive_pos, "scale": naive_scale}.items():
         with torch.no_grad():
@@ -142,21 +139,6 @@ def test_speechbrain_quirks_matter():
     assert errors["good"] <= 1e-5
     for name in ("chunk", "transpose", "scale"):
         assert errors[name] > 1e-3, errors  # >= 100x the tolerance
-
-
-def test_hf_rotary_position_reaches_attention():
-    """Rotary pos really matters (dropping it is detected), so the rotary equality above is not vacuous."""
-    backbone = make(ALL_CASES["conformer-rotary-sdpa"])
-    kw = capture_attention_inputs(backbone, *batch())[0]
-    original = backbone.model.wav2vec2_conformer.encoder.layers[0].self_attn
-    canon = backbone.to_canonical(original)
-    assert canon.position == "rotary_input" and kw["pos"].shape == (2, kw["x"].shape[1], 8)
-    canon.position = "none"
-    from asr_attention.attention.mha import MultiHeadAttention
-
-    ref, _ = original_variants(backbone)[0](**kw)
-    out, _ = MultiHeadAttention(canon)(x=kw["x"], key_padding_mask=kw["key_padding_mask"])
-    assert relative_error(ref, out) > 1e-3  # >= 100x the 1e-5 tolerance
 
 
 # ------------------------------------------------------------------------------------------ whole-model level
@@ -214,6 +196,18 @@ def test_hf_mask_is_converted_once_per_forward_not_per_layer(spy):
     assert relative_error(valid(expected, lengths), valid(patched, lengths)) <= 1e-5
 
 
+@pytest.mark.parametrize("case", ["conformer-relative-sdpa", "wav2vec2-eager"])
+def test_patched_hf_model_runs_under_inference_mode(case):
+    """Lightning validates and tests under torch.inference_mode, whose tensors (HF's masks among them) keep no
+    version counter."""
+    backbone = make(ALL_CASES[case])
+    ref, lengths = run(backbone)
+    patch_attention(backbone, {"name": "mha"})
+    with torch.inference_mode():
+        out, _ = backbone(*batch())
+    assert relative_error(valid(ref, lengths), valid(out, lengths)) <= 1e-5
+
+
 HOST_SYNCS = {"aten.equal.default", "aten._local_scalar_dense.default", "aten.nonzero.default",
               "aten.is_nonzero.default", "aten.masked_select.default"}
 
@@ -259,32 +253,47 @@ def test_gqa_full_heads_and_mla_full_rank_equal_original(case):
     assert summary["cache_mib_per_1000_frames"] == pytest.approx(2 * 1000 * per_frame * 32 * 4 / 2**20)
 
 
-@pytest.mark.parametrize("case", ["conformer-relative-sdpa", "branchformer"])
-def test_fidelity_table_and_activation_aware_mla(case):
-    """Captured inputs feed fidelity_table; activation-aware MLA (calibrated on them) beats plain SVD per layer."""
+@pytest.mark.parametrize("case", ["conformer-relative-sdpa", "conformer-rotary-sdpa", "branchformer"])
+def test_fidelity_against_the_original_modules_and_activation_aware_mla(case):
+    """Captured calls of the unpatched model feed `fidelity`, whose reference is what the original modules returned:
+    the MHA conversion is within 1e-5 of them, one that drops a term is not; activation-aware MLA (calibrated on the
+    captured inputs of two batches) beats plain SVD per layer over both."""
     backbone = make(ALL_CASES[case])
-    inputs = capture_attention_inputs(backbone, *batch())
+    captured = [capture_attention_calls(backbone, *batch(seed)) for seed in (1, 2)]
+    inputs, outputs = captured[0]
     assert inputs[0]["x"].shape[-1] == 32 and inputs[0]["key_padding_mask"].any()
-    refs = original_variants(backbone)
-    rows = fidelity_table(refs, refs, inputs)
-    assert [r["relative_error"] for r in rows] == [0.0, 0.0]
-    calibration = calibration_batch(inputs)
-    assert calibration[0].shape == (int((~inputs[0]["key_padding_mask"]).sum()), 32)
+    assert outputs[0].shape == inputs[0]["x"].shape
+    mha = copy.deepcopy(backbone)
+    patch_attention(mha, {"name": "mha"})
+    assert max(r["relative_error"] for r in fidelity(patched_variants(mha), captured)) <= 1e-5
+    broken = []  # each layer's own weights, with its position term (xl or rotary) dropped
+    for _, _, original in backbone.attention_sites():
+        canon = backbone.to_canonical(original)
+        canon.position = "none"
+        broken.append(MultiHeadAttention(canon).eval())
+    assert min(r["relative_error"] for r in fidelity(broken, captured)) > 1e-3
+    calibration = [torch.cat(layer) for layer in zip(*(calibration_batch(i) for i, _ in captured))]
+    frames = sum(int((~i[0]["key_padding_mask"]).sum()) for i, _ in captured)
+    assert calibration[0].shape == (frames, 32)
     plain, aware = copy.deepcopy(backbone), copy.deepcopy(backbone)
     patch_attention(plain, {"name": "mla", "latent_dim": 6, "calibration": "plain"})
     patch_attention(aware, {"name": "mla", "latent_dim": 6, "calibration": "activation"}, calibration=calibration)
-    e_plain = [r["relative_error"] for r in fidelity_table(refs, patched_variants(plain), inputs)]
-    e_aware = [r["relative_error"] for r in fidelity_table(refs, patched_variants(aware), inputs)]
+    e_plain = [r["relative_error"] for r in fidelity(patched_variants(plain), captured)]
+    e_aware = [r["relative_error"] for r in fidelity(patched_variants(aware), captured)]
     assert all(p > 1e-3 for p in e_plain)
     assert all(a <= p + 1e-6 for a, p in zip(e_aware, e_plain)), (e_aware, e_plain)
 
 
-@pytest.mark.parametrize("case", ["conformer-relative-sdpa", "conformer-rotary-sdpa", "branchformer"])
-@pytest.mark.parametrize("attention", [{"name": "mla", "latent_dim": 8}, {"name": "gqa", "num_kv_heads": 2},
+@pytest.mark.parametrize("case", ["wav2vec2-sdpa", "conformer-relative-sdpa", "conformer-rotary-sdpa", "branchformer"])
+@pytest.mark.parametrize("attention", [{"name": "native"}, {"name": "mla", "latent_dim": 8},
+                                       {"name": "gqa", "num_kv_heads": 2},
                                        {"name": "linear", "feature_map": "hedgehog"}])
 def test_gradients_reach_every_trainable_parameter(case, attention):
+    """DDP (trainer=ddp) fails on a parameter that requires a gradient and gets none: every trainable parameter
+    must get one, for every model and variant. What the original models never use is frozen at build."""
     backbone = make(ALL_CASES[case])
-    patch_attention(backbone, attention)
+    if attention["name"] != "native":
+        patch_attention(backbone, attention)
     backbone.train()
     log_probs, lengths = backbone(*batch())
     targets = torch.randint(1, VOCAB, (3, 4))
@@ -293,10 +302,18 @@ def test_gradients_reach_every_trainable_parameter(case, attention):
     loss.backward()
     missing = [n for n, p in backbone.named_parameters()
                if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
-    # Not used by the original models either: masked_spec_embed (SpecAugment only, off here) and, in HF's
-    # Wav2Vec2ConformerEncoder, pos_conv_embed (built in __init__, never called in forward).
-    missing = [n for n in missing if "masked_spec_embed" not in n and "conformer.encoder.pos_conv_embed" not in n]
     assert not missing, missing
+    # (linear attention under xl positions freezes the position weights it cannot use itself)
+    frozen = {n for n, p in backbone.named_parameters() if not p.requires_grad and ".variant." not in n}
+    assert frozen == ({n for n, _ in backbone.named_parameters() if ".pos_conv_embed." in n}
+                      if case.startswith("conformer") else set())  # built by HF's conformer, never called
+
+
+def test_spec_augment_embedding_is_frozen_only_without_time_masking():
+    feature_masking_only = make(hf_cfg(mask_feature_prob=0.1))
+    assert not feature_masking_only.model.wav2vec2.masked_spec_embed.requires_grad  # built, never used
+    time_masking = make(hf_cfg(mask_time_prob=0.05, mask_time_length=2))
+    assert time_masking.model.wav2vec2.masked_spec_embed.requires_grad
 
 
 # -------------------------------------------------------------------------------------------- loading / errors
@@ -327,28 +344,29 @@ def test_hf_local_dir_round_trip_and_config_mismatch(tmp_path):
 
 
 def test_hub_id_offline_fails_fast_with_alternatives(tmp_path):
-    """In a fresh process with HF_HUB_OFFLINE=1 and an empty cache: fails at once (not after the hub client's
-    ~23 s of retries), naming the fixes. Only the build call is timed, not the process's imports."""
+    """In a fresh process with HF_HUB_OFFLINE=1 and an empty cache: fails without opening a connection (the hub
+    client's ~23 s of retries are what make it slow), naming the fixes."""
     code = (
-        "import time\n"
+        "import socket\n"
+        "def refuse(*args, **kwargs):\n"
+        "    raise AssertionError('a network connection was attempted')\n"
+        "socket.getaddrinfo = socket.socket.connect = socket.socket.connect_ex = refuse\n"
         "from asr_attention.backbones import build_backbone\n"
         "import asr_attention.backbones.hf_wav2vec2, asr_attention.backbones.speechbrain_branchformer\n"
         "for fam in ('hf_wav2vec2', 'speechbrain_branchformer'):\n"
-        "    start = time.monotonic()\n"
         "    try:\n"
         "        build_backbone(dict(family=fam, source='facebook/not-a-real-model-xyz', pretrained=True,"
         " d_model=1024, num_heads=16, num_layers=24))\n"
         "    except OSError as e:\n"
-        "        print('ERR', round(time.monotonic() - start, 2), e)\n"
+        "        print('ERR', e)\n"
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    errors = [line.split(" ", 2) for line in res.stdout.splitlines() if line.startswith("ERR")]
+    errors = [line.split(" ", 1)[1] for line in res.stdout.splitlines() if line.startswith("ERR")]
     assert len(errors) == 2, res.stdout + res.stderr
-    for _, seconds, message in errors:
+    for message in errors:
         assert "HF_HUB_OFFLINE" in message and "local checkpoint directory" in message
         assert "experiment=demo" in message
-        assert float(seconds) < 5, f"took {seconds} s"
 
 
 def test_speechbrain_local_dir_round_trip(tmp_path):

@@ -63,7 +63,7 @@ BAD = [  # overrides, the start of the message (field=value), a word of what is 
     (["model.d_model=true"], "model.d_model=True", "integer >= 1"),
     (["model.family=wav2letter"], "model.family='wav2letter'", "hf_wav2vec2, speechbrain_branchformer, whisper"),
     (["model.position=alibi"], "model.position='alibi'", "none, xl, rotary_input"),
-    (["attention.name=flash"], "attention.name='flash'", "mha, mla, gqa, linear"),
+    (["attention.name=flash"], "attention.name='flash'", "native, mha, gqa, mla, linear"),
     (["attention=gqa", "attention.num_kv_heads=3"], "attention.num_kv_heads=3", "allowed: 1, 2, 4, 8, 16)"),
     (["attention=gqa", "attention.num_kv_heads=0"], "attention.num_kv_heads=0", "integer >= 1"),
     (["attention=gqa", "attention.num_kv_heads=32"], "attention.num_kv_heads=32", "must divide model.num_heads=16"),
@@ -72,6 +72,7 @@ BAD = [  # overrides, the start of the message (field=value), a word of what is 
     (["model=branchformer", "attention=mla", "attention.latent_dim=1025"], "attention.latent_dim=1025", "= 1024"),
     (["attention=mla", "attention.calibration=fisher"], "attention.calibration='fisher'", "plain, activation"),
     (["attention=linear", "attention.feature_map=tanh"], "attention.feature_map='tanh'", "elu, relu, hedgehog"),
+    (["attention=native", "optim.attention_only_steps=5"], "optim.attention_only_steps=5", "not attention=native"),
 ]
 
 

@@ -13,12 +13,17 @@ import torch
 from omegaconf import OmegaConf
 
 from asr_attention.data import (AN4_VAL_SPEAKERS, ASRDataModule, AudioError, BadAudioWarning, BucketBatchSampler,
-                                CharTokenizer, Utterance, build_datamodule, collate, corpus_texts, load_audio,
+                                CharTokenizer, Utterance, build_datamodule, collate, load_audio,
                                 normalise, read_an4, read_librispeech, read_manifest, read_tedlium,
                                 write_manifest)
 from asr_attention.data.dataset import ASRDataset, Skipped
 
 SR = 16_000
+
+
+def an4_tokenizer() -> CharTokenizer:
+    """The characters of AN4's training transcripts (val speakers removed), as the training entry builds them."""
+    return CharTokenizer.from_texts(ASRDataModule(validate_audio=False).corpus_texts())
 
 
 def sine(seconds: float, sr: int = SR, freq: float = 440.0, amp: float = 0.5) -> np.ndarray:
@@ -35,7 +40,7 @@ def test_an4_counts_and_speaker_disjoint_splits():
     assert not {u.speaker for u in train} & {u.speaker for u in test}
     assert all(set(u.text) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZ ") for u in train + test)
 
-    tok = CharTokenizer.from_texts(corpus_texts())
+    tok = an4_tokenizer()
     dm = ASRDataModule(tokenizer=tok, batch_size=4, validate_audio=False)
     dm.setup()
     spk = {p: {u.speaker for u in ds.utterances} for p, ds in dm.datasets.items()}
@@ -45,7 +50,7 @@ def test_an4_counts_and_speaker_disjoint_splits():
 
 
 def test_one_real_an4_batch():
-    tok = CharTokenizer.from_texts(corpus_texts())
+    tok = an4_tokenizer()
     dm = ASRDataModule(tokenizer=tok, batch_size=4, limit_test=8)
     dm.setup()
     batch = next(iter(dm.test_dataloader()))
@@ -87,11 +92,14 @@ def test_tedlium_reader_cuts_segments(tmp_path):
         ";; a comment\n"
         "TalkA_2010 1 TalkA_2010 0.00 1.00 <o,f0,male> ignore_time_segment_in_scoring\n"
         "TalkA_2010 1 TalkA_2010 1.00 2.50 <o,f0,male> so it 's <unk> a story\n"
-        "TalkA_2010 1 TalkA_2010 2.50 3.25 <o,f0,male> thank you\n")
+        "TalkA_2010 1 TalkA_2010 2.50 3.25 <o,f0,male> thank you\n"
+        "TalkA_2010 1 TalkA_2010 3.25 4.00 <o,f0,male> the(2) end of a(2) talk(10)\n")
     utts = read_tedlium("test", tmp_path)
     assert [(u.utt_id, u.text, u.start, u.end, u.speaker) for u in utts] == [
         ("TalkA_2010-0000100-0000250", "so it's a story", 1.0, 2.5, "TalkA_2010"),
-        ("TalkA_2010-0000250-0000325", "thank you", 2.5, 3.25, "TalkA_2010")]
+        ("TalkA_2010-0000250-0000325", "thank you", 2.5, 3.25, "TalkA_2010"),
+        ("TalkA_2010-0000325-0000400", "the end of a talk", 3.25, 4.0, "TalkA_2010")]  # variant marks stripped
+    assert not set("0123456789") & set(CharTokenizer.from_texts(u.text for u in utts).vocab)  # no "THE2"
     seg = load_audio(utts[1].path, utts[1].start, utts[1].end)
     assert seg.shape == (12_000,)
     expected = torch.from_numpy(audio[40_000:52_000])
@@ -268,6 +276,10 @@ def test_oov_policy():
         tok.encode("abz cx", utt_id="utt-42")
     assert tok.normalise("abz cx", "utt-42", oov="drop") == "AB C"
     assert CharTokenizer.from_texts(["ABC"], oov="drop").encode("a x b") == [2, 1, 3]
+    with pytest.raises(ValueError, match="data.oov='ignore' is not allowed: expected 'error' or 'drop'"):
+        ASRDataModule(tokenizer=tok, oov="ignore")
+    with pytest.raises(ValueError, match="oov='ignore' is not allowed"):
+        tok.normalise("abc", oov="ignore")
 
 
 def test_oov_error_at_setup_names_utterance(tmp_path):
@@ -323,7 +335,7 @@ def test_build_datamodule_from_hydra_node():
     cfg = OmegaConf.create({"corpus": "an4", "root": None, "train_split": "train", "val_split": "val",
                             "test_split": "test", "batch_size": 16, "num_workers": 0, "max_duration": 2.0,
                             "on_bad_audio": "skip", "oov": "error", "validate_audio": False})
-    dm = build_datamodule(cfg, CharTokenizer.from_texts(corpus_texts()))
+    dm = build_datamodule(cfg, an4_tokenizer())
     dm.setup()
     assert max(dm.datasets["train"].durations) <= 2.0 and len(dm.datasets["test"]) == 130
     assert len(dm.datasets["train"]) == sum(u.duration <= 2.0 for u in read_an4("train")

@@ -21,9 +21,18 @@ import torch
 from asr_attention import ddp_report
 
 REPO = Path(__file__).resolve().parents[1]
-COMMON = ["experiment=demo", "model=branchformer", "attention=gqa", "data.limit_train=32", "data.limit_val=8",
-          "data.limit_test=8", "data.num_workers=0", "+data.eval_batch_size=8", "trainer.max_epochs=1",
-          "+model.arch.dropout=0.0", "optim.warmup_steps=0", "logger=none"]
+COMMON = ["experiment=demo", "data.limit_train=32", "data.limit_val=8", "data.limit_test=8", "data.num_workers=0",
+          "+data.eval_batch_size=8", "trainer.max_epochs=1", "optim.warmup_steps=0", "logger=none"]
+BRANCHFORMER = ["model=branchformer", "attention=gqa", "+model.arch.dropout=0.0"]
+# The HF conformer with every random draw off (dropout, SpecAugment), so the two processes of DDP and the one of
+# accumulation see the same numbers.
+CONFORMER = ["model=conformer", "attention=mla", "attention.latent_dim=72", "model.arch.mask_time_prob=0.0",
+             *(f"model.arch.{k}=0.0" for k in ("hidden_dropout", "activation_dropout", "attention_dropout",
+                                                "feat_proj_dropout")), "+model.arch.final_dropout=0.0",
+             "+model.arch.conformer_conv_dropout=0.0"]
+DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
+NEEDS_GLOO = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="torch.distributed with the gloo backend is needed for CPU DDP")
 
 
 def run(run_dir: Path, *overrides: str) -> str:
@@ -38,16 +47,14 @@ def run(run_dir: Path, *overrides: str) -> str:
     return proc.stdout
 
 
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="torch.distributed with the gloo backend is needed for CPU DDP")
+@NEEDS_GLOO
 def test_cpu_ddp_two_ranks_match_one_process(tmp_path):
-    out = run(tmp_path / "ddp", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-              "trainer.precision=32-true", "data.batch_size=4")
+    out = run(tmp_path / "ddp", *BRANCHFORMER, *DDP, "data.batch_size=4")
     # the sampler was built after the process group came up: each rank took its own half of the 8 batches
     assert "train: rank 0 of 2 takes 4 of the batches" in out
     assert "train: rank 1 of 2 takes 4 of the batches" in out
-    run(tmp_path / "accum", "data.batch_size=4", "+trainer.accumulate_grad_batches=2")
-    run(tmp_path / "double", "data.batch_size=8")
+    run(tmp_path / "accum", *BRANCHFORMER, "data.batch_size=4", "+trainer.accumulate_grad_batches=2")
+    run(tmp_path / "double", *BRANCHFORMER, "data.batch_size=8")
     res = {k: json.loads((tmp_path / k / "results.json").read_text()) for k in ("ddp", "accum", "double")}
     ddp, accum, double = res["ddp"], res["accum"], res["double"]
     for r in res.values():
@@ -74,3 +81,24 @@ def test_cpu_ddp_two_ranks_match_one_process(tmp_path):
     assert rows[2]["test_loss_rel_diff"] == pytest.approx(
         abs(double["after"]["test_loss"] - ddp["after"]["test_loss"]) / ddp["after"]["test_loss"])
     assert "| ddp | ddp | 2 | 4 | 1 | 4 |" in (tmp_path / "report.md").read_text()
+
+
+@NEEDS_GLOO
+def test_cpu_ddp_hf_conformer_with_attention_only_steps(tmp_path):
+    """The HF conformer (a pos_conv_embed it never calls) with attention_only_steps=2 of 4 (only the converted
+    layers train first, then everything): DDP must run, and end on the parameters that one process reaches by
+    accumulating the same batches. Its BatchNorm running statistics are the one thing that differs (each DDP rank
+    updates them on its own batches, rank 0's are kept), so they, and the test loss that reads them, are left out."""
+    run(tmp_path / "ddp", *CONFORMER, *DDP, "data.batch_size=4", "optim.attention_only_steps=2")
+    run(tmp_path / "accum", *CONFORMER, "data.batch_size=4", "+trainer.accumulate_grad_batches=2",
+        "optim.attention_only_steps=2")
+    ckpt = {k: torch.load(tmp_path / k / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+            for k in ("ddp", "accum")}
+    assert ckpt["ddp"]["global_step"] == ckpt["accum"]["global_step"] == 4
+    batch_norm_stats = ("running_mean", "running_var", "num_batches_tracked")
+    params = {k: {n: t for n, t in c["state_dict"].items() if not n.endswith(batch_norm_stats)}
+              for k, c in ckpt.items()}
+    assert params["ddp"].keys() == params["accum"].keys()
+    assert any(".variant." in n for n in params["ddp"]) and any(".ffn1." in n for n in params["ddp"])
+    for name, value in params["ddp"].items():
+        torch.testing.assert_close(value, params["accum"][name], rtol=1e-4, atol=1e-6, msg=name)

@@ -88,5 +88,5 @@ def test_dtype_names_map_to_torch():
 
 def test_native_attention_reports_as_mha(compose_cfg):
     rows = report(compose_cfg("kv_cache", ["attention=native"]))
-    assert [(r.attention, r.chosen) for r in rows] == [("mha", True), ("mla", False), ("gqa", False), ("linear", False)]
+    assert [(r.attention, r.chosen) for r in rows] == [("mha", True), ("gqa", False), ("mla", False), ("linear", False)]
     assert rows[0].mib == 187.5

@@ -60,11 +60,15 @@ def test_offline_sweep_leaves_one_results_json_and_one_wandb_run_per_job(tmp_pat
         attention = res["config"]["attention"]["name"]
         assert f"attention={attention}" in job_overrides(tmp_path, job)
         assert res["status"] == "completed", res.get("error")
-        for phase in ("before", "after"):
-            assert 0 <= res[phase]["test_wer"] and 0 <= res[phase]["test_cer"]
+        # the shipped checkpoint's word errors on these 8 utterances (38 words): 7 with its own attention or MHA,
+        # 14 with GQA mean-pooled to 2 of 4 K/V heads (tests/test_train.py); a broken conversion makes ~38
+        assert res["before"]["test_wer"] == pytest.approx({"mha": 7 / 38, "gqa": 14 / 38}[attention])
+        assert res["after"]["test_wer"] < 0.5
         assert res["throughput"]["rtfx"] > 0
         conversion = res["conversion"]
-        assert conversion["cache_mib_per_1000_frames"] > 0 and len(conversion["fidelity"]) == 4
+        kv_values = {"mha": 2 * 144, "gqa": 2 * 72}[attention]  # per frame per layer: K and V, 4 or 2 heads of 36
+        assert conversion["cache_mib_per_1000_frames"] == 4 * kv_values * 1000 * 4 / 2**20
+        assert len(conversion["fidelity"]) == 4
 
         (run_dir,) = offline_runs(tmp_path / job)  # exactly one W&B run per job, inside the job's directory
         run = read_offline_run(run_dir)
@@ -108,7 +112,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert len(results) == 4
     by_point = {(r["config"]["attention"]["num_kv_heads"], r["config"]["model"]["source"]): r for r in results.values()}
     ok = by_point[(2, str(BRANCHFORMER))]
-    assert ok["status"] == "completed" and "error" not in ok and ok["after"]["test_wer"] >= 0
+    assert ok["status"] == "completed" and "error" not in ok and ok["before"]["test_wer"] == pytest.approx(14 / 38)
     missing = by_point[(2, "/nonexistent/ckpt")]
     assert missing["status"] == "failed" and "/nonexistent/ckpt" in missing["error"] and missing["traceback"]
     for source in (str(BRANCHFORMER), "/nonexistent/ckpt"):
@@ -128,7 +132,7 @@ def test_optuna_presets_search_the_attention_knobs_and_lr(compose_cfg):
     cfg = compose_cfg("train", ["hparams_search=mla_optuna"], return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper")
-    assert sweeper.direction == "minimize"  # main returns the test WER after fine-tuning
+    assert sweeper.direction == "minimize"  # main returns the best validation WER (model selection, not test)
     assert cfg.attention.name == "mla"
     assert dict(sweeper.params) == {"attention.latent_dim": "range(16, 288, step=16)",
                                     "optim.lr": "tag(log, interval(1e-5, 1e-3))"}
@@ -141,14 +145,19 @@ def test_optuna_presets_search_the_attention_knobs_and_lr(compose_cfg):
 
 
 @OPTUNA
-def test_optuna_sweep_runs_trials_and_records_the_best(tmp_path):
-    """Two real trials of the GQA preset on the demo checkpoint; Optuna writes optimization_results.yaml."""
+def test_optuna_sweep_minimises_validation_wer_not_test_wer(tmp_path):
+    """Two real trials of the GQA preset on the demo checkpoint. The objective Optuna records is each trial's best
+    val_wer, as W&B logged it during fit; the test WER (a different split) is only reported."""
     sweep(tmp_path, "hparams_search=gqa_optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
-          "logger=none")
+          "logger=wandb")
     results = job_results(tmp_path)
     assert len(results) == 2 and all(r["status"] == "completed" for r in results.values())
+    val_wer = {job: min(row["val_wer"] for row in read_offline_run(offline_runs(tmp_path / job)[0])["history"]
+                        if "val_wer" in row) for job in results}
     best = OmegaConf.load(tmp_path / "optimization_results.yaml")
-    assert best.best_value == pytest.approx(min(r["after"]["test_wer"] for r in results.values()))
+    assert best.best_value == pytest.approx(min(val_wer.values()), abs=1e-6)
+    test_wer = min(r["after"]["test_wer"] for r in results.values())
+    assert abs(best.best_value - test_wer) > 1e-3  # the two splits score differently here: a test-WER objective fails
     assert set(best.best_params) == {"attention.num_kv_heads", "optim.lr"}
 
 

@@ -8,8 +8,10 @@ from typing import Any
 from .base import Backbone
 from .patch import (
     calibration_batch,
-    capture_attention_inputs,
+    capture_attention_calls,
     count_parameters,
+    fidelity,
+    kv_input,
     original_variants,
     patch_attention,
     patched_variants,
@@ -43,6 +45,6 @@ def build_backbone(model_cfg: Mapping, vocab: Any = None) -> Backbone:
 
 
 __all__ = [
-    "FAMILIES", "Backbone", "build_backbone", "calibration_batch", "capture_attention_inputs", "count_parameters",
-    "original_variants", "patch_attention", "patched_variants",
+    "FAMILIES", "Backbone", "build_backbone", "calibration_batch", "capture_attention_calls", "count_parameters",
+    "fidelity", "original_variants", "patch_attention", "patched_variants",
 ]

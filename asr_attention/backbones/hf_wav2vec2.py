@@ -83,10 +83,17 @@ class SharedKeyPadding:
     def __call__(self, attention_mask: Tensor | None) -> Tensor | None:
         if attention_mask is None:
             return None
-        if attention_mask is not self._source or attention_mask._version != self._version:
+        # Inference tensors (Lightning evaluates under torch.inference_mode) keep no version counter.
+        version = None if attention_mask.is_inference() else attention_mask._version
+        if attention_mask is not self._source or version != self._version:
             self._result = key_padding_from_hf(attention_mask)
-            self._source, self._version = attention_mask, attention_mask._version
+            self._source, self._version = attention_mask, version
         return self._result
+
+    def forget(self) -> None:
+        """Called at the start of every forward: a mask is never reused across forwards, even one written in
+        place under inference mode (where no version counter would show the write)."""
+        self._source = self._result = None
 
 
 class HFAttention(nn.Module):
@@ -158,6 +165,21 @@ class HFWav2Vec2(Backbone):
             stride *= s
         self.frame_ms = 1000.0 * stride / 16000
         self.key_padding = SharedKeyPadding()  # one per model, shared by its patched layers
+        for p in self.unused_parameters():
+            p.requires_grad_(False)
+
+    def unused_parameters(self) -> list[nn.Parameter]:
+        """Parameters HF builds that this forward never uses: frozen at build, because DDP waits for a gradient of
+        every parameter that requires one and fails on these. Wav2Vec2ConformerEncoder builds a pos_conv_embed it
+        never calls; masked_spec_embed only replaces time-masked frames (SpecAugment in training)."""
+        cfg, base = self.model.config, self.model.base_model
+        unused = []
+        if isinstance(self.model, Wav2Vec2ConformerForCTC):
+            unused += self.encoder.pos_conv_embed.parameters()
+        time_masking = getattr(cfg, "apply_spec_augment", True) and cfg.mask_time_prob > 0
+        if hasattr(base, "masked_spec_embed") and not time_masking:
+            unused.append(base.masked_spec_embed)
+        return unused
 
     @property
     def encoder(self) -> nn.Module:
@@ -175,6 +197,7 @@ class HFWav2Vec2(Backbone):
         self.vocab = None
 
     def forward(self, waves: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        self.key_padding.forget()
         mask = None
         if self.use_attention_mask:
             mask = torch.arange(waves.shape[1], device=waves.device)[None] < wave_lengths[:, None]

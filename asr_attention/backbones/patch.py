@@ -1,7 +1,8 @@
 """Family-agnostic patching: replace every encoder self-attention of a backbone by the configured variant.
 
-Also: capture each attention layer's real inputs from the unpatched model (for the fidelity table and for
-MLA's activation-aware conversion), and the original layers as MHA variants (the fidelity reference).
+Also: capture each attention layer's real inputs and outputs from the unpatched model (MLA's activation-aware
+conversion reads the inputs; the fidelity table compares each converted layer with the original's outputs), and the
+original layers as MHA variants (the benchmarks' reference).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from asr_attention.attention import AttentionVariant, build_attention
+from asr_attention.attention import AttentionVariant, build_attention, relative_error
 from asr_attention.attention.mha import MultiHeadAttention
 
 from .base import Backbone
@@ -72,8 +73,7 @@ def patched_variants(backbone: Backbone) -> list[AttentionVariant]:
 
 @torch.no_grad()
 def original_variants(backbone: Backbone) -> list[MultiHeadAttention]:
-    """Each original attention as an MHA variant (same weights): the reference of `fidelity_table`.
-    Call on the unpatched backbone."""
+    """Each original attention as an MHA variant (same weights). Call on the unpatched backbone."""
     out = []
     for _, _, original in backbone.attention_sites():
         ref = next(original.parameters())
@@ -82,21 +82,25 @@ def original_variants(backbone: Backbone) -> list[MultiHeadAttention]:
 
 
 @torch.no_grad()
-def capture_attention_inputs(backbone: Backbone, waves: Tensor, wave_lengths: Tensor,
-                             targets: Tensor | None = None) -> list[dict]:
-    """Run the backbone once and record, per attention layer, the variant-call inputs it really received:
-    {"x": (B, T, d), "key_padding_mask": (B, T) or None, "pos": ... or None} (cross-attention: also "memory").
-    targets: the batch's token ids, for decoder sites (teacher forcing)."""
-    captured: list[dict | None] = []
+def capture_attention_calls(backbone: Backbone, waves: Tensor, wave_lengths: Tensor,
+                            targets: Tensor | None = None) -> tuple[list[dict], list[Tensor]]:
+    """Run the backbone once (eval mode) and record, per attention layer, the variant-call inputs it really received,
+    {"x": (B, T, d), "key_padding_mask": (B, T) or None, "pos": ... or None} (cross-attention: also "memory"), and
+    the output (B, T, d) the layer's module returned for them: on the unpatched backbone, the original module's,
+    the reference of `fidelity`. targets: the batch's token ids, for decoder sites (teacher forcing)."""
+    inputs: list[dict | None] = []
+    outputs: list[Tensor | None] = []
     handles = []
     for i, (_, _, module) in enumerate(backbone.attention_sites()):
-        captured.append(None)
+        inputs.append(None)
+        outputs.append(None)
 
-        def hook(mod, args, kwargs, i=i):
-            captured[i] = {k: (v.detach() if isinstance(v, Tensor) else v)
-                           for k, v in backbone.site_inputs(mod, args, kwargs).items()}
+        def hook(mod, args, kwargs, output, i=i):
+            inputs[i] = {k: (v.detach() if isinstance(v, Tensor) else v)
+                         for k, v in backbone.site_inputs(mod, args, kwargs).items()}
+            outputs[i] = output[0].detach()  # every attention module here returns (output, weights or cache)
 
-        handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        handles.append(module.register_forward_hook(hook, with_kwargs=True))
     was_training = backbone.training
     backbone.eval()
     try:
@@ -105,17 +109,41 @@ def capture_attention_inputs(backbone: Backbone, waves: Tensor, wave_lengths: Te
         for h in handles:
             h.remove()
         backbone.train(was_training)
-    missing = [i for i, c in enumerate(captured) if c is None]
+    missing = [i for i, c in enumerate(inputs) if c is None]
     if missing:
         raise RuntimeError(f"attention layers {missing} were not called during the forward pass")
-    return captured  # type: ignore[return-value]
+    return inputs, outputs  # type: ignore[return-value]
+
+
+def valid_frames(t: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+    """(B, T, d) -> (N, d): the frames that are not padding (all of them without a mask)."""
+    return t[~key_padding_mask] if key_padding_mask is not None else t.reshape(-1, t.shape[-1])
 
 
 def calibration_batch(inputs: Sequence[dict]) -> list[Tensor]:
     """Per layer, the K/V projection inputs over the non-padded frames, (N, d): MLA's calibration data
-    (cross-attention's K/V read the memory, not x)."""
-    out = []
-    for kw in inputs:
-        x, pad = (kw["x"], kw.get("key_padding_mask")) if kw.get("memory") is None else (kw["memory"], None)
-        out.append(x[~pad] if pad is not None else x.reshape(-1, x.shape[-1]))
-    return out
+    (cross-attention's K/V read the memory, which its key-padding mask then covers)."""
+    return [valid_frames(kv_input(kw), kw.get("key_padding_mask")) for kw in inputs]
+
+
+def kv_input(kw: dict) -> Tensor:
+    """What a layer's K/V are made from: the memory for cross-attention, else x."""
+    return kw["x"] if kw.get("memory") is None else kw["memory"]
+
+
+@torch.no_grad()
+def fidelity(variants: Sequence[AttentionVariant], captured: Sequence[tuple[list[dict], list[Tensor]]]) -> list[dict]:
+    """One row per layer: ||variant - original|| / ||original|| over the non-padded frames of every captured batch
+    (`capture_attention_calls` on the unpatched backbone), against what the original module itself returned."""
+    rows = []
+    for i, variant in enumerate(variants):
+        reference, converted = [], []
+        for inputs, outputs in captured:
+            kw = inputs[i]
+            out, _ = variant(**kw)
+            pad = kw.get("key_padding_mask") if kw.get("memory") is None else None  # a memory mask covers keys
+            reference.append(valid_frames(outputs[i], pad))
+            converted.append(valid_frames(out, pad))
+        rows.append({"layer": i, "relative_error": relative_error(torch.cat(reference), torch.cat(converted))})
+    return rows
+

@@ -1,4 +1,4 @@
-"""Encoder speed and memory benchmark (issue 6): `python -m asr_attention.bench model=… attention=…`.
+"""Encoder speed and memory benchmark: `python -m asr_attention.bench model=… attention=…`.
 
 At the configured sizes with random weights (model.pretrained is forced false): whole-backbone forward (feature
 front end included: wav2vec2's conv encoder, the Branchformer's Fbank + CNN) as RTFx for each batch x dtype, peak

@@ -18,33 +18,23 @@ naming the utterance (oov="error") or are dropped (oov="drop").
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from .audio import AudioError, audio_info
 from .corpora import AN4_VAL_SPEAKERS, read_corpus
 from .dataset import ASRDataset, BadAudioPolicy, Skipped, collate, warn_skipped
 from .manifest import Utterance
 from .sampler import BucketBatchSampler
-from .text import CharTokenizer, OOVPolicy
+from .text import CharTokenizer, OOVPolicy, check_oov_policy
 
 log = logging.getLogger(__name__)
-
-
-def corpus_texts(corpus: str = "an4", root: str | None = None, split: str = "train",
-                 exclude_split: str | None = "val") -> list[str]:
-    """Raw transcripts of the training split (minus the speakers of `exclude_split` for AN4's carved val),
-    for `CharTokenizer.from_texts`."""
-    utts = read_corpus(corpus, root, split)
-    if corpus == "an4" and exclude_split:
-        held = {u.speaker for u in read_corpus(corpus, root, exclude_split)}
-        utts = [u for u in utts if u.speaker not in held]
-    return [u.text for u in utts]
 
 
 class ASRDataModule(L.LightningDataModule):
@@ -70,8 +60,7 @@ class ASRDataModule(L.LightningDataModule):
         super().__init__()
         if on_bad_audio not in ("skip", "error"):
             raise ValueError(f"data.on_bad_audio {on_bad_audio!r}: allowed 'skip' or 'error'")
-        if oov not in ("error", "drop"):
-            raise ValueError(f"data.oov {oov!r}: allowed 'error' or 'drop'")
+        check_oov_policy(oov, "data.oov")
         self.corpus, self.root, self.tokenizer = corpus, root, tokenizer
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.limits = {"train": limit_train, "val": limit_val, "test": limit_test}
@@ -159,14 +148,16 @@ class ASRDataModule(L.LightningDataModule):
                      sum(ds.durations) / 60)
 
     # ---- loaders -------------------------------------------------------------------------------------------
-    def _loader(self, part: str, shuffle: bool) -> DataLoader:
+    def _loader(self, part: str, shuffle: bool, subset: list[int] | None = None) -> DataLoader:
         """Built when Lightning asks (after the strategy's setup), so under DDP torch.distributed is initialised
         and the training sampler shards its batches across the ranks. Val/test are not sharded: every rank
         evaluates the whole split (the synced WER/CER/loss then equal the single-process ones exactly; no batch
-        of a split is dropped or repeated)."""
-        ds = self.datasets[part]
+        of a split is dropped or repeated). subset: only these utterances of the split."""
+        ds, durations = self.datasets[part], self.datasets[part].durations
+        if subset is not None:
+            ds, durations = Subset(ds, subset), [durations[i] for i in subset]
         shard = {} if shuffle else {"num_replicas": 1, "rank": 0}
-        sampler = BucketBatchSampler(ds.durations, self.batch_size if shuffle else self.eval_batch_size,
+        sampler = BucketBatchSampler(durations, self.batch_size if shuffle else self.eval_batch_size,
                                      self.max_batch_seconds, shuffle=shuffle, seed=self.seed, **shard)
         if sampler.num_replicas > 1:
             log.info("%s: rank %d of %d takes %d of the batches", part, sampler.rank, sampler.num_replicas,
@@ -182,6 +173,20 @@ class ASRDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+    def spread_dataloader(self, part: str, seconds: float, seed: int) -> DataLoader:
+        """Utterances drawn at random across a split (seeded) until they hold `seconds` of audio (or the whole
+        split), in evaluation batches: unlike the split's first batch, which the sampler sorts shortest first,
+        they span its lengths and speakers."""
+        order = list(range(len(self.datasets[part])))
+        random.Random(seed).shuffle(order)
+        durations, chosen, total = self.datasets[part].durations, [], 0.0
+        for i in order:
+            if total >= seconds:
+                break
+            chosen.append(i)
+            total += durations[i]
+        return self._loader(part, shuffle=False, subset=chosen)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Runs in the main process: collect skip records that workers put in the batch; empty batch -> None."""

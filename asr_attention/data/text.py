@@ -17,6 +17,12 @@ import torch
 Case = Literal["upper", "lower", "keep"]
 OOVPolicy = Literal["error", "drop"]
 
+
+def check_oov_policy(oov: str, field: str = "oov") -> OOVPolicy:
+    if oov not in ("error", "drop"):
+        raise ValueError(f"{field}={oov!r} is not allowed: expected 'error' or 'drop'")
+    return oov
+
 # Punctuation that separates words becomes a space ("well-known" -> "WELL KNOWN"); the apostrophe is part of
 # words ("DON'T") and is kept; every other ASCII punctuation mark is removed.
 _TO_SPACE = "-/_–—"
@@ -47,8 +53,7 @@ class CharTokenizer:
 
     def __init__(self, vocab: dict[str, int], blank_id: int = 0, word_delimiter: str = "|",
                  case: Case = "upper", oov: OOVPolicy = "error"):
-        if oov not in ("error", "drop"):
-            raise ValueError(f"oov policy {oov!r}: allowed 'error' or 'drop'")
+        check_oov_policy(oov)
         if case not in ("upper", "lower", "keep"):
             raise ValueError(f"case {case!r}: allowed 'upper', 'lower' or 'keep'")
         if blank_id not in vocab.values():
@@ -84,9 +89,7 @@ class CharTokenizer:
 
     def normalise(self, text: str, utt_id: str | None = None, oov: OOVPolicy | None = None) -> str:
         """Normalised text restricted to the vocabulary (applies `oov`, default the tokenizer's policy)."""
-        oov = oov or self.oov
-        if oov not in ("error", "drop"):
-            raise ValueError(f"oov policy {oov!r}: allowed 'error' or 'drop'")
+        oov = check_oov_policy(oov or self.oov)
         text = normalise(text, self.case)
         bad = sorted({c for c in text if c not in self._char_to_id})
         if bad:

@@ -2,9 +2,10 @@
 soundfile reads). Splits: train, dev, test.
 
 stm line: `talk channel speaker start end [<label>] text...`. Segments are cut from the talk's sph by
-start/end. Dropped: `;;` comments and `ignore_time_segment_in_scoring` lines (not transcribed). Text:
-`<unk>`-style tokens are removed, and split contractions are re-joined ("it 's" -> "it's"), as Kaldi's
-TED-LIUM recipe (join_suffix) does, so the character targets look like ordinary words.
+start/end. Dropped: `;;` comments and `ignore_time_segment_in_scoring` lines (not transcribed). Text, as
+Kaldi's TED-LIUM recipe prepares it: `<unk>`-style tokens are removed, pronunciation variants lose their marker
+("the(2)" -> "the", Kaldi's `s:([0-9])::g`; the digit would otherwise become a character target), and split
+contractions are re-joined ("it 's" -> "it's", join_suffix), so the character targets look like ordinary words.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from pathlib import Path
 from ..manifest import Utterance
 
 _ANGLE_TOKEN = re.compile(r"<[^>]*>")
+_VARIANT_MARK = re.compile(r"\(\d+\)")
 _SPLIT_SUFFIX = re.compile(r" '")
 
 
 def clean_tedlium_text(text: str) -> str:
-    text = _ANGLE_TOKEN.sub(" ", text)
+    text = _VARIANT_MARK.sub("", _ANGLE_TOKEN.sub(" ", text))
     text = " ".join(text.split())
     return _SPLIT_SUFFIX.sub("'", text)
 
