@@ -4,6 +4,7 @@ AN4 speech; a missing file, a partial cache or a hyperparams.yaml the adapter do
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -141,6 +142,9 @@ HPARAM_EDITS = {  # an edit of hyperparams.yaml -> the field and both values the
     "hop": (("    n_mels: !ref <n_mels>", "    n_mels: !ref <n_mels>\n    hop_length: 20"),
             "compute_features.hop_length=20 (this adapter builds 10)"),
     "n_fft": (("n_fft: 400", "n_fft: 512"), None),  # any Fbank size is built as the file says
+    "unknown": (("    causal: False", "    causal: False\n    streaming: True"),
+                "Transformer.streaming=True (not an argument of "
+                "speechbrain.lobes.models.transformer.TransformerASR.TransformerASR here)"),
     "n_mels": (("n_mels: 40", "n_mels: 80"), "CNN.input_shape=(8, 10, 40) (this adapter builds (8, 10, 80))"),
     "attention": (("attention_type: RelPosMHAXL", "attention_type: regularMHA"),
                   "Transformer.attention_type='regularMHA' (this adapter builds 'RelPosMHAXL')"),
@@ -232,6 +236,66 @@ def test_wav2vec2_weights_missing_a_tensor_fail_instead_of_going_random(w2v, tmp
     with pytest.raises(ValueError, match="they would be random") as err:
         build_backbone(w2v_cfg(copy, conformer))
     assert "pos_conv_embed.conv" in str(err.value)
+
+
+# ------------------------------------------------------------------------------------- downloading a hub id
+
+
+class FakeHub:
+    """huggingface_hub.snapshot_download against a folder standing in for the hub repo (no network here): records
+    each call's (allow_patterns, local_files_only) and copies the matching files into one snapshot folder."""
+
+    def __init__(self, repo: Path, snapshot: Path):
+        self.repo, self.snapshot, self.calls = repo, snapshot, []
+
+    def __call__(self, repo_id, allow_patterns=None, local_files_only=False, **kwargs):
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        self.calls.append((list(allow_patterns), local_files_only))
+        if local_files_only and not self.snapshot.exists():
+            raise LocalEntryNotFoundError(f"{repo_id} is not cached")
+        self.snapshot.mkdir(exist_ok=True)
+        for file in self.repo.iterdir():
+            if not local_files_only and any(fnmatch.fnmatch(file.name, p) for p in allow_patterns):
+                shutil.copyfile(file, self.snapshot / file.name)
+        return str(self.snapshot)
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """The hub reachable and HF_HUB_OFFLINE unset; snapshot_download replaced by a FakeHub (see fake_hub)."""
+    import huggingface_hub
+
+    from asr_attention.backbones import base
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(base, "hub_reachable", lambda: True)
+
+    def fake_hub(repo: Path, snapshot: Path) -> FakeHub:
+        hub = FakeHub(repo, snapshot)
+        monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
+        return hub
+
+    return fake_hub
+
+
+def test_hub_id_downloads_only_what_the_branchformer_loader_reads(sb_dir, speechbrain_reference, online, tmp_path):
+    hub = online(sb_dir, tmp_path / "snapshot")
+    backbone = build_backbone(sb_cfg(SB_HUB_ID)).eval()
+    assert hub.calls[0][1] is True  # the cache is looked up first
+    assert sorted(os.listdir(hub.snapshot)) == ["hyperparams.yaml", "model.ckpt", "normalizer.ckpt", "tokenizer.ckpt"]
+    fetched = [patterns for patterns, cached in hub.calls if not cached]
+    assert fetched == [["normalizer.ckpt", "hyperparams.yaml", "tokenizer.ckpt"], ["model.ckpt"]]  # not asr.ckpt
+    assert_matches_speechbrain(backbone, speechbrain_reference[:1], 1e-5)
+
+
+def test_hub_id_downloads_one_weights_file_for_wav2vec2(w2v, online, tmp_path):
+    folder, _, conformer, hub_id = w2v
+    hub = online(folder, tmp_path / "snapshot")
+    build_backbone(w2v_cfg(hub_id, conformer))
+    assert sorted(os.listdir(hub.snapshot)) == W2V_FILES
+    weights = [patterns for patterns, cached in hub.calls if not cached and "config.json" not in patterns]
+    assert weights == [["model.safetensors"], ["pytorch_model.bin"]]  # the repo has no safetensors: then the .bin
 
 
 # ---------------------------------------------------------------------------------------------- end to end

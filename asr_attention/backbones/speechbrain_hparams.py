@@ -96,8 +96,11 @@ def disagreements(hp: Mapping, path: Path, built: Mapping[str, tuple[type, dict]
     diffs = []
     for name, (cls, kwargs) in built.items():
         node = section(hp, name, cls, path)
-        for field in inspect.signature(cls).parameters:
-            if field in ignore.get(name, ()) or field in ("self", "args", "kwargs"):
+        known = inspect.signature(cls).parameters
+        diffs += [f"{name}.{field}={_show(plain(node[field]))} (not an argument of {_qualname(cls)} here)"
+                  for field in node if field not in known]
+        for field in known:
+            if field in ignore.get(name, ()):
                 continue
             theirs = value(node, field, cls)
             ours = plain(kwargs[field]) if field in kwargs else value({}, field, cls)
