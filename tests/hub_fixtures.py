@@ -11,7 +11,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 import torch
 
@@ -143,7 +142,3 @@ def padded(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     for i, w in enumerate(waves):
         batch[i, : len(w)] = w
     return batch, lengths
-
-
-def as_numpy(waves: list[torch.Tensor]) -> list[np.ndarray]:
-    return [w.numpy() for w in waves]

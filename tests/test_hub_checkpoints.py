@@ -18,7 +18,7 @@ from huggingface_hub import constants
 
 from asr_attention.backbones import build_backbone, patch_attention
 from hub_fixtures import (
-    CONFORMER_HUB_ID, SB_HUB_ID, SB_SIZES, W2V_HUB_ID, an4_waves, as_numpy, hf_cache, padded,
+    CONFORMER_HUB_ID, SB_HUB_ID, SB_SIZES, W2V_HUB_ID, an4_waves, hf_cache, padded,
     speechbrain_hub_dir, wav2vec2_hub_dir,
 )
 
@@ -191,7 +191,7 @@ def transformers_reference(folder, model, conformer, waves):
     from transformers import Wav2Vec2FeatureExtractor
 
     extractor = Wav2Vec2FeatureExtractor.from_pretrained(folder)
-    inputs = extractor(as_numpy(waves), sampling_rate=16000, padding=True, return_attention_mask=True,
+    inputs = extractor([w.numpy() for w in waves], sampling_rate=16000, padding=True, return_attention_mask=True,
                        return_tensors="pt")
     with torch.no_grad():
         logits = model(inputs.input_values, attention_mask=inputs.attention_mask if conformer else None).logits
@@ -224,6 +224,17 @@ def test_wav2vec2_partial_cache_names_the_file_and_snapshot(left_out, named, w2v
     with pytest.raises(FileNotFoundError) as err:
         build_backbone(w2v_cfg(hub_id, conformer))
     assert f"the checkpoint folder {snapshot} lacks {named}" in str(err.value)
+
+
+def test_wav2vec2_preprocessor_config_is_followed_or_refused(w2v, tmp_path):
+    folder, _, conformer, _ = w2v
+    copy = shutil.copytree(folder, tmp_path / "pre")
+    config = json.loads((copy / "preprocessor_config.json").read_text())
+    (copy / "preprocessor_config.json").write_text(json.dumps({**config, "do_normalize": False}))
+    assert build_backbone(w2v_cfg(copy, conformer)).normalize_waves is False
+    (copy / "preprocessor_config.json").write_text(json.dumps({**config, "sampling_rate": 8000}))
+    with pytest.raises(ValueError, match="sampling_rate=8000, but this adapter feeds sampling_rate=16000"):
+        build_backbone(w2v_cfg(copy, conformer))
 
 
 def test_wav2vec2_weights_missing_a_tensor_fail_instead_of_going_random(w2v, tmp_path):

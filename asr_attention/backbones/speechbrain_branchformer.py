@@ -149,7 +149,7 @@ def speechbrain_kwargs(s: Mapping) -> dict[str, dict]:
         "CNN": dict(
             input_shape=(8, 10, s["n_mels"]), num_blocks=2, num_layers_per_block=1, out_channels=channels,
             kernel_sizes=(3, 3), strides=(2, 2), residuals=(False, False),
-            dropout=s["dropout"],  # the recipe's 0.1 is also the front end's default; model.arch.dropout=0 turns all off
+            dropout=s["dropout"],  # the recipe's 0.1 is the front end's default too; model.arch.dropout=0: all off
         ),
         "Transformer": dict(
             tgt_vocab=s["vocab_size"], input_size=channels[-1] * -(-s["n_mels"] // 4), d_model=s["d_model"],
