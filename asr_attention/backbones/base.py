@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
@@ -106,3 +107,85 @@ def hub_error(source: str, why: str) -> OSError:
         f"either. Point model.source at a local checkpoint directory (e.g. one written by save_pretrained / the "
         f"SpeechBrain pretrained layout), unset HF_HUB_OFFLINE with network access to download it, {DEMO_HINT}."
     )
+
+
+# A file a loader needs: one name, or a tuple of names of which the first present is used (e.g. model.ckpt, or the
+# older exports' asr.ckpt).
+Needed = str | tuple[str, ...]
+
+
+def checkpoint_dir(source: str, needs: Sequence[Needed], hub_needs: Sequence[Needed] = (),
+                   optional: Sequence[str] = ()) -> Path:
+    """model.source (a local directory or a hub id) -> the local folder that holds the checkpoint's files.
+
+    A hub id resolves to its snapshot in the Hugging Face cache (HF_HUB_CACHE; offline with HF_HUB_OFFLINE=1),
+    downloading only the listed files when it is not there and the hub can be reached. `needs` must be in any
+    folder; `hub_needs` too in a hub snapshot (files every copy of the hub repo has, whose absence means a partial
+    download). A missing file fails naming the file and the folder.
+    """
+    if os.path.isdir(source):
+        return _complete(Path(source), needs, source, "")
+    needs = [*needs, *hub_needs]
+    folder = _cached_snapshot(source, [*_names(needs), *optional])
+    if folder is not None and not _missing(folder, needs):
+        return folder
+    why = ("HF_HUB_OFFLINE is set" if hub_offline()
+           else "no network: huggingface.co is unreachable" if not hub_reachable() else None)
+    if why is None:
+        return _complete(_download(source, needs, optional), needs, source, f" The hub repo {source!r} lacks it.")
+    if folder is None:
+        raise hub_error(source, f"{why} and it is not in the local cache")
+    return _complete(folder, needs, source, f" It is a partial copy of {source!r} in the Hugging Face cache ({why}): "
+                     "download it again with network access, or point model.source at a complete local directory.")
+
+
+class MissingCheckpointFile(FileNotFoundError):
+    """A checkpoint folder lacks a file its loader needs (the message names both)."""
+
+
+def _names(needs: Sequence[Needed]) -> list[str]:
+    return [name for need in needs for name in ((need,) if isinstance(need, str) else need)]
+
+
+def _missing(folder: Path, needs: Sequence[Needed]) -> list[Needed]:
+    return [n for n in needs if not any((folder / name).is_file() for name in ((n,) if isinstance(n, str) else n))]
+
+
+def _complete(folder: Path, needs: Sequence[Needed], source: str, hint: str) -> Path:
+    missing = _missing(folder, needs)
+    if missing:
+        what = ", ".join(n if isinstance(n, str) else f"{n[0]} (or {' or '.join(n[1:])})" for n in missing)
+        raise MissingCheckpointFile(f"model.source={source!r}: the checkpoint folder {folder} lacks {what}.{hint}")
+    return folder
+
+
+def _cached_snapshot(source: str, names: list[str]) -> Path | None:
+    """The hub id's snapshot folder in the local cache (complete or not), or None when it is not cached."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(source, allow_patterns=names, local_files_only=True))
+    except HFValidationError as err:
+        raise FileNotFoundError(f"model.source={source!r} is not a local directory, nor a hub id ({err})") from err
+    except LocalEntryNotFoundError as err:  # recent huggingface_hub versions know some snapshots are partial
+        partial = getattr(err, "snapshot_path", None)
+        return Path(partial) if partial else None
+
+
+def _download(source: str, needs: Sequence[Needed], optional: Sequence[str]) -> Path:
+    """Fetch the listed files; of alternatives, only the first the repo has (the hub's weights are large)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        single = [n for n in needs if isinstance(n, str)]
+        folder = Path(snapshot_download(source, allow_patterns=[*single, *optional]))
+        for choice in (n for n in needs if not isinstance(n, str)):
+            for name in choice:
+                if not (folder / name).is_file():
+                    folder = Path(snapshot_download(source, allow_patterns=[name]))
+                if (folder / name).is_file():
+                    break
+    except Exception as err:
+        raise hub_error(source, f"download failed: {err}") from err
+    return folder

@@ -15,9 +15,10 @@ Where attention lives and how the layer calls it:
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -31,12 +32,17 @@ from transformers import (
 
 from asr_attention.attention import AttentionVariant, CanonicalMHA
 
-from .base import Backbone, arch_of, check_sizes, hub_error, hub_offline, hub_reachable
+from .base import Backbone, arch_of, check_sizes, checkpoint_dir
 
 log = logging.getLogger(__name__)
 
 CLASSES = {"Wav2Vec2ForCTC": (Wav2Vec2ForCTC, Wav2Vec2Config), "Wav2Vec2ConformerForCTC": (Wav2Vec2ConformerForCTC, Wav2Vec2ConformerConfig)}
 HF_POSITIONS = {None: "none", "relative": "xl", "rotary": "rotary_input"}
+# A checkpoint folder (the hub repos facebook/wav2vec2-large-960h and facebook/wav2vec2-conformer-rel-pos-large-960h-ft
+# hold pytorch_model.bin with the legacy weight_g / weight_v names, which transformers renames on load)
+NEEDS = ("config.json", ("model.safetensors", "pytorch_model.bin"))
+HUB_NEEDS = ("vocab.json", "preprocessor_config.json")  # the hub repos have them: missing = a partial download
+OPTIONAL = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 
 
 def key_padding_from_hf(attention_mask: Tensor | None) -> Tensor | None:
@@ -147,7 +153,7 @@ def zero_mean_unit_var(waves: Tensor, wave_lengths: Tensor, eps: float = 1e-7) -
 class HFWav2Vec2(Backbone):
     family = "hf_wav2vec2"
 
-    def __init__(self, model: Wav2Vec2PreTrainedModel, vocab: list[str] | None = None):
+    def __init__(self, model: Wav2Vec2PreTrainedModel, vocab: list[str] | None = None, normalize_waves: bool = True):
         super().__init__()
         self.model = model
         # the CTC head defines the vocabulary: tokenizers may list special tokens (<s>, </s>) beyond it
@@ -159,7 +165,7 @@ class HFWav2Vec2(Backbone):
         self.use_attention_mask = cfg.feat_extract_norm == "layer"
         # The checkpoints' feature extractors normalise each utterance (do_normalize=True in
         # preprocessor_config.json of wav2vec2-large-960h and the conformer checkpoints); so does this adapter.
-        self.normalize_waves = True
+        self.normalize_waves = normalize_waves
         stride = 1
         for s in cfg.conv_stride:
             stride *= s
@@ -257,8 +263,9 @@ def build_hf_wav2vec2(model_cfg: Mapping, vocab_size: int | None = None) -> HFWa
         raise ValueError(f"model.arch.hf_class={class_name!r} is not one of {sorted(CLASSES)}")
     model_cls, config_cls = CLASSES[class_name]
     attn_impl = arch.pop("attn_implementation", "sdpa")
+    normalise = True
     if model_cfg.get("pretrained", True):
-        model, vocab = _load_pretrained(model_cls, config_cls, model_cfg, attn_impl, arch)
+        model, vocab, normalise = _load_pretrained(model_cls, config_cls, model_cfg, attn_impl, arch)
     else:
         config = config_cls(
             hidden_size=int(model_cfg["d_model"]),
@@ -271,7 +278,7 @@ def build_hf_wav2vec2(model_cfg: Mapping, vocab_size: int | None = None) -> HFWa
         if class_name == "Wav2Vec2ConformerForCTC":
             position_type(config)  # an unknown type raises here, before any weights are made
         model, vocab = model_cls._from_config(config, attn_implementation=attn_impl), None
-    backbone = HFWav2Vec2(model, vocab)
+    backbone = HFWav2Vec2(model, vocab, normalise)
     if vocab_size is not None and vocab_size != backbone.vocab_size:
         log.info("new CTC head: %d outputs (the checkpoint's head has %d)", vocab_size, backbone.vocab_size)
         backbone.reset_head(vocab_size)
@@ -280,19 +287,11 @@ def build_hf_wav2vec2(model_cfg: Mapping, vocab_size: int | None = None) -> HFWa
 
 def _load_pretrained(model_cls, config_cls, model_cfg: Mapping, attn_impl: str, overrides: dict):
     source = str(model_cfg["source"])
-    local = os.path.isdir(source)
-    kwargs = {"local_files_only": True}
+    folder = checkpoint_dir(source, NEEDS, HUB_NEEDS, OPTIONAL)
     try:
-        config = config_cls.from_pretrained(source, **kwargs)
-    except OSError as err:
-        if local:
-            raise OSError(f"model.source={source!r} is a directory without a readable config.json: {err}") from err
-        if hub_offline():
-            raise hub_error(source, "HF_HUB_OFFLINE is set and it is not in the local cache") from err
-        if not hub_reachable():
-            raise hub_error(source, "no network: huggingface.co is unreachable") from err
-        kwargs = {}
-        config = config_cls.from_pretrained(source)
+        config = config_cls.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{folder / 'config.json'} is not a readable {config_cls.__name__}: {err}") from err
     check_sizes(source, [
         ("model.d_model", model_cfg["d_model"], "hidden_size", config.hidden_size),
         ("model.num_heads", model_cfg["num_heads"], "num_attention_heads", config.num_attention_heads),
@@ -304,18 +303,39 @@ def _load_pretrained(model_cls, config_cls, model_cfg: Mapping, attn_impl: str, 
     for key, value in overrides.items():
         setattr(config, key, value)
     # fp32 master weights whatever the checkpoint's storage dtype (fp16 exports); AMP decides compute precision
-    model = model_cls.from_pretrained(
-        source, config=config, attn_implementation=attn_impl, dtype=torch.float32, **kwargs
+    model, info = model_cls.from_pretrained(
+        folder, config=config, attn_implementation=attn_impl, dtype=torch.float32, output_loading_info=True
     )
-    return model, _load_vocab(source, kwargs)
+    # transformers initialises what the file lacks at random and only logs it; a CTC head may be new (base models)
+    missing = sorted(k for k in info["missing_keys"] if not k.startswith("lm_head."))
+    if len(missing) < len(info["missing_keys"]):
+        log.warning("%s has no CTC head: a new one, trained from scratch", source)
+    if missing:
+        raise ValueError(f"the weights in {folder} lack {len(missing)} of {model_cls.__name__}'s tensors, e.g. "
+                         f"{missing[:4]}: they would be random")
+    return model, _load_vocab(folder), _normalises_waves(folder)
 
 
-def _load_vocab(source: str, kwargs: dict) -> list[str] | None:
+def _normalises_waves(folder: Path) -> bool:
+    """preprocessor_config.json: whether the checkpoint's feature extractor normalises each utterance (do_normalize).
+    It must expect what this adapter feeds: 16 kHz mono samples, zero padded. Folders without one (save_pretrained
+    exports) keep the seed checkpoints' setting, True."""
+    path = folder / "preprocessor_config.json"
+    if not path.is_file():
+        return True
+    cfg = json.loads(path.read_text())
+    for field, ours in (("sampling_rate", 16000), ("feature_size", 1), ("padding_value", 0.0)):
+        if cfg.get(field, ours) != ours:
+            raise ValueError(f"{path}: {field}={cfg[field]!r}, but this adapter feeds {field}={ours!r}")
+    return bool(cfg.get("do_normalize", True))
+
+
+def _load_vocab(folder: Path) -> list[str] | None:
     """The checkpoint's character vocabulary (vocab.json of its CTC tokenizer), by id; None if it has none."""
     from transformers import Wav2Vec2CTCTokenizer
 
     try:
-        tok = Wav2Vec2CTCTokenizer.from_pretrained(source, **kwargs)
+        tok = Wav2Vec2CTCTokenizer.from_pretrained(folder)
     except (OSError, ValueError, TypeError):
         return None
     by_id = {i: t for t, i in tok.get_vocab().items()}

@@ -12,11 +12,16 @@ Its quirks, mapped in `to_canonical`:
   pos_bias_u/v stored (hd, H) but used as .view(1, 1, H, hd): a reshape of the storage, not a transpose;
   scores scaled by 1/sqrt(d_model), not 1/sqrt(head_dim).
 
-Pretrained layout (a SpeechBrain source dir, or a hub id fetched into one):
-  asr.ckpt        state dict of ModuleList [CNN, Transformer, seq_lin, ctc_lin] -> keys "0.", "1.", "2.", "3."
-                  (or [CNN, Transformer, ctc_lin]: the last index is the CTC head either way)
-  normalizer.ckpt {"count", "glob_mean", "glob_std"} of InputNormalization(norm_type="global")
-  tokenizer.ckpt  sentencepiece model (optional)
+Pretrained layout (the hub repo speechbrain/asr-branchformer-large-tedlium2, a local copy of it, or an export of
+this framework):
+  model.ckpt       state dict of the recipe's `model` ModuleList [CNN, Transformer, seq_lin, ctc_lin] -> keys "0.",
+                   "1.", "2.", "3." (or [CNN, Transformer, ctc_lin]: the last index is the CTC head either way).
+                   SpeechBrain's from_hparams saves it under that name too; this framework's exports call it asr.ckpt.
+  normalizer.ckpt  {"count", "glob_mean", "glob_std"} of InputNormalization(norm_type="global") (the 2023 files add
+                   empty spk_dict_* entries)
+  hyperparams.yaml the recipe's modules: the sizes are read from it and every other argument of the modules built
+                   here is checked against it (speechbrain_hparams.py). In the hub's file set; exports have none.
+  tokenizer.ckpt   sentencepiece model (the vocabulary of the checkpoint's CTC head)
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from torch import Tensor, nn
 
 from asr_attention.attention import AttentionVariant, CanonicalMHA
 
-from .base import Backbone, arch_of, check_sizes, hub_error, hub_offline, hub_reachable
+from .base import Backbone, arch_of, check_sizes, checkpoint_dir
+from .speechbrain_hparams import HPARAMS, check_hyperparams, read_hyperparams, recipe_sizes
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,9 @@ RECIPE = {
     "n_mels": 80, "n_fft": 400, "win_length": 25, "cnn_channels": (64, 32), "csgu_linear_units": 3072,
     "kernel_size": 31, "dropout": 0.1, "vocab_size": 500, "norm_update_batches": 0,
 }
-SB_FILES = ("asr.ckpt", "normalizer.ckpt", "tokenizer.ckpt", "hyperparams.yaml")
+WEIGHTS = ("model.ckpt", "asr.ckpt")  # the hub's name first; this framework's exports write asr.ckpt
+NEEDS = (WEIGHTS, "normalizer.ckpt")
+HUB_NEEDS = (HPARAMS, "tokenizer.ckpt")  # the hub repo has them: missing from a cached copy = a partial download
 
 
 class GlobalNormalization(nn.Module):
@@ -59,7 +67,15 @@ class GlobalNormalization(nn.Module):
         self.register_buffer("count", torch.zeros((), dtype=torch.long))  # frames seen
         self.update_batches, self.seen_batches, self.eps = update_batches, 0, eps
 
-    def load_speechbrain(self, stats: dict) -> None:
+    def load_speechbrain(self, stats: dict, path: Path) -> None:
+        """normalizer.ckpt. Its count is batches in the 2023 files, frames here: it only weighs further updates."""
+        if not isinstance(stats, Mapping) or not {"count", "glob_mean", "glob_std"} <= set(stats):
+            found = sorted(stats) if isinstance(stats, Mapping) else type(stats).__name__
+            raise ValueError(f"{path}: expected SpeechBrain global normalisation stats (count, glob_mean, glob_std), "
+                             f"found {found}")
+        if stats["glob_mean"].numel() != self.mean.numel():
+            raise ValueError(f"{path}: glob_mean has {stats['glob_mean'].numel()} values, the Fbank "
+                             f"n_mels={self.mean.numel()}")
         self.mean.copy_(stats["glob_mean"].reshape(-1))
         self.std.copy_(stats["glob_std"].reshape(-1))
         self.count.fill_(int(stats["count"]))
@@ -110,34 +126,55 @@ class SBAttention(nn.Module):
         return out, None
 
 
+def speechbrain_classes() -> dict[str, type]:
+    """The recipe's modules (by their names in hyperparams.yaml) that this adapter builds or reproduces."""
+    from speechbrain.lobes.features import Fbank
+    from speechbrain.lobes.models.convolution import ConvolutionFrontEnd
+    from speechbrain.lobes.models.transformer.TransformerASR import TransformerASR
+    from speechbrain.nnet.linear import Linear
+    from speechbrain.processing.features import InputNormalization
+
+    return {"compute_features": Fbank, "normalize": InputNormalization, "CNN": ConvolutionFrontEnd,
+            "Transformer": TransformerASR, "ctc_lin": Linear}
+
+
+def speechbrain_kwargs(s: Mapping) -> dict[str, dict]:
+    """The keyword arguments this adapter gives each of those modules, for its sizes `s`. The model builds Fbank,
+    CNN and Transformer from them; GlobalNormalization and nn.Linear reproduce InputNormalization and Linear
+    with these arguments. The Fbank hop is the class default, 10 ms (frame_ms)."""
+    channels = tuple(s["cnn_channels"])
+    return {
+        "compute_features": dict(sample_rate=16000, n_fft=s["n_fft"], win_length=s["win_length"], n_mels=s["n_mels"]),
+        "normalize": dict(norm_type="global"),
+        "CNN": dict(
+            input_shape=(8, 10, s["n_mels"]), num_blocks=2, num_layers_per_block=1, out_channels=channels,
+            kernel_sizes=(3, 3), strides=(2, 2), residuals=(False, False),
+            dropout=s["dropout"],  # the recipe's 0.1 is the front end's default too; model.arch.dropout=0: all off
+        ),
+        "Transformer": dict(
+            tgt_vocab=s["vocab_size"], input_size=channels[-1] * -(-s["n_mels"] // 4), d_model=s["d_model"],
+            nhead=s["num_heads"], num_encoder_layers=s["num_layers"], num_decoder_layers=0, dropout=s["dropout"],
+            activation=nn.GELU, branchformer_activation=nn.GELU, encoder_module="branchformer",
+            csgu_linear_units=s["csgu_linear_units"], kernel_size=s["kernel_size"],
+            attention_type="RelPosMHAXL", normalize_before=True, causal=False,
+        ),
+        "ctc_lin": dict(input_size=s["d_model"], n_neurons=s["vocab_size"]),
+    }
+
+
 class SpeechBrainBranchformer(Backbone):
     family = "speechbrain_branchformer"
     frame_ms = 40.0  # 10 ms Fbank hop x CNN stride 4
 
     def __init__(self, d_model: int, num_heads: int, num_layers: int, vocab_size: int, **sizes):
-        from speechbrain.lobes.features import Fbank
-        from speechbrain.lobes.models.convolution import ConvolutionFrontEnd
-        from speechbrain.lobes.models.transformer.TransformerASR import TransformerASR
-
         super().__init__()
-        s = {**RECIPE, **sizes}
-        self.sizes = {"d_model": d_model, "num_heads": num_heads, "num_layers": num_layers,
-                      "vocab_size": vocab_size, **s}
-        channels = tuple(s["cnn_channels"])
-        self.fbank = Fbank(sample_rate=16000, n_fft=s["n_fft"], win_length=s["win_length"], n_mels=s["n_mels"])
+        s = self.sizes = {**RECIPE, **sizes, "d_model": d_model, "num_heads": num_heads, "num_layers": num_layers,
+                          "vocab_size": vocab_size}
+        classes, kwargs = speechbrain_classes(), speechbrain_kwargs(self.sizes)
+        self.fbank = classes["compute_features"](**kwargs["compute_features"])
         self.normalize = GlobalNormalization(s["n_mels"], int(s["norm_update_batches"]))
-        self.cnn = ConvolutionFrontEnd(
-            input_shape=(8, 10, s["n_mels"]), num_blocks=2, num_layers_per_block=1, out_channels=channels,
-            kernel_sizes=(3, 3), strides=(2, 2), residuals=(False, False),
-            dropout=s["dropout"],  # the recipe's 0.1 is also the front end's default; model.arch.dropout=0 turns all off
-        )
-        self.transformer = TransformerASR(
-            tgt_vocab=vocab_size, input_size=channels[-1] * -(-s["n_mels"] // 4), d_model=d_model, nhead=num_heads,
-            num_encoder_layers=num_layers, num_decoder_layers=0, d_ffn=4 * d_model, dropout=s["dropout"],
-            activation=nn.GELU, branchformer_activation=nn.GELU, encoder_module="branchformer",
-            csgu_linear_units=s["csgu_linear_units"], kernel_size=s["kernel_size"],
-            attention_type="RelPosMHAXL", normalize_before=True, causal=False,
-        )
+        self.cnn = classes["CNN"](**kwargs["CNN"])
+        self.transformer = classes["Transformer"](**kwargs["Transformer"])
         self.ctc_lin = nn.Linear(d_model, vocab_size)
 
     @property
@@ -203,19 +240,21 @@ class SpeechBrainBranchformer(Backbone):
         torch.save(self.speechbrain_state(), path / "asr.ckpt")
         torch.save(self.normalize.speechbrain_stats(), path / "normalizer.ckpt")
 
-    def load_speechbrain_state(self, state: Mapping[str, Tensor]) -> None:
-        parts = split_asr_checkpoint(state)
-        _load_exact(self.cnn, parts["cnn"], "CNN (asr.ckpt 0.*)")
-        _load_exact(self.transformer, parts["transformer"], "Transformer encoder (asr.ckpt 1.*)")
-        self.ctc_lin.load_state_dict({"weight": parts["ctc"]["w.weight"], "bias": parts["ctc"]["w.bias"]})
+    def load_speechbrain_state(self, state: Mapping[str, Tensor], name: str = "model.ckpt") -> None:
+        parts = split_asr_checkpoint(state, name)
+        _load_exact(self.cnn, parts["cnn"], f"CNN ({name} 0.*)")
+        _load_exact(self.transformer, parts["transformer"], f"Transformer encoder ({name} 1.*)")
+        _load_exact(self.ctc_lin, {k.removeprefix("w."): v for k, v in parts["ctc"].items()}, f"ctc_lin ({name})")
 
 
-def split_asr_checkpoint(state: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
-    """asr.ckpt -> {"cnn", "transformer", "ctc"} state dicts. The recipe's decoder (1.decoder.*,
-    1.custom_tgt_module.*) and seq_lin are dropped: this model is CTC-only."""
-    top = sorted({int(k.split(".", 1)[0]) for k in state})
-    if top[:2] != [0, 1] or len(top) not in (3, 4):
-        raise ValueError(f"asr.ckpt: expected modules 0 (CNN), 1 (Transformer), [2 (seq_lin)], last (ctc_lin); got {top}")
+def split_asr_checkpoint(state: Mapping[str, Tensor], name: str = "model.ckpt") -> dict[str, dict[str, Tensor]]:
+    """The recipe's `model` state dict -> {"cnn", "transformer", "ctc"} state dicts. The recipe's decoder
+    (1.decoder.*, 1.custom_tgt_module.*) and seq_lin are dropped: this model is CTC-only."""
+    heads = {k.split(".", 1)[0] for k in state} if isinstance(state, Mapping) else {"?"}
+    top = sorted(int(h) for h in heads if h.isdigit())
+    if len(top) != len(heads) or top[:2] != [0, 1] or len(top) not in (3, 4):
+        raise ValueError(f"{name}: expected the state dict of ModuleList [CNN, Transformer, (seq_lin,) ctc_lin] "
+                         f"(keys 0.*, 1.*, ...); its keys start with {sorted(heads)[:6]}")
     ctc = str(top[-1])
     parts: dict[str, dict[str, Tensor]] = {"cnn": {}, "transformer": {}, "ctc": {}}
     for key, value in state.items():
@@ -264,23 +303,29 @@ def build_speechbrain_branchformer(model_cfg: Mapping, vocab_size: int | None = 
         return SpeechBrainBranchformer(d, h, n, size, **arch)
 
     source = str(model_cfg["source"])
-    directory = _speechbrain_dir(source)
-    state = torch.load(directory / "asr.ckpt", map_location="cpu", weights_only=True)
-    parts = split_asr_checkpoint(state)
-    found = checkpoint_sizes(parts)
+    directory = checkpoint_dir(source, NEEDS, HUB_NEEDS)
+    weights = next(name for name in WEIGHTS if (directory / name).is_file())
+    state = torch.load(directory / weights, map_location="cpu", weights_only=True)
+    found = checkpoint_sizes(split_asr_checkpoint(state, weights))
     check_sizes(source, [
         ("model.d_model", d, "d_model", found["d_model"]),
         ("model.num_heads", h, "nhead", found["num_heads"]),
         ("model.num_layers", n, "num_encoder_layers", found["num_layers"]),
     ])
-    arch.pop("vocab_size", None)
-    sizes = {**arch, **{k: found[k] for k in ("csgu_linear_units", "kernel_size", "cnn_channels")}}
-    backbone = SpeechBrainBranchformer(d, h, n, found["vocab_size"], **sizes)
-    backbone.load_speechbrain_state(state)
-    if (directory / "normalizer.ckpt").exists():
-        backbone.normalize.load_speechbrain(torch.load(directory / "normalizer.ckpt", map_location="cpu"))
+    hparams = directory / HPARAMS
+    hp = read_hyperparams(hparams) if hparams.is_file() else None
+    recipe = recipe_sizes(hp, hparams, speechbrain_classes(), found, weights) if hp else {}
+    shape = dict(d_model=d, num_heads=h, num_layers=n, vocab_size=found["vocab_size"])
+    sizes = {**RECIPE, **recipe, **arch, **{k: found[k] for k in ("csgu_linear_units", "kernel_size", "cnn_channels")}}
+    sizes = {k: v for k, v in sizes.items() if k not in shape}
+    if hp:  # the sizes came from the file: what may still differ is the modules' other arguments, or model.arch
+        check_hyperparams(hp, hparams, speechbrain_classes(), speechbrain_kwargs({**sizes, **shape}))
     else:
-        log.warning("%s has no normalizer.ckpt: features are not normalised (mean 0, std 1)", source)
+        log.info("%s has no %s: sizes from %s's tensor shapes, the front end as the recipe's", source, HPARAMS, weights)
+    backbone = SpeechBrainBranchformer(**shape, **sizes)
+    backbone.load_speechbrain_state(state, weights)
+    normalizer = directory / "normalizer.ckpt"
+    backbone.normalize.load_speechbrain(torch.load(normalizer, map_location="cpu", weights_only=True), normalizer)
     if (directory / "tokenizer.ckpt").exists():
         import sentencepiece
 
@@ -295,23 +340,3 @@ def build_speechbrain_branchformer(model_cfg: Mapping, vocab_size: int | None = 
         log.info("new CTC head: %d outputs (the checkpoint's head has %d)", vocab_size, backbone.vocab_size)
         backbone.reset_head(vocab_size)
     return backbone
-
-
-def _speechbrain_dir(source: str) -> Path:
-    if os.path.isdir(source):
-        if not os.path.exists(os.path.join(source, "asr.ckpt")):
-            raise FileNotFoundError(f"model.source={source!r} is a directory without asr.ckpt (SpeechBrain layout)")
-        return Path(source)
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(source, allow_patterns=list(SB_FILES), local_files_only=True))
-    except Exception as err:  # not in the cache
-        if hub_offline():
-            raise hub_error(source, "HF_HUB_OFFLINE is set and it is not in the local cache") from err
-        if not hub_reachable():
-            raise hub_error(source, "no network: huggingface.co is unreachable") from err
-    try:
-        return Path(snapshot_download(source, allow_patterns=list(SB_FILES)))
-    except Exception as err:
-        raise hub_error(source, f"download failed: {err}") from err
