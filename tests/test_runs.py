@@ -181,3 +181,13 @@ def test_the_same_command_on_a_completed_run_prints_its_summary_and_trains_nothi
     assert f"-> {100 * wer:.1f} %" in out and "nothing was trained (retrain=true trains it again)" in out
     assert "Restoring states" not in out and "Epoch" not in out
     assert snapshot(run_dir) == before
+
+
+def test_results_json_holds_the_fingerprint_and_what_setup_counted(reference):
+    from asr_attention.run_identity import fingerprint
+
+    stored = results(reference[0])
+    assert stored["fingerprint"] == fingerprint(stored["config"])
+    none = {"train": [], "val": [], "test": []}
+    assert stored["transcripts"] == {"empty": none, "changed_by_oov_drop": none}  # AN4 fits the demo's vocabulary
+    assert stored["duration_mismatches"] == []
