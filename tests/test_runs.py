@@ -135,7 +135,8 @@ def test_kill_mid_epoch_3_resumes_at_the_last_saved_step_with_the_uninterrupted_
     assert saved["epoch"] == 2 and 2 * BATCHES_PER_EPOCH < step < 3 * BATCHES_PER_EPOCH
     assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
         {"epoch": 2, "batches": step - 2 * BATCHES_PER_EPOCH}]  # the sampler's place in epoch 3
-    assert results(tmp_path)["status"] == "running"
+    killed = results(tmp_path)
+    assert killed["status"] == "running" and "before" in killed and "after" not in killed
     assert (tmp_path / "run.lock").exists()  # left behind by the killed process: stale
 
     out = finish(start(tmp_path))
@@ -144,7 +145,7 @@ def test_kill_mid_epoch_3_resumes_at_the_last_saved_step_with_the_uninterrupted_
     resumed, uninterrupted = results(tmp_path), results(reference[0])
     assert resumed["status"] == "completed" and resumed["global_step"] == 4 * BATCHES_PER_EPOCH
     assert resumed["after"] == uninterrupted["after"]  # test WER, CER and loss, exactly
-    assert resumed["before"] == uninterrupted["before"]
+    assert resumed["before"] == killed["before"] == uninterrupted["before"]  # measured once, before the kill
     weights = [torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
                for d in (tmp_path, reference[0])]
     assert weights[0].keys() == weights[1].keys()

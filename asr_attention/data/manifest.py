@@ -58,10 +58,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     check_manifest(path)
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\"))
-    if not rows:
-        raise ValueError(f"manifest {path} has no utterances. Expected {FORMAT}.")
-    missing = {"utt_id", "path", "text", "duration"} - set(rows[0].keys())
-    if missing:
+    missing = {"utt_id", "path", "text", "duration"} - set(rows[0].keys() if rows else ())
+    if rows and missing:
         raise ValueError(f"manifest {path}: missing columns {sorted(missing)}. Expected {FORMAT}.")
     out = []
     for i, r in enumerate(rows, start=2):
