@@ -29,12 +29,15 @@ def _choice(cfg: Mapping, group: str, key: str, allowed: Iterable[str]) -> str:
     return value
 
 
+def _int_at_least(value: Any, field: str, low: int, note: str = "") -> None:
+    # bool is an int subclass; `true` in YAML is never a count.
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        _fail(field, value, f"expected an integer >= {low}{note}")
+
+
 def _positive_int(cfg: Mapping, group: str, key: str) -> int:
-    value = cfg.get(key)
-    # bool is an int subclass; `true` in YAML is never a size.
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        _fail(f"{group}.{key}", value, "expected an integer >= 1")
-    return value
+    _int_at_least(cfg.get(key), f"{group}.{key}", 1)
+    return cfg[key]
 
 
 def _divisors(n: int) -> str:
@@ -85,6 +88,40 @@ def validate_attention(attention: Mapping, model: Mapping) -> None:
         _choice(attention, "attention", "feature_map", FEATURE_MAPS)
 
 
+def _number_at_least(value: Any, field: str, low: float, strict: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (value <= low if strict else value < low):
+        _fail(field, value, f"expected a number {'>' if strict else '>='} {low}")
+
+
+def validate_training(cfg: Mapping) -> None:
+    """The trainer's, optimiser's and checkpointing numbers, checked before the model loads (Lightning takes
+    trainer.max_epochs=-1 as "endless", and the cosine schedule over the whole run then fails with an
+    OverflowError after loading)."""
+    trainer, optim = cfg.get("trainer") or {}, cfg.get("optim") or {}
+    _int_at_least(trainer.get("max_epochs"), "trainer.max_epochs", 1)
+    for key in ("accumulate_grad_batches", "log_every_n_steps", "check_val_every_n_epoch", "num_nodes"):
+        if key in trainer:
+            _int_at_least(trainer[key], f"trainer.{key}", 1)
+    if trainer.get("max_steps", -1) != -1:
+        _int_at_least(trainer["max_steps"], "trainer.max_steps", 1, " (or -1: no step limit)")
+    devices = trainer.get("devices")
+    if isinstance(devices, int) and devices != -1:
+        _int_at_least(devices, "trainer.devices", 1, ' (or -1: every device; or "auto", a list of ids)')
+    if trainer.get("gradient_clip_val") is not None:
+        _number_at_least(trainer["gradient_clip_val"], "trainer.gradient_clip_val", 0)
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+        value = trainer.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+                                  or (isinstance(value, float) and value > 1)):
+            _fail(f"trainer.{key}", value, "expected a batch count >= 0 or a fraction 0.0 ... 1.0")
+    _number_at_least(optim.get("lr"), "optim.lr", 0, strict=True)
+    _number_at_least(optim.get("weight_decay"), "optim.weight_decay", 0)
+    for key in ("warmup_steps", "attention_only_steps"):
+        _int_at_least(optim.get(key), f"optim.{key}", 0)
+    if cfg.get("checkpoint_every_n_steps") is not None:
+        _int_at_least(cfg["checkpoint_every_n_steps"], "checkpoint_every_n_steps", 1, " (or null: epoch ends only)")
+
+
 def validate(cfg: Mapping) -> None:
     """Validate the `model` and `attention` groups of a composed config; raises ValueError naming the field."""
     for group in ("model", "attention"):
@@ -97,6 +134,8 @@ def validate(cfg: Mapping) -> None:
     if steps and cfg["attention"]["name"] == "native":
         # the first steps would train nothing: no layer is converted
         _fail("optim.attention_only_steps", steps, "needs a converted attention, not attention=native")
+    if "trainer" in cfg:  # a training config (kv_cache and bench compose model and attention only)
+        validate_training(cfg)
     if cfg.get("export_dir") and cfg["attention"]["name"] != "native":
         # export writes the backbone's own format, which has no place for a converted attention
         _fail("export_dir", cfg["export_dir"], f"needs attention=native, not attention={cfg['attention']['name']}")

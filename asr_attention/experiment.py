@@ -19,6 +19,7 @@ from .backbones import (
     Backbone, build_backbone, calibration_batch, capture_attention_calls, fidelity, kv_input, patch_attention,
     patched_variants,
 )
+from .checkpointing import LastCheckpoint
 from .data.datamodule import ASRDataModule, build_datamodule
 from .data.text import CharTokenizer
 from .module import ASRFineTuner, CTCFineTuner
@@ -103,13 +104,16 @@ def build_module(cfg: DictConfig, backbone: Backbone, tokenizer: CharTokenizer) 
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
-    checkpoints = ModelCheckpoint(
+    """The best `val_wer` checkpoint, and checkpoints/last.ckpt for resuming (see checkpointing.py). A resumed
+    run that re-saves an epoch's best overwrites the file of the same name instead of adding a -v1 copy."""
+    best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best-{epoch}-{val_wer:.4f}", monitor="val_wer", mode="min",
-        save_last=True, save_top_k=1,
+        save_top_k=1, enable_version_counter=False,
     )
+    last = LastCheckpoint(run_dir / "checkpoints", every_n_steps=cfg.get("checkpoint_every_n_steps"))
     loggers = [hydra.utils.instantiate(c) for c in (cfg.logger or {}).values()]
     return hydra.utils.instantiate(
-        cfg.trainer, callbacks=[checkpoints, RichProgressBar()], logger=loggers or False,
+        cfg.trainer, callbacks=[best, last, RichProgressBar()], logger=loggers or False,
         default_root_dir=str(run_dir),
     )
 

@@ -19,6 +19,12 @@ class Results:
     def get(self, key: str, default: Any = None) -> Any:
         return self.data.get(key, default)
 
+    def discard(self, *keys: str) -> None:
+        """Drop fields (an earlier attempt's error, once a resumed run is under way)."""
+        for key in keys:
+            self.data.pop(key, None)
+        self.update()
+
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
         if rank_zero_only.rank != 0:
@@ -60,6 +66,10 @@ def summary_table(data: dict) -> str:
         ("throughput (RTFx, test batch)", f"{data.get('throughput', {}).get('rtfx', 0):.1f} "
                                           f"on {data.get('throughput', {}).get('device')}"),
         ("skipped audio files", str(len(data.get("skipped_files", [])))),
+        ("transcripts empty / changed by oov=drop", " / ".join(
+            str(sum(map(len, (data.get("transcripts") or {}).get(kind, {}).values())))
+            for kind in ("empty", "changed_by_oov_drop"))),
+        ("durations off their audio file's", str(len(data.get("duration_mismatches") or []))),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -1,15 +1,23 @@
 """`python -m asr_attention.train model=… attention=…`: convert a pretrained backbone's attention, measure
 zero-shot WER, fine-tune with CTC, test, and write results.json in the run directory.
 
-The run directory is outputs/<run_name> (default <model>-<attention>), so re-running the same command after a
-crash resumes from its checkpoints/last.ckpt. In a -m sweep a failing job records its error and the sweep goes on.
+The run directory (outputs/<run_name>, default <model>-<attention>) belongs to one config (run_identity.py):
+- the same command again resumes a killed or failed run from checkpoints/last.ckpt; once the run has completed,
+  it prints the stored summary and exits 0 without training (retrain=true trains it again from the start);
+- another config is refused before anything in the folder changes, naming the fields that differ;
+- a second process on the folder while the first lives is refused, naming it (run_lock.py).
+A rejected config writes nothing. In a -m sweep a failing job records its error in its results.json, the sweep
+goes on, and ends non-zero naming the failed jobs (sweep_failures.py).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -17,15 +25,19 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
 
 from .backbones import count_parameters
 from .backbones.export import export_backbone
 from .config_check import validate
+from .data.corpora import check_splits
 from .experiment import (
     build_datamodule_for, build_module, build_tokenizer_and_backbone, build_trainer, config_summary, convert,
 )
 from .results import Results, summary_table
+from .run_identity import fingerprint, stored_run
+from .run_lock import RunLock
 from .throughput import measure_rtfx
 from .wandb_log import log_results_to_wandb
 
@@ -37,6 +49,7 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
     L.seed_everything(cfg.seed, workers=True)  # same command, same batches and initialisation
     tokenizer, backbone = build_tokenizer_and_backbone(cfg)
     datamodule = build_datamodule_for(cfg, tokenizer)
+    results.update(transcripts=datamodule.transcripts, duration_mismatches=datamodule.duration_mismatches)
     module = build_module(cfg, backbone, tokenizer)
     trainer = build_trainer(cfg, run_dir)
     if cfg.get("test_unconverted") and results.get("unconverted") is None:  # the original model's WER first
@@ -77,34 +90,104 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
-        validate(cfg)  # a single run fails before touching outputs/<run_name> (which may hold a finished run)
+    sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    results = Results(run_dir / "results.json", status="running", config=config_summary(cfg),
-                      torch=torch.__version__)
+    if not sweep:
+        check_config(cfg)  # a single run's bad config fails before touching the folder (it may hold a finished run)
+    if rank_zero_only.rank != 0:  # a DDP rank that Lightning started: rank 0 holds the folder and writes into it
+        return fit_and_record(cfg, run_dir, sweep)
+    if (done := completed_run(cfg, run_dir)) is not None:  # reads only: a finished run is not even locked
+        return report_completed(done, run_dir)
+    with RunLock(run_dir):
+        if (done := completed_run(cfg, run_dir)) is not None:  # it finished while this process started
+            return report_completed(done, run_dir)
+        if cfg.retrain:
+            start_over(run_dir)
+        record_hydra_config(cfg, run_dir)
+        with log_file(run_dir):
+            return fit_and_record(cfg, run_dir, sweep)
+
+
+def check_config(cfg: DictConfig) -> None:
+    validate(cfg)
+    check_splits(cfg.data)
+
+
+def completed_run(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """The folder's results.json if this config's run there has completed (and retrain is off). Raises
+    RunFolderTaken if the folder is another config's."""
+    stored = stored_run(run_dir, config_summary(cfg), cfg.run_name)
+    done = stored is not None and stored.get("status") == "completed"
+    return stored if done and not cfg.retrain else None
+
+
+def report_completed(stored: dict, run_dir: Path) -> float | None:
+    print(f"\n{summary_table(stored)}\nresults: {run_dir / 'results.json'}\n"
+          "This config's run completed earlier: nothing was trained (retrain=true trains it again).")
+    return stored.get("objective")
+
+
+def start_over(run_dir: Path) -> None:
+    """retrain=true: this config's earlier run goes (its checkpoints and results.json); training starts fresh."""
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    (run_dir / "results.json").unlink(missing_ok=True)
+    log.warning("retrain=true: removed %s's checkpoints and results.json; training from the start", run_dir)
+
+
+def record_hydra_config(cfg: DictConfig, run_dir: Path) -> None:
+    """What Hydra itself writes into .hydra/ (hydra.output_subdir is null in train.yaml: Hydra would write it
+    before this process knows whether the folder is this config's)."""
+    hydra_dir = run_dir / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    hydra_cfg = HydraConfig.instance().cfg  # {"hydra": ...}
+    for name, node in (("config", cfg), ("hydra", hydra_cfg), ("overrides", hydra_cfg.hydra.overrides.task)):
+        (hydra_dir / f"{name}.yaml").write_text(OmegaConf.to_yaml(node))
+
+
+@contextmanager
+def log_file(run_dir: Path) -> Iterator[None]:
+    """<run dir>/train.log, opened only now that the folder is this process's (train.yaml keeps Hydra's log
+    file handler unattached), with the console's format."""
+    root = logging.getLogger()
+    handler = logging.FileHandler(run_dir / f"{HydraConfig.get().job.name}.log")
+    handler.setFormatter(next((h.formatter for h in root.handlers if h.formatter), None))
+    root.addHandler(handler)
     try:
-        validate(cfg)  # in a sweep, a bad grid point is a failed job with its error recorded; the sweep goes on
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def fit_and_record(cfg: DictConfig, run_dir: Path, sweep: bool) -> float | None:
+    config = config_summary(cfg)
+    results = Results(run_dir / "results.json", status="running", config=config, fingerprint=fingerprint(config),
+                      torch=torch.__version__)
+    results.discard("error", "traceback")  # an earlier failed attempt's, now resumed
+    try:
+        check_config(cfg)  # in a sweep, a bad grid point is a failed job with its error recorded; the sweep goes on
         wer = run(cfg, run_dir, results)
-        results.update(status="completed")
+        results.update(status="completed", objective=wer)  # objective: what main returns to a sweeper
         print(f"\n{summary_table(results.data)}\nresults: {results.path}")
         return wer
     except Exception as err:
         results.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
+        if not sweep:
             raise
         log.exception("job failed; its results.json records the error and the sweep goes on")
         return None
     finally:
         log_results_to_wandb(results.data, cfg)
-        finish_wandb()
+        finish_wandb(exit_code=0 if results.get("status") == "completed" else 1)  # W&B marks the run failed
 
 
-def finish_wandb() -> None:
-    """A W&B run must end before the next multirun job starts, or that job logs into it."""
+def finish_wandb(exit_code: int = 0) -> None:
+    """A W&B run must end before the next multirun job starts, or that job logs into it. A non-zero exit code
+    marks it failed in W&B."""
     import sys
 
     if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
-        sys.modules["wandb"].finish()
+        sys.modules["wandb"].finish(exit_code=exit_code)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,16 @@
 """Every model x attention combination composes with the seed's values; bad values fail naming the field."""
 
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from omegaconf import OmegaConf
 
 from asr_attention.config_check import validate
+
+REPO = Path(__file__).resolve().parents[1]
 
 SEED_MODELS = {
     "conformer": dict(
@@ -73,6 +80,18 @@ BAD = [  # overrides, the start of the message (field=value), a word of what is 
     (["attention=mla", "attention.calibration=fisher"], "attention.calibration='fisher'", "plain, activation"),
     (["attention=linear", "attention.feature_map=tanh"], "attention.feature_map='tanh'", "elu, relu, hedgehog"),
     (["attention=native", "optim.attention_only_steps=5"], "optim.attention_only_steps=5", "not attention=native"),
+    # trainer, optimiser and checkpoint numbers (max_epochs=-1 used to crash with OverflowError after loading)
+    (["trainer.max_epochs=-1"], "trainer.max_epochs=-1", "integer >= 1"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0", "integer >= 1"),
+    (["+trainer.max_steps=0"], "trainer.max_steps=0", "(or -1: no step limit)"),
+    (["trainer.devices=0"], "trainer.devices=0", "integer >= 1"),
+    (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0", "integer >= 1"),
+    (["+trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0", "integer >= 1"),
+    (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1", "number >= 0"),
+    (["+trainer.limit_train_batches=1.5"], "trainer.limit_train_batches=1.5", "fraction 0.0 ... 1.0"),
+    (["optim.lr=0"], "optim.lr=0", "number > 0"),
+    (["optim.warmup_steps=-1"], "optim.warmup_steps=-1", "integer >= 0"),
+    (["checkpoint_every_n_steps=0"], "checkpoint_every_n_steps=0", "(or null: epoch ends only)"),
 ]
 
 
@@ -90,6 +109,8 @@ def test_each_bad_value_is_a_clear_error(compose_cfg, overrides, field_value, al
     ["attention=gqa", "attention.num_kv_heads=1"],
     ["attention=gqa", "attention.num_kv_heads=16"],
     ["attention=linear", "attention.feature_map=hedgehog"],
+    ["trainer.max_epochs=1", "+trainer.max_steps=-1", "trainer.devices=auto", "+trainer.limit_train_batches=0.5",
+     "checkpoint_every_n_steps=null", "optim.warmup_steps=0"],
 ])
 def test_boundary_values_pass(compose_cfg, overrides):
     validate(compose_cfg("train", overrides))
@@ -100,3 +121,50 @@ def test_train_entry_validates_before_any_work(run_module, tmp_path):
                       check=False)
     assert proc.returncode != 0
     assert "attention.num_kv_heads=3 is not allowed" in proc.stderr
+
+
+def readme_commands(marker: str) -> list[str]:
+    """The README's `python -m asr_attention.train` commands holding `marker`, continuation lines joined."""
+    text = (REPO / "README.md").read_text().replace("\\\n", " ")
+    return [line.strip() for line in text.splitlines()
+            if line.strip().startswith("python -m asr_attention.train") and marker in line]
+
+
+@pytest.mark.parametrize("corpus,splits", [
+    ("librispeech", ("train-clean-100", "dev-clean", "test-clean")),
+    ("tedlium2", ("train", "dev", "test")),
+    ("manifest", ("train.tsv", "dev.tsv", "test.tsv")),
+])
+def test_readme_data_commands_compose_exactly_as_printed(compose_cfg, corpus, splits):
+    """Each README command that picks data=<corpus> composes from exactly its printed overrides (what --cfg job
+    prints; the CLI itself is run once below: each process spends ~15 s of CPU importing Lightning)."""
+    commands = readme_commands(f"data={corpus} ")
+    assert commands, f"no README command with data={corpus}"
+    for command in commands:
+        overrides = shlex.split(command)[3:]  # after `python -m asr_attention.train`
+        data = compose_cfg("train", overrides).data
+        given = dict(o.split("=", 1) for o in overrides if o.startswith("data."))
+        assert data.corpus == corpus and data.root == given["data.root"]
+        assert (data.train_split, data.val_split, data.test_split) == tuple(
+            given.get(f"data.{k}_split", default) for k, default in zip(("train", "val", "test"), splits))
+
+
+def test_readme_tedlium_command_runs_with_cfg_job():
+    (command,) = readme_commands("data=tedlium2 ")
+    proc = subprocess.run([sys.executable, *shlex.split(command)[1:], "--cfg", "job"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = OmegaConf.create(proc.stdout).data
+    assert (data.corpus, data.root, data.val_split) == ("tedlium2", "/data/TEDLIUM_release2", "dev")
+
+
+def test_readme_manifest_example_is_a_readable_manifest(tmp_path):
+    from asr_attention.data import read_manifest
+
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("```tsv\n") + len("```tsv\n"):]
+    (tmp_path / "train.tsv").write_text(block[:block.index("```")])
+    utts = read_manifest(tmp_path / "train.tsv")
+    assert [(u.utt_id, u.path, u.text, u.duration, u.speaker, u.start, u.end) for u in utts] == [
+        ("lights-01", str(tmp_path / "audio/lights_01.wav"), "turn the lights off", 2.31, "alice", None, None),
+        ("meeting-07", "/data/my_corpus/meeting.flac", "and the heating too", 1.2, "bob", 62.5, 63.7)]

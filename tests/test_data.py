@@ -419,3 +419,82 @@ def test_lightning_calls_set_epoch_on_the_bucket_sampler_each_epoch(tmp_path):
     trainer.fit(Recorder(), loader)
     assert seen == [sampler.batches(e) for e in range(3)]
     assert seen[0] != seen[1] != seen[2]
+
+
+# ---- where a corpus is expected, and what setup counts for results.json ----------------------------------------
+def test_missing_root_or_split_names_the_folder_and_what_belongs_there(tmp_path):
+    from asr_attention.data.corpora import check_split, read_corpus
+
+    with pytest.raises(ValueError, match=r"data.root is null: data=librispeech needs its folder") as err:
+        check_split("librispeech", None, "train-clean-100")
+    assert "train-clean-100/, dev-clean/, test-clean/" in str(err.value)
+    with pytest.raises(FileNotFoundError, match=r"data.root=/nonexistent/ls: no such folder"):
+        check_split("librispeech", "/nonexistent/ls", "dev-clean")
+    (tmp_path / "dev-clean").mkdir()
+    with pytest.raises(FileNotFoundError) as err:  # the subset is there but the root is one level off
+        check_split("librispeech", tmp_path, "dev-clean+test-clean")
+    assert f"LibriSpeech subset 'test-clean' not found: {tmp_path / 'test-clean'} is not a folder" in str(err.value)
+    assert "<subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt" in str(err.value)
+    with pytest.raises(FileNotFoundError, match=r"no <speaker>/<chapter>/\*\.trans\.txt under"):
+        read_corpus("librispeech", tmp_path, "dev-clean")  # an empty subset folder
+    with pytest.raises(FileNotFoundError) as err:
+        check_split("tedlium2", tmp_path, "dev")
+    assert f"TED-LIUM split 'dev' not found: {tmp_path / 'dev' / 'stm'} is not a folder" in str(err.value)
+    assert "stm/<talk>.stm and sph/<talk>.sph" in str(err.value)
+    with pytest.raises(FileNotFoundError) as err:
+        check_split("manifest", tmp_path, "train.tsv")
+    assert f"manifest not found: {tmp_path / 'train.tsv'}" in str(err.value) and "utt_id, path" in str(err.value)
+    (tmp_path / "train.tsv").write_text("utt_id\tfile\ttext\tduration\nu1\ta.wav\tHI\t1.0\n")
+    with pytest.raises(ValueError, match=r"missing columns \['path'\]. Expected a tab-separated file"):
+        read_corpus("manifest", tmp_path, "train.tsv")
+    with pytest.raises(FileNotFoundError, match=r"Expected transcripts.tsv \(columns utt_id, path, speaker"):
+        check_split("an4", tmp_path, "train")
+
+
+def test_setup_counts_empty_and_oov_changed_transcripts_and_off_durations(tmp_path, caplog):
+    audio = tmp_path / "one_second.wav"
+    sf.write(audio, sine(1.0), SR)
+    utt = lambda uid, text, duration=1.0: Utterance(uid, str(audio), text, duration, "s_" + uid)  # noqa: E731
+    write_manifest([utt("fine", "HELLO"), utt("only-oov", "42"), utt("mixed", "HELLO 42"), utt("blank", "?!"),
+                    utt("long", "HELLO", 1.5), utt("close", "HELLO", 1.05)], tmp_path / "train.tsv")
+    write_manifest([utt("v", "HELLO")], tmp_path / "val.tsv")
+    write_manifest([utt("t", "WORLD 7")], tmp_path / "test.tsv")
+    dm = _dm(tmp_path, oov="drop")
+    with caplog.at_level("WARNING"):
+        dm.setup()
+    # "42" loses every character to oov=drop; "?!" is punctuation only, which normalising removes anyway
+    assert dm.transcripts == {
+        "empty": {"train": ["only-oov", "blank"], "val": [], "test": []},
+        "changed_by_oov_drop": {"train": ["only-oov", "mixed"], "val": [], "test": ["t"]},
+    }
+    # stated 1.5 s for a 1.0 s file is reported; 1.05 s is within the 0.1 s tolerance
+    assert dm.duration_mismatches == [{"utt_id": "long", "path": str(audio), "stated": 1.5, "audio": 1.0}]
+    assert f"utterance long: stated duration 1.500 s, but {audio} holds 1.000 s" in caplog.text
+    assert "train: 2 utterances with empty transcripts (first: only-oov, blank)" in caplog.text
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_training_loader_resumes_mid_epoch_with_the_batches_left(num_workers):
+    """A loader's state after 2 batches of epoch 1, loaded into a fresh loader (as a resumed run does), makes it
+    yield exactly epoch 1's other batches; its length stays the whole epoch's (the LR schedule counts on it)."""
+    from asr_attention.data.resumable import ResumableLoader
+
+    durations = [1.0 + (i * 7) % 13 for i in range(40)]
+
+    def loader():
+        return ResumableLoader(list(range(40)), batch_sampler=BucketBatchSampler(durations, 4, seed=5),
+                               num_workers=num_workers, generator=torch.Generator().manual_seed(0))
+
+    first = loader()
+    first.batch_sampler.set_epoch(1)
+    it = iter(first)
+    seen = [next(it).tolist() for _ in range(2)]
+    state = first.state_dict()
+    assert state == {"epoch": 1, "batches": 2}
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = [b.tolist() for b in resumed]
+    assert seen + rest == first.batch_sampler.batches(1) and len(rest) == 8
+    assert len(resumed) == 10 and resumed.state_dict() == {"epoch": 1, "batches": 10}
+    resumed.batch_sampler.set_epoch(2)  # the next epoch is whole again
+    assert [b.tolist() for b in resumed] == first.batch_sampler.batches(2)

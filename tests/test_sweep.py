@@ -21,12 +21,12 @@ TINY = ["experiment=demo", "model=branchformer", "data.limit_train=8", "data.lim
         "data.num_workers=0"]
 
 
-def sweep(sweep_dir: Path, *overrides: str, timeout: int = 300) -> str:
+def sweep(sweep_dir: Path, *overrides: str, timeout: int = 300, returncode: int = 0) -> str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "asr_attention.train", "-m", *TINY, f"hydra.sweep.dir={sweep_dir}", *overrides]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
+    assert proc.returncode == returncode, out[-4000:]
     return out
 
 
@@ -105,10 +105,15 @@ def test_offline_sweep_leaves_one_results_json_and_one_wandb_run_per_job(tmp_pat
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     # 4 jobs: (2 kv heads, good checkpoint) completes; a missing checkpoint fails inside run(); 3 kv heads (does
-    # not divide 4 heads) fails validation -- inside the job, so it is recorded as well
-    sweep(tmp_path, "attention=gqa", "attention.num_kv_heads=2,3", f"model.source={BRANCHFORMER},/nonexistent/ckpt",
-          "logger=wandb")
+    # not divide 4 heads) fails validation -- inside the job, so it is recorded as well. Once all 4 have run, the
+    # sweep exits 1 and names the 3 failed jobs.
+    out = sweep(tmp_path, "attention=gqa", "attention.num_kv_heads=2,3",
+                f"model.source={BRANCHFORMER},/nonexistent/ckpt", "logger=wandb", returncode=1)
     results = job_results(tmp_path)
+    failed = sorted(job for job, r in results.items() if r["status"] == "failed")
+    assert "3 sweep job(s) failed" in out and len(failed) == 3
+    for job in failed:
+        assert f"{tmp_path / job}  [{' '.join(job_overrides(tmp_path, job))}]  {results[job]['error']}" in out
     assert len(results) == 4
     by_point = {(r["config"]["attention"]["num_kv_heads"], r["config"]["model"]["source"]): r for r in results.values()}
     ok = by_point[(2, str(BRANCHFORMER))]
@@ -119,12 +124,13 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
         bad = by_point[(3, source)]
         assert bad["status"] == "failed"
         assert bad["error"].startswith("ValueError: attention.num_kv_heads=3 is not allowed")
-    # failed jobs show in W&B too, with their status and error
+    # failed jobs show in W&B too, with their status and error, and marked failed (exit code 1)
     for job, res in results.items():
         (run_dir,) = offline_runs(tmp_path / job)
-        summary = read_offline_run(run_dir)["summary"]
-        assert summary["status"] == res["status"]
-        assert summary.get("error") == res.get("error")
+        run = read_offline_run(run_dir)
+        assert run["summary"]["status"] == res["status"]
+        assert run["summary"].get("error") == res.get("error")
+        assert run["exit_code"] == (0 if res["status"] == "completed" else 1)
 
 
 @OPTUNA

@@ -1,12 +1,10 @@
-"""The training entry end to end on the shipped AN4 demo checkpoints (CPU, a few utterances), and a real
-kill-and-resume."""
+"""The training entry end to end on the shipped AN4 demo checkpoints (CPU, a few utterances). Kill-and-resume,
+run identity and concurrency: tests/test_runs.py."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,11 +18,10 @@ TINY = ["experiment=demo", "model=branchformer", "data.limit_train=16", "data.li
 MHA_WER, GQA_WER = 7 / 38, 14 / 38
 
 
-def train(run_dir: Path, *overrides: str, **popen) -> subprocess.Popen:
+def train(run_dir: Path, *overrides: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "asr_attention.train", *TINY, f"hydra.run.dir={run_dir}", *overrides]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **popen)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(proc: subprocess.Popen) -> str:
@@ -60,28 +57,6 @@ def test_mha_conversion_keeps_the_checkpoint_exactly(tmp_path):
     assert max(row["relative_error"] for row in results["conversion"]["fidelity"]) < 1e-5
     # no training step was taken, so the test WER after equals the one right after conversion: the checkpoint's own
     assert results["after"]["test_wer"] == results["before"]["test_wer"] == pytest.approx(MHA_WER)
-
-
-def test_killed_run_resumes_from_last_checkpoint(tmp_path):
-    args = ("attention=gqa", "trainer.max_epochs=4")
-    proc = train(tmp_path, *args, start_new_session=True)
-    last = tmp_path / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 400
-    while not last.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert last.exists(), "no last.ckpt before the deadline"
-    os.killpg(proc.pid, signal.SIGKILL)  # a real kill: no clean-up runs
-    proc.communicate()
-    killed = json.loads((tmp_path / "results.json").read_text())
-    assert killed["status"] == "running" and "after" not in killed and "before" in killed
-
-    out = finish(train(tmp_path, *args))
-    assert f"Restoring states from the checkpoint path at {last}" in out
-    done = json.loads((tmp_path / "results.json").read_text())
-    assert done["status"] == "completed"
-    # 16 utterances at batch 16: one step per epoch, so 4 epochs = 4 steps in all, counting across the kill
-    assert done["global_step"] == 4
-    assert done["before"] == killed["before"]  # measured once, before the kill
 
 
 def test_export_with_a_converted_attention_is_refused_before_any_work(tmp_path):

@@ -12,7 +12,9 @@ results.json. A batch whose items all failed becomes `None` (in `on_before_batch
 Lightning's training loop skips it by itself; validation/test steps receive None and must return early.
 
 Transcripts are normalised to the tokenizer's vocabulary at setup; characters outside it raise ValueError
-naming the utterance (oov="error") or are dropped (oov="drop").
+naming the utterance (oov="error") or are dropped (oov="drop"). Utterances whose transcript ends up empty or
+was changed by oov="drop" are counted in `transcripts`, and whole-file utterances whose stated duration is more
+than DURATION_TOLERANCE_S from their file's in `duration_mismatches` (both for results.json, with their ids).
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ from .audio import AudioError, audio_info
 from .corpora import AN4_VAL_SPEAKERS, read_corpus
 from .dataset import ASRDataset, BadAudioPolicy, Skipped, collate, warn_skipped
 from .manifest import Utterance
+from .resumable import ResumableLoader
 from .sampler import BucketBatchSampler
-from .text import CharTokenizer, OOVPolicy, check_oov_policy
+from .text import CharTokenizer, OOVPolicy, check_oov_policy, normalise
 
 log = logging.getLogger(__name__)
+
+DURATION_TOLERANCE_S = 0.1  # a stated duration further than this from the audio file's is reported
 
 
 class ASRDataModule(L.LightningDataModule):
@@ -72,6 +77,10 @@ class ASRDataModule(L.LightningDataModule):
         self.datasets: dict[str, ASRDataset] = {}
         self.skipped: list[dict] = []
         self._skipped_ids: set[str] = set()
+        # For results.json: per split, the utterance ids whose reference text is empty or was changed by
+        # oov="drop", and the whole-file utterances whose stated duration disagrees with their audio file's.
+        self.transcripts: dict[str, dict[str, list[str]]] = {"empty": {}, "changed_by_oov_drop": {}}
+        self.duration_mismatches: list[dict] = []
 
     # ---- reading -------------------------------------------------------------------------------------------
     def _read(self, part: str) -> list[Utterance]:
@@ -107,6 +116,12 @@ class ASRDataModule(L.LightningDataModule):
         kept = []
         for u in utts:
             info = infos[u.path]
+            whole_file = not isinstance(info, AudioError) and u.start is None
+            if whole_file and abs(info - u.duration) > DURATION_TOLERANCE_S:
+                self.duration_mismatches.append({"utt_id": u.utt_id, "path": u.path, "stated": u.duration,
+                                                 "audio": info})
+                log.warning("utterance %s: stated duration %.3f s, but %s holds %.3f s (counted in results.json)",
+                            u.utt_id, u.duration, u.path, info)
             if not isinstance(info, AudioError) and u.start is not None and u.start >= info:
                 info = AudioError(u.path, f"segment starts at {u.start:.2f} s, after the end ({info:.2f} s)")
             if isinstance(info, AudioError):
@@ -132,7 +147,18 @@ class ASRDataModule(L.LightningDataModule):
             texts = [t for u, t in zip(utts, texts) if id(u) in keep]
             utts = [u for u in utts if id(u) in keep]
         targets = [self.tokenizer.encode(t, u.utt_id, self.oov) for u, t in zip(utts, texts)]
+        self._note_transcripts(part, utts, texts)
         return ASRDataset(utts, targets, texts, on_bad_audio=self.on_bad_audio)
+
+    def _note_transcripts(self, part: str, utts: list[Utterance], texts: list[str]) -> None:
+        notes = {"empty": [u.utt_id for u, t in zip(utts, texts) if not t],
+                 "changed_by_oov_drop": [u.utt_id for u, t in zip(utts, texts)
+                                         if t != normalise(u.text, self.tokenizer.case)]}
+        for kind, ids in notes.items():
+            self.transcripts[kind][part] = ids
+            if ids:
+                log.warning("%s: %d utterances with %s transcripts (first: %s); counted in results.json", part,
+                            len(ids), kind.replace("_", " "), ", ".join(ids[:3]))
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -162,8 +188,13 @@ class ASRDataModule(L.LightningDataModule):
         if sampler.num_replicas > 1:
             log.info("%s: rank %d of %d takes %d of the batches", part, sampler.rank, sampler.num_replicas,
                      len(sampler))
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0)
+        # Training resumes mid-epoch (data/resumable.py). Each loader's own generator seeds its workers, so no
+        # iteration draws from the global RNG: a resumed run, which skips the zero-shot test and creates its
+        # training iterator at another moment, draws the same dropout masks as an uninterrupted run.
+        loader = ResumableLoader if shuffle else DataLoader
+        return loader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
+                      pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
+                      generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

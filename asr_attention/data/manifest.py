@@ -12,6 +12,8 @@ from pathlib import Path
 
 # Column order of a manifest TSV. start/end are empty for whole-file utterances.
 COLUMNS = ("utt_id", "path", "speaker", "text", "duration", "start", "end")
+FORMAT = ("a tab-separated file with a header row: utt_id, path (audio; relative to the manifest's folder), "
+          "text, duration (seconds), and optionally speaker, start, end (seconds, to cut a segment)")
 
 
 @dataclass
@@ -42,19 +44,23 @@ def write_manifest(utterances: list[Utterance], path: str | Path) -> None:
                         "" if u.start is None else f"{u.start:.3f}", "" if u.end is None else f"{u.end:.3f}"])
 
 
+def check_manifest(path: str | Path) -> None:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"manifest not found: {path}. Expected {FORMAT}.")
+
+
 def read_manifest(path: str | Path) -> list[Utterance]:
     """Read a manifest TSV; relative audio paths are resolved against the manifest's folder.
 
     Only utt_id, path, text and duration are required columns (speaker defaults to the utt_id).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest not found: {path}")
+    check_manifest(path)
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\"))
     missing = {"utt_id", "path", "text", "duration"} - set(rows[0].keys() if rows else ())
     if rows and missing:
-        raise ValueError(f"manifest {path}: missing columns {sorted(missing)}")
+        raise ValueError(f"manifest {path}: missing columns {sorted(missing)}. Expected {FORMAT}.")
     out = []
     for i, r in enumerate(rows, start=2):
         try:

@@ -14,6 +14,9 @@ seed advancing per epoch, a different remainder is dropped each epoch. The ranks
 single-process batch list minus that remainder. Lightning does not shard a custom batch_sampler
 (use_distributed_sampler must be false with it: conf/trainer/ddp.yaml); `set_epoch` is called every epoch by
 Lightning's loops on `batch_sampler.sampler`, which is this object.
+
+Resuming mid-epoch: `resume(epoch, batches)` makes the next iteration start at batch `batches` of that epoch's
+list (`ResumableLoader` calls it with the position a checkpoint saved); `len` stays the whole epoch's count.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.pool_batches = pool_batches
         self.epoch = 0
+        self.start = 0  # the first batch the next iteration yields (see resume); back to 0 once it began
         if num_replicas is None or rank is None:
             dist_on = torch.distributed.is_available() and torch.distributed.is_initialized()
             if num_replicas is None:
@@ -54,6 +58,11 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume(self, epoch: int, batches: int) -> None:
+        """The next iteration yields `epoch`'s batches from index `batches` on (the ones a killed run had not
+        trained on yet)."""
+        self.epoch, self.start = epoch, batches
 
     def _cut(self, order: list[int]) -> list[list[int]]:
         """Cut duration-sorted indices into batches that respect both limits (at least one item each)."""
@@ -95,7 +104,8 @@ class BucketBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self.batches()
+        start, self.start = self.start, 0
+        yield from self.batches()[start:]
 
     def __len__(self) -> int:
         return len(self.batches())

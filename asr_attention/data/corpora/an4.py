@@ -21,15 +21,23 @@ AN4_VAL_SPEAKERS = ("fejs", "fsaf2", "mblw", "mdxn", "mjgk", "mmsh", "mrcb", "mt
 SPLITS = ("train", "val", "test")
 
 
+def check_an4(split: str, root: str | Path | None = None) -> Path:
+    """The split is one of AN4's and `<root>/transcripts.tsv` exists (cheap: not read); returns its path."""
+    if split not in SPLITS:
+        raise ValueError(f"AN4 split {split!r}: allowed {SPLITS}")
+    tsv = (Path(root) if root is not None else VENDORED_ROOT) / "transcripts.tsv"
+    if not tsv.is_file():
+        raise FileNotFoundError(f"AN4 transcripts not found: {tsv}. Expected transcripts.tsv (columns utt_id, "
+                                f"path, speaker, text, split, duration_s) in data.root; data.root=null uses the "
+                                f"vendored copy.")
+    return tsv
+
+
 def read_an4(split: str, root: str | Path | None = None,
              val_speakers: tuple[str, ...] | list[str] = AN4_VAL_SPEAKERS) -> list[Utterance]:
     """Read `<root>/transcripts.tsv` (columns utt_id, path, speaker, text, split, duration_s)."""
-    if split not in SPLITS:
-        raise ValueError(f"AN4 split {split!r}: allowed {SPLITS}")
-    root = Path(root) if root is not None else VENDORED_ROOT
-    tsv = root / "transcripts.tsv"
-    if not tsv.is_file():
-        raise FileNotFoundError(f"AN4 transcripts not found: {tsv} (root=null uses the vendored copy)")
+    tsv = check_an4(split, root)
+    root = tsv.parent
     with open(tsv, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     wanted = "train" if split == "val" else split

@@ -12,13 +12,29 @@ from ..audio import AudioError, audio_info
 from ..manifest import Utterance
 
 
-def read_librispeech(split: str, root: str | Path) -> list[Utterance]:
-    out = []
+LAYOUT = ("data.root is the folder that holds the subsets (e.g. .../LibriSpeech, with train-clean-100/, "
+          "dev-clean/, test-clean/), each laid out as <subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt "
+          "with the <utt_id>.flac files beside it")
+
+
+def check_librispeech(split: str, root: str | Path) -> None:
+    """Each '+'-joined subset of `split` is a folder under `root` (cheap: no file is read)."""
     for subset in split.split("+"):
         base = Path(root) / subset
         if not base.is_dir():
-            raise FileNotFoundError(f"LibriSpeech subset not found: {base}")
-        for trans in sorted(base.glob("*/*/*.trans.txt")):
+            raise FileNotFoundError(f"LibriSpeech subset {subset!r} not found: {base} is not a folder. {LAYOUT}.")
+
+
+def read_librispeech(split: str, root: str | Path) -> list[Utterance]:
+    check_librispeech(split, root)
+    out = []
+    for subset in split.split("+"):
+        base = Path(root) / subset
+        transcripts = sorted(base.glob("*/*/*.trans.txt"))
+        if not transcripts:
+            raise FileNotFoundError(f"LibriSpeech subset {subset!r}: no <speaker>/<chapter>/*.trans.txt under "
+                                    f"{base}. {LAYOUT}.")
+        for trans in transcripts:
             speaker = trans.parent.parent.name
             for line in trans.read_text().splitlines():
                 if not line.strip():

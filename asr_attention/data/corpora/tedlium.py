@@ -26,11 +26,21 @@ def clean_tedlium_text(text: str) -> str:
     return _SPLIT_SUFFIX.sub("'", text)
 
 
+LAYOUT = ("data.root is the release folder (e.g. .../TEDLIUM_release2) holding train/, dev/ and test/, each with "
+          "stm/<talk>.stm and sph/<talk>.sph")
+
+
+def check_tedlium(split: str, root: str | Path) -> None:
+    """`<root>/<split>/stm` is a folder (cheap: no file is read)."""
+    stm_dir = Path(root) / split / "stm"
+    if not stm_dir.is_dir():
+        raise FileNotFoundError(f"TED-LIUM split {split!r} not found: {stm_dir} is not a folder. {LAYOUT}.")
+
+
 def read_tedlium(split: str, root: str | Path) -> list[Utterance]:
+    check_tedlium(split, root)
     base = Path(root) / split
     stm_dir = base / "stm"
-    if not stm_dir.is_dir():
-        raise FileNotFoundError(f"TED-LIUM stm folder not found: {stm_dir}")
     out = []
     for stm in sorted(stm_dir.glob("*.stm")):
         for n, line in enumerate(stm.read_text().splitlines(), start=1):

@@ -1,0 +1,80 @@
+"""A run folder belongs to one config: the same config resumes there, another one never touches it.
+
+A run's identity is its resolved config minus the keys that cannot change its numbers (`COSMETIC`: where logs
+and exports go, the folder's name, checkpoint frequency, loader worker count, logging cadence, the retrain
+flag). Everything else counts, including every key added later, and trainer.max_epochs: the learning-rate
+schedule spans the whole run, so training longer is a new run. The fingerprint is a hash of that identity;
+results.json stores it beside the config, and the check below recomputes both sides from the stored config, so
+a run folder made before a key became cosmetic is judged by today's rule.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+COSMETIC = ("logger", "run_name", "export_dir", "retrain", "checkpoint_every_n_steps", "data.num_workers",
+            "trainer.log_every_n_steps")
+_ABSENT = "(absent)"
+
+
+class RunFolderTaken(RuntimeError):
+    """The folder holds another config's run (or checkpoints nobody can vouch for): nothing was written."""
+
+
+def identity(config: dict) -> dict:
+    """The result-determining part of a resolved config (a plain dict, as results.json stores it)."""
+    kept = json.loads(json.dumps(copy.deepcopy(config), default=str))  # the form results.json holds
+    for dotted in COSMETIC:
+        *parents, key = dotted.split(".")
+        node = kept
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
+    return kept
+
+
+def fingerprint(config: dict) -> str:
+    return hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    """'field: old -> new' for every identity field that differs between two resolved configs."""
+    a, b = _flat(identity(old)), _flat(identity(new))
+    return [f"{k}: {a.get(k, _ABSENT)} -> {b.get(k, _ABSENT)}" for k in sorted(a.keys() | b.keys())
+            if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
+
+
+def stored_run(run_dir: Path, config: dict, run_name: str) -> dict | None:
+    """The folder's results.json when it is this config's run; None when the folder holds no run yet. Raises
+    RunFolderTaken, naming the differing fields and how to name a new run, when it is another config's. Reads
+    only: call it before writing anything into the folder."""
+    results = run_dir / "results.json"
+    if not results.exists():
+        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+            raise RunFolderTaken(f"{run_dir} holds checkpoints but no results.json, so nothing says which config "
+                                 f"made them; nothing was changed. Delete the folder, or name a new run "
+                                 f"(run_name=...).")
+        return None
+    stored = json.loads(results.read_text())
+    changed = differences(stored.get("config", {}), config)
+    if changed:
+        raise RunFolderTaken(
+            f"{run_dir} holds the run of another config ({stored.get('status', 'unknown status')}); nothing there "
+            f"was changed. It differs in: {'; '.join(changed)}. A run folder belongs to one config: name a new run, "
+            f"e.g. run_name={run_name}-{fingerprint(config)[:8]} (in a sweep: another hydra.sweep.dir), or delete "
+            f"the folder to start over.")
+    return stored

@@ -1,0 +1,194 @@
+"""Run folders with real processes on the shipped AN4 demo checkpoint (CPU; 24 utterances, 6 batches an epoch,
+4 epochs, last.ckpt every 2 steps): a second process on a live run is refused; kill -9 mid-epoch 3 resumes at the
+last saved step and ends with exactly the uninterrupted run's numbers and weights; a finished run is left
+byte-identical by another config, by a rejected config and by the same command (which prints its summary), and
+retrain=true trains it again."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BATCHES_PER_EPOCH = 6
+RUN = ["experiment=demo", "model=branchformer", "attention=gqa", "model.batch_size=4",
+       f"data.limit_train={4 * BATCHES_PER_EPOCH}", "data.limit_val=16", "data.limit_test=8", "data.num_workers=0",
+       "trainer.max_epochs=4", "checkpoint_every_n_steps=2", "logger=none"]
+
+
+def start(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "asr_attention.train", *RUN, f"hydra.run.dir={run_dir}", *overrides]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, rc: int | None = 0) -> str:
+    out, _ = proc.communicate(timeout=600)
+    if rc is None:
+        assert proc.returncode != 0, out[-3000:]
+    else:
+        assert proc.returncode == rc, out[-3000:]
+    return out
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 400) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the run ended before {what}:\n{proc.communicate()[0][-3000:]}"
+        assert time.time() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.05)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file below `folder`: its sha256 and mtime."""
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_identity_leaves_out_only_the_cosmetic_keys(compose_cfg):
+    from asr_attention.experiment import config_summary
+    from asr_attention.run_identity import differences, fingerprint
+
+    def config(*overrides):
+        return config_summary(compose_cfg("train", [*RUN, *overrides]))
+
+    base = config()
+    cosmetic = config("run_name=x", "export_dir=/tmp/x", "retrain=true", "checkpoint_every_n_steps=7",
+                      "data.num_workers=5", "trainer.log_every_n_steps=3")
+    cosmetic["logger"] = {"wandb": {"project": "elsewhere"}}
+    assert fingerprint(cosmetic) == fingerprint(base) and differences(base, cosmetic) == []
+    changed = config("optim.lr=1e-3", "trainer.max_epochs=5", "+model.arch.dropout=0.0")
+    assert fingerprint(changed) != fingerprint(base)
+    assert differences(base, changed) == ["model.arch.dropout: (absent) -> 0.0", "optim.lr: 0.0005 -> 0.001",
+                                          "trainer.max_epochs: 4 -> 5"]
+
+
+def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
+    """Lightning loads checkpoints with torch.load(weights_only=True): the saved RNG states must load that way and
+    put every generator back where it was."""
+    import random
+
+    import numpy as np
+
+    from asr_attention.checkpointing import rng_states, set_rng_states
+
+    torch.save({"rng": rng_states()}, tmp_path / "c.ckpt")
+    draws = torch.rand(3), np.random.rand(3), random.random()
+    set_rng_states(torch.load(tmp_path / "c.ckpt", weights_only=True)["rng"])
+    again = torch.rand(3), np.random.rand(3), random.random()
+    assert torch.equal(draws[0], again[0]) and (draws[1] == again[1]).all() and draws[2] == again[2]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run. While it holds its folder, it is stopped (SIGSTOP) and the same command is started
+    in the same folder: that second process must be refused. Returns (run dir, the second process's output)."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    first = start(run_dir)
+    lock = run_dir / "run.lock"
+    wait_for(lambda: lock.exists() and lock.read_text().strip(), first, "run.lock")
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = finish(start(run_dir), rc=None)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
+    finish(first)
+    return run_dir, second, first.pid
+
+
+def test_a_second_process_on_a_live_run_is_refused_naming_the_holder(reference):
+    run_dir, second, holder = reference
+    assert f"is in use by pid {holder} on host" in second
+    assert results(run_dir)["status"] == "completed"  # the holder, resumed after the refusal, finished unharmed
+
+
+def test_kill_mid_epoch_3_resumes_at_the_last_saved_step_with_the_uninterrupted_numbers(reference, tmp_path):
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    seen = {"mtime": 0}
+
+    def saved_mid_epoch_3() -> bool:  # poll last.ckpt; read it when it changes
+        if not last.exists() or last.stat().st_mtime_ns == seen["mtime"]:
+            return False
+        seen["mtime"] = last.stat().st_mtime_ns
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        return ckpt["epoch"] == 2 and ckpt["global_step"] % BATCHES_PER_EPOCH != 0
+
+    proc = start(tmp_path)
+    wait_for(saved_mid_epoch_3, proc, "a mid-epoch-3 last.ckpt")
+    os.killpg(proc.pid, signal.SIGKILL)  # a real kill: nothing runs after it
+    proc.communicate()
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    step = saved["global_step"]
+    assert saved["epoch"] == 2 and 2 * BATCHES_PER_EPOCH < step < 3 * BATCHES_PER_EPOCH
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+        {"epoch": 2, "batches": step - 2 * BATCHES_PER_EPOCH}]  # the sampler's place in epoch 3
+    killed = results(tmp_path)
+    assert killed["status"] == "running" and "before" in killed and "after" not in killed
+    assert (tmp_path / "run.lock").exists()  # left behind by the killed process: stale
+
+    out = finish(start(tmp_path))
+    assert f"Restoring states from the checkpoint path at {last}" in out
+    assert f"took over a stale lock left by pid {proc.pid}" in out
+    resumed, uninterrupted = results(tmp_path), results(reference[0])
+    assert resumed["status"] == "completed" and resumed["global_step"] == 4 * BATCHES_PER_EPOCH
+    assert resumed["after"] == uninterrupted["after"]  # test WER, CER and loss, exactly
+    assert resumed["before"] == killed["before"] == uninterrupted["before"]  # measured once, before the kill
+    weights = [torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+               for d in (tmp_path, reference[0])]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # bit-identical weights
+    assert not (tmp_path / "run.lock").exists()
+
+    before = results(tmp_path)
+    out = finish(start(tmp_path, "retrain=true"))  # the explicit flag trains the completed run again
+    assert "retrain=true: removed" in out and f"Restoring states from the checkpoint path at {last}" not in out
+    again = results(tmp_path)
+    assert again["global_step"] == 4 * BATCHES_PER_EPOCH and again["after"] == uninterrupted["after"]
+    assert again["wall_seconds"] != before["wall_seconds"]  # a new run, not the stored one
+
+
+@pytest.mark.parametrize("overrides,refusal", [
+    (["optim.lr=1e-3"], "optim.lr: 0.0005 -> 0.001"),  # another config: refused, naming the field
+    (["trainer.max_epochs=-1"], "trainer.max_epochs=-1 is not allowed"),  # rejected by validation
+], ids=["other-config", "rejected-config"])
+def test_a_finished_run_is_untouched_by_another_or_a_rejected_config(reference, overrides, refusal):
+    run_dir = reference[0]
+    before = snapshot(run_dir)
+    out = finish(start(run_dir, *overrides), rc=None)
+    assert refusal in out
+    if overrides == ["optim.lr=1e-3"]:
+        assert "run_name=branchformer_demo-gqa-" in out  # how to name a new run
+    assert snapshot(run_dir) == before  # results.json, checkpoints, .hydra/, train.log: byte for byte
+
+
+def test_the_same_command_on_a_completed_run_prints_its_summary_and_trains_nothing(reference):
+    run_dir = reference[0]
+    before = snapshot(run_dir)
+    out = finish(start(run_dir))
+    wer = results(run_dir)["after"]["test_wer"]
+    assert f"-> {100 * wer:.1f} %" in out and "nothing was trained (retrain=true trains it again)" in out
+    assert "Restoring states" not in out and "Epoch" not in out
+    assert snapshot(run_dir) == before
+
+
+def test_results_json_holds_the_fingerprint_and_what_setup_counted(reference):
+    from asr_attention.run_identity import fingerprint
+
+    stored = results(reference[0])
+    assert stored["fingerprint"] == fingerprint(stored["config"])
+    none = {"train": [], "val": [], "test": []}
+    assert stored["transcripts"] == {"empty": none, "changed_by_oov_drop": none}  # AN4 fits the demo's vocabulary
+    assert stored["duration_mismatches"] == []
