@@ -75,14 +75,14 @@ def build_module(cfg: DictConfig, backbone: Backbone, tokenizer: CharTokenizer) 
     return CTCFineTuner(backbone, tokenizer, **cfg.optim)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: tuple[L.Callback, ...] = ()) -> L.Trainer:
     checkpoints = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best-{epoch}-{val_wer:.4f}", monitor="val_wer", mode="min",
         save_last=True, save_top_k=1,
     )
     loggers = [hydra.utils.instantiate(c) for c in (cfg.logger or {}).values()]
     return hydra.utils.instantiate(
-        cfg.trainer, callbacks=[checkpoints, RichProgressBar()], logger=loggers or False,
+        cfg.trainer, callbacks=[checkpoints, RichProgressBar(), *callbacks], logger=loggers or False,
         default_root_dir=str(run_dir),
     )
 

@@ -21,12 +21,14 @@ from omegaconf import DictConfig
 
 from .backbones import count_parameters
 from .backbones.export import export_backbone
+from .code_version import code_version
 from .config_check import validate
 from .experiment import (
     build_datamodule_for, build_module, build_tokenizer_and_backbone, build_trainer, config_summary, convert,
 )
 from .results import Results, summary_table
 from .throughput import measure_rtfx
+from .val_curve import ValCurve
 from .wandb_log import log_results_to_wandb
 
 log = logging.getLogger(__name__)
@@ -41,10 +43,11 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float:
         results.update(conversion=convert(backbone, cfg.attention, datamodule))
     results.update(vocab_size=len(tokenizer), parameters=count_parameters(backbone))
     module = build_module(cfg, backbone, tokenizer)
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, callbacks=(ValCurve(results),))
     last = run_dir / "checkpoints" / "last.ckpt"
 
     if results.get("before") is None:  # a resumed run measured this already
+        trainer.validate(module, datamodule=datamodule)  # val_curve's step 0: right after conversion
         module.test_prefix = "before_test"
         (before,) = trainer.test(module, datamodule=datamodule)
         results.update(before={k.removeprefix("before_"): v for k, v in before.items()})
@@ -72,7 +75,7 @@ def main(cfg: DictConfig) -> float | None:
         validate(cfg)  # a single run fails before touching outputs/<run_name> (which may hold a finished run)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     results = Results(run_dir / "results.json", status="running", config=config_summary(cfg),
-                      torch=torch.__version__)
+                      torch=torch.__version__, code=code_version())
     try:
         validate(cfg)  # in a sweep, a bad grid point is a failed job with its error recorded; the sweep goes on
         wer = run(cfg, run_dir, results)
