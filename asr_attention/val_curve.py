@@ -14,9 +14,9 @@ class ValCurve(L.Callback):
     def __init__(self, results: Results):
         self.results = results
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Step 0 was validated by trainer.validate, under inference mode, whose metric states (inference tensors)
-        fit's no-grad validation could not update in place: start them afresh."""
+        fit's no-grad validation (sanity check included) could not update in place: start them afresh."""
         for metric in pl_module.modules():
             if isinstance(metric, Metric):
                 metric.reset()
