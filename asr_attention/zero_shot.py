@@ -5,7 +5,7 @@ site, no fine-tuning:
     python -m asr_attention.zero_shot --sites encoder --variants mha,linear --limit 20
 
 Each row converts a fresh copy of the loaded model (the same `convert` as a training run: calibration and
-fidelity on the first AN4 val batch), then decodes the test set with the cached greedy decoder and its fallback.
+fidelity on 8 AN4 val utterances), then decodes the test set with the cached greedy decoder and its fallback.
 An encoder that is not converted runs once for all rows. Rows are appended to the JSON as they finish, and a
 re-run skips the rows it holds (so a long table survives interruption); WER is scored from the stored
 transcripts, with the text normaliser (both sides) and raw.
@@ -59,6 +59,10 @@ class ZeroShot:
         self.data = build_datamodule(dict(corpus="an4", batch_size=batch_size, num_workers=0, limit_test=limit),
                                      self.tokenizer)
         self.data.setup()
+        # calibration and fidelity: the first 8 AN4 val utterances (as experiment=whisper_demo's batch of 8)
+        self.calibration = build_datamodule(dict(corpus="an4", batch_size=8, num_workers=0, limit_val=8),
+                                            self.tokenizer)
+        self.calibration.setup()
         self.batches = [b for b in self.data.test_dataloader() if b is not None]
         self.options = DecodingOptions(**{k: tuple(v) if k == "temperatures" else v
                                           for k, v in self.model_cfg.decoding.items()})
@@ -70,7 +74,7 @@ class ZeroShot:
         backbone = copy.deepcopy(self.pristine)
         conversion = None
         if attention is not None:
-            conversion = convert(backbone, OmegaConf.create({**attention, "sites": sites}), self.data)
+            conversion = convert(backbone, OmegaConf.create({**attention, "sites": sites}), self.calibration)
             backbone.eval()
         encoder_converted = attention is not None and "encoder" in sites
         if not encoder_converted and self._memories is None:

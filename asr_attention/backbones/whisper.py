@@ -220,7 +220,8 @@ class Whisper(Backbone):
 
     def frames(self, wave_lengths: Tensor) -> Tensor:
         """Encoder frames that hold audio: 2 conv strides of 160-sample hops = 320 samples each."""
-        return torch.div(wave_lengths + 319, 320, rounding_mode="floor").clamp(1, self.model.config.max_source_positions)
+        frames = torch.div(wave_lengths + 319, 320, rounding_mode="floor")
+        return frames.clamp(1, self.model.config.max_source_positions)
 
     def forward(self, waves: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """The CTC head: log_probs (B, T, V) over the frames that hold audio, and their number."""
