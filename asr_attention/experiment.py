@@ -103,7 +103,7 @@ def build_module(cfg: DictConfig, backbone: Backbone, tokenizer: CharTokenizer) 
     return CTCFineTuner(backbone, tokenizer, **cfg.optim)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: tuple[L.Callback, ...] = ()) -> L.Trainer:
     """The best `val_wer` checkpoint, and checkpoints/last.ckpt for resuming (see checkpointing.py). A resumed
     run that re-saves an epoch's best overwrites the file of the same name instead of adding a -v1 copy."""
     best = ModelCheckpoint(
@@ -113,7 +113,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     last = LastCheckpoint(run_dir / "checkpoints", every_n_steps=cfg.get("checkpoint_every_n_steps"))
     loggers = [hydra.utils.instantiate(c) for c in (cfg.logger or {}).values()]
     return hydra.utils.instantiate(
-        cfg.trainer, callbacks=[best, last, RichProgressBar()], logger=loggers or False,
+        cfg.trainer, callbacks=[best, last, RichProgressBar(), *callbacks], logger=loggers or False,
         default_root_dir=str(run_dir),
     )
 

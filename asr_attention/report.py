@@ -292,6 +292,18 @@ def log_report_to_wandb(rows: Sequence[dict], paths: Mapping[str, Path]) -> bool
     return True
 
 
+def open_report_run(sweep_dir: Path, out: Path | None, project: str, entity: str | None, name: str):
+    """A W&B run of its own for a report, in the sweep's group (its jobs' ${sweep_group:...}): offline unless
+    WANDB_MODE=online."""
+    import os
+
+    import wandb
+
+    group = "_".join(sweep_dir.resolve().parts[-2:])
+    return wandb.init(project=project, entity=entity, group=group, job_type="report", name=f"{name}-{group}",
+                      mode=os.environ.get("WANDB_MODE", "offline"), dir=str(out or sweep_dir))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m asr_attention.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", type=Path, help="a sweep's directory, e.g. multirun/2026-11-28/04-07-46")
@@ -302,16 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--entity", default=None, help="W&B entity (with --wandb)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    run = None
-    if args.wandb:
-        import os
-
-        import wandb
-
-        group = "_".join(args.sweep_dir.resolve().parts[-2:])  # as the sweep's jobs (${sweep_group:...})
-        run = wandb.init(project=args.project, entity=args.entity, group=group, job_type="report",
-                         name=f"report-{group}", mode=os.environ.get("WANDB_MODE", "offline"),
-                         dir=str(args.out or args.sweep_dir))
+    run = open_report_run(args.sweep_dir, args.out, args.project, args.entity, "report") if args.wandb else None
     try:
         paths = write_report(args.sweep_dir, args.out)
     finally:

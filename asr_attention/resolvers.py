@@ -1,5 +1,6 @@
 """OmegaConf resolvers the configs use: ${pkg:path} = a path inside the installed asr_attention package
-(the vendored AN4 corpus, the shipped demo checkpoints), wherever the command runs from."""
+(the vendored AN4 corpus, the shipped demo checkpoints), wherever the command runs from; ${floordiv:a,b} = a // b
+(e.g. MLA's latent_dim as a fraction of model.d_model in conf/study/variant/)."""
 
 from pathlib import Path
 
@@ -8,6 +9,7 @@ from omegaconf import OmegaConf
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 OmegaConf.register_new_resolver("pkg", lambda rel: str(PACKAGE_DIR / rel), replace=True)
+OmegaConf.register_new_resolver("floordiv", lambda a, b: int(a) // int(b), replace=True)
 
 
 def sweep_group(default: str) -> str:

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .backbones import count_parameters
 from .backbones.export import export_backbone
+from .code_version import code_version
 from .config_check import validate
 from .data.corpora import check_splits
 from .experiment import (
@@ -39,6 +40,7 @@ from .results import Results, summary_table
 from .run_identity import fingerprint, stored_run
 from .run_lock import RunLock
 from .throughput import measure_rtfx
+from .val_curve import ValCurve
 from .wandb_log import log_results_to_wandb
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
     datamodule = build_datamodule_for(cfg, tokenizer)
     results.update(transcripts=datamodule.transcripts, duration_mismatches=datamodule.duration_mismatches)
     module = build_module(cfg, backbone, tokenizer)
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, callbacks=(ValCurve(results),))
     if cfg.get("test_unconverted") and results.get("unconverted") is None:  # the original model's WER first
         module.test_prefix = "unconverted_test"
         (unconverted,) = trainer.test(module, datamodule=datamodule)
@@ -65,6 +67,7 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
     last = run_dir / "checkpoints" / "last.ckpt"
 
     if results.get("before") is None:  # a resumed run measured this already
+        trainer.validate(module, datamodule=datamodule)  # val_curve's step 0: right after conversion
         module.test_prefix = "before_test"
         (before,) = trainer.test(module, datamodule=datamodule)
         results.update(before={k.removeprefix("before_"): v for k, v in before.items()})
@@ -162,7 +165,7 @@ def log_file(run_dir: Path) -> Iterator[None]:
 def fit_and_record(cfg: DictConfig, run_dir: Path, sweep: bool) -> float | None:
     config = config_summary(cfg)
     results = Results(run_dir / "results.json", status="running", config=config, fingerprint=fingerprint(config),
-                      torch=torch.__version__)
+                      torch=torch.__version__, code=code_version())
     results.discard("error", "traceback")  # an earlier failed attempt's, now resumed
     try:
         check_config(cfg)  # in a sweep, a bad grid point is a failed job with its error recorded; the sweep goes on

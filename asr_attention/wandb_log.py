@@ -21,7 +21,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("before", "after", "throughput")  # results.json dicts copied to the summary as <section>/<key>
+SECTIONS = ("before", "after", "throughput", "code")  # results.json dicts copied to the summary as <section>/<key>
 SCALARS = ("status", "error", "parameters", "vocab_size", "global_step", "wall_seconds", "best_checkpoint")
 
 

@@ -1,0 +1,364 @@
+"""The quality study's report: `python -m asr_attention.study_report <sweep dir> [--out DIR] [--wandb]`.
+
+Every run is paired with its control: the run whose config is the same but for the attention variant (same
+model and head, sites, seed, data, recipe and steps) and whose attention is MHA (the original weights
+re-expressed; attention=native where the sweep has no MHA run). Conversion cost = run WER - control WER on the
+test split (a fraction; Whisper's WER is on normalised text), right after conversion (zero-shot) and after
+fine-tuning. Writes into --out (default: the sweep dir):
+  study_runs.csv        one row per run: its control, WERs, costs, decode cache, steps, commit
+  study.md              per model, head, sites and variant: mean and spread (sample std) of the costs over seeds,
+                        the decode cache and its reduction, the goal check, the runs' commits, the plots
+  pareto_<model>.png    cost after fine-tuning against decode cache per second of audio and per generated token
+  recovery_<model>.png  val WER against fine-tune steps (each run's results.json val_curve), mean over seeds
+
+Decode cache (fp32, batch 1, all layers, bytes): what inference keeps while decoding. Whisper with its decoder:
+cross-attention K/V per second of audio and decoder self-attention per generated token (results' cache_per_site);
+the whole window = 30 s of cross cache + 448 tokens of self cache (Whisper's window and its most tokens). A CTC
+encoder: its self-attention cache per second of audio if it streamed; no token cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import statistics
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .report import analytic_cache_mib, find_results, open_report_run, pareto_front, table_cell, variant_label
+
+log = logging.getLogger(__name__)
+
+CONTROL_ATTENTIONS = ("mha", "native")  # in order of preference
+WINDOW_S, WINDOW_TOKENS = 30, 448  # Whisper: one window's audio and its most tokens
+NOT_RECIPE = ("run_name", "logger", "seed")  # config keys that may differ between runs of one recipe
+COLUMNS = [
+    "job", "status", "model", "head", "sites", "variant", "seed", "control_job", "wer_zero_shot", "wer_after",
+    "control_wer_zero_shot", "control_wer_after", "cost_zero_shot", "cost_after", "cache_per_second",
+    "cache_per_token", "control_cache_per_second", "control_cache_per_token", "cache_window",
+    "control_cache_window", "steps", "commit", "dirty", "error",
+]
+
+
+def sites_label(attention: Mapping) -> str:
+    sites = attention.get("sites")
+    if sites is None:
+        return "encoder"
+    return sites if isinstance(sites, str) else "+".join(sites)
+
+
+def recipe_key(config: Mapping, with_seed: bool) -> str:
+    """Everything in a run's config but the attention variant (its sites stay): runs with equal keys differ only
+    in the variant, so one is the other's paired control."""
+    rest = {k: v for k, v in config.items() if k not in NOT_RECIPE or (with_seed and k == "seed")}
+    rest["attention"] = {"sites": (config.get("attention") or {}).get("sites")}
+    return json.dumps(rest, sort_keys=True, default=str)
+
+
+def decode_cache(results: Mapping) -> tuple[float | None, float | None]:
+    """(bytes per second of audio, bytes per generated token) that decoding keeps; see the module doc."""
+    config = results.get("config") or {}
+    model, attention = config.get("model") or {}, config.get("attention") or {}
+    per_site = results.get("cache_per_site")
+    if per_site and model.get("head", "seq2seq") == "seq2seq":
+        return float(per_site["cross_per_second"]), float(per_site["decoder_self_per_token"])
+    mib = (results.get("conversion") or {}).get("cache_mib_per_1000_frames")
+    if mib is None and model and attention:
+        mib = analytic_cache_mib(model, attention)  # attention=native: no conversion summary
+    if mib is None or not model.get("frame_ms"):
+        return None, None
+    return mib * 2**20 / model["frame_ms"], None  # 1000 frames last frame_ms seconds
+
+
+def window_cache(per_second: float | None, per_token: float | None) -> float | None:
+    """One Whisper window's decode cache; None for a CTC encoder (no decoder, no window)."""
+    if per_second is None or per_token is None:
+        return None
+    return per_second * WINDOW_S + (per_token or 0.0) * WINDOW_TOKENS
+
+
+def run_row(path: Path, sweep_dir: Path, results: Mapping) -> dict[str, Any]:
+    config = results.get("config") or {}
+    model, attention = config.get("model") or {}, config.get("attention") or {}
+    per_second, per_token = decode_cache(results)
+    code, error = results.get("code") or {}, results.get("error")
+    return {
+        "job": str(path.parent.relative_to(sweep_dir)) or ".", "status": results.get("status", "?"),
+        "model": model.get("name", "?"), "head": model.get("head", "ctc"), "sites": sites_label(attention),
+        "variant": variant_label(attention), "attention": attention.get("name"), "seed": config.get("seed"),
+        "wer_zero_shot": (results.get("before") or {}).get("test_wer"),
+        "wer_after": (results.get("after") or {}).get("test_wer"),
+        "cache_per_second": per_second, "cache_per_token": per_token,
+        "cache_window": window_cache(per_second, per_token),
+        "steps": results.get("global_step"), "val_curve": results.get("val_curve") or [],
+        "commit": code.get("commit"), "dirty": code.get("dirty"),
+        "error": error.splitlines()[0] if error else None,
+        "pair_key": recipe_key(config, with_seed=True), "group_key": recipe_key(config, with_seed=False),
+    }
+
+
+def pair_with_controls(rows: list[dict]) -> None:
+    """Fill each row's control_* and cost_* fields from its control (see the module doc); None without one."""
+    controls: dict[str, dict] = {}
+    for name in reversed(CONTROL_ATTENTIONS):  # mha overwrites native
+        controls.update({r["pair_key"]: r for r in rows if r["attention"] == name and r["status"] == "completed"})
+    for row in rows:
+        control = controls.get(row["pair_key"])
+        row["control_job"] = control["job"] if control else None
+        for key in ("wer_zero_shot", "wer_after", "cache_per_second", "cache_per_token", "cache_window"):
+            row[f"control_{key}"] = control[key] if control else None
+        for phase in ("zero_shot", "after"):
+            run, ref = row[f"wer_{phase}"], row[f"control_wer_{phase}"]
+            row[f"cost_{phase}"] = run - ref if run is not None and ref is not None else None
+
+
+def collect(sweep_dir: str | Path) -> list[dict]:
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    for path in find_results(sweep_dir):
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: not a readable results.json ({type(err).__name__}: {err})") from err
+        rows.append(run_row(path, sweep_dir, results))
+    pair_with_controls(rows)
+    return rows
+
+
+def _mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def _reduction(value: float | None, reference: float | None) -> float | None:
+    return 100.0 * (1.0 - value / reference) if value is not None and reference else None
+
+
+def aggregate(rows: Sequence[dict]) -> list[dict]:
+    """One row per model, head, sites, variant and recipe: mean and sample std over its completed, paired seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["status"] == "completed" and r["cost_after"] is not None:
+            groups.setdefault((r["model"], r["head"], r["sites"], r["variant"], r["group_key"]), []).append(r)
+    out = []
+    for (model, head, sites, variant, _), runs in groups.items():
+        first = runs[0]
+        agg = {"model": model, "head": head, "sites": sites, "variant": variant, "attention": first["attention"],
+               "seeds": sorted(r["seed"] for r in runs), "runs": runs,
+               "cache_per_second": first["cache_per_second"], "cache_per_token": first["cache_per_token"],
+               "reduction_per_second": _reduction(first["cache_per_second"], first["control_cache_per_second"]),
+               "reduction_per_token": _reduction(first["cache_per_token"], first["control_cache_per_token"]),
+               "reduction_window": _reduction(first["cache_window"], first["control_cache_window"])}
+        for key in ("wer_after", "control_wer_after", "cost_zero_shot", "cost_after"):
+            agg[key], agg[f"{key}_sd"] = _mean_sd([r[key] for r in runs if r[key] is not None])
+        out.append(agg)
+    return sorted(out, key=lambda a: (a["model"], a["head"], a["sites"], a["attention"] not in CONTROL_ATTENTIONS,
+                                      a["variant"]))
+
+
+# --- outputs -------------------------------------------------------------------------------------------------------
+
+def write_csv(rows: Sequence[dict], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row[k] is None else row[k] for k in COLUMNS})
+
+
+def _points(mean: float | None, sd: float | None) -> str:
+    """WER points: '+1.23 ± 0.40' (sd over seeds; none with one seed)."""
+    if mean is None:
+        return ""
+    return f"{100 * mean:+.2f}" + (f" ± {100 * sd:.2f}" if sd is not None else "")
+
+
+def summary_table(aggs: Sequence[dict]) -> str:
+    header = ["head", "sites", "variant", "seeds", "WER after %", "control WER after %", "cost zero-shot (pts)",
+              "cost after FT (pts)", "cache B/s", "cut /s %", "cache B/token", "cut /token %", "cut window %",
+              "steps"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for a in aggs:
+        steps = sorted({r["steps"] for r in a["runs"]} - {None})
+        cells = [a["head"], a["sites"], a["variant"] + (" (control)" if a["attention"] in CONTROL_ATTENTIONS else ""),
+                 ",".join(map(str, a["seeds"])), table_cell(a["wer_after"] and 100 * a["wer_after"], ".2f"),
+                 table_cell(a["control_wer_after"] and 100 * a["control_wer_after"], ".2f"),
+                 _points(a["cost_zero_shot"], a["cost_zero_shot_sd"]), _points(a["cost_after"], a["cost_after_sd"]),
+                 table_cell(a["cache_per_second"], ",.0f"), table_cell(a["reduction_per_second"], ".1f"),
+                 table_cell(a["cache_per_token"], ",.0f"), table_cell(a["reduction_per_token"], ".1f"),
+                 table_cell(a["reduction_window"], ".1f"), ",".join(map(str, steps))]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def goal_met(a: Mapping, cut_pct: float = 75.0, cost_pts: float = 1.0) -> bool:
+    """>= cut_pct of the decode cache removed (the whole window with a decoder, per second for CTC) for a mean
+    cost after fine-tuning <= cost_pts WER points."""
+    cut = a["reduction_window"] if a["head"] == "seq2seq" else a["reduction_per_second"]
+    return cut is not None and cut >= cut_pct and a["cost_after"] is not None and 100 * a["cost_after"] <= cost_pts
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pareto(aggs: Sequence[dict], model: str, path: Path) -> Path:
+    """Cost after fine-tuning (mean, bars: sd over seeds) against decode cache per second and per token; the
+    Pareto front (no other point has both less cache and a lower cost) dashed."""
+    plt = _pyplot()
+    panels = [(key, unit) for key, unit in (("cache_per_second", "per second of audio"),
+                                            ("cache_per_token", "per generated token"))
+              if any(a[key] is not None for a in aggs)] or [("cache_per_second", "per second of audio")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
+    sites = sorted({a["sites"] for a in aggs})
+    colors = dict(zip(sites, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for ax, (key, unit) in zip(axes[0], panels):
+        points = [a for a in aggs if a[key] is not None and a["cost_after"] is not None]
+        for a in points:
+            x, y = a[key], 100 * a["cost_after"]
+            ax.errorbar(x, y, yerr=100 * (a["cost_after_sd"] or 0), fmt="o", color=colors[a["sites"]], capsize=3)
+            ax.annotate(f"{a['head']}:{a['sites']}\n{a['variant']}", (x, y), textcoords="offset points",
+                        xytext=(5, 3), fontsize=6)
+        front = sorted((a[key], 100 * a["cost_after"]) for a, keep in
+                       zip(points, pareto_front([(a[key], a["cost_after"]) for a in points])) if keep)
+        if front:
+            ax.step(*zip(*front), where="post", color="red", linestyle="--", linewidth=1, label="Pareto front")
+        for s in sites:
+            ax.scatter([], [], color=colors[s], label=s)
+        xs = [a[key] for a in points]
+        if xs and min(xs) > 0 and max(xs) / min(xs) > 50:
+            ax.set_xscale("log")
+        ax.axhline(0, color="gray", linewidth=0.8)
+        ax.set_xlabel(f"decode cache, bytes {unit} (fp32, batch 1, all layers)")
+        ax.set_ylabel("conversion cost after fine-tuning, WER points vs control")
+        ax.grid(True, alpha=0.3)
+        if points:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, f"no cache {unit}", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(f"{model}: conversion cost vs decode cache (lower-left is better)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def recovery_curves(aggs: Sequence[dict]) -> dict[tuple[str, str], dict[str, list[tuple[int, float]]]]:
+    """{(head, sites): {variant: [(step, mean val WER over the seeds measured at that step)]}}."""
+    curves: dict[tuple[str, str], dict[str, list[tuple[int, float]]]] = {}
+    for a in aggs:
+        by_step: dict[int, list[float]] = {}
+        for r in a["runs"]:
+            for p in r["val_curve"]:
+                if "val_wer" in p:
+                    by_step.setdefault(p["step"], []).append(p["val_wer"])
+        if by_step:
+            curves.setdefault((a["head"], a["sites"]), {})[a["variant"]] = [
+                (s, statistics.fmean(v)) for s, v in sorted(by_step.items())]
+    return curves
+
+
+def plot_recovery(aggs: Sequence[dict], model: str, path: Path) -> Path:
+    plt = _pyplot()
+    curves = recovery_curves(aggs)
+    fig, axes = plt.subplots(1, max(1, len(curves)), figsize=(5.5 * max(1, len(curves)), 4.5), squeeze=False)
+    for ax, ((head, sites), variants) in zip(axes[0], sorted(curves.items())):
+        for variant, points in sorted(variants.items()):
+            ax.plot(*zip(*[(s, 100 * w) for s, w in points]), marker=".", label=variant)
+        ax.set_title(f"{head}: {sites}", fontsize=9)
+        ax.set_xlabel("fine-tune steps")
+        ax.set_ylabel("val WER %, mean over seeds")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"{model}: val WER during fine-tuning (step 0: converted)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+    sweep_dir = Path(sweep_dir)
+    out = Path(out_dir) if out_dir else sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    rows = collect(sweep_dir)
+    if not rows:
+        raise FileNotFoundError(f"no results.json below {sweep_dir}")
+    aggs = aggregate(rows)
+    paths = {"csv": out / "study_runs.csv", "md": out / "study.md"}
+    write_csv(rows, paths["csv"])
+    counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
+    unpaired = [r["job"] for r in rows if r["status"] == "completed" and r["control_job"] is None]
+    md = [f"# Quality study: {sweep_dir}", "",
+          f"{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + "."
+          + (f" Completed without a completed control (no cost): {', '.join(unpaired)}." if unpaired else ""), "",
+          "Cost: test WER minus the paired control's (the same config with MHA on the same sites: same recipe, "
+          "steps and seed), in WER points, mean ± sample std over seeds; zero-shot = right after conversion. "
+          f"Decode cache: bytes, fp32, batch 1, all layers; cut = reduction against the control; window = "
+          f"{WINDOW_S} s of cross cache + {WINDOW_TOKENS} tokens of self cache.", ""]
+    for model in sorted({a["model"] for a in aggs}):
+        model_aggs = [a for a in aggs if a["model"] == model]
+        paths[f"pareto_{model}"] = plot_pareto(model_aggs, model, out / f"pareto_{model}.png")
+        paths[f"recovery_{model}"] = plot_recovery(model_aggs, model, out / f"recovery_{model}.png")
+        met = [f"{a['head']}:{a['sites']} {a['variant']}" for a in model_aggs
+               if a["attention"] not in CONTROL_ATTENTIONS and goal_met(a)]
+        md += [f"## {model}", "", summary_table(model_aggs), "",
+               "≥ 75 % of the decode cache removed for ≤ +1.0 WER point after fine-tuning: "
+               + (", ".join(met) or "none"), "",
+               f"![Pareto]({paths[f'pareto_{model}'].name})", "", f"![Recovery]({paths[f'recovery_{model}'].name})", ""]
+    failed = [r for r in rows if r["status"] != "completed"]
+    if failed:
+        md += ["## Runs that did not complete", ""] + [f"- {r['job']} ({r['model']} {r['sites']} {r['variant']} "
+                                                       f"seed {r['seed']}): {r['status']}: {r['error']}"
+                                                       for r in failed] + [""]
+    commits: dict[str, list[str]] = {}
+    for r in rows:
+        commits.setdefault(f"{r['commit'] or 'unknown'}{' (dirty)' if r['dirty'] else ''}", []).append(r["job"])
+    md += ["## Code", ""] + [f"- {c}: {len(jobs)} runs ({', '.join(jobs[:8])}{', …' if len(jobs) > 8 else ''})"
+                             for c, jobs in commits.items()] + [""]
+    paths["md"].write_text("\n".join(md))
+    log_study_to_wandb(rows, paths)
+    return paths
+
+
+def log_study_to_wandb(rows: Sequence[dict], paths: Mapping[str, Path]) -> bool:
+    if "wandb" not in sys.modules or sys.modules["wandb"].run is None:
+        return False
+    wandb = sys.modules["wandb"]
+    wandb.log({"study/runs": wandb.Table(columns=COLUMNS, data=[[r[c] for c in COLUMNS] for r in rows]),
+               **{f"study/{k}": wandb.Image(str(p)) for k, p in paths.items() if p.suffix == ".png"}})
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m asr_attention.study_report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="a study sweep's directory, e.g. multirun/2026-11-30/20-25-00")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep dir)")
+    parser.add_argument("--wandb", action="store_true", help="log to a W&B run in the sweep's group")
+    parser.add_argument("--project", default="asr-attention", help="W&B project (with --wandb)")
+    parser.add_argument("--entity", default=None, help="W&B entity (with --wandb)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run = open_report_run(args.sweep_dir, args.out, args.project, args.entity, "study") if args.wandb else None
+    try:
+        paths = write_report(args.sweep_dir, args.out)
+    finally:
+        if run is not None:
+            run.finish()
+    print(paths["md"].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The quality study: its presets state the grid (every point composes and validates), one -m command runs a
+2-point cut of the GPU preset end to end on the CPU with tiny limits, and the study report's numbers are the runs'
+(cost = run WER - paired control WER, read back from their results.json); the report's pairing, seed spread and
+cache arithmetic on SYNTHETIC results.json files (made-up numbers, no training)."""
+
+import csv
+import json
+import statistics
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from asr_attention import code_version as code_version_module
+from asr_attention.code_version import code_version
+from asr_attention.config_check import validate
+from asr_attention.study_report import aggregate, collect, goal_met, recovery_curves, write_report
+from asr_attention.wandb_log import offline_runs, read_offline_run
+
+from test_sweep import REPO, job_results
+
+WHISPER_SITES = ["decoder", "decoder_self", "cross", "encoder_seq2seq", "encoder_ctc", "all"]
+VARIANTS = ["mha", "gqa_kv1", "gqa_kv2", "gqa_kv3", "mla_d", "mla_d2", "mla_d4", "mla_d8", "mla_d_act",
+            "mla_d2_act", "mla_d4_act", "mla_d8_act", "linear_elu", "linear_hedgehog"]
+
+
+def test_presets_state_the_grid_and_every_point_validates(compose_cfg):
+    cfg = compose_cfg("train", ["experiment=quality_whisper"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params["seed"] == "0,1,2"
+    assert params["study/sites"].split(",") == WHISPER_SITES
+    assert params["study/variant"].split(",") == VARIANTS
+    assert cfg.trainer.max_steps <= 2000 and cfg.trainer.max_epochs is None
+    # sites and variant presets set separate keys: each one once, beside the other's hardest choice
+    for point in ([f"study/variant={v}", "study/sites=all"] for v in VARIANTS):
+        validate(compose_cfg("train", ["experiment=quality_whisper", *point]))  # raises on a bad point
+    for point in ([f"study/sites={s}", "study/variant=gqa_kv3"] for s in WHISPER_SITES):
+        validate(compose_cfg("train", ["experiment=quality_whisper", *point]))
+    mla = compose_cfg("train", ["experiment=quality_whisper", "study/variant=mla_d8_act"])
+    assert (mla.attention.name, mla.attention.latent_dim, mla.attention.calibration) == ("mla", 48, "activation")
+    ctc = compose_cfg("train", ["experiment=quality_whisper", "study/sites=encoder_ctc"])
+    assert (ctc.model.head, list(ctc.attention.sites), ctc.optim.attention_only_steps) == ("ctc", ["encoder"], 0)
+    both = compose_cfg("train", ["experiment=quality_whisper", "study/sites=decoder", "study/variant=gqa_kv3"])
+    assert list(both.attention.sites) == ["decoder_self", "cross"] and both.attention.num_kv_heads == 3
+    assert both.optim.attention_only_steps >= both.trainer.max_steps  # attention only, every step
+
+    small = compose_cfg("train", ["experiment=quality_whisper_small"], return_hydra_config=True)
+    assert dict(small.hydra.sweeper.params) == {"seed": "0,1,2", "study/sites": "decoder",
+                                                "study/variant": "mha,mla_d4_act,gqa_kv1"}
+    assert (small.trainer.max_steps, small.trainer.val_check_interval, small.data.limit_val) == (200, 50, 32)
+
+    enc = compose_cfg("train", ["experiment=quality_encoders"], return_hydra_config=True)
+    assert enc.hydra.sweeper.params["model"] == "branchformer,conformer"
+    encoder_variants = enc.hydra.sweeper.params["study/variant"].split(",")
+    assert encoder_variants == [v for v in VARIANTS if v != "gqa_kv3"]  # 3 does not divide their 4 heads
+    for point in ([f"study/variant={v}", "model=conformer"] for v in encoder_variants):
+        validate(compose_cfg("train", ["experiment=quality_encoders", *point]))
+    assert compose_cfg("train", ["experiment=quality_encoders", "model=branchformer"]).model.name == "branchformer_demo"
+    assert compose_cfg("train", ["experiment=quality_encoders", "study/variant=mla_d2"]).attention.latent_dim == 72
+
+
+def test_code_version_git_then_environment(monkeypatch, tmp_path):
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert code_version()["commit"] == head.strip() and code_version()["source"] == "git"
+    monkeypatch.setattr(code_version_module, "REPO", tmp_path)  # a copy without .git (a GPU machine's tree)
+    monkeypatch.setenv("ASR_ATTENTION_COMMIT", "abc123")
+    assert code_version() == {"commit": "abc123", "dirty": None, "source": "ASR_ATTENTION_COMMIT"}
+    monkeypatch.delenv("ASR_ATTENTION_COMMIT")
+    assert code_version()["commit"] is None and str(tmp_path) in code_version()["source"]
+
+
+TINY_WHISPER = ["trainer=cpu", "seed=0", "study/variant=mha,mla_d4_act", "data.limit_train=2", "data.limit_val=1",
+                "data.limit_test=2", "data.num_workers=0", "model.batch_size=2", "trainer.max_steps=1",
+                "trainer.val_check_interval=1", "trainer.log_every_n_steps=1", "optim.warmup_steps=0",
+                "model.decoding.max_tokens=6", "model.decoding.temperatures=[0.0]"]
+
+
+def test_the_whisper_study_preset_end_to_end_on_cpu(tmp_path):
+    """experiment=quality_whisper_small, cut to 2 points (the control and MLA d/4) with tiny limits: one -m
+    command, then the study report, whose numbers must be the ones in the runs' results.json."""
+    import os
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "asr_attention.train", "-m", "experiment=quality_whisper_small",
+                           *TINY_WHISPER, f"hydra.sweep.dir={tmp_path}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    results = job_results(tmp_path)
+    control, mla = results["0"], results["1"]
+    assert control["config"]["attention"]["name"] == "mha" and mla["config"]["attention"]["latent_dim"] == 96
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    for res in (control, mla):
+        assert res["status"] == "completed", res.get("error")
+        assert res["code"]["commit"] == head.strip()
+        assert [p["step"] for p in res["val_curve"]] == [0, 1] and res["global_step"] == 1
+    # all runs of the sweep in one W&B group, named by sites, variant and seed
+    groups = set()
+    for job, name in (("0", "whisper-decoder-mha-seed0"), ("1", "whisper-decoder-mla_d4_act-seed0")):
+        (run_dir,) = offline_runs(tmp_path / job)
+        run = read_offline_run(run_dir)["run"]
+        assert run["name"] == name
+        groups.add(run["group"])
+    assert groups == {f"{tmp_path.parent.name}_{tmp_path.name}"}
+
+    paths = write_report(tmp_path)
+    with paths["csv"].open() as f:
+        rows = {r["job"]: r for r in csv.DictReader(f)}
+    row = rows["1"]
+    assert row["control_job"] == "0" and row["sites"] == "decoder_self+cross" and row["variant"] == "mla r=96 act"
+    for phase, key in (("zero_shot", "before"), ("after", "after")):
+        assert float(row[f"cost_{phase}"]) == mla[key]["test_wer"] - control[key]["test_wer"]
+        assert float(rows["0"][f"cost_{phase}"]) == 0.0
+    # MLA keeps r = 96 fp32 values per token (self) and per encoder frame (cross, 50 a second) in each of 4 layers
+    assert float(row["cache_per_token"]) == mla["cache_per_site"]["decoder_self_per_token"] == 4 * 96 * 4
+    assert float(row["cache_per_second"]) == mla["cache_per_site"]["cross_per_second"] == 4 * 96 * 4 * 50
+    md = paths["md"].read_text()
+    cost = 100 * (mla["after"]["test_wer"] - control["after"]["test_wer"])
+    assert f"| seq2seq | decoder_self+cross | mla r=96 act | 0 | {100 * mla['after']['test_wer']:.2f} | " in md
+    assert f"| {cost:+.2f} | 76,800 | 87.5 | 1,536 | 87.5 | 87.5 | 1 |" in md
+    assert f"- {head.strip()}" in md
+    (agg,) = [a for a in aggregate(collect(tmp_path)) if a["variant"] == "mla r=96 act"]
+    curve = recovery_curves([agg])[("seq2seq", "decoder_self+cross")]["mla r=96 act"]
+    assert curve == [(p["step"], p["val_wer"]) for p in mla["val_curve"]]
+    for name in ("pareto_whisper", "recovery_whisper"):
+        assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- the report on SYNTHETIC results.json files --------------------------------------------------------------------
+
+def synthetic_run(sweep: Path, job: str, attention: dict, seed: int, *, after=None, before=None, lr=3e-4,
+                  model="A", status="completed", cache_mib=None, commit="c0ffee") -> None:
+    """A results.json shaped like asr_attention.train's, with SYNTHETIC numbers (an encoder model: CTC)."""
+    res = {"status": status, "code": {"commit": commit, "dirty": False},
+           "config": {"model": {"name": model, "family": "hf_wav2vec2", "d_model": 8, "num_heads": 2,
+                                "num_layers": 2, "frame_ms": 20, "position": "none"},
+                      "attention": attention, "seed": seed, "optim": {"lr": lr}, "run_name": f"{job}-name",
+                      "logger": {"wandb": {"name": job}}}}
+    if status == "completed":
+        res.update(before={"test_wer": before}, after={"test_wer": after}, global_step=10,
+                   val_curve=[{"step": 0, "val_wer": before}, {"step": 10, "val_wer": after}])
+        if attention["name"] != "native":
+            res["conversion"] = {"cache_mib_per_1000_frames": cache_mib}
+    else:
+        res["error"] = "RuntimeError: boom"
+    (sweep / job).mkdir(parents=True)
+    (sweep / job / "results.json").write_text(json.dumps(res))
+
+
+@pytest.fixture
+def study(tmp_path):
+    s = tmp_path / "study"
+    mha, mla = {"name": "mha"}, {"name": "mla", "latent_dim": 4, "calibration": "plain"}
+    synthetic_run(s, "0", mha, 0, before=0.10, after=0.08, cache_mib=1.0)
+    synthetic_run(s, "1", mla, 0, before=0.40, after=0.11, cache_mib=0.25)
+    synthetic_run(s, "2", mha, 1, before=0.10, after=0.06, cache_mib=1.0)
+    synthetic_run(s, "3", mla, 1, before=0.50, after=0.075, cache_mib=0.25)
+    synthetic_run(s, "4", mla, 0, before=0.30, after=0.09, cache_mib=0.25, lr=1e-4)  # another recipe: no control
+    synthetic_run(s, "5", mla, 2, status="failed")
+    # model B has no MHA run: attention=native is its control (cache from the config: K and V, 8 wide, 2 layers)
+    synthetic_run(s, "6", {"name": "native"}, 0, before=0.20, after=0.20, model="B", commit="beef")
+    synthetic_run(s, "7", {"name": "gqa", "num_kv_heads": 1}, 0, before=0.60, after=0.205, cache_mib=16000 / 2**20,
+                  model="B", commit="beef")
+    return s
+
+
+def test_report_pairs_each_run_with_its_own_seed_and_recipe(study):
+    rows = {r["job"]: r for r in collect(study)}
+    assert [rows[j]["control_job"] for j in "0123467"] == ["0", "0", "2", "2", None, "6", "6"]
+    assert rows["1"]["cost_after"] == 0.11 - 0.08 and rows["3"]["cost_after"] == 0.075 - 0.06
+    assert rows["1"]["cost_zero_shot"] == 0.40 - 0.10 and rows["4"]["cost_after"] is None
+    assert rows["5"]["status"] == "failed" and rows["5"]["cost_after"] is None
+    # cache per second: MiB per 1000 frames of 20 ms = per 20 s; native's from the config
+    assert rows["1"]["cache_per_second"] == 0.25 * 2**20 / 20
+    assert rows["6"]["cache_per_second"] == pytest.approx(2 * 8 * 4 * 2 * 50)  # K+V x d x fp32 x layers x frames/s
+    assert rows["7"]["cache_per_second"] == pytest.approx(16000 / 20)
+    assert rows["7"]["cache_per_token"] is None and rows["7"]["cache_window"] is None  # CTC: no decoder
+
+    aggs = {(a["model"], a["variant"]): a for a in aggregate(collect(study))}
+    a = aggs[("A", "mla r=4")]
+    assert a["seeds"] == [0, 1]  # seed 2 failed; job 4 had no control
+    assert a["cost_after"] == pytest.approx(statistics.fmean([0.11 - 0.08, 0.075 - 0.06]))
+    assert a["cost_after_sd"] == pytest.approx(statistics.stdev([0.11 - 0.08, 0.075 - 0.06]))
+    assert a["wer_after"] == pytest.approx(0.0925) and a["reduction_per_second"] == pytest.approx(75.0)
+    assert aggs[("A", "mha")]["cost_after"] == 0.0 and aggs[("A", "mha")]["cost_after_sd"] == 0.0
+    b = aggs[("B", "gqa kv=1")]
+    assert b["cost_after_sd"] is None and b["cost_after"] == pytest.approx(0.005)  # one seed: no spread
+    assert goal_met(b) and not goal_met(a)  # B: >= 75 % cut for +0.5 pt; A: +2.25 pts
+    assert recovery_curves([a])[("ctc", "encoder")]["mla r=4"] == [(0, pytest.approx(0.45)), (10, pytest.approx(0.0925))]
+
+
+def test_report_files_from_synthetic_study(study):
+    paths = write_report(study)
+    md = paths["md"].read_text()
+    assert "8 runs: 7 completed, 1 failed. Completed without a completed control (no cost): 4." in md
+    assert "| ctc | encoder | mla r=4 | 0,1 | 9.25 | 7.00 | +35.00 ± 7.07 | +2.25 ± 1.06 | 13,107 | 75.0 |" in md
+    assert "| ctc | encoder | gqa kv=1 | 0 | 20.50 | 20.00 | +40.00 | +0.50 |" in md
+    assert "≥ 75 % of the decode cache removed for ≤ +1.0 WER point after fine-tuning: ctc:encoder gqa kv=1" in md
+    assert "- 5 (A encoder mla r=4 seed 2): failed: RuntimeError: boom" in md
+    assert "- c0ffee: 6 runs (0, 1, 2, 3, 4, 5)" in md and "- beef: 2 runs (6, 7)" in md
+    for png in ("pareto_A", "recovery_A", "pareto_B", "recovery_B"):
+        assert paths[png].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
