@@ -1,0 +1,123 @@
+"""The decoders the generation benchmark compares, behind one call: transformers' `generate` (static or dynamic
+cache) and ours (a Whisper backbone whose decoder sites run attention variants, each keeping its own cache).
+
+Each takes an encoder output and a token count, emits exactly that many tokens per row (<|endoftext|>
+suppressed), and then reports the bytes its caches really hold and what they should hold."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from transformers import WhisperForConditionalGeneration
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache, StaticCache
+from transformers.modeling_outputs import BaseModelOutput
+
+from .greedy import greedy
+from .step_bytes import mha_cache_bytes
+from .whisper_sizes import EOT, NO_TIMESTAMPS, PROMPT, SOT
+
+
+def prompt_ids(batch: int, device: torch.device) -> Tensor:
+    return torch.tensor(PROMPT, device=device).expand(batch, -1)
+
+
+class HFGenerate:
+    """transformers' WhisperForConditionalGeneration.generate, greedy, sdpa. cache "static": a preallocated
+    StaticCache of prompt + max_new_tokens (transformers then compiles the decode step: the first call at each
+    batch size is slow, so time after a warm-up); "dynamic": grown by concatenation."""
+
+    def __init__(self, model: WhisperForConditionalGeneration, cache: str, max_new_tokens: int):
+        if cache not in ("static", "dynamic"):
+            raise ValueError(f"cache={cache!r} is not one of ['static', 'dynamic']")
+        self.model, self.kind, self.max_new_tokens = model, cache, max_new_tokens
+        self.cache: EncoderDecoderCache | None = None
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.model.model.decoder
+
+    def _new_cache(self, frames: int) -> EncoderDecoderCache:
+        config = self.model.config.get_text_config(decoder=True)
+        if self.kind == "static":  # one length for every call, so the compiled step is reused
+            return EncoderDecoderCache(StaticCache(config=config, max_cache_len=len(PROMPT) + self.max_new_tokens),
+                                       StaticCache(config=config, max_cache_len=frames))
+        return EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+
+    @torch.no_grad()
+    def __call__(self, memory: Tensor, steps: int) -> Tensor:
+        if steps > self.max_new_tokens:
+            raise ValueError(f"steps={steps} exceeds max_new_tokens={self.max_new_tokens}")
+        self.cache = None  # the previous call's cache is freed before the new one is allocated
+        self.cache = self._new_cache(memory.shape[1])
+        return self.model.generate(
+            encoder_outputs=BaseModelOutput(last_hidden_state=memory),
+            decoder_input_ids=prompt_ids(memory.shape[0], memory.device), past_key_values=self.cache,
+            max_new_tokens=steps, min_new_tokens=steps, do_sample=False, num_beams=1,
+        )
+
+    def cache_nbytes(self) -> dict[str, int]:
+        """Bytes of the K/V tensors the last call's caches hold (all layers)."""
+        def total(cache):
+            return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
+                       if t is not None)
+        return {"decoder_self": total(self.cache.self_attention_cache), "cross": total(self.cache.cross_attention_cache)}
+
+    def cache_bytes(self, batch: int, tokens: int, frames: int) -> dict[str, int]:
+        """What the caches should hold after `tokens` tokens were fed (static: always its full length)."""
+        config = self.model.config
+        if self.kind == "static":
+            tokens = len(PROMPT) + self.max_new_tokens
+        return mha_cache_bytes(config.d_model, config.decoder_layers, batch, tokens, frames, self.model.dtype.itemsize)
+
+    def release(self) -> None:
+        self.cache = None
+
+
+class OursGreedy:
+    """Our decoder loop (`greedy` over Whisper.decode) on a copy of the model whose decoder sites are converted:
+    attention None keeps MHA (the same weights), else `patch_attention` at `sites`."""
+
+    def __init__(self, model: WhisperForConditionalGeneration, attention: Mapping | None,
+                 sites: Sequence[str] = ("decoder_self", "cross")):
+        from asr_attention.backbones import patch_attention
+        from asr_attention.backbones.whisper import Whisper
+        from asr_attention.backbones.whisper_tokens import WhisperTokens
+
+        self.backbone = Whisper(copy.deepcopy(model), WhisperTokens(eot=EOT, sot=SOT, no_timestamps=NO_TIMESTAMPS))
+        self.backbone.eval()
+        if attention is not None:
+            self.backbone.select_sites(list(sites))
+            patch_attention(self.backbone, attention)
+        self.cache = None
+
+    @property
+    def model(self) -> nn.Module:
+        return self.backbone
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.backbone.decoder
+
+    @torch.no_grad()
+    def __call__(self, memory: Tensor, steps: int) -> Tensor:
+        self.cache = None
+        tokens, self.cache = greedy(self.backbone, memory, prompt_ids(memory.shape[0], memory.device), steps, (EOT,))
+        return tokens
+
+    def cache_nbytes(self) -> dict[str, int]:
+        return self.cache.nbytes()
+
+    def cache_bytes(self, batch: int, tokens: int, frames: int) -> dict[str, int]:
+        """Each site's variant's own analytic figure (MHA K/V, grouped K/V, a latent, a state)."""
+        dtype = next(self.backbone.parameters()).dtype
+        out = {"decoder_self": 0, "cross": 0}
+        for layer in self.decoder.layers:
+            out["decoder_self"] += layer.self_attn.variant.cache_bytes(tokens, batch, dtype)
+            out["cross"] += layer.encoder_attn.variant.cache_bytes(frames, batch, dtype)
+        return out
+
+    def release(self) -> None:
+        self.cache = None
