@@ -8,8 +8,10 @@ from typing import Any
 ATTENTION_NAMES = ("native", "mha", "mla", "gqa", "linear")
 FEATURE_MAPS = ("elu", "relu", "hedgehog")
 CALIBRATIONS = ("plain", "activation")
-MODEL_FAMILIES = ("hf_wav2vec2", "speechbrain_branchformer")
+MODEL_FAMILIES = ("hf_wav2vec2", "speechbrain_branchformer", "whisper")
 POSITIONS = ("none", "xl", "rotary_input")
+SITE_KINDS = {"whisper": ("encoder", "decoder_self", "cross")}  # other families: encoder self-attention only
+HEADS = {"whisper": ("seq2seq", "ctc")}
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
@@ -44,6 +46,20 @@ def validate_model(model: Mapping) -> None:
         _positive_int(model, "model", key)
     if d % h:
         _fail("model.num_heads", h, f"must divide model.d_model={d} (allowed: {_divisors(d)})")
+    if model["family"] in HEADS:
+        _choice(model, "model", "head", HEADS[model["family"]])
+
+
+def validate_sites(attention: Mapping, model: Mapping) -> None:
+    """attention.sites (optional): a list of the family's kinds of attention site, or 'all'."""
+    sites = attention.get("sites")
+    if sites is None or sites == "all":
+        return
+    kinds = SITE_KINDS.get(model["family"], ("encoder",))
+    listed = list(sites) if isinstance(sites, Iterable) and not isinstance(sites, str) else None
+    if not listed or any(s not in kinds for s in listed):
+        _fail("attention.sites", sites if listed is None else listed,
+              f"expected a non-empty list of {list(kinds)} (model.family={model['family']}), or 'all'")
 
 
 def validate_attention(attention: Mapping, model: Mapping) -> None:
@@ -72,6 +88,7 @@ def validate(cfg: Mapping) -> None:
             _fail(group, cfg.get(group), "expected a config group (e.g. model=conformer attention=mha)")
     validate_model(cfg["model"])
     validate_attention(cfg["attention"], cfg["model"])
+    validate_sites(cfg["attention"], cfg["model"])
     if cfg.get("export_dir") and cfg["attention"]["name"] != "native":
         # export writes the backbone's own format, which has no place for a converted attention
         _fail("export_dir", cfg["export_dir"], f"needs attention=native, not attention={cfg['attention']['name']}")

@@ -21,7 +21,7 @@ from .backbones import (
 )
 from .data.datamodule import ASRDataModule, build_datamodule
 from .data.text import CharTokenizer
-from .module import CTCFineTuner
+from .module import ASRFineTuner, CTCFineTuner
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,10 @@ def build_tokenizer_and_backbone(cfg: DictConfig) -> tuple[CharTokenizer, Backbo
     backbone = build_backbone(cfg.model)
     if cfg.model.get("pretrained", True) and backbone.family == "hf_wav2vec2":
         backbone.model.freeze_feature_encoder()  # the conv front end stays as pretrained (HF's own recipe)
+    if backbone.family == "whisper" and backbone.head == "seq2seq":
+        from .backbones.whisper_tokens import WhisperTextTokenizer
+
+        return WhisperTextTokenizer(backbone.tokens), backbone
     if backbone.vocab is not None and "|" in backbone.vocab:
         vocab = {tok: i for i, tok in enumerate(backbone.vocab)}
         return CharTokenizer(vocab, blank_id=backbone.blank_id, word_delimiter="|", oov=cfg.data.oov), backbone
@@ -47,7 +51,8 @@ def convert(backbone: Backbone, attention_cfg: DictConfig, datamodule: ASRDataMo
     """Patch every attention layer, calibrating on (and measuring fidelity over) the first val batch(es)."""
     loader = datamodule.val_dataloader()
     batch = next(b for b in loader if b is not None)
-    inputs = capture_attention_inputs(backbone, batch["waves"], batch["wave_lengths"])
+    backbone.select_sites(attention_cfg.get("sites"))
+    inputs = capture_attention_inputs(backbone, batch["waves"], batch["wave_lengths"], batch["targets"])
     references = original_variants(backbone)
     activation_aware = attention_cfg.get("calibration") == "activation"
     summary = patch_attention(backbone, attention_cfg, calibration_batch(inputs) if activation_aware else None)
@@ -63,15 +68,27 @@ def measured_cache_bytes(backbone: Backbone, inputs: list[dict]) -> dict:
     measured = analytic = 0
     with torch.no_grad():
         for variant, kw in zip(patched_variants(backbone), inputs):
-            _, cache = variant(kw["x"], kw.get("key_padding_mask"), kw.get("pos"), use_cache=True)
+            _, cache = variant(**kw, use_cache=True)
             measured += cache_nbytes(cache)
-            b, t, _ = kw["x"].shape
+            b, t, _ = kv_input(kw).shape
             analytic += variant.cache_bytes(t, b, kw["x"].dtype)
-    frames, batch = inputs[0]["x"].shape[1], inputs[0]["x"].shape[0]
+    frames, batch = kv_input(inputs[0]).shape[1], inputs[0]["x"].shape[0]
     return {"frames": frames, "batch": batch, "measured": measured, "analytic": analytic}
 
 
-def build_module(cfg: DictConfig, backbone: Backbone, tokenizer: CharTokenizer) -> CTCFineTuner:
+def kv_input(inputs: dict):
+    """What a layer's K/V are made from: the memory for cross-attention, else x."""
+    return inputs["x"] if inputs.get("memory") is None else inputs["memory"]
+
+
+def build_module(cfg: DictConfig, backbone: Backbone, tokenizer: CharTokenizer) -> ASRFineTuner:
+    if backbone.family == "whisper" and backbone.head == "seq2seq":
+        from .decoding import DecodingOptions
+        from .seq2seq_module import Seq2SeqFineTuner
+
+        decoding = DecodingOptions(**{k: tuple(v) if k == "temperatures" else v
+                                      for k, v in cfg.model.get("decoding", {}).items()})
+        return Seq2SeqFineTuner(backbone, decoding, cfg.model.get("cache_encoder", True), **cfg.optim)
     return CTCFineTuner(backbone, tokenizer, **cfg.optim)
 
 

@@ -1,4 +1,5 @@
-"""The LightningModule: CTC fine-tuning of a (patched) backbone, greedy decoding, WER/CER on val and test."""
+"""The LightningModules: one base (metrics, logging, optimizer) and the CTC head; seq2seq_module.py holds
+Whisper's decoder head."""
 
 from __future__ import annotations
 
@@ -9,44 +10,35 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 from transformers import get_cosine_schedule_with_warmup
 
 from .backbones import Backbone
+from .data.normalise import normalise_for_scoring
 from .data.text import CharTokenizer
 
 
-class CTCFineTuner(L.LightningModule):
-    """lr / weight_decay / warmup_steps: AdamW with linear warmup then cosine decay over the whole run.
+class ASRFineTuner(L.LightningModule):
+    """What every head shares. A subclass gives `loss_and_hyps(batch, decode)`.
+
+    Scoring: WER/CER on the texts after `normalise_for_scoring` (both sides, every model: "CQQF7" and
+    "C Q Q F SEVEN" are the same words) are `{split}_wer` / `_cer`; on the raw texts, `{split}_raw_wer` / `_cer`.
+    lr / weight_decay / warmup_steps: AdamW with linear warmup then cosine decay over the whole run.
     attention_only_steps: train only the converted attention layers for the first N steps (they start as an
     approximation; the rest of the network already fits), then everything that is not frozen."""
 
-    def __init__(
-        self,
-        backbone: Backbone,
-        tokenizer: CharTokenizer,
-        lr: float = 1e-4,
-        weight_decay: float = 0.01,
-        warmup_steps: int = 100,
-        attention_only_steps: int = 0,
-    ):
+    def __init__(self, backbone: Backbone, lr: float = 1e-4, weight_decay: float = 0.01, warmup_steps: int = 100,
+                 attention_only_steps: int = 0):
         super().__init__()
-        self.backbone, self.tokenizer = backbone, tokenizer
+        self.backbone = backbone
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.attention_only_steps = attention_only_steps
         self.metrics = torch.nn.ModuleDict(
-            {f"{split}_{name}": cls() for split in ("val", "test") for name, cls in
-             (("wer", WordErrorRate), ("cer", CharErrorRate))}
+            {f"{split}_{kind}{name}": cls() for split in ("val", "test") for kind in ("", "raw_")
+             for name, cls in (("wer", WordErrorRate), ("cer", CharErrorRate))}
         )
         self.last_predictions: list[dict] = []
         self.test_prefix = "test"  # "before_test" while measuring zero-shot WER right after conversion
 
-    def forward(self, waves, wave_lengths):
-        return self.backbone(waves, wave_lengths)
-
-    def ctc_loss(self, batch) -> torch.Tensor:
-        log_probs, lengths = self(batch["waves"], batch["wave_lengths"])
-        targets = batch["targets"].clamp_min(0)  # padding (-100) lies past target_lengths: never read
-        return F.ctc_loss(
-            log_probs.float().transpose(0, 1), targets, lengths, batch["target_lengths"],
-            blank=self.tokenizer.blank_id, zero_infinity=True,
-        )
+    def loss_and_hyps(self, batch, decode: bool) -> tuple[torch.Tensor, list[str] | None]:
+        """The training loss of the batch, and (decode=True) its transcripts."""
+        raise NotImplementedError
 
     def on_train_batch_start(self, batch, batch_idx):
         attention_only = self.global_step < self.attention_only_steps
@@ -55,19 +47,20 @@ class CTCFineTuner(L.LightningModule):
                 p.requires_grad_(not attention_only or ".variant." in name)
 
     def training_step(self, batch, batch_idx):
-        loss = self.ctc_loss(batch)
+        loss, _ = self.loss_and_hyps(batch, decode=False)
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["utt_ids"]))
         return loss
 
     def evaluate(self, batch, split: str):
         if batch is None:  # every file of the batch was unreadable (the datamodule recorded them)
             return
-        log_probs, lengths = self(batch["waves"], batch["wave_lengths"])
-        hyps = self.tokenizer.ctc_decode(log_probs, lengths)
+        loss, hyps = self.loss_and_hyps(batch, decode=True)
         refs = batch["texts"]
+        scored_hyps, scored_refs = map(lambda texts: [normalise_for_scoring(t) for t in texts], (hyps, refs))
         for name in ("wer", "cer"):
-            self.metrics[f"{split}_{name}"].update(hyps, refs)
-        self.log(f"{self._prefix(split)}_loss", self.ctc_loss(batch), batch_size=len(refs), sync_dist=True)
+            self.metrics[f"{split}_{name}"].update(scored_hyps, scored_refs)
+            self.metrics[f"{split}_raw_{name}"].update(hyps, refs)
+        self.log(f"{self._prefix(split)}_loss", loss, batch_size=len(refs), sync_dist=True)
         if split == "test":
             self.last_predictions += [{"utt_id": u, "ref": r, "hyp": h} for u, r, h in
                                       zip(batch["utt_ids"], refs, hyps)]
@@ -85,9 +78,9 @@ class CTCFineTuner(L.LightningModule):
         self.last_predictions = []
 
     def _log_epoch(self, split: str):
-        for name in ("wer", "cer"):
+        for name in ("wer", "cer", "raw_wer", "raw_cer"):
             metric = self.metrics[f"{split}_{name}"]
-            self.log(f"{self._prefix(split)}_{name}", metric.compute(), prog_bar=True, sync_dist=True)
+            self.log(f"{self._prefix(split)}_{name}", metric.compute(), prog_bar=name == "wer", sync_dist=True)
             metric.reset()
 
     def on_validation_epoch_end(self):
@@ -103,3 +96,26 @@ class CTCFineTuner(L.LightningModule):
         total = max(int(self.trainer.estimated_stepping_batches), self.warmup_steps + 1)
         scheduler = get_cosine_schedule_with_warmup(optimizer, self.warmup_steps, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class CTCFineTuner(ASRFineTuner):
+    """CTC fine-tuning of a (patched) backbone's encoder and CTC head; greedy CTC decoding."""
+
+    def __init__(self, backbone: Backbone, tokenizer: CharTokenizer, **optim):
+        super().__init__(backbone, **optim)
+        self.tokenizer = tokenizer
+
+    def forward(self, waves, wave_lengths):
+        return self.backbone(waves, wave_lengths)
+
+    def ctc_loss(self, batch, log_probs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        targets = batch["targets"].clamp_min(0)  # padding (-100) lies past target_lengths: never read
+        return F.ctc_loss(
+            log_probs.float().transpose(0, 1), targets, lengths, batch["target_lengths"],
+            blank=self.tokenizer.blank_id, zero_infinity=True,
+        )
+
+    def loss_and_hyps(self, batch, decode: bool):
+        log_probs, lengths = self(batch["waves"], batch["wave_lengths"])  # one forward for both
+        hyps = self.tokenizer.ctc_decode(log_probs, lengths) if decode else None
+        return self.ctc_loss(batch, log_probs, lengths), hyps

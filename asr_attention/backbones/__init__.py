@@ -15,7 +15,7 @@ from .patch import (
     patched_variants,
 )
 
-FAMILIES = ("hf_wav2vec2", "speechbrain_branchformer")
+FAMILIES = ("hf_wav2vec2", "speechbrain_branchformer", "whisper")
 
 
 def build_backbone(model_cfg: Mapping, vocab: Any = None) -> Backbone:
@@ -35,6 +35,10 @@ def build_backbone(model_cfg: Mapping, vocab: Any = None) -> Backbone:
         from .speechbrain_branchformer import build_speechbrain_branchformer
 
         return build_speechbrain_branchformer(model_cfg, size)
+    if family == "whisper":
+        from .whisper_load import build_whisper
+
+        return build_whisper(model_cfg, size)
     raise ValueError(f"model.family={family!r} is not one of {list(FAMILIES)}")
 
 

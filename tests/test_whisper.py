@@ -1,0 +1,202 @@
+"""Whisper adapter on a tiny random model (1-s window): every kind of site (encoder self, decoder self, cross),
+patched with MHA, equals transformers' own unpatched forward; exact conversions equal MHA; cached decoding
+emits what uncached decoding does; measured cache bytes equal the analytic figures; both heads learn."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+from asr_attention.backbones import build_backbone, patch_attention, patched_variants
+from asr_attention.backbones.whisper import SITE_KINDS
+from asr_attention.backbones.whisper_load import random_config
+from asr_attention.backbones.whisper_mel import LogMel
+from asr_attention.decoding import DecodingOptions, sample, transcribe
+
+D, H, LAYERS, VOCAB = 32, 4, 2, 100
+TINY = dict(family="whisper", source=None, pretrained=False, d_model=D, num_heads=H, num_layers=LAYERS,
+            arch=dict(max_source_positions=50, max_target_positions=32, num_mel_bins=16, dropout=0.0))
+SITES = [["encoder"], ["decoder_self"], ["cross"], ["decoder_self", "cross"]]
+EXACT = {"mha": {"name": "mha"}, "mla": {"name": "mla", "latent_dim": D}, "gqa": {"name": "gqa", "num_kv_heads": H}}
+ALL_VARIANTS = {**EXACT, "mla_d4": {"name": "mla", "latent_dim": D // 4}, "gqa_1": {"name": "gqa", "num_kv_heads": 1},
+                "linear": {"name": "linear", "feature_map": "elu"}}
+
+
+def make(head="seq2seq", seed=0):
+    torch.manual_seed(seed)
+    return build_backbone({**TINY, "head": head}, 7 if head == "ctc" else None).eval()
+
+
+def reference_model(seed=0):
+    """transformers' model with make()'s weights, never wrapped."""
+    torch.manual_seed(seed)
+    return WhisperForConditionalGeneration(random_config(TINY)).eval()
+
+
+def audio(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    waves = 0.1 * torch.randn(3, 12000, generator=g)
+    lengths = torch.tensor([12000, 9000, 4000])
+    return waves, lengths
+
+
+def tokens(seed=2, length=6):
+    return torch.randint(0, 90, (3, length), generator=torch.Generator().manual_seed(seed))
+
+
+def logits(backbone, waves, lengths, ids):
+    with torch.no_grad():
+        return backbone.decode(ids, backbone.encode(waves, lengths))
+
+
+def hf_logits(hf_model, backbone, waves, lengths, ids):
+    """transformers' own WhisperForConditionalGeneration forward, untouched."""
+    with torch.no_grad():
+        return hf_model(input_features=backbone.mel(waves, lengths), decoder_input_ids=ids).logits
+
+
+def test_log_mel_equals_the_feature_extractor():
+    waves, lengths = audio()
+    ours = LogMel(80, 3000)(waves, lengths)
+    extractor = WhisperFeatureExtractor()
+    ref = extractor([w[:n].numpy() for w, n in zip(waves, lengths)], sampling_rate=16000,
+                    return_tensors="pt").input_features
+    assert ours.shape == ref.shape == (3, 80, 3000)
+    assert (ours - ref).abs().max() < 1e-5
+
+
+def test_loaded_model_equals_transformers_forward():
+    """At load the decoder's sites are MHA variants in our decoder loop: same logits as HF's forward."""
+    backbone, reference = make(), reference_model()
+    waves, lengths = audio()
+    ids = tokens()
+    assert (logits(backbone, waves, lengths, ids) - hf_logits(reference, backbone, waves, lengths, ids)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("sites", SITES, ids="+".join)
+@pytest.mark.parametrize("variant", list(EXACT))
+def test_exact_conversions_equal_the_unpatched_model(sites, variant):
+    """MHA, MLA at r = d and GQA with g = H on each kind of site: logits within 1e-5 of transformers' forward."""
+    backbone, reference = make(), reference_model()
+    summary = patch_attention(backbone, {**EXACT[variant], "sites": sites})
+    assert summary["layers_replaced"] == LAYERS * len(sites)
+    assert all(v.name == variant for v in patched_variants(backbone))
+    waves, lengths = audio()
+    ids = tokens()
+    diff = (logits(backbone, waves, lengths, ids) - hf_logits(reference, backbone, waves, lengths, ids)).abs().max()
+    assert diff < 1e-5
+
+
+@pytest.mark.parametrize("variant", list(ALL_VARIANTS))
+def test_cached_decoding_emits_the_uncached_tokens(variant):
+    backbone = make()
+    patch_attention(backbone, {**ALL_VARIANTS[variant], "sites": "all"})
+    waves, lengths = audio()
+    memory = backbone.encode(waves, lengths)
+    backbone.tokens.suppress_begin = list(range(backbone.tokens.eot, VOCAB))  # no early stop: 12 real steps
+    cached = sample(backbone, memory, backbone.new_cache(), max_tokens=12)
+    uncached = sample(backbone, memory, None, max_tokens=12)
+    assert [h.tokens for h in cached] == [h.tokens for h in uncached]
+    assert len(cached[0].tokens) >= 1
+
+
+@pytest.mark.parametrize("variant", list(ALL_VARIANTS))
+def test_measured_decoder_cache_bytes_equal_analytic(variant):
+    backbone = make()
+    patch_attention(backbone, {**ALL_VARIANTS[variant], "sites": ["decoder_self", "cross"]})
+    waves, lengths = audio()
+    memory = backbone.encode(waves, lengths)
+    cache, ids = backbone.new_cache(), tokens(length=5)
+    with torch.no_grad():
+        for t in range(ids.shape[1]):  # one token per step, as decoding does
+            backbone.decode(ids[:, t: t + 1], memory if t == 0 else None, cache)
+    measured = cache.nbytes()
+    self_sites = [layer.self_attn.variant for layer in backbone.decoder.layers]
+    cross_sites = [layer.encoder_attn.variant for layer in backbone.decoder.layers]
+    assert measured["decoder_self"] == sum(v.cache_bytes(5, 3, torch.float32) for v in self_sites) > 0
+    assert measured["cross"] == sum(v.cache_bytes(memory.shape[1], 3, torch.float32) for v in cross_sites) > 0
+
+
+def test_fallback_redecodes_only_failing_rows_reusing_cross_caches():
+    """An impossible probability threshold sends every row through every temperature; a passable one none."""
+    backbone = make()
+    waves, lengths = audio()
+    memory = backbone.encode(waves, lengths)
+    greedy = transcribe(backbone, memory, DecodingOptions(max_tokens=8, logprob_threshold=-1e9,
+                                                          compression_ratio_threshold=1e9))
+    assert {h.temperature for h in greedy} == {0.0}
+    forced = transcribe(backbone, memory, DecodingOptions(max_tokens=8, logprob_threshold=1.0))
+    assert {h.temperature for h in forced} == {1.0}
+    again = transcribe(backbone, memory, DecodingOptions(max_tokens=8, logprob_threshold=1.0))
+    assert [h.tokens for h in again] == [h.tokens for h in forced]  # seeded
+
+
+def test_teacher_forcing_inputs_and_labels():
+    backbone = make()
+    t = backbone.tokens
+    targets = torch.tensor([[5, 6, 7], [8, -100, -100]])
+    inputs, labels = t.teacher_forcing(targets)
+    assert inputs.tolist() == [[t.sot, t.no_timestamps, 5, 6, 7], [t.sot, t.no_timestamps, 8, t.eot, t.eot]]
+    assert labels.tolist() == [[-100, 5, 6, 7, t.eot], [-100, 8, t.eot, -100, -100]]
+
+
+@pytest.mark.parametrize("head", ["seq2seq", "ctc"])
+def test_one_fine_tune_step_lowers_the_loss(head):
+    from asr_attention.data.text import CharTokenizer
+    from asr_attention.module import CTCFineTuner
+    from asr_attention.seq2seq_module import Seq2SeqFineTuner
+
+    backbone = make(head)
+    patch_attention(backbone, {"name": "mla", "latent_dim": D // 2, "sites": "all"})
+    waves, lengths = audio()
+    if head == "ctc":
+        tok = CharTokenizer.from_texts(["AB C"])
+        module = CTCFineTuner(backbone, tok)
+        batch = {"targets": torch.tensor([[2, 3, 1, 4], [2, 3, -100, -100], [4, -100, -100, -100]]),
+                 "target_lengths": torch.tensor([4, 2, 1])}
+    else:
+        module = Seq2SeqFineTuner(backbone)
+        batch = {"targets": tokens(length=4), "utt_ids": ["a", "b", "c"]}
+    batch.update(waves=waves, wave_lengths=lengths, utt_ids=["a", "b", "c"])
+    backbone.train()
+    optimizer = torch.optim.AdamW([p for p in backbone.parameters() if p.requires_grad], lr=1e-3)
+    before, _ = module.loss_and_hyps(batch, decode=False)
+    before.backward()
+    optimizer.step()
+    after, _ = module.loss_and_hyps(batch, decode=False)
+    assert after.item() < before.item()
+
+
+def test_frozen_encoder_output_is_computed_once_per_utterance(monkeypatch):
+    from asr_attention.seq2seq_module import Seq2SeqFineTuner
+
+    backbone = make()
+    backbone.encoder.requires_grad_(False)
+    module = Seq2SeqFineTuner(backbone)
+    calls = []
+    encode = backbone.encode
+    monkeypatch.setattr(backbone, "encode", lambda w, n: calls.append(len(w)) or encode(w, n))
+    waves, lengths = audio()
+    batch = {"waves": waves, "wave_lengths": lengths, "utt_ids": ["a", "b", "c"]}
+    first = module.memory(batch)
+    second = module.memory(batch)
+    assert calls == [3] and torch.equal(first, second)
+    patch_attention(backbone, {"name": "mha", "sites": ["encoder"]})  # a converted encoder: computed again
+    module.memory(batch)
+    assert calls == [3, 3]
+
+
+def test_sites_are_validated_naming_the_field():
+    backbone = make()
+    with pytest.raises(ValueError, match="attention.sites"):
+        backbone.select_sites(["decoder"])
+    from asr_attention.config_check import validate_sites
+
+    with pytest.raises(ValueError, match="attention.sites"):
+        validate_sites({"sites": ["cross"]}, {"family": "hf_wav2vec2"})
+    with pytest.raises(ValueError, match="attention.sites"):
+        validate_sites({"sites": "encoder"}, {"family": "whisper"})
+    validate_sites({"sites": ["encoder", "cross"]}, {"family": "whisper"})
+    backbone.select_sites("all")
+    assert backbone.site_kinds == SITE_KINDS
