@@ -31,11 +31,11 @@ from pathlib import Path
 
 import torch
 
-from asr_attention.decoding.decoders import HFGenerate, OursGreedy
-from asr_attention.decoding.step_bytes import (
+from asr_attention.generation.decoders import HFGenerate, OursGreedy
+from asr_attention.generation.step_bytes import (
     H200_BYTES_PER_S, decoder_weight_bytes, limit_tokens_per_s, mean_step_bytes,
 )
-from asr_attention.decoding.whisper_sizes import ENCODER_FRAMES, PROMPT, SIZES, random_whisper
+from asr_attention.generation.whisper_sizes import ENCODER_FRAMES, PROMPT, SIZES, random_whisper
 
 from .generate_report import write_report
 

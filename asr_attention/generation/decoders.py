@@ -1,8 +1,10 @@
 """The decoders the generation benchmark compares, behind one call: transformers' `generate` (static or dynamic
-cache) and ours (a Whisper backbone whose decoder sites run attention variants, each keeping its own cache).
+cache) and ours (`asr_attention.decoding.sample`, greedy, over a Whisper backbone whose decoder sites run attention
+variants, each keeping its own cache).
 
-Each takes an encoder output and a token count, emits exactly that many tokens per row (<|endoftext|>
-suppressed), and then reports the bytes its caches really hold and what they should hold."""
+Each takes an encoder output and a token count and emits exactly that many tokens per row: both suppress the same
+tokens, <|endoftext|> and every special token after it, so no row stops early. Then each reports the bytes its
+caches really hold and what they should hold."""
 
 from __future__ import annotations
 
@@ -15,13 +17,23 @@ from transformers import WhisperForConditionalGeneration
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache, StaticCache
 from transformers.modeling_outputs import BaseModelOutput
 
-from .greedy import greedy
+from asr_attention.backbones import patch_attention
+from asr_attention.backbones.whisper import Whisper
+from asr_attention.backbones.whisper_tokens import WhisperTokens
+from asr_attention.decoding import sample
+
 from .step_bytes import mha_cache_bytes
 from .whisper_sizes import EOT, NO_TIMESTAMPS, PROMPT, SOT
 
 
 def prompt_ids(batch: int, device: torch.device) -> Tensor:
     return torch.tensor(PROMPT, device=device).expand(batch, -1)
+
+
+def suppressed(vocab_size: int) -> list[int]:
+    """<|endoftext|> and the special tokens after it: what `decoding.sample` never emits when <|endoftext|> is in
+    the suppress list."""
+    return list(range(EOT, vocab_size))
 
 
 class HFGenerate:
@@ -55,7 +67,8 @@ class HFGenerate:
         return self.model.generate(
             encoder_outputs=BaseModelOutput(last_hidden_state=memory),
             decoder_input_ids=prompt_ids(memory.shape[0], memory.device), past_key_values=self.cache,
-            max_new_tokens=steps, min_new_tokens=steps, do_sample=False, num_beams=1,
+            max_new_tokens=steps, suppress_tokens=suppressed(self.model.config.vocab_size), do_sample=False,
+            num_beams=1,
         )
 
     def cache_nbytes(self) -> dict[str, int]:
@@ -77,16 +90,13 @@ class HFGenerate:
 
 
 class OursGreedy:
-    """Our decoder loop (`greedy` over Whisper.decode) on a copy of the model whose decoder sites are converted:
-    attention None keeps MHA (the same weights), else `patch_attention` at `sites`."""
+    """Our decoding loop (`decoding.sample` at temperature 0) on a copy of the model whose decoder sites are
+    converted: attention None keeps MHA (the same weights), else `patch_attention` at `sites`."""
 
     def __init__(self, model: WhisperForConditionalGeneration, attention: Mapping | None,
                  sites: Sequence[str] = ("decoder_self", "cross")):
-        from asr_attention.backbones import patch_attention
-        from asr_attention.backbones.whisper import Whisper
-        from asr_attention.backbones.whisper_tokens import WhisperTokens
-
-        self.backbone = Whisper(copy.deepcopy(model), WhisperTokens(eot=EOT, sot=SOT, no_timestamps=NO_TIMESTAMPS))
+        tokens = WhisperTokens(eot=EOT, sot=SOT, no_timestamps=NO_TIMESTAMPS, suppress=[EOT])
+        self.backbone = Whisper(copy.deepcopy(model), tokens)
         self.backbone.eval()
         if attention is not None:
             self.backbone.select_sites(list(sites))
@@ -104,8 +114,9 @@ class OursGreedy:
     @torch.no_grad()
     def __call__(self, memory: Tensor, steps: int) -> Tensor:
         self.cache = None
-        tokens, self.cache = greedy(self.backbone, memory, prompt_ids(memory.shape[0], memory.device), steps, (EOT,))
-        return tokens
+        self.cache = self.backbone.new_cache()
+        hypotheses = sample(self.backbone, memory, self.cache, steps)
+        return torch.tensor([h.tokens for h in hypotheses])
 
     def cache_nbytes(self) -> dict[str, int]:
         return self.cache.nbytes()

@@ -1,0 +1,86 @@
+"""Generation benchmark (issue 15) on CPU: the HBM-bound arithmetic against Whisper's published sizes, our MHA
+decoder emitting exactly transformers' tokens on the same weights, and the command end to end on a tiny size."""
+
+import json
+
+import pytest
+import torch
+
+from asr_attention.generation.decoders import HFGenerate, OursGreedy
+from asr_attention.generation.step_bytes import (
+    decoder_weight_bytes, limit_tokens_per_s, mean_step_bytes, mha_cache_bytes,
+)
+from asr_attention.generation.whisper_sizes import random_whisper, whisper_config
+
+MIB = 2**20
+
+
+def test_large_v3_step_bytes_and_limit():
+    """large-v3 (d 1280, 32 decoder layers, vocab 51866), bf16, batch 64, 1500 frames: cross K/V 15,000 MiB (as
+    measured from transformers' cache on the H200); decoder weights ~1.8 GB; limit <= ~15,000 tokens/s."""
+    from transformers import WhisperForConditionalGeneration
+
+    with torch.device("meta"):
+        model = WhisperForConditionalGeneration(whisper_config("large-v3")).to(torch.bfloat16)
+    d, layers, vocab = 1280, 32, 51866
+    # per layer: 2 attentions (4 d^2 weights, q/v/o biases) + fc1/fc2 (8 d^2, 5 d) + 3 layer norms; + embedding, final LN
+    per_layer = 2 * (4 * d * d + 3 * d) + 8 * d * d + 5 * d + 3 * 2 * d
+    weights = decoder_weight_bytes(model.model.decoder)
+    assert weights == 2 * (layers * per_layer + vocab * d + 2 * d)
+    assert 1.80e9 < weights < 1.82e9
+    caches = mha_cache_bytes(d, layers, 64, 129, 1500, 2)
+    assert caches["cross"] == 15_000 * MIB and caches["decoder_self"] == 1_290 * MIB
+    step = mean_step_bytes(weights, lambda t: mha_cache_bytes(d, layers, 64, t, 1500, 2), 2, 128)
+    # self K/V read at 2 .. 129 tokens cached: the mean is 65.5 tokens' worth
+    assert step == pytest.approx(weights + 15_000 * MIB + 65.5 * 10 * MIB)
+    assert 14_000 < limit_tokens_per_s(64, step) < 15_500
+
+
+def test_ours_mha_emits_transformers_tokens():
+    """Same random weights (fp32), batch 3, 12 forced tokens: our decoder (MHA variants of the same weights, our
+    caches) emits exactly the tokens of transformers' generate, with its dynamic and its static cache."""
+    model = random_whisper("test", torch.device("cpu"), torch.float32, init_std=0.3)
+    memory = torch.randn(3, 1500, model.config.d_model, generator=torch.Generator().manual_seed(1))
+    ours = OursGreedy(model, None)(memory, 12)
+    assert ours.shape == (3, 12) and ours.unique().numel() > 6  # varied tokens: the comparison means something
+    for cache in ("dynamic", "static"):
+        assert torch.equal(HFGenerate(model, cache, 12)(memory, 12).cpu(), ours), cache
+
+
+def test_cache_bytes_measured_equal_analytic():
+    model = random_whisper("test", torch.device("cpu"), torch.bfloat16, init_std=0.3)
+    memory = torch.randn(2, 1500, model.config.d_model, dtype=torch.bfloat16)
+    for decoder in (HFGenerate(model, "dynamic", 5), HFGenerate(model, "static", 5), OursGreedy(model, None)):
+        decoder(memory, 5)
+        measured = decoder.cache_nbytes()
+        assert measured == decoder.cache_bytes(2, 2 + 5 - 1, 1500)
+        # 2 layers x K and V x batch 2 x d 64 x bf16
+        assert measured["cross"] == 2 * 2 * 2 * 1500 * 64 * 2
+
+
+def test_generate_command_on_cpu(run_module, tmp_path):
+    """Every decoder at two batches, a max-batch search capped at 4; files written; cache ratios exact."""
+    out = tmp_path / "gen"
+    run_module("asr_attention.bench.generate", "--sizes", "test", "--device", "cpu", "--batches", "2", "1",
+               "--decoders", "hf-static", "hf-dynamic", "mha", "mla", "gqa", "linear", "mla-self",
+               "--max-batch", "hf-dynamic", "mla", "--max-start", "2", "--max-limit", "4", "--new-tokens", "6",
+               "--repeats", "1", "--memory-batch", "2", "--init-std", "0.3", "--out", str(out))
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert out.with_suffix(".md").exists() and out.with_suffix(".png").stat().st_size > 0
+    assert data["meta"]["card"] == "cpu" and data["meta"]["new_tokens"] == 6
+    rows = {(r["decoder"], r["batch"]): r for r in data["rows"]}
+    assert len(rows) == 14
+    for key, r in rows.items():
+        assert "error" not in r, (key, r.get("error"))
+        assert r["tokens_per_s"] > 0 and r["ttft_ms"] > 0 and 0 < r["limit_fraction"]
+        assert r["cache_measured"] == r["cache_analytic"], key
+    mha = rows[("hf-dynamic", 2)]["cache_measured"]
+    for name, self_x, cross_x in (("mha", 1, 1), ("mla", 1 / 8, 1 / 8), ("gqa", 1 / 2, 1 / 2),
+                                  ("mla-self", 1 / 8, 1)):  # r = d/4 against K+V = 2d; 2 of 4 KV heads
+        got = rows[(name, 2)]["cache_measured"]
+        assert got["decoder_self"] == mha["decoder_self"] * self_x and got["cross"] == mha["cross"] * cross_x, name
+    # linear: a state per layer and batch row, H x hd x (hd + 1), whatever the length: 2 sites x 2 layers
+    assert sum(rows[("linear", 1)]["cache_measured"].values()) == 2 * 2 * 4 * 16 * 17 * 2
+    searched = {m["decoder"]: m for m in data["max_batch"]}
+    assert searched["mla"]["max_batch"] == 4 and [p["batch"] for p in searched["mla"]["probes"]] == [2, 4]
+    assert "| test | mla | 2 |" in out.with_suffix(".md").read_text()
