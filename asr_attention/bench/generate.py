@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from asr_attention.generation.decoders import HFGenerate, OursGreedy
+from asr_attention.generation.decoders import HFGenerate, OursGreedy, OursStatic
 from asr_attention.generation.step_bytes import (
     H200_BYTES_PER_S, decoder_weight_bytes, limit_tokens_per_s, mean_step_bytes,
 )
@@ -40,18 +40,21 @@ from asr_attention.generation.whisper_sizes import ENCODER_FRAMES, PROMPT, SIZES
 from .generate_report import write_report
 
 GIB = 2**30
-# name -> (attention config with latent_dim as a fraction of d, sites); None: transformers' generate
-DECODERS = {
-    "hf-static": None,
-    "hf-dynamic": None,
-    "mha": ({"name": "mha"}, ("decoder_self", "cross")),
-    "mla": ({"name": "mla", "latent_dim": 0.25}, ("decoder_self", "cross")),
-    "gqa": ({"name": "gqa", "num_kv_heads": 2}, ("decoder_self", "cross")),
-    "linear": ({"name": "linear", "feature_map": "elu"}, ("decoder_self", "cross")),
+# name -> (attention config with latent_dim as a fraction of d, sites); None: transformers' generate. A "-graph"
+# name: the same variant with preallocated caches and, on CUDA, the decode step replayed as a CUDA graph.
+BOTH = ("decoder_self", "cross")
+VARIANTS = {
+    "mha": ({"name": "mha"}, BOTH),
+    "mla": ({"name": "mla", "latent_dim": 0.25}, BOTH),
+    "gqa": ({"name": "gqa", "num_kv_heads": 2}, BOTH),
+    "linear": ({"name": "linear", "feature_map": "elu"}, BOTH),
     "mla-self": ({"name": "mla", "latent_dim": 0.25}, ("decoder_self",)),
 }
-DEFAULT_DECODERS = ["hf-static", "hf-dynamic", "mha", "mla", "gqa", "linear", "mla-self"]
+DECODERS = {"hf-static": None, "hf-dynamic": None, **VARIANTS, **{f"{k}-graph": v for k, v in VARIANTS.items()}}
+DEFAULT_DECODERS = ["hf-static", "hf-dynamic", "mha-graph", "mla-graph", "mha", "mla", "gqa-graph", "gqa",
+                    "linear-graph", "linear", "mla-self-graph"]
 DEFAULT_MAX_BATCH = ["hf-dynamic", "mha", "mla", "gqa", "linear"]
+WARMUP_TOKENS = 8  # enough for transformers to compile its static step and for our graph capture
 
 
 class OutOfTime(Exception):
@@ -90,7 +93,10 @@ def build_decoder(name: str, model, new_tokens: int):
     attention = dict(attention)
     if "latent_dim" in attention:
         attention["latent_dim"] = int(attention["latent_dim"] * model.config.d_model)
-    return OursGreedy(model, attention if name != "mha" else None, sites)
+    attention = None if attention["name"] == "mha" else attention  # the loaded MHA sites: the same weights
+    if name.endswith("-graph"):
+        return OursStatic(model, attention, sites, max_steps=new_tokens)
+    return OursGreedy(model, attention, sites)
 
 
 class Bench:
@@ -155,7 +161,7 @@ class Bench:
         memory = _fill(memory_all, batch)
         steps = args.new_tokens
         try:
-            decoder(memory, steps)  # warm-up (transformers compiles its static step here)
+            decoder(memory, min(WARMUP_TOKENS, steps))  # transformers compiles its static step, ours captures here
             decoder.release()
             free(self.device)
             ttft = statistics.median(timed_s(lambda: decoder(memory, 1), self.device) for _ in range(args.repeats))
@@ -174,7 +180,7 @@ class Bench:
                 times.append(timed_s(run, self.device))
                 if self.device.type == "cuda" and i == 0:
                     # the row's own footprint: its model's weights, its encoder output, what decoding allocated
-                    row["peak_gib"] = (torch.cuda.max_memory_allocated(self.device) - before
+                    row["peak_gib"] = (torch.cuda.max_memory_allocated(self.device) - before + decoder.held_bytes()
                                        + _bytes(decoder.model) + memory.numel() * memory.element_size()) / GIB
             if tuple(tokens.shape) != (batch, steps):
                 raise RuntimeError(f"{name} emitted {tuple(tokens.shape)} tokens, expected {(batch, steps)}")
@@ -186,6 +192,8 @@ class Bench:
                 distinct_tokens=int(tokens.unique().numel()),
             )
             row["limit_fraction"] = row["tokens_per_s"] / row["limit_tokens_per_s"]
+            if isinstance(decoder, OursStatic):
+                row["cuda_graph"] = decoder.graph
         except OutOfTime:
             raise
         except Exception as err:  # noqa: BLE001 - a row that cannot run is recorded; the others still run
@@ -271,6 +279,7 @@ class Bench:
                         self.data["rows"].append(row)
                         self.save()
                         self.log(_summary(row))
+                    decoder.drop()
                     del decoder
                     free(self.device)
                 for name in args.max_batch:

@@ -22,6 +22,7 @@ from asr_attention.backbones.whisper import Whisper
 from asr_attention.backbones.whisper_tokens import WhisperTokens
 from asr_attention.decoding import sample
 
+from .static_decode import StaticGreedy
 from .step_bytes import mha_cache_bytes
 from .whisper_sizes import EOT, NO_TIMESTAMPS, PROMPT, SOT
 
@@ -36,7 +37,24 @@ def suppressed(vocab_size: int) -> list[int]:
     return list(range(EOT, vocab_size))
 
 
-class HFGenerate:
+class Decoder:
+    """What the benchmark asks of a decoder besides the call: free the last call's caches (release), bytes it
+    keeps between calls (held_bytes), and free everything (drop)."""
+
+    cache = None
+
+    def release(self) -> None:
+        self.cache = None
+
+    def held_bytes(self) -> int:
+        """Bytes kept between calls (outside a call's peak)."""
+        return 0
+
+    def drop(self) -> None:
+        self.release()
+
+
+class HFGenerate(Decoder):
     """transformers' WhisperForConditionalGeneration.generate, greedy, sdpa. cache "static": a preallocated
     StaticCache of prompt + max_new_tokens (transformers then compiles the decode step: the first call at each
     batch size is slow, so time after a warm-up); "dynamic": grown by concatenation."""
@@ -85,22 +103,20 @@ class HFGenerate:
             tokens = len(PROMPT) + self.max_new_tokens
         return mha_cache_bytes(config.d_model, config.decoder_layers, batch, tokens, frames, self.model.dtype.itemsize)
 
-    def release(self) -> None:
-        self.cache = None
 
-
-class OursGreedy:
+class OursGreedy(Decoder):
     """Our decoding loop (`decoding.sample` at temperature 0) on a copy of the model whose decoder sites are
     converted: attention None keeps MHA (the same weights), else `patch_attention` at `sites`."""
 
     def __init__(self, model: WhisperForConditionalGeneration, attention: Mapping | None,
                  sites: Sequence[str] = ("decoder_self", "cross")):
         tokens = WhisperTokens(eot=EOT, sot=SOT, no_timestamps=NO_TIMESTAMPS, suppress=[EOT])
-        self.backbone = Whisper(copy.deepcopy(model), tokens)
-        self.backbone.eval()
-        if attention is not None:
-            self.backbone.select_sites(list(sites))
-            patch_attention(self.backbone, attention)
+        # built on the model's device (no detour through host memory at large-v3), then in its dtype: Whisper
+        # makes its decoder sites' MHA variants in the default dtype
+        with torch.device(model.device):
+            self.backbone = Whisper(copy.deepcopy(model), tokens).to(model.dtype).eval()
+            if attention is not None:
+                patch_attention(self.backbone, {**attention, "sites": list(sites)})
         self.cache = None
 
     @property
@@ -130,5 +146,37 @@ class OursGreedy:
             out["cross"] += layer.encoder_attn.variant.cache_bytes(frames, batch, dtype)
         return out
 
+
+class OursStatic(OursGreedy):
+    """Ours with every cache preallocated and, on CUDA, the decode step replayed as a CUDA graph
+    (`StaticGreedy`); one per batch size, kept between calls (its buffers count in `held_bytes`)."""
+
+    def __init__(self, model: WhisperForConditionalGeneration, attention: Mapping | None,
+                 sites: Sequence[str] = ("decoder_self", "cross"), max_steps: int = 128):
+        super().__init__(model, attention, sites)
+        self.max_steps = max_steps
+        self.graph = torch.cuda.is_available() and next(self.backbone.parameters()).is_cuda
+        self.static: StaticGreedy | None = None
+
+    @torch.no_grad()
+    def __call__(self, memory: Tensor, steps: int) -> Tensor:
+        if self.static is None or self.static.batch != memory.shape[0]:
+            self.static = None  # the previous batch size's buffers and graph go first
+            self.static = StaticGreedy(self.backbone, memory.shape[0], self.max_steps, graph=self.graph)
+        return self.static(memory, steps)
+
+    def cache_nbytes(self) -> dict[str, int]:
+        return self.static.cache_nbytes()
+
+    def cache_bytes(self, batch: int, tokens: int, frames: int) -> dict[str, int]:
+        """The self slots are preallocated for max_steps, whatever the call decoded."""
+        return super().cache_bytes(batch, len(PROMPT) + self.max_steps - 1, frames)
+
+    def held_bytes(self) -> int:
+        return 0 if self.static is None else sum(self.static.cache_nbytes().values())
+
     def release(self) -> None:
-        self.cache = None
+        pass  # the buffers and the captured graph are reused by the next call at this batch size
+
+    def drop(self) -> None:
+        self.static = None
