@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from asr_attention.bench import generate
 from asr_attention.generation.decoders import HFGenerate, OursGreedy
 from asr_attention.generation.step_bytes import (
     decoder_weight_bytes, limit_tokens_per_s, mean_step_bytes, mha_cache_bytes,
@@ -58,18 +59,17 @@ def test_cache_bytes_measured_equal_analytic():
         assert measured["cross"] == 2 * 2 * 2 * 1500 * 64 * 2
 
 
-def test_generate_command_on_cpu(run_module, tmp_path):
-    """Every decoder at two batches, a max-batch search capped at 4; files written; cache ratios exact."""
+def test_generate_command_on_cpu(tmp_path):
+    """Every decoder at batch 2, a max-batch search capped at 4; files written; cache ratios exact."""
     out = tmp_path / "gen"
-    run_module("asr_attention.bench.generate", "--sizes", "test", "--device", "cpu", "--batches", "2", "1",
-               "--decoders", "hf-static", "hf-dynamic", "mha", "mla", "gqa", "linear", "mla-self",
-               "--max-batch", "hf-dynamic", "mla", "--max-start", "2", "--max-limit", "4", "--new-tokens", "6",
-               "--repeats", "1", "--memory-batch", "2", "--init-std", "0.3", "--out", str(out))
+    generate.main(["--sizes", "test", "--device", "cpu", "--batches", "2", "--decoders", *generate.DECODERS,
+                   "--max-batch", "hf-dynamic", "mla", "--max-start", "2", "--max-limit", "4", "--new-tokens", "4",
+                   "--repeats", "1", "--memory-batch", "1", "--init-std", "0.3", "--out", str(out)])
     data = json.loads(out.with_suffix(".json").read_text())
     assert out.with_suffix(".md").exists() and out.with_suffix(".png").stat().st_size > 0
-    assert data["meta"]["card"] == "cpu" and data["meta"]["new_tokens"] == 6
+    assert data["meta"]["card"] == "cpu" and data["meta"]["new_tokens"] == 4
     rows = {(r["decoder"], r["batch"]): r for r in data["rows"]}
-    assert len(rows) == 14
+    assert len(rows) == len(generate.DECODERS)
     for key, r in rows.items():
         assert "error" not in r, (key, r.get("error"))
         assert r["tokens_per_s"] > 0 and r["ttft_ms"] > 0 and 0 < r["limit_fraction"]
@@ -77,10 +77,13 @@ def test_generate_command_on_cpu(run_module, tmp_path):
     mha = rows[("hf-dynamic", 2)]["cache_measured"]
     for name, self_x, cross_x in (("mha", 1, 1), ("mla", 1 / 8, 1 / 8), ("gqa", 1 / 2, 1 / 2),
                                   ("mla-self", 1 / 8, 1)):  # r = d/4 against K+V = 2d; 2 of 4 KV heads
-        got = rows[(name, 2)]["cache_measured"]
-        assert got["decoder_self"] == mha["decoder_self"] * self_x and got["cross"] == mha["cross"] * cross_x, name
-    # linear: a state per layer and batch row, H x hd x (hd + 1), whatever the length: 2 sites x 2 layers
-    assert sum(rows[("linear", 1)]["cache_measured"].values()) == 2 * 2 * 4 * 16 * 17 * 2
+        for decoder in (name, f"{name}-graph"):  # the preallocated slots hold exactly the tokens fed
+            got = rows[(decoder, 2)]["cache_measured"]
+            assert got["decoder_self"] == mha["decoder_self"] * self_x, decoder
+            assert got["cross"] == mha["cross"] * cross_x, decoder
+    # linear: a state per site and batch row, H x hd x (hd + 1), whatever the length: 2 sites x 2 layers x batch 2
+    assert sum(rows[("linear", 2)]["cache_measured"].values()) == 2 * 2 * 2 * 4 * 16 * 17 * 2
+    assert rows[("mha-graph", 2)]["cuda_graph"] is False  # on CPU the static path runs eagerly
     searched = {m["decoder"]: m for m in data["max_batch"]}
     assert searched["mla"]["max_batch"] == 4 and [p["batch"] for p in searched["mla"]["probes"]] == [2, 4]
     assert "| test | mla | 2 |" in out.with_suffix(".md").read_text()

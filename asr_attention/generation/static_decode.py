@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from asr_attention.attention.gqa import GroupedQueryAttention
 from asr_attention.attention.linear import LinearAttention
 from asr_attention.attention.mla import MultiHeadLatentAttention
-from asr_attention.backbones.whisper import LayerCache, Whisper
+from asr_attention.backbones.whisper import DecoderSelfAttention, LayerCache, Whisper
 from asr_attention.decoding import suppress_mask
 
 
@@ -53,8 +53,8 @@ class StaticSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, cache=None, use_cache: bool = True):
         v, buf = self.variant, self.buffers
-        if isinstance(v, LinearAttention):
-            out, new = v(x, cache=buf, use_cache=True)
+        if isinstance(v, LinearAttention):  # a running state: called as the decoder site calls it
+            out, new = v(**DecoderSelfAttention.inputs(x), cache=buf, use_cache=True)
             for name, t in buf.items():
                 t.copy_(new[name])
             return out, buf
