@@ -169,7 +169,8 @@ class Bench:
             free(self.device)
             times = []
             for i in range(args.repeats):
-                self.check_time() if i else None
+                if i:
+                    self.check_time()
                 before = self.resident()
                 if self.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(self.device)
@@ -305,9 +306,12 @@ class Bench:
 
 
 def _fill(memory_all: torch.Tensor, batch: int) -> torch.Tensor:
-    """`batch` rows of encoder output: the computed ones repeated."""
-    reps = -(-batch // memory_all.shape[0])
-    return memory_all.repeat(reps, 1, 1)[:batch].contiguous()
+    """`batch` rows of encoder output: the computed ones repeated (written in place: no transient copy)."""
+    out = memory_all.new_empty(batch, *memory_all.shape[1:])
+    n = memory_all.shape[0]
+    for start in range(0, batch, n):
+        out[start: start + n] = memory_all[: min(n, batch - start)]
+    return out
 
 
 def _bytes(module: torch.nn.Module) -> int:

@@ -89,6 +89,13 @@ class HFGenerate(Decoder):
             num_beams=1,
         )
 
+    def drop(self) -> None:
+        """Also the compiled step and its CUDA-graph memory pools (transformers compiles with reduce-overhead)."""
+        self.release()
+        if self.kind == "static":
+            self.model.__dict__.pop("_compiled_call", None)
+            torch._dynamo.reset()
+
     def cache_nbytes(self) -> dict[str, int]:
         """Bytes of the K/V tensors the last call's caches hold (all layers)."""
         def total(cache):
