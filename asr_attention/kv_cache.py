@@ -101,6 +101,31 @@ def format_table(rows: list[CacheRow], title: str) -> str:
     return "\n".join(lines)
 
 
+def whisper_sites(model: Mapping, chosen: Mapping | None, frames: int, batch: int,
+                  dtype: torch.dtype) -> dict[str, list[CacheRow]]:
+    """Whisper's decoder caches as columns of rows (all layers): decoder self-attention per token, cross-attention
+    per second of audio and over `frames` encoder frames (a 30-s window is 1500; an encoder self-attention site
+    caching while streaming would hold the same)."""
+    per_second = round(1000 / model["frame_ms"])
+    return {"decoder self /token": cache_rows(model, chosen, 1, batch, dtype),
+            "cross /s of audio": cache_rows(model, chosen, per_second, batch, dtype),
+            f"cross /{frames} frames": cache_rows(model, chosen, frames, batch, dtype)}
+
+
+def format_sites(columns: dict[str, list[CacheRow]], title: str) -> str:
+    first = next(iter(columns.values()))
+    lines = [title, f"{'attention':<10} {'options':<34}" + "".join(f" {c:>22}" for c in columns)]
+    for i, row in enumerate(first):
+        cells = ""
+        for col in columns.values():
+            mha = next(r for r in col if r.attention == "mha")
+            cells += f" {col[i].total_bytes:>14} ({col[i].total_bytes / mha.total_bytes:.3f})"
+        lines.append(f"{('*' if row.chosen else '') + row.attention:<10} {row.options:<34}{cells}")
+    lines.append("(bytes, all layers; in brackets: vs MHA. * = the composed attention; linear keeps a fixed state per "
+                 "layer whatever the tokens or frames)")
+    return "\n".join(lines)
+
+
 def report(cfg: DictConfig) -> list[CacheRow]:
     validate(cfg)
     for key in ("frames", "batch"):
@@ -113,6 +138,11 @@ def report(cfg: DictConfig) -> list[CacheRow]:
 def main(cfg: DictConfig) -> None:
     rows = report(cfg)
     m = cfg.model
+    if m.family == "whisper":
+        print(format_sites(whisper_sites(m, cfg.attention, cfg.frames, cfg.batch, torch_dtype(cfg.dtype)),
+                           f"KV cache per kind of site, model={m.name}: {m.num_layers} + {m.num_layers} layers, "
+                           f"d_model={m.d_model}, {m.num_heads} heads; batch={cfg.batch} dtype={cfg.dtype}"))
+        return
     print(format_table(rows, f"KV cache, model={m.name} ({m.source}): {m.num_layers} layers, d_model={m.d_model}, "
                              f"{m.num_heads} heads; frames={cfg.frames} ({cfg.frames * m.frame_ms / 1000:g} s) "
                              f"batch={cfg.batch} dtype={cfg.dtype}"))

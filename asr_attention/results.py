@@ -28,6 +28,16 @@ class Results:
         os.replace(tmp, self.path)  # atomic: a reader never sees half a file
 
 
+def cache_rows(cache: dict | None) -> list[tuple[str, str]]:
+    """Whisper's decoder caches (fp32, batch 1, all layers), against the same sites as MHA."""
+    if not cache:
+        return []
+    return [(f"{label} (fp32, batch 1)", f"{cache[key]:,} B (MHA {cache['mha_' + key]:,} B, "
+                                         f"-{100 * (1 - cache[key] / cache['mha_' + key]):.1f} %)")
+            for label, key in (("decoder self cache per token", "decoder_self_per_token"),
+                               ("cross cache per second of audio", "cross_per_second"))]
+
+
 def summary_table(data: dict) -> str:
     """The lines a run prints at its end: WER/CER before and after fine-tuning, cache, throughput."""
     cfg = data.get("config", {})
@@ -37,13 +47,17 @@ def summary_table(data: dict) -> str:
     def pct(d: dict, key: str) -> str:
         return f"{100 * d[key]:.1f} %" if key in d else "-"
 
-    rows = [
-        ("model / attention", f"{cfg.get('model', {}).get('name')} / {cfg.get('attention', {}).get('name')}"),
+    rows = [("model / attention", f"{cfg.get('model', {}).get('name')} / {cfg.get('attention', {}).get('name')}")]
+    if data.get("unconverted"):
+        rows.append(("WER unconverted", pct(data["unconverted"], "test_wer")))
+    rows += [
         ("WER before -> after fine-tuning", f"{pct(before, 'test_wer')} -> {pct(after, 'test_wer')}"),
         ("CER before -> after fine-tuning", f"{pct(before, 'test_cer')} -> {pct(after, 'test_cer')}"),
         ("KV cache per 1000 frames (fp32, batch 1)",
          f"{conv['cache_mib_per_1000_frames']:.4g} MiB" if "cache_mib_per_1000_frames" in conv else "native"),
-        ("parameters", f"{data.get('parameters', 0):,}"),
+        *cache_rows(data.get("cache_per_site")),
+        ("parameters", f"{data.get('parameters', 0):,}" + (f" (unconverted {data['parameters_unconverted']:,})"
+                                                           if "parameters_unconverted" in data else "")),
         ("throughput (RTFx, test batch)", f"{data.get('throughput', {}).get('rtfx', 0):.1f} "
                                           f"on {data.get('throughput', {}).get('device')}"),
         ("skipped audio files", str(len(data.get("skipped_files", [])))),

@@ -37,11 +37,18 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float:
     L.seed_everything(cfg.seed, workers=True)  # same command, same batches and initialisation
     tokenizer, backbone = build_tokenizer_and_backbone(cfg)
     datamodule = build_datamodule_for(cfg, tokenizer)
+    module = build_module(cfg, backbone, tokenizer)
+    trainer = build_trainer(cfg, run_dir)
+    if cfg.get("test_unconverted") and results.get("unconverted") is None:  # the original model's WER first
+        module.test_prefix = "unconverted_test"
+        (unconverted,) = trainer.test(module, datamodule=datamodule)
+        results.update(unconverted={k.removeprefix("unconverted_"): v for k, v in unconverted.items()},
+                       parameters_unconverted=count_parameters(backbone))
     if cfg.attention.name != "native":
         results.update(conversion=convert(backbone, cfg.attention, datamodule))
     results.update(vocab_size=len(tokenizer), parameters=count_parameters(backbone))
-    module = build_module(cfg, backbone, tokenizer)
-    trainer = build_trainer(cfg, run_dir)
+    if hasattr(backbone, "cache_per_site"):
+        results.update(cache_per_site=backbone.cache_per_site())
     last = run_dir / "checkpoints" / "last.ckpt"
 
     if results.get("before") is None:  # a resumed run measured this already

@@ -279,3 +279,63 @@ def test_gqa_shares_kv_heads_only_where_flash_takes_the_call(position, monkeypat
     assert [(args[1].shape[1], kwargs["enable_gqa"]) for args, kwargs in calls] == [(H, False), (2, True)]
     assert relative_error(copied, shared, pad) <= 1e-6
     assert not flash_takes(torch.zeros(1, H, T, D // H, dtype=torch.bfloat16), None)  # CPU
+
+
+def causal_reference(x: torch.Tensor, mha) -> torch.Tensor:
+    """Masked softmax attention written out from the canonical weights: position t sees positions <= t."""
+    b, t, d = x.shape
+    heads = [(x @ w.T + bias).view(b, t, H, d // H).transpose(1, 2)
+             for w, bias in ((mha.q_weight, mha.q_bias), (mha.k_weight, mha.k_bias), (mha.v_weight, mha.v_bias))]
+    scores = heads[0] @ heads[1].transpose(-1, -2) * mha.scale
+    scores = scores.masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf"))
+    out = (scores.softmax(-1) @ heads[2]).transpose(1, 2).reshape(b, t, d)
+    return out @ mha.o_weight.T + mha.o_bias
+
+
+@pytest.mark.parametrize("name", ["mha", "gqa_all", "mla_full"])
+def test_causal_exact_variants_equal_masked_attention(name):
+    cfg = {"mha": {"name": "mha"}, "gqa_all": {"name": "gqa", "num_kv_heads": H},
+           "mla_full": {"name": "mla", "latent_dim": D}}[name]
+    mha = random_mha(D, H)
+    x, _, _ = inputs("none")
+    out, _ = build_attention(cfg, mha)(x, causal=True)
+    assert relative_error(causal_reference(x, mha), out) <= 1e-5
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_causal_prefix_equals_token_by_token_with_cache(name):
+    """Decoder self-attention: teacher forcing over the prefix == one token at a time against the variant's own
+    cache (a 2-token prompt first), and the cache holds what cache_bytes says."""
+    layer = build_attention(CONFIGS[name], random_mha(D, H))
+    x, _, _ = inputs("none", batch=2)
+    full, _ = layer(x, causal=True)
+    steps, cache = layer(x[:, :2], causal=True, use_cache=True)
+    steps = [steps]
+    for t in range(2, T):
+        out, cache = layer(x[:, t: t + 1], causal=True, cache=cache, use_cache=True)
+        steps.append(out)
+    assert relative_error(full, torch.cat(steps, dim=1)) <= 1e-5
+    assert cache_nbytes(cache) == layer.cache_bytes(T, 2, torch.float32)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_cross_attention_reuses_the_cache_built_from_memory(name):
+    """Cross-attention: K/V (or the latent, or the state) come from memory once; later calls pass the cache and
+    get the same outputs as re-reading memory; padded memory frames are ignored."""
+    layer = build_attention(CONFIGS[name], random_mha(D, H))
+    x, _, _ = inputs("none", batch=3, t=4, seed=5)
+    memory, pad, _ = inputs("none", batch=3, t=T)
+    direct, cache = layer(x, key_padding_mask=pad, memory=memory, use_cache=True)
+    again, same = layer(x, key_padding_mask=pad, memory=cache, use_cache=True)
+    assert same is cache and torch.allclose(direct, again, atol=1e-6)
+    assert cache_nbytes(cache) == layer.cache_bytes(T, 3, torch.float32)
+    cut, _ = layer(x[1:2], memory=memory[1:2, : T - 4])  # row 1 has its last 4 frames padded
+    assert relative_error(cut, direct[1:2]) <= 1e-5
+    if name == "mha":  # and it is the attention of x's queries over memory's keys
+        mha = random_mha(D, H)
+        q = (x @ mha.q_weight.T + mha.q_bias).view(3, 4, H, -1).transpose(1, 2)
+        k, v = ((memory @ w.T + b).view(3, T, H, -1).transpose(1, 2) for w, b in
+                ((mha.k_weight, mha.k_bias), (mha.v_weight, mha.v_bias)))
+        scores = (q @ k.transpose(-1, -2) * mha.scale).masked_fill(pad[:, None, None], float("-inf"))
+        ref = (scores.softmax(-1) @ v).transpose(1, 2).reshape(3, 4, D) @ mha.o_weight.T + mha.o_bias
+        assert relative_error(ref, direct) <= 1e-5

@@ -200,3 +200,19 @@ def test_sites_are_validated_naming_the_field():
     validate_sites({"sites": ["encoder", "cross"]}, {"family": "whisper"})
     backbone.select_sites("all")
     assert backbone.site_kinds == SITE_KINDS
+
+
+def test_kv_cache_report_per_kind_of_site(compose_cfg, run_module):
+    from asr_attention.kv_cache import whisper_sites
+
+    cfg = compose_cfg("kv_cache", ["model=whisper", "frames=1500", "attention=mla", "attention.latent_dim=96"])
+    columns = whisper_sites(cfg.model, cfg.attention, 1500, 1, torch.float32)
+    bytes_of = {col: {r.attention: r.total_bytes for r in rows} for col, rows in columns.items()}
+    layers, d = 4, 384
+    assert bytes_of["decoder self /token"] == {"mha": layers * 2 * d * 4, "mla": layers * 96 * 4,
+                                               "gqa": layers * 2 * 2 * 64 * 4, "linear": layers * 6 * 64 * 65 * 4}
+    assert bytes_of["decoder self /token"]["mla"] / bytes_of["decoder self /token"]["mha"] == 0.125  # -87.5 %
+    assert bytes_of["cross /s of audio"]["mha"] == 50 * layers * 2 * d * 4
+    assert bytes_of["cross /1500 frames"]["mla"] == 1500 * layers * 96 * 4
+    out = run_module("asr_attention.kv_cache", "model=whisper").stdout
+    assert "decoder self /token" in out and "cross /s of audio" in out and " 12288 (1.000)" in out

@@ -5,6 +5,14 @@ optional positional input and an optional cache, and reports the bytes of the ca
 
 Cache semantics (streaming encoder): a chunk attends to every cached frame plus itself. `cache` is the dict the
 previous call returned (or None); with `use_cache=True` the call returns the grown cache / updated state.
+
+Decoder sites use two more arguments:
+  causal=True   each position attends to the cached positions and to x's positions up to its own (decoder
+                self-attention: a whole prefix for teacher forcing, or a token at a time with a cache).
+  memory        cross-attention: K/V come from this other sequence (B, S, d) instead of x (key_padding_mask then
+                masks memory frames); with use_cache the call returns the cache built from it. memory may also be
+                that cache, reused as it is (built once per utterance, never grown). Each variant caches its own
+                kind: K/V, grouped K/V, the latent, the linear state.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from torch import Tensor, nn
 
 from .canonical import CanonicalMHA
 from .kernels.xl_attention import fused_xl_fits, xl_attention
-from .positions import XLPosition, key_padding_to_sdpa, rotate_inputs
+from .positions import XLPosition, causal_keep, key_padding_to_sdpa, rotate_inputs
 
 Cache = dict[str, Tensor]
 KVFromProjection = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -104,6 +112,11 @@ class AttentionVariant(nn.Module):
     def query_projection(self) -> tuple[Tensor, Tensor | None]:
         return self.q_proj.weight, self.q_proj.bias
 
+    def check_decoder_use(self, causal: bool, memory) -> None:
+        if (causal or memory is not None) and self.position != "none":
+            # decoders here (Whisper) add absolute positions before the layers; no scheme inside attention
+            raise NotImplementedError(f"{self.name}: causal / cross-attention with position={self.position!r}")
+
     def check_cache(self, cache: Cache | None, use_cache: bool) -> None:
         if cache is not None and self.position == "xl":
             # The XL skew assumes queries and keys cover the same frames; a chunk against a longer cache
@@ -123,6 +136,11 @@ class SoftmaxAttention(AttentionVariant):
         """-> K, V as (B, kv_heads, S, hd) over cache + chunk, and the new cache (None unless asked)."""
         raise NotImplementedError
 
+    def cross_attention(self, x: Tensor, memory: Tensor | Cache, key_padding_mask: Tensor | None,
+                        use_cache: bool) -> tuple[Tensor, Cache | None]:
+        """x's queries against memory's keys and values; memory may be the cache a previous call returned."""
+        raise NotImplementedError
+
     def forward(
         self,
         x: Tensor,
@@ -130,7 +148,12 @@ class SoftmaxAttention(AttentionVariant):
         pos: Tensor | None = None,
         cache: Cache | None = None,
         use_cache: bool = False,
+        causal: bool = False,
+        memory: Tensor | Cache | None = None,
     ) -> tuple[Tensor, Cache | None]:
+        self.check_decoder_use(causal, memory)
+        if memory is not None:
+            return self.cross_attention(x, memory, key_padding_mask, use_cache)
         self.check_cache(cache, use_cache)
         stacked = None
         if self.position != "rotary_input" and cache is None and not use_cache:
@@ -156,14 +179,19 @@ class SoftmaxAttention(AttentionVariant):
             bias = self.xl.score_bias(q, pos, self.scale)
             q = self.xl.content_query(q)
         mask = key_padding_to_sdpa(key_padding_mask, bias)
+        if causal:
+            mask = causal_keep(mask, q.shape[-2], k.shape[-2], q.device)
+        return self.o_proj(self.merge_heads(self.attend(q, k, v, mask))), new_cache
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """SDPA over (B, H, T, hd) queries and (B, kv_heads, S, hd) keys / values."""
         grouped = self.kv_heads != self.num_heads
         if grouped and not flash_takes(q, mask):
             # SDPA shares grouped K/V heads (enable_gqa) only in its flash and math kernels; the math kernel would
             # build the (B, H, T, S) scores, so copy K/V per head (MHA's size) for the memory-efficient kernel
             k, v = (t.repeat_interleave(self.num_heads // self.kv_heads, dim=1) for t in (k, v))
             grouped = False
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=grouped)
-        return self.o_proj(self.merge_heads(out)), new_cache
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=grouped)
 
 
 def flash_takes(q: Tensor, mask: Tensor | None) -> bool:

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Cache, SoftmaxAttention, append, stacked_kv, linear_from
+from .positions import key_padding_to_sdpa
 from .canonical import CanonicalMHA
 
 
@@ -40,6 +41,14 @@ class GroupedQueryAttention(SoftmaxAttention):
             return k, v, None
         new = append(cache, k=k, v=v)
         return new["k"], new["v"], new
+
+    def cross_attention(self, x: Tensor, memory: Tensor | Cache, key_padding_mask: Tensor | None, use_cache: bool):
+        if not isinstance(memory, dict):  # the cache: kv_heads K/V heads over the memory frames
+            memory = {"k": self.split_heads(self.k_proj(memory), self.kv_heads),
+                      "v": self.split_heads(self.v_proj(memory), self.kv_heads)}
+        q = self.split_heads(self.q_proj(x))
+        out = self.attend(q, memory["k"], memory["v"], key_padding_to_sdpa(key_padding_mask, None))
+        return self.o_proj(self.merge_heads(out)), memory if use_cache else None
 
     def kv_input_projection(self, tokens: int | None):
         return (*stacked_kv(self.k_proj, self.v_proj), self._split_kv)

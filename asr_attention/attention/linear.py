@@ -78,7 +78,14 @@ class LinearAttention(AttentionVariant):
         pos: Tensor | None = None,
         cache: Cache | None = None,
         use_cache: bool = False,
+        causal: bool = False,
+        memory: Tensor | Cache | None = None,
     ) -> tuple[Tensor, Cache | None]:
+        self.check_decoder_use(causal, memory)
+        if memory is not None:
+            return self.cross_attention(x, memory, key_padding_mask, use_cache)
+        if causal:
+            return self.causal(x, cache, use_cache)
         b, t, _ = x.shape
         q, k, v = self._heads(x, pos)
         if cache is None and not use_cache and runs_on(q, k, v) and supported(self.feature_dim, self.head_dim):
@@ -96,10 +103,40 @@ class LinearAttention(AttentionVariant):
         normaliser = phi_k.sum(dim=1)
         if cache is not None:
             state, normaliser = state + cache["state"], normaliser + cache["normaliser"]
-        numerator = torch.einsum("bthf,bhfd->bthd", phi_q, state)
-        denominator = torch.einsum("bthf,bhf->bth", phi_q, normaliser)[..., None] + self.eps
-        out = self.o_proj((numerator / denominator).reshape(b, t, self.d_model))
-        return out, {"state": state, "normaliser": normaliser}
+        return self._read(phi_q, state, normaliser), {"state": state, "normaliser": normaliser}
+
+    def _read(self, phi_q: Tensor, state: Tensor, normaliser: Tensor) -> Tensor:
+        """phi(q) (B, T, H, F) against a state (B, H, F, hd) and normaliser (B, H, F), one shared by all queries;
+        or per query, (B, T, H, F, hd) and (B, T, H, F) (causal prefixes) -> o_proj of the attention output."""
+        per_query = state.dim() == 5
+        numerator = torch.einsum("bthf,bthfd->bthd" if per_query else "bthf,bhfd->bthd", phi_q, state)
+        denominator = torch.einsum("bthf,bthf->bth" if per_query else "bthf,bhf->bth", phi_q, normaliser)
+        b, t = phi_q.shape[:2]
+        return self.o_proj((numerator / (denominator[..., None] + self.eps)).reshape(b, t, self.d_model))
+
+    def causal(self, x: Tensor, cache: Cache | None, use_cache: bool) -> tuple[Tensor, Cache | None]:
+        """Decoder self-attention: position t reads the state of the cached tokens plus x's first t (prefix sums)."""
+        q, k, v = self._heads(x, None)
+        phi_q, phi_k = self.feature_map(q), self.feature_map(k)
+        state = torch.einsum("bthf,bthd->bthfd", phi_k, v).cumsum(dim=1)
+        normaliser = phi_k.cumsum(dim=1)
+        if cache is not None:
+            state, normaliser = state + cache["state"][:, None], normaliser + cache["normaliser"][:, None]
+        new = {"state": state[:, -1], "normaliser": normaliser[:, -1]} if use_cache else None
+        return self._read(phi_q, state, normaliser), new
+
+    def cross_attention(self, x: Tensor, memory: Tensor | Cache, key_padding_mask: Tensor | None, use_cache: bool):
+        """The cache is the memory's state and normaliser (fixed size whatever its frames), built once."""
+        b = x.shape[0]
+        if not isinstance(memory, dict):
+            k = self.k_proj(memory).view(b, -1, self.num_heads, self.head_dim)
+            v = self.v_proj(memory).view(b, -1, self.num_heads, self.head_dim)
+            phi_k = self.feature_map(k)
+            if key_padding_mask is not None:
+                phi_k = phi_k.masked_fill(key_padding_mask[:, :, None, None], 0.0)
+            memory = {"state": torch.einsum("bshf,bshd->bhfd", phi_k, v), "normaliser": phi_k.sum(dim=1)}
+        q = self.q_proj(x).view(b, x.shape[1], self.num_heads, self.head_dim)
+        return self._read(self.feature_map(q), memory["state"], memory["normaliser"]), memory if use_cache else None
 
     def _whole_sequence(self, phi_q: Tensor, phi_k: Tensor, v: Tensor) -> Tensor:
         """phi_q, phi_k: (B, T, H, F); v: (B, T, H, hd) -> (B, T, d) attention output before o_proj.

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .base import Cache, SoftmaxAttention, append
 from .canonical import CanonicalMHA
-from .positions import key_padding_to_sdpa
+from .positions import causal_keep, key_padding_to_sdpa
 
 
 def _factor(weight: Tensor, rank: int, whiten: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -136,21 +136,39 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         pos: Tensor | None = None,
         cache: Cache | None = None,
         use_cache: bool = False,
+        causal: bool = False,
+        memory: Tensor | Cache | None = None,
     ) -> tuple[Tensor, Cache | None]:
-        if cache is None and not use_cache:
-            return super().forward(x, key_padding_mask, pos)
+        if memory is None and cache is None and not use_cache:
+            return super().forward(x, key_padding_mask, pos, causal=causal)
+        self.check_decoder_use(causal, memory)
+        if memory is not None:
+            return self.cross_attention(x, memory, key_padding_mask, use_cache)
         self.check_cache(cache, use_cache)
         qk_in = self.query_input(x, pos)
         new = self._latents(x, qk_in, cache)
-        latent_k = new.get("latent_k", new.get("latent"))
-        latent_v = new.get("latent_v", new.get("latent"))
-        q = self.split_heads(self.q_proj(qk_in))
         mask = key_padding_to_sdpa(key_padding_mask, None)
-        if not self._should_absorb(x.shape[1], latent_k.shape[1]):
+        if causal:
+            mask = causal_keep(mask, x.shape[1], next(iter(new.values())).shape[1], x.device)
+        return self._attend_latents(self.split_heads(self.q_proj(qk_in)), new, mask), new
+
+    def cross_attention(self, x: Tensor, memory: Tensor | Cache, key_padding_mask: Tensor | None, use_cache: bool):
+        """The cache is the memory's latent only (r values per frame), built once and reused."""
+        latents = memory if isinstance(memory, dict) else {"latent": self.kv_down(memory)}
+        out = self._attend_latents(self.split_heads(self.q_proj(x)), latents,
+                                   key_padding_to_sdpa(key_padding_mask, None))
+        return out, latents if use_cache else None
+
+    def _attend_latents(self, q: Tensor, latents: Cache, mask: Tensor | None) -> Tensor:
+        """Queries against cached latents: up-projected to K/V, or attended in latent space (absorbed), whichever
+        needs fewer FLOPs."""
+        latent_k = latents.get("latent_k", latents.get("latent"))
+        latent_v = latents.get("latent_v", latents.get("latent"))
+        if not self._should_absorb(q.shape[-2], latent_k.shape[1]):
             k, v = self._up(latent_k, latent_v)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
-            return self.o_proj(self.merge_heads(out)), new
-        return self._absorbed(q, latent_k, latent_v, mask), new
+            return self.o_proj(self.merge_heads(out))
+        return self._absorbed(q, latent_k, latent_v, mask)
 
     def _absorbed(self, q: Tensor, latent_k: Tensor, latent_v: Tensor, mask: Tensor | None) -> Tensor:
         """Attend in latent space: q·(U_k c) = (U_k^T q)·c; the K bias adds a per-query constant that softmax

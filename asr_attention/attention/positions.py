@@ -86,3 +86,10 @@ def key_padding_to_sdpa(key_padding_mask: Tensor | None, bias: Tensor | None) ->
     if bias is None:
         return pad.logical_not()
     return bias.masked_fill(pad, float("-inf"))
+
+
+def causal_keep(mask: Tensor | None, queries: int, keys: int, device) -> Tensor:
+    """A bool keep-mask where query i (the last `queries` of `keys` positions) sees keys up to its own position,
+    combined with an SDPA keep-mask (B, 1, 1, S) if given."""
+    keep = torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
+    return keep if mask is None else mask & keep

@@ -67,7 +67,7 @@ class CrossAttention(nn.Module):
         self.variant = variant
 
     def forward(self, x: Tensor, memory: Tensor | None = None, cache: Cache | None = None, use_cache: bool = False):
-        return self.variant(**self.inputs(x, memory), cache=cache, use_cache=use_cache)
+        return self.variant(**self.inputs(x, memory if cache is None else cache), use_cache=use_cache)
 
     @staticmethod
     def inputs(x: Tensor, memory: Tensor | None = None, *args, **kwargs) -> dict:
@@ -265,6 +265,19 @@ class Whisper(Backbone):
 
     def new_cache(self) -> DecoderCache:
         return DecoderCache([LayerCache() for _ in self.decoder.layers])
+
+    def cache_per_site(self, dtype: torch.dtype = torch.float32) -> dict[str, int]:
+        """Bytes the decoder caches hold (batch 1, all layers): self-attention per token, cross-attention per
+        second of audio (50 frames), beside the same sites as MHA. A linear variant's figure is its fixed state."""
+        d, frames = self.model.config.d_model, round(1000 / self.frame_ms)
+        layers = self.decoder.layers
+        mha = 2 * d * dtype.itemsize * len(layers)  # K and V per token / frame
+        return {
+            "decoder_self_per_token": sum(l.self_attn.variant.cache_bytes(1, 1, dtype) for l in layers),
+            "mha_decoder_self_per_token": mha,
+            "cross_per_second": sum(l.encoder_attn.variant.cache_bytes(frames, 1, dtype) for l in layers),
+            "mha_cross_per_second": mha * frames,
+        }
 
     # ---- calibration and fidelity --------------------------------------------------------------------------
     def calibration_pass(self, waves: Tensor, wave_lengths: Tensor, targets: Tensor | None = None) -> None:

@@ -42,6 +42,8 @@ def build_whisper(model_cfg: Mapping, ctc_vocab_size: int | None = None) -> Whis
         ("model.num_heads", model_cfg["num_heads"], "decoder_attention_heads", model.config.decoder_attention_heads),
         ("model.num_layers", model_cfg["num_layers"], "decoder_layers", model.config.decoder_layers),
     ])
+    if model_cfg.get("freeze_encoder", False):
+        model.model.encoder.requires_grad_(False)  # attention converted later is new, and trains
     return Whisper(model.eval(), tokens, head=head, ctc_vocab_size=ctc_vocab_size)
 
 

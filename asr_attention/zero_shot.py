@@ -1,0 +1,144 @@
+"""Zero-shot WER of Whisper tiny.en on AN4 test, unconverted and under each attention variant on each kind of
+site, no fine-tuning:
+
+    python -m asr_attention.zero_shot                       # the whole table -> benchmarks/whisper_zero_shot.*
+    python -m asr_attention.zero_shot --sites encoder --variants mha,linear --limit 20
+
+Each row converts a fresh copy of the loaded model (the same `convert` as a training run: calibration and
+fidelity on the first AN4 val batch), then decodes the test set with the cached greedy decoder and its fallback.
+An encoder that is not converted runs once for all rows. Rows are appended to the JSON as they finish, and a
+re-run skips the rows it holds (so a long table survives interruption); WER is scored from the stored
+transcripts, with the text normaliser (both sides) and raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torchmetrics.functional.text import word_error_rate
+
+from .data.datamodule import build_datamodule
+from .data.normalise import normalise_for_scoring
+from .decoding import DecodingOptions, transcribe
+from .experiment import convert
+from .backbones.whisper_load import build_whisper
+from .backbones.whisper_tokens import WhisperTextTokenizer
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+SITES = {"encoder": ["encoder"], "decoder_self": ["decoder_self"], "cross": ["cross"],
+         "decoder_self+cross": ["decoder_self", "cross"]}
+
+
+def variants(d: int) -> dict[str, dict]:
+    """The table's columns: mha; gqa with 1, 2, 3 KV heads; mla at d, d/2, d/4, plain and activation-aware; linear."""
+    out = {"mha": {"name": "mha"}}
+    out.update({f"gqa g={g}": {"name": "gqa", "num_kv_heads": g} for g in (1, 2, 3)})
+    for r, label in ((d, "d"), (d // 2, "d/2"), (d // 4, "d/4")):
+        for calibration in ("plain", "activation"):
+            out[f"mla r={label} {calibration}"] = {"name": "mla", "latent_dim": r, "calibration": calibration}
+    out["linear"] = {"name": "linear", "feature_map": "elu"}
+    return out
+
+
+def wer(rows: list[dict], normalised: bool) -> float:
+    prep = normalise_for_scoring if normalised else (lambda t: t)
+    return float(word_error_rate([prep(r["hyp"]) for r in rows], [prep(r["ref"]) for r in rows]))
+
+
+class ZeroShot:
+    def __init__(self, limit: int | None, batch_size: int):
+        self.model_cfg = OmegaConf.load(CONF / "model" / "whisper.yaml")
+        self.pristine = build_whisper(self.model_cfg).eval()
+        self.tokenizer = WhisperTextTokenizer(self.pristine.tokens)
+        self.data = build_datamodule(dict(corpus="an4", batch_size=batch_size, num_workers=0, limit_test=limit),
+                                     self.tokenizer)
+        self.data.setup()
+        self.batches = [b for b in self.data.test_dataloader() if b is not None]
+        self.options = DecodingOptions(**{k: tuple(v) if k == "temperatures" else v
+                                          for k, v in self.model_cfg.decoding.items()})
+        self._memories = None
+
+    @torch.no_grad()
+    def run(self, attention: dict | None, sites: list[str]) -> dict:
+        start = time.time()
+        backbone = copy.deepcopy(self.pristine)
+        conversion = None
+        if attention is not None:
+            conversion = convert(backbone, OmegaConf.create({**attention, "sites": sites}), self.data)
+            backbone.eval()
+        encoder_converted = attention is not None and "encoder" in sites
+        if not encoder_converted and self._memories is None:
+            self._memories = [backbone.encode(b["waves"], b["wave_lengths"]) for b in self.batches]
+        memories = self._memories if not encoder_converted else None
+        predictions = []
+        for i, batch in enumerate(self.batches):
+            memory = memories[i] if memories is not None else backbone.encode(batch["waves"], batch["wave_lengths"])
+            for utt, ref, h in zip(batch["utt_ids"], batch["texts"], transcribe(backbone, memory, self.options)):
+                predictions.append({"utt_id": utt, "ref": ref, "hyp": backbone.tokens.decode(h.tokens),
+                                    "temperature": h.temperature})
+        return {"attention": attention, "sites": sites, "predictions": predictions, "seconds": time.time() - start,
+                "fidelity": None if conversion is None else conversion["fidelity"],
+                "measured_cache_bytes": None if conversion is None else conversion["measured_cache_bytes"]}
+
+
+def table(results: dict) -> str:
+    """Markdown: normalised WER % per variant (rows) and kind of site (columns), raw WER of the unconverted row."""
+    base = results.get("unconverted")
+    lines = []
+    if base:
+        lines.append(f"unconverted tiny.en: WER {100 * wer(base['predictions'], True):.1f} % normalised, "
+                     f"{100 * wer(base['predictions'], False):.1f} % raw ({len(base['predictions'])} utterances)\n")
+    names = list(dict.fromkeys(k.split(" @ ")[0] for k in results if k != "unconverted"))
+    lines.append("| variant | " + " | ".join(SITES) + " |")
+    lines.append("|---|" + "---:|" * len(SITES))
+    for name in names:
+        cells = []
+        for site in SITES:
+            row = results.get(f"{name} @ {site}")
+            cells.append("—" if row is None else f"{100 * wer(row['predictions'], True):.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="benchmarks/whisper_zero_shot.json")
+    parser.add_argument("--sites", default=",".join(SITES), help=f"comma-separated, of {list(SITES)}")
+    parser.add_argument("--variants", default=None, help="comma-separated names (default: all); see variants()")
+    parser.add_argument("--limit", type=int, default=None, help="first N AN4 test utterances")
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    zs = ZeroShot(args.limit, args.batch_size)
+    chosen = variants(zs.model_cfg.d_model)
+    if args.variants:
+        unknown = [v for v in args.variants.split(",") if v not in chosen]
+        if unknown:
+            raise SystemExit(f"--variants: {unknown} not among {list(chosen)}")
+        chosen = {k: chosen[k] for k in args.variants.split(",")}
+    bad = [s for s in args.sites.split(",") if s not in SITES]
+    if bad:
+        raise SystemExit(f"--sites: {bad} not among {list(SITES)}")
+    jobs = [("unconverted", None, [])] + [(f"{name} @ {site}", att, SITES[site])
+                                          for site in args.sites.split(",") for name, att in chosen.items()]
+    for key, attention, sites in jobs:
+        if key in results:
+            continue
+        results[key] = zs.run(attention, sites)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1))
+        print(f"{key}: WER {100 * wer(results[key]['predictions'], True):.1f} % "
+              f"({results[key]['seconds']:.0f} s)", flush=True)
+    out.with_suffix(".md").write_text(table(results) + "\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
