@@ -88,8 +88,10 @@ def key_padding_to_sdpa(key_padding_mask: Tensor | None, bias: Tensor | None) ->
     return bias.masked_fill(pad, float("-inf"))
 
 
-def causal_keep(mask: Tensor | None, queries: int, keys: int, device) -> Tensor:
+def causal_keep(mask: Tensor | None, queries: int, keys: int, device) -> Tensor | None:
     """A bool keep-mask where query i (the last `queries` of `keys` positions) sees keys up to its own position,
     combined with an SDPA keep-mask (B, 1, 1, S) if given."""
+    if queries == 1:  # one new token sees every key: no mask, so SDPA may take its flash kernel while decoding
+        return mask
     keep = torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
     return keep if mask is None else mask & keep
