@@ -276,6 +276,9 @@ class Bench:
                     decoder = build_decoder(name, model, args.new_tokens)
                     for batch in args.batches:
                         self.check_time()
+                        # each batch from scratch: transformers' static step compiled for this shape alone (not
+                        # re-traced with a dynamic batch dimension), our graph captured for it
+                        decoder.drop()
                         row = self.row(size, name, decoder, memory_all, batch)
                         self.data["rows"].append(row)
                         self.save()

@@ -15,6 +15,8 @@ from pathlib import Path
 from asr_attention.report import table_cell as _f
 
 BASELINES = ("hf-static", "hf-dynamic")
+COLOURS = {"hf-static": "black", "hf-dynamic": "grey", "mha": "tab:blue", "mla": "tab:red", "gqa": "tab:green",
+           "linear": "tab:purple", "mla-self": "tab:orange"}
 
 
 def _ok(rows):
@@ -108,13 +110,17 @@ def draw_plot(runs: list[dict], path: Path) -> bool:
         for m in data.get("max_batch", []):
             if m.get("max_batch"):
                 series.setdefault((m["size"], m["decoder"]), []).append((m["max_batch"], m["tokens_per_s_at_max"], None))
+        sizes = sorted({size for size, _ in series})
         for (size, name), points in series.items():
             points.sort()
-            style = "--" if name in BASELINES else "-"
-            speed.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=f"{size} {name}")
+            # colour: the variant; line: baseline dashed, our growing caches dotted, preallocated + graph solid
+            family = name.removesuffix("-graph")
+            style = dict(color=COLOURS.get(family, "black"), marker="os^vDP"[sizes.index(size) % 6],
+                         linestyle="--" if name in BASELINES else "-" if name.endswith("-graph") else ":")
+            speed.plot([p[0] for p in points], [p[1] for p in points], label=f"{size} {name}", **style)
             mem = [p for p in points if p[2] is not None]
             if mem:
-                memory.plot([p[0] for p in mem], [p[2] for p in mem], style, marker="o", label=f"{size} {name}")
+                memory.plot([p[0] for p in mem], [p[2] for p in mem], label=f"{size} {name}", **style)
     for ax, label in ((speed, "tokens/s"), (memory, "peak GiB")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
