@@ -87,3 +87,25 @@ def test_generate_command_on_cpu(tmp_path):
     searched = {m["decoder"]: m for m in data["max_batch"]}
     assert searched["mla"]["max_batch"] == 4 and [p["batch"] for p in searched["mla"]["probes"]] == [2, 4]
     assert "| test | mla | 2 |" in out.with_suffix(".md").read_text()
+
+
+def test_max_batch_search_doubles_then_bisects(tmp_path, monkeypatch):
+    """Against a card where up to 37 rows fit: 2, 4 ... 32 fit, 64 does not, bisection ends on 37 (to 1 row)."""
+    args = generate.parse_args(["--device", "cpu", "--max-start", "2", "--max-resolution", "0", "--out",
+                                str(tmp_path / "m")])
+    args.command_line = "test"
+    bench = generate.Bench(args)
+    monkeypatch.setattr(bench, "fits", lambda decoder, memory, batch: (batch <= 37, 1000.0 if batch <= 37 else None))
+    row = bench.max_batch("test", "mla", None, None)
+    probes = [p["batch"] for p in row["probes"]]
+    assert probes[:6] == [2, 4, 8, 16, 32, 64] and row["max_batch"] == 37 and row["resolution"] == 1
+    assert [p["batch"] for p in row["probes"] if not p["fits"]][-1] == 38
+
+
+def test_budget_stops_the_run_and_keeps_the_files(tmp_path):
+    out = tmp_path / "gen"
+    data = generate.main(["--sizes", "test", "--device", "cpu", "--decoders", "hf-dynamic", "--batches", "1",
+                          "--max-batch", "--budget", "0", "--repeats", "1", "--memory-batch", "1", "--out", str(out)])
+    assert data["rows"] == [] and "time budget" in data["meta"]["stopped"]
+    assert json.loads(out.with_suffix(".json").read_text())["meta"]["stopped"] == data["meta"]["stopped"]
+    assert "stopped early" in out.with_suffix(".md").read_text()

@@ -127,7 +127,8 @@ def draw_plot(runs: list[dict], path: Path) -> bool:
         ax.set_xlabel("batch")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-    speed.legend(fontsize=7)
+    if speed.lines:
+        speed.legend(fontsize=7)
     meta = runs[0]["meta"]
     fig.suptitle(f"Whisper decoding, {meta['new_tokens']} forced tokens, {meta['dtype']}, {meta['card']}")
     fig.tight_layout()
