@@ -21,7 +21,7 @@ from .backbones.whisper import DecoderCache, Whisper
 
 @dataclass
 class DecodingOptions:
-    max_tokens: int = 96  # text tokens per utterance (AN4's longest is ~30)
+    max_tokens: int = 48  # text tokens per utterance (AN4's longest transcript is 16)
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     compression_ratio_threshold: float = 2.4
     logprob_threshold: float = -1.0

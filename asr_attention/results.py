@@ -28,10 +28,12 @@ class Results:
         os.replace(tmp, self.path)  # atomic: a reader never sees half a file
 
 
-def cache_rows(cache: dict | None) -> list[tuple[str, str]]:
-    """Whisper's decoder caches (fp32, batch 1, all layers), against the same sites as MHA."""
+def cache_rows(data: dict) -> list[tuple[str, str]]:
+    """Encoder families: the cache per 1000 frames. Whisper: its decoder caches, against the same sites as MHA."""
+    cache, conv = data.get("cache_per_site"), data.get("conversion", {})
     if not cache:
-        return []
+        return [("KV cache per 1000 frames (fp32, batch 1)",
+                 f"{conv['cache_mib_per_1000_frames']:.4g} MiB" if "cache_mib_per_1000_frames" in conv else "native")]
     return [(f"{label} (fp32, batch 1)", f"{cache[key]:,} B (MHA {cache['mha_' + key]:,} B, "
                                          f"-{100 * (1 - cache[key] / cache['mha_' + key]):.1f} %)")
             for label, key in (("decoder self cache per token", "decoder_self_per_token"),
@@ -41,7 +43,6 @@ def cache_rows(cache: dict | None) -> list[tuple[str, str]]:
 def summary_table(data: dict) -> str:
     """The lines a run prints at its end: WER/CER before and after fine-tuning, cache, throughput."""
     cfg = data.get("config", {})
-    conv = data.get("conversion", {})
     before, after = data.get("before") or {}, data.get("after") or {}
 
     def pct(d: dict, key: str) -> str:
@@ -53,9 +54,7 @@ def summary_table(data: dict) -> str:
     rows += [
         ("WER before -> after fine-tuning", f"{pct(before, 'test_wer')} -> {pct(after, 'test_wer')}"),
         ("CER before -> after fine-tuning", f"{pct(before, 'test_cer')} -> {pct(after, 'test_cer')}"),
-        ("KV cache per 1000 frames (fp32, batch 1)",
-         f"{conv['cache_mib_per_1000_frames']:.4g} MiB" if "cache_mib_per_1000_frames" in conv else "native"),
-        *cache_rows(data.get("cache_per_site")),
+        *cache_rows(data),
         ("parameters", f"{data.get('parameters', 0):,}" + (f" (unconverted {data['parameters_unconverted']:,})"
                                                            if "parameters_unconverted" in data else "")),
         ("throughput (RTFx, test batch)", f"{data.get('throughput', {}).get('rtfx', 0):.1f} "

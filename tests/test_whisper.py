@@ -216,3 +216,28 @@ def test_kv_cache_report_per_kind_of_site(compose_cfg, run_module):
     assert bytes_of["cross /1500 frames"]["mla"] == 1500 * layers * 96 * 4
     out = run_module("asr_attention.kv_cache", "model=whisper").stdout
     assert "decoder self /token" in out and "cross /s of audio" in out and " 12288 (1.000)" in out
+
+
+def test_real_tiny_en_transcribes_an4_test_through_our_decoder():
+    """The packaged tiny.en (CTranslate2 weights), our mel front end, encoder call, decoder loop over the
+    variants' caches and greedy decoding: five AN4 test utterances come out as the reference, once normalised."""
+    from asr_attention.data.audio import load_audio
+    from asr_attention.data.corpora import read_corpus
+    from asr_attention.data.normalise import normalise_for_scoring
+
+    wanted = ["an407-fcaw-b", "an408-fcaw-b", "an409-fcaw-b", "cen1-fcaw-b", "cen3-fcaw-b"]
+    utts = {u.utt_id: u for u in read_corpus("an4", None, "test")}
+    utts = [utts[i] for i in wanted]
+    waves = [load_audio(u.path) for u in utts]
+    lengths = torch.tensor([len(w) for w in waves])
+    batch = torch.zeros(len(waves), int(lengths.max()))
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = w
+    backbone = build_backbone({"family": "whisper", "source": None, "d_model": 384, "num_heads": 6,
+                               "num_layers": 4}).eval()
+    with torch.no_grad():
+        hyps = transcribe(backbone, backbone.encode(batch, lengths))
+    texts = [backbone.tokens.decode(h.tokens) for h in hyps]
+    assert texts[0] == "Erase CQQF7"  # Whisper's own spelling, as transformers' generate writes it
+    assert [normalise_for_scoring(t) for t in texts] == [normalise_for_scoring(u.text) for u in utts]
+    assert {h.temperature for h in hyps} == {0.0}
