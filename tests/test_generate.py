@@ -60,16 +60,18 @@ def test_cache_bytes_measured_equal_analytic():
 
 
 def test_generate_command_on_cpu(tmp_path):
-    """Every decoder at batch 2, a max-batch search capped at 4; files written; cache ratios exact."""
+    """Both baselines and each variant (growing and preallocated caches) at batch 2, a max-batch search capped at
+    4; files written; cache ratios exact."""
     out = tmp_path / "gen"
-    generate.main(["--sizes", "test", "--device", "cpu", "--batches", "2", "--decoders", *generate.DECODERS,
-                   "--max-batch", "hf-dynamic", "mla", "--max-start", "2", "--max-limit", "4", "--new-tokens", "4",
+    decoders = ["hf-static", "hf-dynamic", "mha", "mla", "mla-graph", "gqa", "linear-graph", "mla-self"]
+    generate.main(["--sizes", "test", "--device", "cpu", "--batches", "2", "--decoders", *decoders,
+                   "--max-batch", "mla", "--max-start", "2", "--max-limit", "4", "--new-tokens", "4",
                    "--repeats", "1", "--memory-batch", "1", "--init-std", "0.3", "--out", str(out)])
     data = json.loads(out.with_suffix(".json").read_text())
     assert out.with_suffix(".md").exists() and out.with_suffix(".png").stat().st_size > 0
     assert data["meta"]["card"] == "cpu" and data["meta"]["new_tokens"] == 4
     rows = {(r["decoder"], r["batch"]): r for r in data["rows"]}
-    assert len(rows) == len(generate.DECODERS)
+    assert len(rows) == len(decoders)
     for key, r in rows.items():
         assert "error" not in r, (key, r.get("error"))
         assert r["tokens_per_s"] > 0 and r["ttft_ms"] > 0 and 0 < r["limit_fraction"]
@@ -78,12 +80,13 @@ def test_generate_command_on_cpu(tmp_path):
     for name, self_x, cross_x in (("mha", 1, 1), ("mla", 1 / 8, 1 / 8), ("gqa", 1 / 2, 1 / 2),
                                   ("mla-self", 1 / 8, 1)):  # r = d/4 against K+V = 2d; 2 of 4 KV heads
         for decoder in (name, f"{name}-graph"):  # the preallocated slots hold exactly the tokens fed
-            got = rows[(decoder, 2)]["cache_measured"]
-            assert got["decoder_self"] == mha["decoder_self"] * self_x, decoder
-            assert got["cross"] == mha["cross"] * cross_x, decoder
+            if decoder in decoders:
+                got = rows[(decoder, 2)]["cache_measured"]
+                assert got["decoder_self"] == mha["decoder_self"] * self_x, decoder
+                assert got["cross"] == mha["cross"] * cross_x, decoder
     # linear: a state per site and batch row, H x hd x (hd + 1), whatever the length: 2 sites x 2 layers x batch 2
-    assert sum(rows[("linear", 2)]["cache_measured"].values()) == 2 * 2 * 2 * 4 * 16 * 17 * 2
-    assert rows[("mha-graph", 2)]["cuda_graph"] is False  # on CPU the static path runs eagerly
+    assert sum(rows[("linear-graph", 2)]["cache_measured"].values()) == 2 * 2 * 2 * 4 * 16 * 17 * 2
+    assert rows[("mla-graph", 2)]["cuda_graph"] is False  # on CPU the static path runs eagerly
     searched = {m["decoder"]: m for m in data["max_batch"]}
     assert searched["mla"]["max_batch"] == 4 and [p["batch"] for p in searched["mla"]["probes"]] == [2, 4]
     assert "| test | mla | 2 |" in out.with_suffix(".md").read_text()

@@ -5,7 +5,7 @@ and the preallocated-cache step (eager here, a CUDA graph on a GPU) = the growin
 import pytest
 import torch
 
-from asr_attention.decoding import sample
+from asr_attention.decoding import sample, suppress_mask
 from asr_attention.generation.beam import beam_search
 from asr_attention.generation.decoders import OursGreedy
 from asr_attention.generation.static_decode import StaticGreedy
@@ -27,7 +27,7 @@ def model():
 
 
 def memory_for(model, batch, seed=1):
-    return torch.randn(batch, 1500, model.config.d_model, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(batch, 300, model.config.d_model, generator=torch.Generator().manual_seed(seed))  # any length
 
 
 def backbone_for(model, variant, sites=SITES["both"]):
@@ -96,10 +96,16 @@ def test_beam_search_shares_the_cross_cache(model, variant):
             assert t.shape[0] == 2 and layer_copied.cross[name].shape[0] == 2 * 4, name  # one per utterance
             torch.testing.assert_close(t, layer_copied.cross[name][::4])
         assert all(t.shape[0] == 2 * 4 for t in layer_shared.self_attn.values())  # one per beam
-    # the beams' total log-probability is at least greedy's (the greedy path is among those searched first)
+    # each score is its tokens' log-probability re-read without caches: the self caches followed their beams
+    tokens = torch.tensor(shared.tokens)
+    assert tokens.shape == (2, STEPS)
+    never, first = suppress_mask(backbone, model.config.vocab_size, "cpu")
+    logits = uncached_logits(backbone, memory, tokens).float()
+    logits[:, 0] = logits[:, 0].masked_fill(first, float("-inf"))
+    logits[:, 1:] = logits[:, 1:].masked_fill(never, float("-inf"))
+    rescored = logits.log_softmax(-1).gather(2, tokens[..., None]).squeeze(2).sum(1)
+    torch.testing.assert_close(shared.scores, rescored, rtol=1e-4, atol=1e-4)
     greedy = sample(backbone, memory, backbone.new_cache(), STEPS)
-    greedy_sum = torch.tensor([h.avg_logprob * (len(h.tokens) + 1) for h in greedy])
-    assert (shared.scores >= greedy_sum - 1e-4).all()
     one = beam_search(backbone, memory, beams=1, max_tokens=STEPS)
     assert one.tokens == [h.tokens for h in greedy]
 
