@@ -73,37 +73,13 @@ def load_pretrained(model_cfg: Mapping) -> tuple[WhisperForConditionalGeneration
 
 
 def load_ctranslate2(folder: Path, model_cfg: Mapping) -> WhisperForConditionalGeneration:
-    """The CTranslate2 weights in transformers' layout; the sizes the file cannot tell (heads) from the config."""
-    from .ctranslate2 import read_model_bin, whisper_state_dict
+    """The CTranslate2 weights in transformers' layout (fp32 master weights; the file stores fp16)."""
+    from .whisper_weights import hf_state_dict_from_ct2
 
-    state = whisper_state_dict(read_model_bin(folder / "model.bin"))
-    d = state["model.encoder.conv1.weight"].shape[0]
-    config = WhisperConfig(
-        vocab_size=state["model.decoder.embed_tokens.weight"].shape[0], num_mel_bins=state["model.encoder.conv1.weight"].shape[1],
-        d_model=d, encoder_attention_heads=int(model_cfg["num_heads"]), decoder_attention_heads=int(model_cfg["num_heads"]),
-        encoder_layers=_count(state, "model.encoder.layers."), decoder_layers=_count(state, "model.decoder.layers."),
-        encoder_ffn_dim=state["model.encoder.layers.0.fc1.weight"].shape[0],
-        decoder_ffn_dim=state["model.decoder.layers.0.fc1.weight"].shape[0],
-        max_source_positions=state["model.encoder.embed_positions.weight"].shape[0],
-        max_target_positions=state["model.decoder.embed_positions.weight"].shape[0],
-        **_special_ids(folder),
-    )
+    config, state = hf_state_dict_from_ct2(folder)
     model = WhisperForConditionalGeneration(config)
-    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    missing = [k for k in missing if k != "proj_out.weight"]  # tied to decoder.embed_tokens
-    if missing or unexpected:
-        raise ValueError(f"{folder / 'model.bin'}: weights missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.load_state_dict(state, strict=True)
     return model
-
-
-def _count(state: dict, prefix: str) -> int:
-    return 1 + max(int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix))
-
-
-def _special_ids(folder: Path) -> dict:
-    tokens = read_tokens(folder)
-    return dict(eos_token_id=tokens.eot, bos_token_id=tokens.eot, pad_token_id=tokens.eot,
-                decoder_start_token_id=tokens.sot)
 
 
 def load_hub(source: str) -> tuple[WhisperForConditionalGeneration, WhisperTokens]:
