@@ -79,7 +79,7 @@ def sample(backbone: Whisper, memory: Tensor | None, cache: DecoderCache | None,
         sum_logprob += logprob.masked_fill(done, 0.0)
         seq = torch.cat((seq, nxt[:, None]), dim=1)
         done |= nxt == t.eot
-        if bool(done.all()):
+        if bool(done.all()) or step + 1 == max_tokens:  # the last token is emitted, never fed
             break
         logits = backbone.decode(seq[:, -1:] if cache is not None else seq, memory, cache)[:, -1]
     out = []

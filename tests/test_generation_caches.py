@@ -1,0 +1,145 @@
+"""Decoding with every variant's own caches on tiny random Whisper models (fp32, CPU): cached = uncached (tokens
+and logits), batched = one by one, beam search sharing each utterance's cross cache = beams with their own copies,
+and the preallocated-cache step (eager here, a CUDA graph on a GPU) = the growing-cache one."""
+
+import pytest
+import torch
+
+from asr_attention.decoding import sample, suppress_mask
+from asr_attention.generation.beam import beam_search
+from asr_attention.generation.decoders import OursGreedy
+from asr_attention.generation.static_decode import StaticGreedy
+from asr_attention.generation.whisper_sizes import random_whisper
+
+VARIANTS = {
+    "mha": None,
+    "gqa": {"name": "gqa", "num_kv_heads": 2},
+    "mla": {"name": "mla", "latent_dim": 16},  # d/4
+    "linear": {"name": "linear", "feature_map": "elu"},
+}
+SITES = {"self": ("decoder_self",), "cross": ("cross",), "both": ("decoder_self", "cross")}
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_whisper("test", torch.device("cpu"), torch.float32, init_std=0.3)
+
+
+def memory_for(model, batch, seed=1):
+    return torch.randn(batch, 300, model.config.d_model, generator=torch.Generator().manual_seed(seed))  # any length
+
+
+def backbone_for(model, variant, sites=SITES["both"]):
+    return OursGreedy(model, VARIANTS[variant], sites).backbone
+
+
+def prompt(backbone, batch):
+    return torch.tensor(backbone.tokens.prompt).repeat(batch, 1)
+
+
+def cached_logits(backbone, memory, tokens):
+    """Next-token logits (B, n, V) before each of `tokens` (B, n), fed one at a time through the caches."""
+    cache = backbone.new_cache()
+    out = [backbone.decode(prompt(backbone, memory.shape[0]), memory, cache)[:, -1]]
+    for i in range(tokens.shape[1] - 1):
+        out.append(backbone.decode(tokens[:, i: i + 1], None, cache)[:, -1])
+    return torch.stack(out, 1)
+
+
+def uncached_logits(backbone, memory, tokens):
+    p = len(backbone.tokens.prompt)
+    seq = torch.cat((prompt(backbone, memory.shape[0]), tokens[:, :-1]), 1)
+    return backbone.decode(seq, memory, None)[:, p - 1:]
+
+
+def tokens_of(hypotheses):
+    return torch.tensor([h.tokens for h in hypotheses])
+
+
+@pytest.mark.parametrize("sites", SITES)
+@pytest.mark.parametrize("variant", VARIANTS)
+@torch.no_grad()
+def test_cached_equals_uncached(model, variant, sites):
+    backbone = backbone_for(model, variant, SITES[sites])
+    memory = memory_for(model, 2)
+    cached = tokens_of(sample(backbone, memory, backbone.new_cache(), STEPS))
+    uncached = tokens_of(sample(backbone, memory, None, STEPS))
+    assert cached.shape == (2, STEPS) and torch.equal(cached, uncached)
+    assert cached.unique().numel() > 4
+    ours, reference = cached_logits(backbone, memory, cached), uncached_logits(backbone, memory, cached)
+    torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@torch.no_grad()
+def test_batched_equals_one_by_one(model, variant):
+    backbone = backbone_for(model, variant)
+    memory = memory_for(model, 3)
+    batched = tokens_of(sample(backbone, memory, backbone.new_cache(), STEPS))
+    for row in range(3):
+        alone = tokens_of(sample(backbone, memory[row: row + 1], backbone.new_cache(), STEPS))
+        assert torch.equal(batched[row: row + 1], alone), row
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@torch.no_grad()
+def test_beam_search_shares_the_cross_cache(model, variant):
+    backbone = backbone_for(model, variant)
+    memory = memory_for(model, 2)
+    shared = beam_search(backbone, memory, beams=4, max_tokens=STEPS)
+    copied = beam_search(backbone, memory, beams=4, max_tokens=STEPS, share_cross=False)
+    assert shared.tokens == copied.tokens
+    torch.testing.assert_close(shared.scores, copied.scores, rtol=1e-5, atol=1e-5)
+    for layer_shared, layer_copied in zip(shared.cache.layers, copied.cache.layers):
+        for name, t in layer_shared.cross.items():
+            assert t.shape[0] == 2 and layer_copied.cross[name].shape[0] == 2 * 4, name  # one per utterance
+            torch.testing.assert_close(t, layer_copied.cross[name][::4])
+        assert all(t.shape[0] == 2 * 4 for t in layer_shared.self_attn.values())  # one per beam
+    # each score is its tokens' log-probability re-read without caches: the self caches followed their beams
+    tokens = torch.tensor(shared.tokens)
+    assert tokens.shape == (2, STEPS)
+    never, first = suppress_mask(backbone, model.config.vocab_size, "cpu")
+    logits = uncached_logits(backbone, memory, tokens).float()
+    logits[:, 0] = logits[:, 0].masked_fill(first, float("-inf"))
+    logits[:, 1:] = logits[:, 1:].masked_fill(never, float("-inf"))
+    rescored = logits.log_softmax(-1).gather(2, tokens[..., None]).squeeze(2).sum(1)
+    torch.testing.assert_close(shared.scores, rescored, rtol=1e-4, atol=1e-4)
+    greedy = sample(backbone, memory, backbone.new_cache(), STEPS)
+    one = beam_search(backbone, memory, beams=1, max_tokens=STEPS)
+    assert one.tokens == [h.tokens for h in greedy]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@torch.no_grad()
+def test_static_cache_step_equals_dynamic(model, variant):
+    backbone = backbone_for(model, variant)
+    memory = memory_for(model, 2)
+    dynamic = tokens_of(sample(backbone, memory, backbone.new_cache(), STEPS))
+    static = StaticGreedy(backbone, batch=2, max_steps=STEPS)
+    static.logits = []
+    assert torch.equal(static(memory), dynamic)
+    torch.testing.assert_close(torch.stack(static.logits, 1), cached_logits(backbone, memory, dynamic),
+                               rtol=1e-4, atol=1e-4)
+    # a second batch of utterances through the same buffers
+    other = memory_for(model, 2, seed=2)
+    assert torch.equal(static(other), tokens_of(sample(backbone, other, backbone.new_cache(), STEPS)))
+    # the slots: prompt + steps - 1 tokens per self cache, whatever the variant keeps
+    expected = sum(layer.self_attn.variant.cache_bytes(2 + STEPS - 1, 2, torch.float32)
+                   for layer in backbone.decoder.layers)
+    assert static.cache_nbytes()["decoder_self"] == expected
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("variant", VARIANTS)
+@torch.no_grad()
+def test_cuda_graph_step_equals_eager(variant):
+    model = random_whisper("test", torch.device("cuda"), torch.float32, init_std=0.3)
+    backbone = backbone_for(model, variant)
+    memory = memory_for(model, 2).cuda()
+    eager = StaticGreedy(backbone, batch=2, max_steps=STEPS)(memory)
+    graphed = StaticGreedy(backbone, batch=2, max_steps=STEPS, graph=True)
+    assert torch.equal(graphed(memory), eager)
+    assert graphed._graph is not None
+    other = memory_for(model, 2, seed=2).cuda()
+    assert torch.equal(graphed(other), StaticGreedy(backbone, batch=2, max_steps=STEPS)(other))
