@@ -96,12 +96,15 @@ def _number_at_least(value: Any, field: str, low: float, strict: bool = False) -
 def validate_training(cfg: Mapping) -> None:
     """The trainer's, optimiser's and checkpointing numbers, checked before the model loads (Lightning takes
     trainer.max_epochs=-1 as "endless", and the cosine schedule over the whole run then fails with an
-    OverflowError after loading)."""
+    OverflowError after loading; max_epochs=null is a step-bounded run and needs max_steps)."""
     trainer, optim = cfg.get("trainer") or {}, cfg.get("optim") or {}
-    _int_at_least(trainer.get("max_epochs"), "trainer.max_epochs", 1)
-    for key in ("accumulate_grad_batches", "log_every_n_steps", "check_val_every_n_epoch", "num_nodes"):
+    if not (trainer.get("max_epochs") is None and trainer.get("max_steps", -1) != -1):  # null: max_steps bounds it
+        _int_at_least(trainer.get("max_epochs"), "trainer.max_epochs", 1, " (or null with trainer.max_steps set)")
+    for key in ("accumulate_grad_batches", "log_every_n_steps", "num_nodes"):
         if key in trainer:
             _int_at_least(trainer[key], f"trainer.{key}", 1)
+    if trainer.get("check_val_every_n_epoch") is not None:  # null: val_check_interval counts steps across epochs
+        _int_at_least(trainer["check_val_every_n_epoch"], "trainer.check_val_every_n_epoch", 1, " (or null)")
     if trainer.get("max_steps", -1) != -1:
         _int_at_least(trainer["max_steps"], "trainer.max_steps", 1, " (or -1: no step limit)")
     devices = trainer.get("devices")

@@ -73,8 +73,8 @@ def convert(backbone: Backbone, attention_cfg: DictConfig, datamodule: ASRDataMo
     summary = patch_attention(backbone, attention_cfg, calibration if activation_aware else None)
     summary["calibration_data"] = used
     summary["fidelity"] = fidelity([v.eval() for v in patched_variants(backbone)], captured)
+    summary["measured_cache_bytes"] = measured_cache_bytes(backbone, captured[0][0])  # in eval: no dropout draws
     backbone.train()
-    summary["measured_cache_bytes"] = measured_cache_bytes(backbone, captured[0][0])
     return summary
 
 

@@ -83,6 +83,7 @@ BAD = [  # overrides, the start of the message (field=value), a word of what is 
     # trainer, optimiser and checkpoint numbers (max_epochs=-1 used to crash with OverflowError after loading)
     (["trainer.max_epochs=-1"], "trainer.max_epochs=-1", "integer >= 1"),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0", "integer >= 1"),
+    (["trainer.max_epochs=null"], "trainer.max_epochs=None", "null with trainer.max_steps set"),
     (["+trainer.max_steps=0"], "trainer.max_steps=0", "(or -1: no step limit)"),
     (["trainer.devices=0"], "trainer.devices=0", "integer >= 1"),
     (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0", "integer >= 1"),

@@ -66,8 +66,11 @@ class WhisperTextTokenizer:
     def __len__(self) -> int:
         return self.tokens.tokenizer.get_vocab_size()
 
-    def normalise(self, text: str, utt_id: str | None = None, oov: str | None = None) -> str:
+    def normal_form(self, text: str) -> str:
         return " ".join(text.split())
+
+    def normalise(self, text: str, utt_id: str | None = None, oov: str | None = None) -> str:
+        return self.normal_form(text)  # the BPE covers every character: nothing to restrict
 
     def encode(self, text: str, utt_id: str | None = None, oov: str | None = None) -> list[int]:
         return self.tokens.tokenizer.encode(" " + normalise_text(text, "lower"), add_special_tokens=False).ids

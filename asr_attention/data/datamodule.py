@@ -35,7 +35,7 @@ from .dataset import ASRDataset, BadAudioPolicy, Skipped, collate, warn_skipped
 from .manifest import Utterance
 from .resumable import ResumableLoader
 from .sampler import BucketBatchSampler
-from .text import CharTokenizer, OOVPolicy, check_oov_policy, normalise
+from .text import CharTokenizer, OOVPolicy, check_oov_policy
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class ASRDataModule(L.LightningDataModule):
     def _note_transcripts(self, part: str, utts: list[Utterance], texts: list[str]) -> None:
         notes = {"empty": [u.utt_id for u, t in zip(utts, texts) if not t],
                  "changed_by_oov_drop": [u.utt_id for u, t in zip(utts, texts)
-                                         if t != normalise(u.text, self.tokenizer.case)]}
+                                         if t != self.tokenizer.normal_form(u.text)]}
         for kind, ids in notes.items():
             self.transcripts[kind][part] = ids
             if ids:

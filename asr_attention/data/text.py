@@ -87,10 +87,14 @@ class CharTokenizer:
     def __len__(self) -> int:
         return max(self.vocab.values()) + 1
 
+    def normal_form(self, text: str) -> str:
+        """The transcript as this tokenizer reads it, before the vocabulary restricts it."""
+        return normalise(text, self.case)
+
     def normalise(self, text: str, utt_id: str | None = None, oov: OOVPolicy | None = None) -> str:
         """Normalised text restricted to the vocabulary (applies `oov`, default the tokenizer's policy)."""
         oov = check_oov_policy(oov or self.oov)
-        text = normalise(text, self.case)
+        text = self.normal_form(text)
         bad = sorted({c for c in text if c not in self._char_to_id})
         if bad:
             if oov == "error":
