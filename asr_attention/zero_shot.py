@@ -5,7 +5,7 @@ site, no fine-tuning:
     python -m asr_attention.zero_shot --sites encoder --variants mha,linear --limit 20
 
 Each row converts a fresh copy of the loaded model (the same `convert` as a training run: calibration and
-fidelity on 8 AN4 val utterances), then decodes the test set with the cached greedy decoder and its fallback.
+fidelity on conf/train.yaml's calibration.frames of AN4 val utterances drawn across the split), then decodes the test set with the cached greedy decoder and its fallback.
 An encoder that is not converted runs once for all rows. Rows are appended to the JSON as they finish, and a
 re-run skips the rows it holds (so a long table survives interruption); WER is scored from the stored
 transcripts, with the text normaliser (both sides) and raw.
@@ -55,18 +55,19 @@ def wer(rows: list[dict], normalised: bool) -> float:
 
 
 class ZeroShot:
-    def __init__(self, limit: int | None, batch_size: int):
+    def __init__(self, limit: int | None, batch_size: int, device: str):
         self.model_cfg = OmegaConf.load(CONF / "model" / "whisper.yaml")
-        self.pristine = build_whisper(self.model_cfg).eval()
+        self.pristine = build_whisper(self.model_cfg).eval().to(device)
         self.tokenizer = WhisperTextTokenizer(self.pristine.tokens)
         self.data = build_datamodule(dict(corpus="an4", batch_size=batch_size, num_workers=0, limit_test=limit),
                                      self.tokenizer)
         self.data.setup()
-        # calibration and fidelity: the first 8 AN4 val utterances (as experiment=whisper_demo's batch of 8)
-        self.calibration = build_datamodule(dict(corpus="an4", batch_size=8, num_workers=0, limit_val=8),
-                                            self.tokenizer)
+        # calibration and fidelity: as a training run's (conf/train.yaml calibration.frames, drawn across AN4 val)
+        self.calibration = build_datamodule(dict(corpus="an4", batch_size=8, num_workers=0), self.tokenizer)
         self.calibration.setup()
-        self.batches = [b for b in self.data.test_dataloader() if b is not None]
+        self.calibration_frames = OmegaConf.load(CONF / "train.yaml").calibration.frames
+        self.batches = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+                        for b in self.data.test_dataloader() if b is not None]
         self.options = DecodingOptions(**{k: tuple(v) if k == "temperatures" else v
                                           for k, v in self.model_cfg.decoding.items()})
         self._memories = None
@@ -77,7 +78,8 @@ class ZeroShot:
         backbone = copy.deepcopy(self.pristine)
         conversion = None
         if attention is not None:
-            conversion = convert(backbone, OmegaConf.create({**attention, "sites": sites}), self.calibration)
+            conversion = convert(backbone, OmegaConf.create({**attention, "sites": sites}), self.calibration,
+                                 self.calibration_frames)
             backbone.eval()
         encoder_converted = attention is not None and "encoder" in sites
         if not encoder_converted and self._memories is None:
@@ -120,10 +122,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", default=None, help="comma-separated names (default: all); see variants()")
     parser.add_argument("--limit", type=int, default=None, help="first N AN4 test utterances")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
-    zs = ZeroShot(args.limit, args.batch_size)
+    zs = ZeroShot(args.limit, args.batch_size, args.device)
     chosen = variants(zs.model_cfg.d_model)
     if args.variants:
         unknown = [v for v in args.variants.split(",") if v not in chosen]

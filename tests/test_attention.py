@@ -150,6 +150,23 @@ def test_mla_cache_holds_only_the_latent():
     assert list(cache) == ["latent"] and cache["latent"].shape == (3, T, 16)
 
 
+@pytest.mark.parametrize("mask", ["none", "padding", "additive", "causal"])
+def test_a_decode_step_in_latent_space_equals_sdpa(mask, monkeypatch):
+    """A few queries (a decode step's heads) attend over the latent through two GEMMs, not SDPA: same output."""
+    from asr_attention.attention import mla as mla_module
+
+    layer = build_attention({"name": "mla", "latent_dim": 24}, random_mha(D, H)).eval()
+    g = torch.Generator().manual_seed(3)
+    q, latent = torch.randn(3, H, 2, D // H, generator=g), torch.randn(3, T, 24, generator=g)
+    keep = {"none": None, "padding": ~inputs("none")[1][:, None, None, :], "causal": None,
+            "additive": torch.randn(3, 1, 1, T, generator=g)}[mask]
+    outputs = []
+    for few in (H * 2, 0):  # the two-GEMM path, then SDPA
+        monkeypatch.setattr(mla_module, "FEW_QUERIES", few)
+        outputs.append(layer.absorbed(q, latent, latent, keep, mask == "causal"))
+    assert relative_error(*outputs) <= 1e-6
+
+
 @pytest.mark.parametrize("name", list(CONFIGS) + ["hedgehog"])
 @pytest.mark.parametrize("position", POSITIONS)
 def test_gradients_reach_every_trainable_parameter(name, position):

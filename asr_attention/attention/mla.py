@@ -131,8 +131,11 @@ class MultiHeadLatentAttention(SoftmaxAttention):
             mask = causal_keep(t, s, q.device)
         if mask is not None:
             mask = mask.expand(b, h, t, s).reshape(b, 1, h * t, s)
-        out_latent = F.scaled_dot_product_attention(q_latent, latent_k[:, None], latent_v[:, None], attn_mask=mask,
-                                                    dropout_p=self.dropout_p, scale=self.scale)
+        if h * t <= FEW_QUERIES:
+            out_latent = _few_queries_attention(q_latent, latent_k, latent_v, mask, self.scale, self.dropout_p)
+        else:
+            out_latent = F.scaled_dot_product_attention(q_latent, latent_k[:, None], latent_v[:, None],
+                                                        attn_mask=mask, dropout_p=self.dropout_p, scale=self.scale)
         out = torch.einsum("bhtr,hdr->bhtd", out_latent.view(b, h, t, r), self.kv_up.weight[d:].view(h, hd, r))
         if self.kv_up.bias is not None:
             out = out + self.kv_up.bias[d:].view(1, h, 1, hd)
@@ -146,6 +149,22 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         if tokens * 2 * d * d + 2 * d * r * d < tokens * 3 * d * r:
             return self.kv_up.weight @ self.kv_down.weight, self.kv_up.bias
         return None
+
+
+# A decode step folds only its H heads into the query axis. SDPA's fused kernels are built for many queries and
+# head widths <= 256 (the latent is wider: d/4 = 320 at large-v3); for a few queries two batched GEMMs and a
+# softmax read the latent at HBM speed instead.
+FEW_QUERIES = 64
+
+
+def _few_queries_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float,
+                           dropout_p: float) -> Tensor:
+    """SDPA's result for q (B, 1, Q, r) against one head of k, v (B, S, r); mask bool (True = attend) or additive."""
+    scores = torch.matmul(q, k.transpose(1, 2)[:, None]).float() * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    weights = F.dropout(scores.softmax(-1), dropout_p).to(v.dtype)
+    return torch.matmul(weights, v[:, None])
 
 
 def _or(t: Tensor | None, default: Tensor) -> Tensor:

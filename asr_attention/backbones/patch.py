@@ -101,6 +101,9 @@ def capture_attention_calls(backbone: Backbone, waves: Tensor, wave_lengths: Ten
             outputs[i] = output[0].detach()  # every attention module here returns (output, weights or cache)
 
         handles.append(module.register_forward_hook(hook, with_kwargs=True))
+    device = next(backbone.parameters()).device  # the batch goes where the weights are (a loader yields on CPU)
+    waves, wave_lengths = waves.to(device), wave_lengths.to(device)
+    targets = None if targets is None else targets.to(device)
     was_training = backbone.training
     backbone.eval()
     try:
