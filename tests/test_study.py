@@ -59,11 +59,13 @@ def test_presets_state_the_grid_and_every_point_validates(compose_cfg):
     assert compose_cfg("train", ["experiment=quality_encoders", "study/variant=mla_d2"]).attention.latent_dim == 72
 
 
-def test_code_version_git_then_environment(monkeypatch, tmp_path):
+def test_code_version_environment_then_git(monkeypatch, tmp_path):
+    monkeypatch.delenv("ASR_ATTENTION_COMMIT", raising=False)
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     assert code_version()["commit"] == head.strip() and code_version()["source"] == "git"
+    monkeypatch.setenv("ASR_ATTENTION_COMMIT", "abc123")  # named: wins over a checkout whose HEAD may be stale
+    assert code_version() == {"commit": "abc123", "dirty": None, "source": "ASR_ATTENTION_COMMIT"}
     monkeypatch.setattr(code_version_module, "REPO", tmp_path)  # a copy without .git (a GPU machine's tree)
-    monkeypatch.setenv("ASR_ATTENTION_COMMIT", "abc123")
     assert code_version() == {"commit": "abc123", "dirty": None, "source": "ASR_ATTENTION_COMMIT"}
     monkeypatch.delenv("ASR_ATTENTION_COMMIT")
     assert code_version()["commit"] is None and str(tmp_path) in code_version()["source"]

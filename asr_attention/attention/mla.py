@@ -69,7 +69,7 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         self.kv_up = nn.Linear(latent_dim, 2 * d, bias=mha.k_bias is not None or mha.v_bias is not None)
         self.kv_up.weight.data.copy_(up)
         if self.kv_up.bias is not None:
-            zeros = torch.zeros(d)
+            zeros = mha.v_weight.new_zeros(d)
             self.kv_up.bias.data.copy_(torch.cat((_or(mha.k_bias, zeros), _or(mha.v_bias, zeros))))
 
     @property
