@@ -304,8 +304,9 @@ def open_report_run(sweep_dir: Path, out: Path | None, project: str, entity: str
                       mode=os.environ.get("WANDB_MODE", "offline"), dir=str(out or sweep_dir))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m asr_attention.report", description=__doc__.split("\n\n")[0])
+def report_cli(argv: Sequence[str] | None, prog: str, description: str, write, name: str) -> int:
+    """The command line of a sweep report (this one, study_report): `write(sweep_dir, out)` -> {kind: path}."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("sweep_dir", type=Path, help="a sweep's directory, e.g. multirun/2026-11-28/04-07-46")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep dir)")
     parser.add_argument("--wandb", action="store_true",
@@ -314,9 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--entity", default=None, help="W&B entity (with --wandb)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    run = open_report_run(args.sweep_dir, args.out, args.project, args.entity, "report") if args.wandb else None
+    run = open_report_run(args.sweep_dir, args.out, args.project, args.entity, name) if args.wandb else None
     try:
-        paths = write_report(args.sweep_dir, args.out)
+        paths = write(args.sweep_dir, args.out)
     finally:
         if run is not None:
             run.finish()
@@ -324,6 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return report_cli(argv, "python -m asr_attention.report", __doc__.split("\n\n")[0], write_report, "report")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,7 +19,6 @@ encoder: its self-attention cache per second of audio if it streamed; no token c
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -29,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .report import analytic_cache_mib, find_results, open_report_run, pareto_front, table_cell, variant_label
+from .report import analytic_cache_mib, find_results, pareto_front, report_cli, table_cell, variant_label
 
 log = logging.getLogger(__name__)
 
@@ -341,24 +340,7 @@ def log_study_to_wandb(rows: Sequence[dict], paths: Mapping[str, Path]) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m asr_attention.study_report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_dir", type=Path, help="a study sweep's directory, e.g. multirun/2026-11-30/20-25-00")
-    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep dir)")
-    parser.add_argument("--wandb", action="store_true", help="log to a W&B run in the sweep's group")
-    parser.add_argument("--project", default="asr-attention", help="W&B project (with --wandb)")
-    parser.add_argument("--entity", default=None, help="W&B entity (with --wandb)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    run = open_report_run(args.sweep_dir, args.out, args.project, args.entity, "study") if args.wandb else None
-    try:
-        paths = write_report(args.sweep_dir, args.out)
-    finally:
-        if run is not None:
-            run.finish()
-    print(paths["md"].read_text())
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
-
+    return report_cli(argv, "python -m asr_attention.study_report", __doc__.split("\n\n")[0], write_report, "study")
 
 if __name__ == "__main__":
     sys.exit(main())

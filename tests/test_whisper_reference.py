@@ -31,3 +31,18 @@ def test_committed_an4_test_transcripts_score_as_reported():
     assert len(rows) == 130 and {r["utt_id"] for r in rows} == {u.utt_id for u in read_an4("test")}
     assert wers(rows) == pytest.approx({"raw": 99.87, "case_and_punctuation": 56.40, "scoring_normaliser": 2.53},
                                        abs=0.005)
+
+
+def test_our_decoder_wrote_transformers_words_on_all_of_an4_test():
+    """The committed zero-shot table's unconverted row (our decoder loop and caches, on a GPU) and transformers'
+    `generate` (the committed reference transcripts, on a CPU): the same text for every AN4 test utterance, and
+    no temperature fallback was needed for either to agree."""
+    import json
+    from pathlib import Path
+
+    table = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "whisper_zero_shot.json").read_text())
+    ours = {p["utt_id"]: p for p in table["unconverted"]["predictions"]}
+    theirs = {r["utt_id"]: r["hypothesis"] for r in read()}
+    assert len(ours) == len(theirs) == 130
+    assert {u: p["hyp"].strip() for u, p in ours.items()} == {u: h.strip() for u, h in theirs.items()}
+    assert {p["temperature"] for p in ours.values()} == {0.0}

@@ -4,9 +4,9 @@ causal decoder self-attention and cross-attention; each keeps its own cache; cac
 from .base import AttentionVariant, Cache, cache_nbytes
 from .build import VARIANTS, build_attention
 from .canonical import CanonicalMHA, random_mha
-from .fidelity import fidelity_table, relative_error
+from .fidelity import relative_error
 
 __all__ = [
     "AttentionVariant", "Cache", "CanonicalMHA", "VARIANTS", "build_attention", "cache_nbytes",
-    "fidelity_table", "random_mha", "relative_error",
+    "random_mha", "relative_error",
 ]
