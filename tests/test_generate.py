@@ -112,3 +112,15 @@ def test_budget_stops_the_run_and_keeps_the_files(tmp_path):
     assert data["rows"] == [] and "time budget" in data["meta"]["stopped"]
     assert json.loads(out.with_suffix(".json").read_text())["meta"]["stopped"] == data["meta"]["stopped"]
     assert "stopped early" in out.with_suffix(".md").read_text()
+
+
+def test_step_profile_groups_the_kernels_it_saw_on_the_h200():
+    """Kernel names as torch.profiler reported them for large-v3 decode steps (benchmarks/generate/step_profile_*)."""
+    from asr_attention.bench.step_profile import group
+
+    assert group("cudnn_generated_fort_native_sdpa_sm80_flash_fprop_wmma_f16_knob_35_16x128x64") == "attention"
+    assert group("void (anonymous namespace)::softmax_warp_forward<float, float, float, 11, false, false>") == "attention"
+    assert group("nvjet_sm90_tst_64x16_64x16_2x4_h_bz_bias_TNT") == "gemm"
+    assert group("void cutlass::Kernel2<cutlass_80_tensorop_bf16_s16816gemm_bf16_256x64_32x4_nn_align2>") == "gemm"
+    assert group("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16>") == "other"
+    assert group("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda>") == "other"

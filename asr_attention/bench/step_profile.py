@@ -25,7 +25,7 @@ from asr_attention.generation.whisper_sizes import ENCODER_FRAMES, SIZES, random
 from .generate import build_decoder
 
 GROUPS = {  # first match wins; names as cuBLAS / cuDNN / PyTorch kernels spell them
-    "attention": ("flash", "fmha", "attention", "softmax", "efficient"),
+    "attention": ("flash", "fmha", "sdpa", "attention", "softmax", "efficient"),
     "gemm": ("gemm", "cutlass", "xmma", "nvjet", "cublas", "sm90_", "sm80_"),
 }
 
