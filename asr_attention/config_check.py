@@ -98,7 +98,8 @@ def validate_training(cfg: Mapping) -> None:
     trainer.max_epochs=-1 as "endless", and the cosine schedule over the whole run then fails with an
     OverflowError after loading; max_epochs=null is a step-bounded run and needs max_steps)."""
     trainer, optim = cfg.get("trainer") or {}, cfg.get("optim") or {}
-    if not (trainer.get("max_epochs") is None and trainer.get("max_steps", -1) != -1):  # null: max_steps bounds it
+    step_bounded = trainer.get("max_epochs") is None and trainer.get("max_steps", -1) != -1
+    if not step_bounded:
         _int_at_least(trainer.get("max_epochs"), "trainer.max_epochs", 1, " (or null with trainer.max_steps set)")
     for key in ("accumulate_grad_batches", "log_every_n_steps", "num_nodes"):
         if key in trainer:

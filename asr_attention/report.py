@@ -329,5 +329,6 @@ def report_cli(argv: Sequence[str] | None, prog: str, description: str, write, n
 def main(argv: Sequence[str] | None = None) -> int:
     return report_cli(argv, "python -m asr_attention.report", __doc__.split("\n\n")[0], write_report, "report")
 
+
 if __name__ == "__main__":
     sys.exit(main())

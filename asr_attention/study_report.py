@@ -342,5 +342,6 @@ def log_study_to_wandb(rows: Sequence[dict], paths: Mapping[str, Path]) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     return report_cli(argv, "python -m asr_attention.study_report", __doc__.split("\n\n")[0], write_report, "study")
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,7 +5,8 @@ site, no fine-tuning:
     python -m asr_attention.zero_shot --sites encoder --variants mha,linear --limit 20
 
 Each row converts a fresh copy of the loaded model (the same `convert` as a training run: calibration and
-fidelity on conf/train.yaml's calibration.frames of AN4 val utterances drawn across the split), then decodes the test set with the cached greedy decoder and its fallback.
+fidelity on conf/train.yaml's calibration.frames of AN4 val utterances drawn across the split), then decodes the
+test set with the cached greedy decoder and its fallback.
 An encoder that is not converted runs once for all rows. Rows are appended to the JSON as they finish, and a
 re-run skips the rows it holds (so a long table survives interruption); WER is scored from the stored
 transcripts, with the text normaliser (both sides) and raw.
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from omegaconf import OmegaConf
 from torchmetrics.functional.text import word_error_rate
 
@@ -66,8 +68,7 @@ class ZeroShot:
         self.calibration = build_datamodule(dict(corpus="an4", batch_size=8, num_workers=0), self.tokenizer)
         self.calibration.setup()
         self.calibration_frames = OmegaConf.load(CONF / "train.yaml").calibration.frames
-        self.batches = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
-                        for b in self.data.test_dataloader() if b is not None]
+        self.batches = [move_data_to_device(b, device) for b in self.data.test_dataloader() if b is not None]
         self.options = DecodingOptions(**{k: tuple(v) if k == "temperatures" else v
                                           for k, v in self.model_cfg.decoding.items()})
         self._memories = None
