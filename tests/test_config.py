@@ -22,11 +22,11 @@ SEED_MODELS = {
         pretrained=True, d_model=512, num_heads=8, num_layers=18, batch_size=1, frame_ms=40, position="xl", arch={},
     ),
 }
-SEED_ATTENTION = {  # per model: mla's latent_dim follows d_model
-    "mha": lambda d: dict(name="mha"),
-    "mla": lambda d: dict(name="mla", latent_dim=d, calibration="plain"),
-    "gqa": lambda d: dict(name="gqa", num_kv_heads=2),
-    "linear": lambda d: dict(name="linear", feature_map="elu"),
+SEED_ATTENTION = {  # per model: mla's latent_dim follows d_model; sites=None: the family's default sites
+    "mha": lambda d: dict(name="mha", sites=None),
+    "mla": lambda d: dict(name="mla", latent_dim=d, calibration="plain", sites=None),
+    "gqa": lambda d: dict(name="gqa", num_kv_heads=2, sites=None),
+    "linear": lambda d: dict(name="linear", feature_map="elu", sites=None),
 }
 
 
@@ -61,7 +61,7 @@ def test_train_cfg_job_prints_composed_values(run_module):
     out = run_module("asr_attention.train", "model=branchformer", "attention=gqa", "--cfg", "job").stdout
     cfg = OmegaConf.create(out)
     assert cfg.model.d_model == 512 and cfg.model.num_layers == 18 and cfg.model.position == "xl"
-    assert dict(cfg.attention) == {"name": "gqa", "num_kv_heads": 2}
+    assert dict(cfg.attention) == {"name": "gqa", "num_kv_heads": 2, "sites": None}
 
 
 BAD = [  # overrides, the start of the message (field=value), a word of what is allowed

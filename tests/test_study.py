@@ -48,6 +48,14 @@ def test_presets_state_the_grid_and_every_point_validates(compose_cfg):
     assert dict(small.hydra.sweeper.params) == {"seed": "0,1,2", "study/sites": "decoder",
                                                 "study/variant": "mha,mla_d4_act,gqa_kv1"}
     assert (small.trainer.max_steps, small.trainer.val_check_interval, small.data.limit_val) == (200, 50, 32)
+    one_k = compose_cfg("train", ["experiment=quality_whisper_1k", "seed=1"], return_hydra_config=True)
+    assert dict(one_k.hydra.sweeper.params) == {"seed": "0,1,2", "study/sites": "decoder",
+                                                "study/variant": "mha,mla_d2_act,mla_d4_act"}
+    assert (one_k.trainer.max_steps, one_k.trainer.val_check_interval, one_k.data.limit_val) == (1000, 200, None)
+    ctc_2k = compose_cfg("train", ["experiment=quality_whisper_1k", "study/sites=encoder_ctc",
+                                   "study/variant=mla_d2_act", "trainer.max_steps=2000"])
+    validate(ctc_2k)
+    assert (ctc_2k.model.head, ctc_2k.attention.latent_dim, ctc_2k.trainer.max_steps) == ("ctc", 192, 2000)
 
     enc = compose_cfg("train", ["experiment=quality_encoders"], return_hydra_config=True)
     assert enc.hydra.sweeper.params["model"] == "branchformer,conformer"
