@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from .report import analytic_cache_mib, find_results, pareto_front, report_cli, table_cell, variant_label
+from .run_identity import identity
 
 log = logging.getLogger(__name__)
 
 CONTROL_ATTENTIONS = ("mha", "native")  # in order of preference
 WINDOW_S, WINDOW_TOKENS = 30, 448  # Whisper: one window's audio and its most tokens
-NOT_RECIPE = ("run_name", "logger", "seed")  # config keys that may differ between runs of one recipe
 COLUMNS = [
     "job", "status", "model", "head", "sites", "variant", "seed", "control_job", "wer_zero_shot", "wer_after",
     "control_wer_zero_shot", "control_wer_after", "cost_zero_shot", "cost_after", "cache_per_second",
@@ -51,9 +51,12 @@ def sites_label(attention: Mapping) -> str:
 
 
 def recipe_key(config: Mapping, with_seed: bool) -> str:
-    """Everything in a run's config but the attention variant (its sites stay): runs with equal keys differ only
-    in the variant, so one is the other's paired control."""
-    rest = {k: v for k, v in config.items() if k not in NOT_RECIPE or (with_seed and k == "seed")}
+    """A run's identity (run_identity: its config minus names, logging and loader workers) but the attention
+    variant (its sites stay), and the seed unless asked for: runs with equal keys differ only in the variant, so
+    one is the other's paired control."""
+    rest = identity(dict(config))
+    if not with_seed:
+        rest.pop("seed", None)
     rest["attention"] = {"sites": (config.get("attention") or {}).get("sites")}
     return json.dumps(rest, sort_keys=True, default=str)
 

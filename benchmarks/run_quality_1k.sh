@@ -6,7 +6,8 @@
 set -u
 root=${1:-multirun/quality_whisper_1k}
 mkdir -p "$root"
-common=(trainer=gpu logger=none data.num_workers=3)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}  # 4 processes x all cores' threads oversubscribed the CPU: ~3x slower
+common=(trainer=gpu logger=none data.num_workers=2)
 for seed in 0 1 2; do
   python -m asr_attention.train -m experiment=quality_whisper_1k "seed=$seed" "${common[@]}" \
     "hydra.sweep.dir=$root/decoder_seed$seed" >> "$root/decoder_seed$seed.log" 2>&1 &

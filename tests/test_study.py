@@ -139,12 +139,13 @@ def test_the_whisper_study_preset_end_to_end_on_cpu(tmp_path):
 # --- the report on SYNTHETIC results.json files --------------------------------------------------------------------
 
 def synthetic_run(sweep: Path, job: str, attention: dict, seed: int, *, after=None, before=None, lr=3e-4,
-                  model="A", status="completed", cache_mib=None, commit="c0ffee") -> None:
+                  model="A", status="completed", cache_mib=None, commit="c0ffee", workers=0) -> None:
     """A results.json shaped like asr_attention.train's, with SYNTHETIC numbers (an encoder model: CTC)."""
     res = {"status": status, "code": {"commit": commit, "dirty": False},
            "config": {"model": {"name": model, "family": "hf_wav2vec2", "d_model": 8, "num_heads": 2,
                                 "num_layers": 2, "frame_ms": 20, "position": "none"},
                       "attention": attention, "seed": seed, "optim": {"lr": lr}, "run_name": f"{job}-name",
+                      "data": {"num_workers": workers},
                       "logger": {"wandb": {"name": job}}}}
     if status == "completed":
         res.update(before={"test_wer": before}, after={"test_wer": after}, global_step=10,
@@ -164,7 +165,7 @@ def study(tmp_path):
     synthetic_run(s, "0", mha, 0, before=0.10, after=0.08, cache_mib=1.0)
     synthetic_run(s, "1", mla, 0, before=0.40, after=0.11, cache_mib=0.25)
     synthetic_run(s, "2", mha, 1, before=0.10, after=0.06, cache_mib=1.0)
-    synthetic_run(s, "3", mla, 1, before=0.50, after=0.075, cache_mib=0.25)
+    synthetic_run(s, "3", mla, 1, before=0.50, after=0.075, cache_mib=0.25, workers=3)  # loader workers: cosmetic
     synthetic_run(s, "4", mla, 0, before=0.30, after=0.09, cache_mib=0.25, lr=1e-4)  # another recipe: no control
     synthetic_run(s, "5", mla, 2, status="failed")
     # model B has no MHA run: attention=native is its control (cache from the config: K and V, 8 wide, 2 layers)
