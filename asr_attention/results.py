@@ -35,9 +35,10 @@ class Results:
 
 
 def cache_rows(data: dict) -> list[tuple[str, str]]:
-    """Encoder families: the cache per 1000 frames. Whisper: its decoder caches, against the same sites as MHA."""
+    """Encoder families and Whisper's CTC head (its decoder never runs): the encoder cache per 1000 frames.
+    Whisper seq2seq: its decoder caches, against the same sites as MHA."""
     cache, conv = data.get("cache_per_site"), data.get("conversion", {})
-    if not cache:
+    if not cache or data.get("config", {}).get("model", {}).get("head") == "ctc":
         return [("KV cache per 1000 frames (fp32, batch 1)",
                  f"{conv['cache_mib_per_1000_frames']:.4g} MiB" if "cache_mib_per_1000_frames" in conv else "native")]
     return [(f"{label} (fp32, batch 1)", f"{cache[key]:,} B (MHA {cache['mha_' + key]:,} B, "

@@ -32,3 +32,15 @@ def test_summary_table_shows_before_and_after():
     })
     assert "16.4 % -> 14.9 %" in table and "7.5 % -> 6.7 %" in table and "2.197 MiB" in table
     assert "1,133,612" in table and "833.8 on cpu" in table
+
+
+def test_summary_table_of_a_whisper_ctc_run_shows_the_encoder_cache():
+    per_site = {"decoder_self_per_token": 12288, "mha_decoder_self_per_token": 12288,
+                "cross_per_second": 614400, "mha_cross_per_second": 614400}  # the decoder's: unused under CTC
+    run = {"config": {"model": {"name": "whisper", "head": "ctc"}, "attention": {"name": "mla"}},
+           "conversion": {"cache_mib_per_1000_frames": 5.859375}, "cache_per_site": per_site}
+    table = summary_table(run)
+    assert "KV cache per 1000 frames (fp32, batch 1)" in table and "5.859 MiB" in table
+    assert "decoder self cache" not in table and "cross cache" not in table
+    run["config"]["model"]["head"] = "seq2seq"
+    assert "decoder self cache per token" in summary_table(run)
