@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import recipe_choice
 from .report import analytic_cache_mib, find_results, pareto_front, report_cli, table_cell, variant_label
 from .run_identity import identity
 
@@ -36,8 +37,8 @@ log = logging.getLogger(__name__)
 CONTROL_ATTENTIONS = ("mha", "native")  # in order of preference
 WINDOW_S, WINDOW_TOKENS = 30, 448  # Whisper: one window's audio and its most tokens
 COLUMNS = [
-    "job", "status", "model", "head", "sites", "variant", "seed", "control_job", "wer_zero_shot", "wer_after",
-    "control_wer_zero_shot", "control_wer_after", "cost_zero_shot", "cost_after", "cache_per_second",
+    "job", "status", "model", "head", "sites", "variant", "recipe", "seed", "control_job", "wer_zero_shot",
+    "wer_after", "control_wer_zero_shot", "control_wer_after", "cost_zero_shot", "cost_after", "cache_per_second",
     "cache_per_token", "control_cache_per_second", "control_cache_per_token", "cache_window",
     "control_cache_window", "steps", "commit", "dirty", "error",
 ]
@@ -91,7 +92,8 @@ def run_row(path: Path, sweep_dir: Path, results: Mapping) -> dict[str, Any]:
     return {
         "job": str(path.parent.relative_to(sweep_dir)) or ".", "status": results.get("status", "?"),
         "model": model.get("name", "?"), "head": model.get("head", "ctc"), "sites": sites_label(attention),
-        "variant": variant_label(attention), "attention": attention.get("name"), "seed": config.get("seed"),
+        "variant": variant_label(attention), "attention": attention.get("name"),
+        "recipe": recipe_choice.recipe_label(config), "seed": config.get("seed"),
         "wer_zero_shot": (results.get("before") or {}).get("test_wer"),
         "wer_after": (results.get("after") or {}).get("test_wer"),
         "cache_per_second": per_second, "cache_per_token": per_token,
@@ -141,8 +143,10 @@ def _reduction(value: float | None, reference: float | None) -> float | None:
     return 100.0 * (1.0 - value / reference) if value is not None and reference else None
 
 
-def aggregate(rows: Sequence[dict]) -> list[dict]:
-    """One row per model, head, sites, variant and recipe: mean and sample std over its completed, paired seeds."""
+def aggregate(rows: Sequence[dict], choices: Mapping[tuple, Mapping] | None = None) -> list[dict]:
+    """One row per model, head, sites, variant and recipe: mean and sample std over its completed, paired seeds.
+    `chosen`: the recipe is the one picked on val for its model, head and sites (recipe_choice), or the only one."""
+    choices = choices or {}
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r["status"] == "completed" and r["cost_after"] is not None:
@@ -150,7 +154,10 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
     out = []
     for (model, head, sites, variant, _), runs in groups.items():
         first = runs[0]
+        choice = choices.get((model, head, sites))
         agg = {"model": model, "head": head, "sites": sites, "variant": variant, "attention": first["attention"],
+               "recipe": first["recipe"], "compared": choice is not None,
+               "chosen": choice is None or choice["chosen"] == first["recipe"],
                "seeds": sorted(r["seed"] for r in runs), "runs": runs,
                "cache_per_second": first["cache_per_second"], "cache_per_token": first["cache_per_token"],
                "reduction_per_second": _reduction(first["cache_per_second"], first["control_cache_per_second"]),
@@ -159,8 +166,8 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
         for key in ("wer_after", "control_wer_after", "cost_zero_shot", "cost_after"):
             agg[key], agg[f"{key}_sd"] = _mean_sd([r[key] for r in runs if r[key] is not None])
         out.append(agg)
-    return sorted(out, key=lambda a: (a["model"], a["head"], a["sites"], a["attention"] not in CONTROL_ATTENTIONS,
-                                      a["variant"]))
+    return sorted(out, key=lambda a: (a["model"], a["head"], a["sites"], not a["chosen"], a["recipe"],
+                                      a["attention"] not in CONTROL_ATTENTIONS, a["variant"]))
 
 
 # --- outputs -------------------------------------------------------------------------------------------------------
@@ -181,13 +188,14 @@ def _points(mean: float | None, sd: float | None) -> str:
 
 
 def summary_table(aggs: Sequence[dict]) -> str:
-    header = ["head", "sites", "variant", "seeds", "WER after %", "control WER after %", "cost zero-shot (pts)",
+    header = ["head", "sites", "variant", "recipe", "seeds", "WER after %", "control WER after %", "cost zero-shot (pts)",
               "cost after FT (pts)", "cache B/s", "cut /s %", "cache B/token", "cut /token %", "cut window %",
               "steps"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for a in aggs:
         steps = sorted({r["steps"] for r in a["runs"]} - {None})
         cells = [a["head"], a["sites"], a["variant"] + (" (control)" if a["attention"] in CONTROL_ATTENTIONS else ""),
+                 a["recipe"] + (" (chosen on val)" if a["chosen"] and a["compared"] else ""),
                  ",".join(map(str, a["seeds"])), table_cell(a["wer_after"] and 100 * a["wer_after"], ".2f"),
                  table_cell(a["control_wer_after"] and 100 * a["control_wer_after"], ".2f"),
                  _points(a["cost_zero_shot"], a["cost_zero_shot_sd"]), _points(a["cost_after"], a["cost_after_sd"]),
@@ -296,7 +304,8 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> di
     rows = collect(sweep_dir)
     if not rows:
         raise FileNotFoundError(f"no results.json below {sweep_dir}")
-    aggs = aggregate(rows)
+    choices = recipe_choice.compare(rows)
+    aggs = aggregate(rows, choices)
     paths = {"csv": out / "study_runs.csv", "md": out / "study.md"}
     write_csv(rows, paths["csv"])
     counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
@@ -310,14 +319,17 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> di
           f"{WINDOW_S} s of cross cache + {WINDOW_TOKENS} tokens of self cache.", ""]
     for model in sorted({a["model"] for a in aggs}):
         model_aggs = [a for a in aggs if a["model"] == model]
-        paths[f"pareto_{model}"] = plot_pareto(model_aggs, model, out / f"pareto_{model}.png")
-        paths[f"recovery_{model}"] = plot_recovery(model_aggs, model, out / f"recovery_{model}.png")
-        met = [f"{a['head']}:{a['sites']} {a['variant']}" for a in model_aggs
+        chosen = [a for a in model_aggs if a["chosen"]]  # plots and goal: the recipe picked on val, never on test
+        paths[f"pareto_{model}"] = plot_pareto(chosen, model, out / f"pareto_{model}.png")
+        paths[f"recovery_{model}"] = plot_recovery(chosen, model, out / f"recovery_{model}.png")
+        met = [f"{a['head']}:{a['sites']} {a['variant']}" for a in chosen
                if a["attention"] not in CONTROL_ATTENTIONS and goal_met(a)]
         md += [f"## {model}", "", summary_table(model_aggs), "",
-               "≥ 75 % of the decode cache removed for ≤ +1.0 WER point after fine-tuning: "
+               "≥ 75 % of the decode cache removed for ≤ +1.0 WER point after fine-tuning"
+               + (" (the recipe chosen on val)" if len(chosen) < len(model_aggs) else "") + ": "
                + (", ".join(met) or "none"), "",
                f"![Pareto]({paths[f'pareto_{model}'].name})", "", f"![Recovery]({paths[f'recovery_{model}'].name})", ""]
+    md += recipe_choice.markdown(choices)
     failed = [r for r in rows if r["status"] != "completed"]
     if failed:
         md += ["## Runs that did not complete", ""] + [f"- {r['job']} ({r['model']} {r['sites']} {r['variant']} "

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from asr_attention import code_version as code_version_module
+from asr_attention import recipe_choice
 from asr_attention.code_version import code_version
 from asr_attention.config_check import validate
 from asr_attention.study_report import aggregate, collect, goal_met, recovery_curves, write_report
@@ -56,6 +57,18 @@ def test_presets_state_the_grid_and_every_point_validates(compose_cfg):
                                    "study/variant=mla_d2_act", "trainer.max_steps=2000"])
     validate(ctc_2k)
     assert (ctc_2k.model.head, ctc_2k.attention.latent_dim, ctc_2k.trainer.max_steps) == ("ctc", 192, 2000)
+    # the recipe choice: quality_whisper_1k's grid x 2 recipes x 2 more lrs; the CTC one trains the whole encoder
+    recipe = compose_cfg("train", ["experiment=quality_recipe"], return_hydra_config=True)
+    assert dict(recipe.hydra.sweeper.params) == {**one_k.hydra.sweeper.params, "optim.lr": "1e-4,3e-5",
+                                                 "study/recipe": "attention_only,attention_then_all"}
+    then_all = compose_cfg("train", ["experiment=quality_recipe", "study/recipe=attention_then_all", "optim.lr=3e-5"])
+    assert (then_all.optim.lr, then_all.optim.attention_only_steps, then_all.trainer.max_steps) == (3e-5, 500, 1000)
+    ctc_recipe = compose_cfg("train", ["experiment=quality_recipe_ctc"], return_hydra_config=True)
+    assert dict(ctc_recipe.hydra.sweeper.params) == {"seed": "0", "study/sites": "encoder_ctc",
+                                                     "study/variant": "mha,mla_d2_act", "optim.lr": "3e-4,1e-4"}
+    assert (ctc_recipe.model.head, ctc_recipe.model.freeze_encoder, ctc_recipe.optim.attention_only_steps,
+            ctc_recipe.trainer.max_steps) == ("ctc", False, 0, 2000)
+    validate(ctc_recipe)
 
     enc = compose_cfg("train", ["experiment=quality_encoders"], return_hydra_config=True)
     assert enc.hydra.sweeper.params["model"] == "branchformer,conformer"
@@ -104,14 +117,15 @@ def test_the_whisper_study_preset_end_to_end_on_cpu(tmp_path):
         assert res["status"] == "completed", res.get("error")
         assert res["code"]["commit"] == head.strip()
         assert [p["step"] for p in res["val_curve"]] == [0, 1] and res["global_step"] == 1
-    # all runs of the sweep in one W&B group, named by sites, variant and seed
+    # all runs of the study in one W&B group, whichever sweep ran them; named by sites, variant, recipe and seed
     groups = set()
-    for job, name in (("0", "whisper-decoder-mha-seed0"), ("1", "whisper-decoder-mla_d4_act-seed0")):
+    for job, name in (("0", "whisper-decoder-mha-attention_only-lr0.0003-seed0"),
+                      ("1", "whisper-decoder-mla_d4_act-attention_only-lr0.0003-seed0")):
         (run_dir,) = offline_runs(tmp_path / job)
         run = read_offline_run(run_dir)["run"]
         assert run["name"] == name
         groups.add(run["group"])
-    assert groups == {f"{tmp_path.parent.name}_{tmp_path.name}"}
+    assert groups == {"quality-whisper"}
 
     paths = write_report(tmp_path)
     with paths["csv"].open() as f:
@@ -126,7 +140,8 @@ def test_the_whisper_study_preset_end_to_end_on_cpu(tmp_path):
     assert float(row["cache_per_second"]) == mla["cache_per_site"]["cross_per_second"] == 4 * 96 * 4 * 50
     md = paths["md"].read_text()
     cost = 100 * (mla["after"]["test_wer"] - control["after"]["test_wer"])
-    assert f"| seq2seq | decoder_self+cross | mla r=96 act | 0 | {100 * mla['after']['test_wer']:.2f} | " in md
+    assert (f"| seq2seq | decoder_self+cross | mla r=96 act | lr 0.0003, attention only; encoder frozen | 0 | "
+            f"{100 * mla['after']['test_wer']:.2f} | ") in md
     assert f"| {cost:+.2f} | 76,800 | 87.5 | 1,536 | 87.5 | 87.5 | 1 |" in md
     assert f"- {head.strip()}" in md
     (agg,) = [a for a in aggregate(collect(tmp_path)) if a["variant"] == "mla r=96 act"]
@@ -139,7 +154,7 @@ def test_the_whisper_study_preset_end_to_end_on_cpu(tmp_path):
 # --- the report on SYNTHETIC results.json files --------------------------------------------------------------------
 
 def synthetic_run(sweep: Path, job: str, attention: dict, seed: int, *, after=None, before=None, lr=3e-4,
-                  model="A", status="completed", cache_mib=None, commit="c0ffee", workers=0) -> None:
+                  model="A", status="completed", cache_mib=None, commit="c0ffee", workers=0, val=None) -> None:
     """A results.json shaped like asr_attention.train's, with SYNTHETIC numbers (an encoder model: CTC)."""
     res = {"status": status, "code": {"commit": commit, "dirty": False},
            "config": {"model": {"name": model, "family": "hf_wav2vec2", "d_model": 8, "num_heads": 2,
@@ -149,7 +164,7 @@ def synthetic_run(sweep: Path, job: str, attention: dict, seed: int, *, after=No
                       "logger": {"wandb": {"name": job}}}}
     if status == "completed":
         res.update(before={"test_wer": before}, after={"test_wer": after}, global_step=10,
-                   val_curve=[{"step": 0, "val_wer": before}, {"step": 10, "val_wer": after}])
+                   val_curve=[{"step": 0, "val_wer": before}, {"step": 10, "val_wer": after if val is None else val}])
         if attention["name"] != "native":
             res["conversion"] = {"cache_mib_per_1000_frames": cache_mib}
     else:
@@ -166,7 +181,7 @@ def study(tmp_path):
     synthetic_run(s, "1", mla, 0, before=0.40, after=0.11, cache_mib=0.25)
     synthetic_run(s, "2", mha, 1, before=0.10, after=0.06, cache_mib=1.0)
     synthetic_run(s, "3", mla, 1, before=0.50, after=0.075, cache_mib=0.25, workers=3)  # loader workers: cosmetic
-    synthetic_run(s, "4", mla, 0, before=0.30, after=0.09, cache_mib=0.25, lr=1e-4)  # another recipe: no control
+    synthetic_run(s, "4", mla, 0, before=0.30, after=0.12, cache_mib=0.25, lr=1e-4)  # another recipe: no control
     synthetic_run(s, "5", mla, 2, status="failed")
     # model B has no MHA run: attention=native is its control (cache from the config: K and V, 8 wide, 2 layers)
     synthetic_run(s, "6", {"name": "native"}, 0, before=0.20, after=0.20, model="B", commit="beef")
@@ -204,10 +219,49 @@ def test_report_files_from_synthetic_study(study):
     paths = write_report(study)
     md = paths["md"].read_text()
     assert "8 runs: 7 completed, 1 failed. Completed without a completed control (no cost): 4." in md
-    assert "| ctc | encoder | mla r=4 | 0,1 | 9.25 | 7.00 | +35.00 ± 7.07 | +2.25 ± 1.06 | 13,107 | 75.0 |" in md
-    assert "| ctc | encoder | gqa kv=1 | 0 | 20.50 | 20.00 | +40.00 | +0.50 |" in md
+    assert ("| ctc | encoder | mla r=4 | lr 0.0003, all from step 0 (chosen on val) | 0,1 | 9.25 | 7.00 | +35.00 ± 7.07 "
+            "| +2.25 ± 1.06 | 13,107 | 75.0 |") in md
+    assert "| ctc | encoder | gqa kv=1 | lr 0.0003, all from step 0 | 0 | 20.50 | 20.00 | +40.00 | +0.50 |" in md
+    # model A ran two recipes (job 4 at lr 1e-4): compared on val over the variant both ran, mla r=4
+    assert "| lr 0.0003, all from step 0 (chosen) | 9.25 | 9.25 |" in md and "| lr 0.0001, all from step 0 | 12.00 |" in md
     assert "≥ 75 % of the decode cache removed for ≤ +1.0 WER point after fine-tuning: ctc:encoder gqa kv=1" in md
     assert "- 5 (A encoder mla r=4 seed 2): failed: RuntimeError: boom" in md
     assert "- c0ffee: 6 runs (0, 1, 2, 3, 4, 5)" in md and "- beef: 2 runs (6, 7)" in md
     for png in ("pareto_A", "recovery_A", "pareto_B", "recovery_B"):
         assert paths[png].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_recipe_is_chosen_on_val_and_the_goal_reads_only_that_recipe(tmp_path):
+    """Recipe lr 3e-4 is better on TEST (its MLA costs -0.5 pts) but worse on VAL; lr 1e-4 must be chosen, and
+    the goal check must name only its runs. SYNTHETIC numbers."""
+    s = tmp_path / "study"
+    mha, mla = {"name": "mha"}, {"name": "mla", "latent_dim": 2, "calibration": "plain"}
+    synthetic_run(s, "hi/0", mha, 0, before=0.1, after=0.050, val=0.06, cache_mib=1.0, lr=3e-4)
+    synthetic_run(s, "hi/1", mla, 0, before=0.4, after=0.045, val=0.09, cache_mib=0.125, lr=3e-4)
+    synthetic_run(s, "lo/0", mha, 0, before=0.1, after=0.040, val=0.04, cache_mib=1.0, lr=1e-4)
+    synthetic_run(s, "lo/1", mla, 0, before=0.4, after=0.048, val=0.05, cache_mib=0.125, lr=1e-4)
+    (choice,) = recipe_choice.compare(collect(s)).values()
+    assert choice["common"] == ["mha", "mla r=2"] and choice["chosen"] == "lr 0.0001, all from step 0"
+    assert choice["mean"] == {"lr 0.0003, all from step 0": pytest.approx(0.075),
+                              "lr 0.0001, all from step 0": pytest.approx(0.045)}
+    md = write_report(s)["md"].read_text()
+    assert "| ctc | encoder | mla r=2 | lr 0.0001, all from step 0 (chosen on val) | 0 | 4.80 |" in md
+    assert "| ctc | encoder | mla r=2 | lr 0.0003, all from step 0 | 0 | 4.50 |" in md
+    assert "after fine-tuning (the recipe chosen on val): ctc:encoder mla r=2" in md  # +0.8 pts at lr 1e-4
+    assert "| lr 0.0001, all from step 0 (chosen) | 4.00 | 5.00 | 4.50 |" in md
+
+
+def test_recipe_label_names_what_trains():
+    def label(lr=1e-4, first=None, steps=1000, frozen=None):
+        model = {} if frozen is None else {"freeze_encoder": frozen}
+        return recipe_choice.recipe_label({"optim": {"lr": lr, "attention_only_steps": first},
+                                           "trainer": {"max_steps": steps}, "model": model})
+
+    assert label(first=10**9) == "lr 0.0001, attention only"
+    assert label(first=500, frozen=True) == "lr 0.0001, attention 500 steps, then all; encoder frozen"
+    assert label(first=0, frozen=False) == "lr 0.0001, all from step 0; encoder trained"
+    assert label(lr=3e-4) == "lr 0.0003, all from step 0"
+    # step 0 (the converted model, before any step) is not a checkpoint: it never counts as the best
+    assert recipe_choice.best_val_wer([{"step": 0, "val_wer": 0.01}, {"step": 200, "val_wer": 0.3},
+                                       {"step": 400, "val_wer": 0.2}]) == 0.2
+    assert recipe_choice.best_val_wer([{"step": 0, "val_wer": 0.01}]) is None

@@ -1,0 +1,75 @@
+"""Choosing the fine-tuning recipe on validation only: which parameters train, for how long, at which lr.
+
+A recipe is the part of a run's config that says how it fine-tunes (`recipe_label`). Runs that differ only in
+recipe and variant are compared by their best val WER over the fine-tune (the checkpoint the test then reads;
+step 0, the converted model before any step, is not a checkpoint and does not count). The chosen recipe is the
+one with the lowest mean best val WER over the variants that every compared recipe ran: controls and
+conversions alike, so a recipe that only suits the unconverted model does not win. Test WER plays no part.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+
+
+def recipe_label(config: Mapping) -> str:
+    """'lr 0.0003, attention only; encoder frozen', 'lr 0.0001, attention 500 steps, then all', ..."""
+    optim, trainer, model = (config.get(k) or {} for k in ("optim", "trainer", "model"))
+    first, steps = optim.get("attention_only_steps"), trainer.get("max_steps")
+    if first is None or first <= 0:
+        train = "all from step 0"
+    elif steps is not None and first >= steps:
+        train = "attention only"
+    else:
+        train = f"attention {first} steps, then all"
+    frozen = model.get("freeze_encoder")  # Whisper only: its original encoder can stay fixed
+    encoder = "" if frozen is None else "; encoder frozen" if frozen else "; encoder trained"
+    return f"lr {optim.get('lr')}, {train}{encoder}"
+
+
+def best_val_wer(val_curve: Sequence[Mapping]) -> float | None:
+    """The lowest val WER after at least one fine-tune step; None when the run never validated after step 0."""
+    values = [p["val_wer"] for p in val_curve if p.get("step", 0) > 0 and p.get("val_wer") is not None]
+    return min(values) if values else None
+
+
+def compare(rows: Sequence[Mapping]) -> dict[tuple, dict]:
+    """{(model, head, sites): {"table": {recipe: {variant: mean best val WER over seeds}}, "common": [variants],
+    "mean": {recipe: mean over common variants}, "chosen": recipe}} for every group that ran > 1 recipe."""
+    cells: dict[tuple, dict[str, dict[str, list[float]]]] = {}
+    for r in rows:
+        best = best_val_wer(r.get("val_curve") or [])
+        if r.get("status") == "completed" and best is not None:
+            group = cells.setdefault((r["model"], r["head"], r["sites"]), {})
+            group.setdefault(r["recipe"], {}).setdefault(r["variant"], []).append(best)
+    out = {}
+    for key, by_recipe in cells.items():
+        if len(by_recipe) < 2:
+            continue
+        table = {rec: {v: statistics.fmean(w) for v, w in by_var.items()} for rec, by_var in by_recipe.items()}
+        common = sorted(set.intersection(*(set(t) for t in table.values())))
+        if not common:
+            continue
+        mean = {rec: statistics.fmean(t[v] for v in common) for rec, t in table.items()}
+        out[key] = {"table": table, "common": common, "mean": mean, "chosen": min(mean, key=mean.get)}
+    return out
+
+
+def markdown(choices: Mapping[tuple, Mapping]) -> list[str]:
+    """The val-only comparison as markdown lines (empty when no group ran more than one recipe)."""
+    if not choices:
+        return []
+    lines = ["## Recipe choice (validation only)", "",
+             "Best val WER % over the fine-tune (mean over seeds), per recipe and variant; the chosen recipe has "
+             "the lowest mean over the variants every recipe ran. Test WER is not used.", ""]
+    for (model, head, sites), c in sorted(choices.items()):
+        header = ["recipe"] + c["common"] + ["mean"]
+        lines += [f"### {model} {head}: {sites}", "", "| " + " | ".join(header) + " |",
+                  "|" + "|".join("---" for _ in header) + "|"]
+        for recipe in sorted(c["mean"], key=c["mean"].get):
+            cells = [f"{100 * c['table'][recipe][v]:.2f}" for v in c["common"]]
+            mark = " (chosen)" if recipe == c["chosen"] else ""
+            lines.append(f"| {recipe}{mark} | " + " | ".join(cells) + f" | {100 * c['mean'][recipe]:.2f} |")
+        lines.append("")
+    return lines
