@@ -4,7 +4,8 @@ A recipe is the part of a run's config that says how it fine-tunes (`recipe_labe
 recipe and variant are compared by their best val WER over the fine-tune (the checkpoint the test then reads;
 step 0, the converted model before any step, is not a checkpoint and does not count). The chosen recipe is the
 one with the lowest mean best val WER over the variants that every compared recipe ran: controls and
-conversions alike, so a recipe that only suits the unconverted model does not win. Test WER plays no part.
+conversions alike, so a recipe that only suits the unconverted model does not win, over the seeds every recipe
+ran. Test WER plays no part.
 """
 
 from __future__ import annotations
@@ -35,24 +36,26 @@ def best_val_wer(val_curve: Sequence[Mapping]) -> float | None:
 
 
 def compare(rows: Sequence[Mapping]) -> dict[tuple, dict]:
-    """{(model, head, sites): {"table": {recipe: {variant: mean best val WER over seeds}}, "common": [variants],
-    "mean": {recipe: mean over common variants}, "chosen": recipe}} for every group that ran > 1 recipe."""
-    cells: dict[tuple, dict[str, dict[str, list[float]]]] = {}
+    """{(model, head, sites): {"table": {recipe: {variant: mean best val WER}}, "common": [variants], "seeds":
+    [seeds], "mean": {recipe: mean over the common cells}, "chosen": recipe}} for every group that ran > 1 recipe.
+    Only the (variant, seed) cells that every recipe ran count, so a recipe's extra seeds cannot tip the choice."""
+    cells: dict[tuple, dict[str, dict[tuple, float]]] = {}
     for r in rows:
         best = best_val_wer(r.get("val_curve") or [])
         if r.get("status") == "completed" and best is not None:
             group = cells.setdefault((r["model"], r["head"], r["sites"]), {})
-            group.setdefault(r["recipe"], {}).setdefault(r["variant"], []).append(best)
+            group.setdefault(r["recipe"], {})[(r["variant"], r["seed"])] = best
     out = {}
     for key, by_recipe in cells.items():
-        if len(by_recipe) < 2:
+        common = sorted(set.intersection(*(set(c) for c in by_recipe.values())), key=str)
+        if len(by_recipe) < 2 or not common:
             continue
-        table = {rec: {v: statistics.fmean(w) for v, w in by_var.items()} for rec, by_var in by_recipe.items()}
-        common = sorted(set.intersection(*(set(t) for t in table.values())))
-        if not common:
-            continue
-        mean = {rec: statistics.fmean(t[v] for v in common) for rec, t in table.items()}
-        out[key] = {"table": table, "common": common, "mean": mean, "chosen": min(mean, key=mean.get)}
+        variants = sorted({v for v, _ in common})
+        table = {rec: {v: statistics.fmean(c[(v, s)] for v2, s in common if v2 == v) for v in variants}
+                 for rec, c in by_recipe.items()}
+        mean = {rec: statistics.fmean(c[cell] for cell in common) for rec, c in by_recipe.items()}
+        out[key] = {"table": table, "common": variants, "seeds": sorted({s for _, s in common}, key=str),
+                    "mean": mean, "chosen": min(mean, key=mean.get)}
     return out
 
 
@@ -61,11 +64,12 @@ def markdown(choices: Mapping[tuple, Mapping]) -> list[str]:
     if not choices:
         return []
     lines = ["## Recipe choice (validation only)", "",
-             "Best val WER % over the fine-tune (mean over seeds), per recipe and variant; the chosen recipe has "
-             "the lowest mean over the variants every recipe ran. Test WER is not used.", ""]
+             "Best val WER % over the fine-tune (mean over seeds), per recipe and variant, on the variants and "
+             "seeds that every recipe ran; the chosen recipe has the lowest mean. Test WER is not used.", ""]
     for (model, head, sites), c in sorted(choices.items()):
         header = ["recipe"] + c["common"] + ["mean"]
-        lines += [f"### {model} {head}: {sites}", "", "| " + " | ".join(header) + " |",
+        lines += [f"### {model} {head}: {sites} (seeds {', '.join(map(str, c['seeds']))})", "",
+                  "| " + " | ".join(header) + " |",
                   "|" + "|".join("---" for _ in header) + "|"]
         for recipe in sorted(c["mean"], key=c["mean"].get):
             cells = [f"{100 * c['table'][recipe][v]:.2f}" for v in c["common"]]

@@ -14,7 +14,8 @@ fine-tuning. Writes into --out (default: the sweep dir):
 Decode cache (fp32, batch 1, all layers, bytes): what inference keeps while decoding. Whisper with its decoder:
 cross-attention K/V per second of audio and decoder self-attention per generated token (results' cache_per_site);
 the whole window = 30 s of cross cache + 448 tokens of self cache (Whisper's window and its most tokens). A CTC
-encoder: its self-attention cache per second of audio if it streamed; no token cache.
+encoder: its self-attention cache per second of audio if it streamed (window: 30 s); no token cache. Linear
+attention's state does not grow: its sites count as fixed bytes in the window, with no rate.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ WINDOW_S, WINDOW_TOKENS = 30, 448  # Whisper: one window's audio and its most to
 COLUMNS = [
     "job", "status", "model", "head", "sites", "variant", "recipe", "seed", "control_job", "wer_zero_shot",
     "wer_after", "control_wer_zero_shot", "control_wer_after", "cost_zero_shot", "cost_after", "cache_per_second",
-    "cache_per_token", "control_cache_per_second", "control_cache_per_token", "cache_window",
+    "cache_per_token", "cache_fixed", "control_cache_per_second", "control_cache_per_token", "cache_window",
     "control_cache_window", "steps", "commit", "dirty", "error",
 ]
 
@@ -62,42 +63,51 @@ def recipe_key(config: Mapping, with_seed: bool) -> str:
     return json.dumps(rest, sort_keys=True, default=str)
 
 
-def decode_cache(results: Mapping) -> tuple[float | None, float | None]:
-    """(bytes per second of audio, bytes per generated token) that decoding keeps; see the module doc."""
+def decode_cache(results: Mapping) -> tuple[float | None, float | None, float]:
+    """(bytes per second of audio, bytes per generated token, fixed bytes) that decoding keeps; see the module
+    doc. Linear attention keeps a state whose size does not grow: its sites' bytes count as fixed, not as a rate."""
     config = results.get("config") or {}
     model, attention = config.get("model") or {}, config.get("attention") or {}
+    sites = attention.get("sites") or ["encoder"]
+    linear = attention.get("name") == "linear"
     per_site = results.get("cache_per_site")
     if per_site and model.get("head", "seq2seq") == "seq2seq":
-        return float(per_site["cross_per_second"]), float(per_site["decoder_self_per_token"])
+        cross, self_ = float(per_site["cross_per_second"]), float(per_site["decoder_self_per_token"])
+        fixed_cross, fixed_self = linear and "cross" in sites, linear and "decoder_self" in sites
+        return (None if fixed_cross else cross, None if fixed_self else self_,
+                cross * fixed_cross + self_ * fixed_self)
     mib = (results.get("conversion") or {}).get("cache_mib_per_1000_frames")
     if mib is None and model and attention:
         mib = analytic_cache_mib(model, attention)  # attention=native: no conversion summary
     if mib is None or not model.get("frame_ms"):
-        return None, None
-    return mib * 2**20 / model["frame_ms"], None  # 1000 frames last frame_ms seconds
+        return None, None, 0.0
+    if linear:
+        return None, None, mib * 2**20
+    return mib * 2**20 / model["frame_ms"], None, 0.0  # 1000 frames last frame_ms seconds
 
 
-def window_cache(per_second: float | None, per_token: float | None) -> float | None:
-    """One Whisper window's decode cache; None for a CTC encoder (no decoder, no window)."""
-    if per_second is None or per_token is None:
+def window_cache(per_second: float | None, per_token: float | None, fixed: float) -> float | None:
+    """One window's decode cache: WINDOW_S seconds of audio, WINDOW_TOKENS tokens (a decoder's), fixed states."""
+    if per_second is None and per_token is None and not fixed:
         return None
-    return per_second * WINDOW_S + (per_token or 0.0) * WINDOW_TOKENS
+    return (per_second or 0.0) * WINDOW_S + (per_token or 0.0) * WINDOW_TOKENS + fixed
 
 
 def run_row(path: Path, sweep_dir: Path, results: Mapping) -> dict[str, Any]:
     config = results.get("config") or {}
     model, attention = config.get("model") or {}, config.get("attention") or {}
-    per_second, per_token = decode_cache(results)
+    per_second, per_token, fixed = decode_cache(results)
+    head = model.get("head", "ctc")
     code, error = results.get("code") or {}, results.get("error")
     return {
         "job": str(path.parent.relative_to(sweep_dir)) or ".", "status": results.get("status", "?"),
-        "model": model.get("name", "?"), "head": model.get("head", "ctc"), "sites": sites_label(attention),
+        "model": model.get("name", "?"), "head": head, "sites": sites_label(attention),
         "variant": variant_label(attention), "attention": attention.get("name"),
         "recipe": recipe_choice.recipe_label(config), "seed": config.get("seed"),
         "wer_zero_shot": (results.get("before") or {}).get("test_wer"),
         "wer_after": (results.get("after") or {}).get("test_wer"),
-        "cache_per_second": per_second, "cache_per_token": per_token,
-        "cache_window": window_cache(per_second, per_token),
+        "cache_per_second": per_second, "cache_per_token": per_token, "cache_fixed": fixed,
+        "cache_window": window_cache(per_second, per_token, fixed),
         "steps": results.get("global_step"), "val_curve": results.get("val_curve") or [],
         "commit": code.get("commit"), "dirty": code.get("dirty"),
         "error": error.splitlines()[0] if error else None,
@@ -160,6 +170,7 @@ def aggregate(rows: Sequence[dict], choices: Mapping[tuple, Mapping] | None = No
                "chosen": choice is None or choice["chosen"] == first["recipe"],
                "seeds": sorted(r["seed"] for r in runs), "runs": runs,
                "cache_per_second": first["cache_per_second"], "cache_per_token": first["cache_per_token"],
+               "cache_fixed": first["cache_fixed"], "cache_window": first["cache_window"],
                "reduction_per_second": _reduction(first["cache_per_second"], first["control_cache_per_second"]),
                "reduction_per_token": _reduction(first["cache_per_token"], first["control_cache_per_token"]),
                "reduction_window": _reduction(first["cache_window"], first["control_cache_window"])}
@@ -189,8 +200,8 @@ def _points(mean: float | None, sd: float | None) -> str:
 
 def summary_table(aggs: Sequence[dict]) -> str:
     header = ["head", "sites", "variant", "recipe", "seeds", "WER after %", "control WER after %", "cost zero-shot (pts)",
-              "cost after FT (pts)", "cache B/s", "cut /s %", "cache B/token", "cut /token %", "cut window %",
-              "steps"]
+              "cost after FT (pts)", "cache B/s", "cut /s %", "cache B/token", "cut /token %", "fixed state B",
+              "cut window %", "steps"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for a in aggs:
         steps = sorted({r["steps"] for r in a["runs"]} - {None})
@@ -201,15 +212,15 @@ def summary_table(aggs: Sequence[dict]) -> str:
                  _points(a["cost_zero_shot"], a["cost_zero_shot_sd"]), _points(a["cost_after"], a["cost_after_sd"]),
                  table_cell(a["cache_per_second"], ",.0f"), table_cell(a["reduction_per_second"], ".1f"),
                  table_cell(a["cache_per_token"], ",.0f"), table_cell(a["reduction_per_token"], ".1f"),
+                 table_cell(a["cache_fixed"] or None, ",.0f"),
                  table_cell(a["reduction_window"], ".1f"), ",".join(map(str, steps))]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
 def goal_met(a: Mapping, cut_pct: float = 75.0, cost_pts: float = 1.0) -> bool:
-    """>= cut_pct of the decode cache removed (the whole window with a decoder, per second for CTC) for a mean
-    cost after fine-tuning <= cost_pts WER points."""
-    cut = a["reduction_window"] if a["head"] == "seq2seq" else a["reduction_per_second"]
+    """>= cut_pct of one window's decode cache removed for a mean cost after fine-tuning <= cost_pts WER points."""
+    cut = a["reduction_window"]
     return cut is not None and cut >= cut_pct and a["cost_after"] is not None and 100 * a["cost_after"] <= cost_pts
 
 
