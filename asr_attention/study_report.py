@@ -8,7 +8,8 @@ fine-tuning. Writes into --out (default: the sweep dir):
   study_runs.csv        one row per run: its control, WERs, costs, decode cache, steps, commit
   study.md              per model, head, sites and variant: mean and spread (sample std) of the costs over seeds,
                         the decode cache and its reduction, the goal check, the runs' commits, the plots
-  pareto_<model>.png    cost after fine-tuning against decode cache per second of audio and per generated token
+  pareto_<model>.png    cost after fine-tuning against decode cache per second of audio, per generated token and
+                        per window
   recovery_<model>.png  val WER against fine-tune steps (each run's results.json val_curve), mean over seeds
 
 Decode cache (fp32, batch 1, all layers, bytes): what inference keeps while decoding. Whisper with its decoder:
@@ -234,11 +235,12 @@ def _pyplot():
 
 
 def plot_pareto(aggs: Sequence[dict], model: str, path: Path) -> Path:
-    """Cost after fine-tuning (mean, bars: sd over seeds) against decode cache per second and per token; the
-    Pareto front (no other point has both less cache and a lower cost) dashed."""
+    """Cost after fine-tuning (mean, bars: sd over seeds) against decode cache per second, per token and per window
+    (the one panel where linear attention's fixed state shows); the Pareto front (no other point has both less cache and a lower cost) dashed."""
     plt = _pyplot()
     panels = [(key, unit) for key, unit in (("cache_per_second", "per second of audio"),
-                                            ("cache_per_token", "per generated token"))
+                                            ("cache_per_token", "per generated token"),
+                                            ("cache_window", f"per window ({WINDOW_S} s, {WINDOW_TOKENS} tokens)"))
               if any(a[key] is not None for a in aggs)] or [("cache_per_second", "per second of audio")]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
     sites = sorted({a["sites"] for a in aggs})
