@@ -296,11 +296,14 @@ def plot_recovery(aggs: Sequence[dict], model: str, path: Path) -> Path:
     curves = recovery_curves(aggs)
     fig, axes = plt.subplots(1, max(1, len(curves)), figsize=(5.5 * max(1, len(curves)), 4.5), squeeze=False)
     for ax, ((head, sites), variants) in zip(axes[0], sorted(curves.items())):
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # > 10 variants: no colour twice
         for variant, points in sorted(variants.items()):
             ax.plot(*zip(*[(s, 100 * w) for s, w in points]), marker=".", label=variant)
         ax.set_title(f"{head}: {sites}", fontsize=9)
         ax.set_xlabel("fine-tune steps")
         ax.set_ylabel("val WER %, mean over seeds")
+        if max(100 * w for points in variants.values() for _, w in points) > 50:
+            ax.set_yscale("symlog", linthresh=1)  # zero-shot loops (> 100 %) beside fine-tuned WERs under 1 %
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6)
     fig.suptitle(f"{model}: val WER during fine-tuning (step 0: converted)", fontsize=10)
