@@ -14,6 +14,7 @@ from .backbones import FAMILIES
 ATTENTION_NAMES = ("native", *VARIANTS)  # native: the backbone's own module, left unpatched
 CALIBRATIONS = ("plain", "activation")
 SITE_KINDS = {"whisper": ("encoder", "decoder_self", "cross")}  # other families: encoder self-attention only
+DEFAULT_SITES = {"whisper": ("decoder_self", "cross")}  # attention.sites=null: the two caches that exist at inference
 HEADS = {"whisper": ("seq2seq", "ctc")}
 POSITIONS = get_args(Position)
 
@@ -67,6 +68,15 @@ def validate_sites(attention: Mapping, model: Mapping) -> None:
     if not listed or any(s not in kinds for s in listed):
         _fail("attention.sites", sites if listed is None else listed,
               f"expected a non-empty list of {list(kinds)} (model.family={model['family']}), or 'all'")
+
+
+def site_kinds(sites: Any, family: str) -> tuple[str, ...]:
+    """The kinds of site a valid attention.sites converts: null is the family's default, 'all' every kind."""
+    kinds = SITE_KINDS.get(family, ("encoder",))
+    if sites == "all" or list(sites or []) == ["all"]:
+        return kinds
+    chosen = tuple(sites or DEFAULT_SITES.get(family, ("encoder",)))
+    return tuple(k for k in kinds if k in chosen)
 
 
 def validate_attention(attention: Mapping, model: Mapping) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import recipe_choice
+from .config_check import site_kinds
 from .report import analytic_cache_mib, find_results, pareto_front, report_cli, table_cell, variant_label
 from .run_identity import identity
 
@@ -46,11 +47,9 @@ COLUMNS = [
 ]
 
 
-def sites_label(attention: Mapping) -> str:
+def sites_label(attention: Mapping, family: str | None) -> str:
     sites = attention.get("sites")
-    if sites is None:
-        return "encoder"
-    return sites if isinstance(sites, str) else "+".join(sites)
+    return sites if isinstance(sites, str) else "+".join(site_kinds(sites, family))
 
 
 def recipe_key(config: Mapping, with_seed: bool) -> str:
@@ -69,7 +68,7 @@ def decode_cache(results: Mapping) -> tuple[float | None, float | None, float]:
     doc. Linear attention keeps a state whose size does not grow: its sites' bytes count as fixed, not as a rate."""
     config = results.get("config") or {}
     model, attention = config.get("model") or {}, config.get("attention") or {}
-    sites = attention.get("sites") or ["encoder"]
+    sites = site_kinds(attention.get("sites"), model.get("family"))
     linear = attention.get("name") == "linear"
     per_site = results.get("cache_per_site")
     if per_site and model.get("head", "seq2seq") == "seq2seq":
@@ -98,11 +97,11 @@ def run_row(path: Path, sweep_dir: Path, results: Mapping) -> dict[str, Any]:
     config = results.get("config") or {}
     model, attention = config.get("model") or {}, config.get("attention") or {}
     per_second, per_token, fixed = decode_cache(results)
-    head = model.get("head", "ctc")
     code, error = results.get("code") or {}, results.get("error")
     return {
         "job": str(path.parent.relative_to(sweep_dir)) or ".", "status": results.get("status", "?"),
-        "model": model.get("name", "?"), "head": head, "sites": sites_label(attention),
+        "model": model.get("name", "?"), "head": model.get("head", "ctc"),
+        "sites": sites_label(attention, model.get("family")),
         "variant": variant_label(attention), "attention": attention.get("name"),
         "recipe": recipe_choice.recipe_label(config), "seed": config.get("seed"),
         "wer_zero_shot": (results.get("before") or {}).get("test_wer"),
@@ -200,9 +199,9 @@ def _points(mean: float | None, sd: float | None) -> str:
 
 
 def summary_table(aggs: Sequence[dict]) -> str:
-    header = ["head", "sites", "variant", "recipe", "seeds", "WER after %", "control WER after %", "cost zero-shot (pts)",
-              "cost after FT (pts)", "cache B/s", "cut /s %", "cache B/token", "cut /token %", "fixed state B",
-              "cut window %", "steps"]
+    header = ["head", "sites", "variant", "recipe", "seeds", "WER after %", "control WER after %",
+              "cost zero-shot (pts)", "cost after FT (pts)", "cache B/s", "cut /s %", "cache B/token", "cut /token %",
+              "fixed state B", "cut window %", "steps"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for a in aggs:
         steps = sorted({r["steps"] for r in a["runs"]} - {None})
@@ -236,7 +235,8 @@ def _pyplot():
 
 def plot_pareto(aggs: Sequence[dict], model: str, path: Path) -> Path:
     """Cost after fine-tuning (mean, bars: sd over seeds) against decode cache per second, per token and per window
-    (the one panel where linear attention's fixed state shows); the Pareto front (no other point has both less cache and a lower cost) dashed."""
+    (the one panel where linear attention's fixed state shows); the Pareto front (no other point has both less
+    cache and a lower cost) dashed."""
     plt = _pyplot()
     panels = [(key, unit) for key, unit in (("cache_per_second", "per second of audio"),
                                             ("cache_per_token", "per generated token"),

@@ -221,13 +221,14 @@ def test_report_files_from_synthetic_study(study):
     paths = write_report(study)
     md = paths["md"].read_text()
     assert "8 runs: 7 completed, 1 failed. Completed without a completed control (no cost): 4." in md
-    assert ("| ctc | encoder | mla r=4 | lr 0.0003, all from step 0 (chosen on val) | 0,1 | 9.25 | 7.00 | +35.00 ± 7.07 "
-            "| +2.25 ± 1.06 | 13,107 | 75.0 |") in md
+    assert ("| ctc | encoder | mla r=4 | lr 0.0003, all from step 0 (chosen on val) | 0,1 | 9.25 | 7.00 "
+            "| +35.00 ± 7.07 | +2.25 ± 1.06 | 13,107 | 75.0 |") in md
     assert "| ctc | encoder | gqa kv=1 | lr 0.0003, all from step 0 | 0 | 20.50 | 20.00 | +40.00 | +0.50 |" in md
     # model A ran two recipes (job 4 at lr 1e-4): compared on val over the cell both ran, mla r=4 seed 0 (lr 3e-4's
     # seed 1, 7.5 %, would have lowered its mean: extra seeds do not count)
     assert "### A ctc: encoder (seeds 0)" in md
-    assert "| lr 0.0003, all from step 0 (chosen) | 11.00 | 11.00 |" in md and "| lr 0.0001, all from step 0 | 12.00 |" in md
+    assert "| lr 0.0003, all from step 0 (chosen) | 11.00 | 11.00 |" in md
+    assert "| lr 0.0001, all from step 0 | 12.00 |" in md
     assert "≥ 75 % of the decode cache removed for ≤ +1.0 WER point after fine-tuning: ctc:encoder gqa kv=1" in md
     assert "- 5 (A encoder mla r=4 seed 2): failed: RuntimeError: boom" in md
     assert "- c0ffee: 6 runs (0, 1, 2, 3, 4, 5)" in md and "- beef: 2 runs (6, 7)" in md
@@ -260,12 +261,17 @@ def test_linear_attention_state_counts_as_fixed_bytes_not_a_rate():
     """A linear variant's cache_per_site figures are its fixed states (whisper.cache_per_site): they must enter the
     window once, not as bytes per second or per token. SYNTHETIC results."""
     def results(name, sites, self_, cross):
-        return {"config": {"model": {"head": "seq2seq"}, "attention": {"name": name, "sites": sites}},
+        return {"config": {"model": {"family": "whisper", "head": "seq2seq"},
+                           "attention": {"name": name, "sites": sites}},
                 "cache_per_site": {"decoder_self_per_token": self_, "cross_per_second": cross}}
 
     assert decode_cache(results("mha", ["decoder_self", "cross"], 100, 5000)) == (5000, 100, 0)
     assert decode_cache(results("linear", ["decoder_self", "cross"], 700, 700)) == (None, None, 1400)
     assert decode_cache(results("linear", ["decoder_self"], 700, 5000)) == (5000, None, 700)  # cross stays MHA
+    # sites as Whisper reads them: null is its decoder's two sites, 'all' includes them
+    assert decode_cache(results("linear", None, 700, 700)) == (None, None, 1400)
+    assert decode_cache(results("linear", "all", 700, 700)) == (None, None, 1400)
+    assert decode_cache(results("linear", ["encoder"], 100, 5000)) == (5000, 100, 0)  # the decoder stays MHA
     assert window_cache(5000, 100, 0) == 30 * 5000 + 448 * 100
     assert window_cache(None, None, 1400) == 1400 and window_cache(None, None, 0) is None
     ctc = {"config": {"model": {"head": "ctc", "frame_ms": 20}, "attention": {"name": "linear"}},

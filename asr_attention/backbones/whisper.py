@@ -28,13 +28,13 @@ from transformers.models.whisper.modeling_whisper import WhisperAttention
 from asr_attention.attention import AttentionVariant, Cache, CanonicalMHA, cache_nbytes
 from asr_attention.attention.mha import MultiHeadAttention
 
+from .. import config_check
 from .base import Backbone
 from .hf_wav2vec2 import HFAttention
 from .whisper_mel import LogMel
 from .whisper_tokens import WhisperTokens
 
-SITE_KINDS = ("encoder", "decoder_self", "cross")
-DEFAULT_SITES = ("decoder_self", "cross")  # the two caches that exist at inference
+SITE_KINDS, DEFAULT_SITES = config_check.SITE_KINDS["whisper"], config_check.DEFAULT_SITES["whisper"]
 
 
 class DecoderSelfAttention(nn.Module):
