@@ -132,6 +132,10 @@ def validate_training(cfg: Mapping) -> None:
     _number_at_least(optim.get("weight_decay"), "optim.weight_decay", 0)
     for key in ("warmup_steps", "attention_only_steps"):
         _int_at_least(optim.get(key), f"optim.{key}", 0)
+    if optim.get("head_lr") is not None:
+        _number_at_least(optim["head_lr"], "optim.head_lr", 0, strict=True)
+        if (cfg.get("model") or {}).get("head") == "seq2seq":  # Whisper's decoder: no CTC head to set apart
+            _fail("optim.head_lr", optim["head_lr"], "needs a CTC head (model.head=ctc), or null")
     if cfg.get("checkpoint_every_n_steps") is not None:
         _int_at_least(cfg["checkpoint_every_n_steps"], "checkpoint_every_n_steps", 1, " (or null: epoch ends only)")
 

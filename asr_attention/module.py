@@ -21,16 +21,18 @@ class ASRFineTuner(L.LightningModule):
     "C Q Q F SEVEN" are the same words) are `{split}_wer` / `_cer`; on the raw texts, `{split}_raw_wer` / `_cer`.
     cased_hypotheses: the head writes in upper and lower case (Whisper), so capital runs are spelled letters.
     lr / weight_decay / warmup_steps: AdamW with linear warmup then cosine decay over the whole run.
+    head_lr: the CTC output layer's lr (None: lr); a head that starts random can learn faster than the
+    pretrained layers under it.
     attention_only_steps: train only the converted attention layers for the first N steps (they start as an
     approximation; the rest of the network already fits), then everything that is not frozen."""
 
     def __init__(self, backbone: Backbone, lr: float = 1e-4, weight_decay: float = 0.01, warmup_steps: int = 100,
-                 attention_only_steps: int = 0):
+                 attention_only_steps: int = 0, head_lr: float | None = None):
         super().__init__()
         self.backbone = backbone
         self.cased_hypotheses = False
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
-        self.attention_only_steps = attention_only_steps
+        self.attention_only_steps, self.head_lr = attention_only_steps, head_lr
         self.metrics = torch.nn.ModuleDict(
             {f"{split}_{kind}{name}": cls() for split in ("val", "test") for kind in ("", "raw_")
              for name, cls in (("wer", WordErrorRate), ("cer", CharErrorRate))}
@@ -98,11 +100,22 @@ class ASRFineTuner(L.LightningModule):
         self._log_epoch("test")
 
     def configure_optimizers(self):
-        params = [p for p in self.backbone.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(self.param_groups(), lr=self.lr, weight_decay=self.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), self.warmup_steps + 1)
         scheduler = get_cosine_schedule_with_warmup(optimizer, self.warmup_steps, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def param_groups(self) -> list[dict]:
+        """The trainable parameters: one group at lr, or with head_lr the CTC head in a second group (the
+        schedule scales both)."""
+        params = [p for p in self.backbone.parameters() if p.requires_grad]
+        if self.head_lr is None:
+            return [{"params": params}]
+        head = {id(p) for p in self.backbone.head_parameters() if p.requires_grad}
+        if not head:
+            raise ValueError(f"optim.head_lr={self.head_lr} needs a trainable CTC head; this model has none")
+        return [{"params": [p for p in params if id(p) not in head]},
+                {"params": [p for p in params if id(p) in head], "lr": self.head_lr}]
 
 
 class CTCFineTuner(ASRFineTuner):

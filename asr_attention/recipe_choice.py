@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 
 
 def recipe_label(config: Mapping) -> str:
-    """'lr 0.0003, attention only; encoder frozen', 'lr 0.0001, attention 500 steps, then all', ..."""
+    """'lr 0.0003, attention only; encoder frozen', 'lr 0.0001, attention 500 steps, then all', 'lr 3e-05, head
+    lr 0.001, all from step 0; encoder trained', ..."""
     optim, trainer, model = (config.get(k) or {} for k in ("optim", "trainer", "model"))
     first, steps = optim.get("attention_only_steps"), trainer.get("max_steps")
     if first is None or first <= 0:
@@ -26,7 +27,8 @@ def recipe_label(config: Mapping) -> str:
         train = f"attention {first} steps, then all"
     frozen = model.get("freeze_encoder")  # Whisper only: its original encoder can stay fixed
     encoder = "" if frozen is None else "; encoder frozen" if frozen else "; encoder trained"
-    return f"lr {optim.get('lr')}, {train}{encoder}"
+    head = "" if optim.get("head_lr") is None else f", head lr {optim['head_lr']}"
+    return f"lr {optim.get('lr')}{head}, {train}{encoder}"
 
 
 def best_val_wer(val_curve: Sequence[Mapping]) -> float | None:

@@ -12,12 +12,15 @@ OmegaConf.register_new_resolver("pkg", lambda rel: str(PACKAGE_DIR / rel), repla
 OmegaConf.register_new_resolver("floordiv", lambda a, b: int(a) // int(b), replace=True)
 
 
-def sweep_group(default: str) -> str:
-    """${sweep_group:<default>}: in a -m sweep, a name for the sweep (its directory's last two parts, e.g.
-    2026-11-28_04-07-46), so every job of one sweep shares a W&B group; else `default`."""
+def sweep_group(default: str, group: str | None = None) -> str:
+    """${sweep_group:<default>,<group>}: `group` when set (a study preset's: one group across sweeps); else in a
+    -m sweep, a name for the sweep (its directory's last two parts, e.g. 2026-11-28_04-07-46), so every job of one
+    sweep shares a W&B group; else `default`."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    if group is not None:
+        return group
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return default
     return "_".join(Path(HydraConfig.get().sweep.dir).parts[-2:])

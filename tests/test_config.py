@@ -50,6 +50,22 @@ def test_defaults_are_conformer_mha_with_offline_wandb(compose_cfg):
     assert compose_cfg("train", ["trainer=cpu"]).trainer.accelerator == "cpu"
 
 
+@pytest.mark.parametrize("preset,group", [("quality_whisper", "quality-whisper"),
+                                          ("quality_encoders", "quality-encoders")])
+def test_a_study_preset_groups_its_runs_and_logger_none_turns_wandb_off(compose_cfg, preset, group):
+    """The study's W&B group is the top-level `group`, so logger=none leaves no partial logger entry behind (a
+    preset's logger.wandb.group once did: Lightning then got a dict for a logger and every run failed)."""
+    from asr_attention.resolvers import sweep_group
+
+    cfg = compose_cfg("train", [f"experiment={preset}"])  # run_name reads hydra's choices: resolved in a run
+    assert cfg.group == group and cfg.logger.wandb._target_.endswith("WandbLogger")
+    assert sweep_group("a-run-name", cfg.group) == group  # logger.wandb.group's resolver: the group wins
+    off = compose_cfg("train", [f"experiment={preset}", "logger=none"])
+    assert off.logger == {} and off.group == group
+    assert compose_cfg("train", ["group=mine"]).logger.wandb.group == "mine"
+    assert compose_cfg("train", []).logger.wandb.group == compose_cfg("train", []).run_name  # not a sweep
+
+
 def test_sweeps_go_to_multirun_and_grid_preset_covers_every_combination(compose_cfg):
     cfg = compose_cfg("train", ["experiment=grid"], return_hydra_config=True)
     assert cfg.hydra.sweep.dir.startswith("multirun/")
@@ -92,6 +108,8 @@ BAD = [  # overrides, the start of the message (field=value), a word of what is 
     (["+trainer.limit_train_batches=1.5"], "trainer.limit_train_batches=1.5", "fraction 0.0 ... 1.0"),
     (["optim.lr=0"], "optim.lr=0", "number > 0"),
     (["optim.warmup_steps=-1"], "optim.warmup_steps=-1", "integer >= 0"),
+    (["optim.head_lr=0"], "optim.head_lr=0", "number > 0"),
+    (["model=whisper", "optim.head_lr=0.001"], "optim.head_lr=0.001", "needs a CTC head (model.head=ctc)"),
     (["checkpoint_every_n_steps=0"], "checkpoint_every_n_steps=0", "(or null: epoch ends only)"),
 ]
 

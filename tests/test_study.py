@@ -280,15 +280,16 @@ def test_linear_attention_state_counts_as_fixed_bytes_not_a_rate():
 
 
 def test_recipe_label_names_what_trains():
-    def label(lr=1e-4, first=None, steps=1000, frozen=None):
+    def label(lr=1e-4, first=None, steps=1000, frozen=None, head_lr=None):
         model = {} if frozen is None else {"freeze_encoder": frozen}
-        return recipe_choice.recipe_label({"optim": {"lr": lr, "attention_only_steps": first},
+        return recipe_choice.recipe_label({"optim": {"lr": lr, "attention_only_steps": first, "head_lr": head_lr},
                                            "trainer": {"max_steps": steps}, "model": model})
 
     assert label(first=10**9) == "lr 0.0001, attention only"
     assert label(first=500, frozen=True) == "lr 0.0001, attention 500 steps, then all; encoder frozen"
     assert label(first=0, frozen=False) == "lr 0.0001, all from step 0; encoder trained"
     assert label(lr=3e-4) == "lr 0.0003, all from step 0"
+    assert label(lr=3e-5, head_lr=1e-3, first=0, frozen=False) == "lr 3e-05, head lr 0.001, all from step 0; encoder trained"
     # step 0 (the converted model, before any step) is not a checkpoint: it never counts as the best
     assert recipe_choice.best_val_wer([{"step": 0, "val_wer": 0.01}, {"step": 200, "val_wer": 0.3},
                                        {"step": 400, "val_wer": 0.2}]) == 0.2

@@ -169,6 +169,22 @@ def test_one_fine_tune_step_lowers_the_loss(head):
     assert after.item() < before.item()
 
 
+def test_head_lr_puts_the_ctc_head_in_its_own_group():
+    from asr_attention.data.text import CharTokenizer
+    from asr_attention.module import CTCFineTuner
+
+    backbone = make("ctc")
+    module = CTCFineTuner(backbone, CharTokenizer.from_texts(["AB C"]), lr=1e-4, head_lr=1e-3)
+    rest, head = module.param_groups()
+    assert head["lr"] == 1e-3 and "lr" not in rest  # the rest take AdamW's lr (optim.lr)
+    assert {id(p) for p in head["params"]} == {id(p) for p in backbone.ctc_head.parameters()}
+    trainable = {id(p) for p in backbone.parameters() if p.requires_grad}
+    assert {id(p) for p in rest["params"]} == trainable - {id(p) for p in head["params"]}
+    assert len(CTCFineTuner(backbone, CharTokenizer.from_texts(["AB"])).param_groups()) == 1  # head_lr None
+    with pytest.raises(ValueError, match="optim.head_lr=0.001 needs a trainable CTC head"):
+        CTCFineTuner(make("seq2seq"), None, head_lr=1e-3).param_groups()
+
+
 def test_frozen_encoder_output_is_computed_once_per_utterance(monkeypatch):
     from asr_attention.seq2seq_module import Seq2SeqFineTuner
 

@@ -69,6 +69,10 @@ class Backbone(nn.Module):
     def vocab_size(self) -> int:
         raise NotImplementedError
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The CTC output layer's parameters (optim.head_lr trains them at their own lr); [] without one."""
+        raise NotImplementedError
+
 
 def arch_of(model_cfg: Mapping) -> dict:
     """The optional `model.arch` node as a plain dict."""

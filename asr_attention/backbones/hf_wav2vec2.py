@@ -195,6 +195,9 @@ class HFWav2Vec2(Backbone):
     def vocab_size(self) -> int:
         return self.model.lm_head.out_features
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.model.lm_head.parameters())
+
     def reset_head(self, vocab_size: int) -> None:
         """A fresh CTC head over another vocabulary (the checkpoint's head is kept when sizes agree)."""
         d = self.model.lm_head.in_features

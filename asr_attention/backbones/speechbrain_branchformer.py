@@ -181,6 +181,9 @@ class SpeechBrainBranchformer(Backbone):
     def vocab_size(self) -> int:
         return self.ctc_lin.out_features
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.ctc_lin.parameters())
+
     def reset_head(self, vocab_size: int) -> None:
         self.ctc_lin = nn.Linear(self.ctc_lin.in_features, vocab_size)
         self.sizes["vocab_size"] = vocab_size

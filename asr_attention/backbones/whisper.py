@@ -177,6 +177,9 @@ class Whisper(Backbone):
     def vocab_size(self) -> int:
         return self.ctc_head.out_features if self.ctc_head is not None else self.model.config.vocab_size
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [] if self.ctc_head is None else list(self.ctc_head.parameters())
+
     def reset_head(self, vocab_size: int) -> None:
         if self.head != "ctc":
             raise ValueError("model.head=seq2seq keeps Whisper's own vocabulary; a new CTC head needs model.head=ctc")
