@@ -306,6 +306,31 @@ def test_greedy_ctc_decode():
 
 
 # ---- sampler ------------------------------------------------------------------------------------------------
+def test_each_seed_shuffles_its_own_epochs():
+    """Seeds must not share epochs: under `seed + epoch`, seed 2 trained on seed 1's batches one epoch ahead, so a
+    study's 'seeds' were nearly the same run."""
+    durations = np.random.default_rng(0).uniform(1.0, 20.0, size=200).tolist()
+
+    def order(seed, epoch):
+        return BucketBatchSampler(durations, batch_size=8, shuffle=True, seed=seed).all_batches(epoch)
+
+    epochs = {(seed, epoch): order(seed, epoch) for seed in range(3) for epoch in range(4)}
+    assert len({str(o) for o in epochs.values()}) == len(epochs)  # every (seed, epoch) pair its own order
+    assert order(1, 1) != order(2, 0) and order(0, 2) != order(1, 1)
+
+
+def test_the_runs_seed_sets_the_batch_order(compose_cfg):
+    from asr_attention.data.datamodule import build_datamodule
+
+    for seed in (0, 2):
+        cfg = compose_cfg("train", [f"seed={seed}", "data.limit_train=16", "logger=none"])
+        assert cfg.data.seed == seed
+        texts = build_datamodule(cfg.data, None).corpus_texts()
+        datamodule = build_datamodule(cfg.data, CharTokenizer.from_texts(texts))
+        datamodule.setup()
+        assert datamodule.train_dataloader().batch_sampler.sampler.seed == seed
+
+
 def test_bucket_sampler_covers_each_index_once_and_sorts_batches():
     rng = np.random.default_rng(0)
     durations = rng.uniform(1.0, 20.0, size=400).tolist()

@@ -221,6 +221,8 @@ def test_report_files_from_synthetic_study(study):
     paths = write_report(study)
     md = paths["md"].read_text()
     assert "8 runs: 7 completed, 1 failed. Completed without a completed control (no cost): 4." in md
+    # jobs 2 and 3 ran seed 1 with no data.seed: their batches were shuffled with seed 0 (the old behaviour)
+    assert "**Batch order.** 2 of 8 runs shuffled their training batches with data seed 0 whatever" in md
     assert ("| ctc | encoder | mla r=4 | lr 0.0003, all from step 0 (chosen on val) | 0,1 | 9.25 | 7.00 "
             "| +35.00 ± 7.07 | +2.25 ± 1.06 | 13,107 | 75.0 |") in md
     assert "| ctc | encoder | gqa kv=1 | lr 0.0003, all from step 0 | 0 | 20.50 | 20.00 | +40.00 | +0.50 |" in md
@@ -255,6 +257,7 @@ def test_recipe_is_chosen_on_val_and_the_goal_reads_only_that_recipe(tmp_path):
     assert "| ctc | encoder | mla r=2 | lr 0.0003, all from step 0 | 0 | 4.50 |" in md
     assert "after fine-tuning (the recipe chosen on val): ctc:encoder mla r=2" in md  # +0.8 pts at lr 1e-4
     assert "| lr 0.0001, all from step 0 (chosen) | 4.00 | 5.00 | 4.50 |" in md
+    assert "Batch order" not in md  # seed 0 runs: their batch order was their seed's
 
 
 def test_linear_attention_state_counts_as_fixed_bytes_not_a_rate():

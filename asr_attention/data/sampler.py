@@ -1,6 +1,7 @@
 """Duration-bucketed batches: similar lengths share a batch, so little compute goes to padding.
 
-Training (shuffle=True): each epoch, indices are shuffled with `seed + epoch`, cut into pools of
+Training (shuffle=True): each epoch, indices are shuffled with a generator of its own (seed, epoch) pair (not
+`seed + epoch`, under which seed s + 1 replayed seed s's epochs one epoch ahead), cut into pools of
 `pool_batches` batches, each pool sorted by duration and cut into batches, and the batch order shuffled.
 Evaluation (shuffle=False): one global sort by duration. Every index appears in exactly one batch per epoch.
 Batch size is a count (`batch_size`), a padded-audio budget (`max_batch_seconds`: batch count x longest
@@ -93,7 +94,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         by_duration = lambda i: self.durations[i]  # noqa: E731
         if not self.shuffle:
             return self._cut(sorted(range(len(self.durations)), key=by_duration))
-        rng = random.Random(self.seed + epoch)
+        rng = random.Random(self.seed * 1_000_003 + epoch)  # distinct for every (seed, epoch < 1,000,003)
         idx = list(range(len(self.durations)))
         rng.shuffle(idx)
         pool = (self.batch_size or 16) * self.pool_batches
