@@ -55,12 +55,19 @@ def sites_label(attention: Mapping, family: str | None) -> str:
 def recipe_key(config: Mapping, with_seed: bool) -> str:
     """A run's identity (run_identity: its config minus names, logging and loader workers) but the attention
     variant (its sites stay), and the seed unless asked for: runs with equal keys differ only in the variant, so
-    one is the other's paired control."""
-    rest = identity(dict(config))
+    one is the other's paired control. A null option counts as absent: options added later default to null
+    meaning the earlier behaviour (e.g. optim.head_lr), so runs from before and after still pair."""
+    rest = _without_nulls(identity(dict(config)))
     if not with_seed:
         rest.pop("seed", None)
     rest["attention"] = {"sites": (config.get("attention") or {}).get("sites")}
     return json.dumps(rest, sort_keys=True, default=str)
+
+
+def _without_nulls(tree: Any) -> Any:
+    if not isinstance(tree, dict):
+        return tree
+    return {k: _without_nulls(v) for k, v in tree.items() if v is not None}
 
 
 def decode_cache(results: Mapping) -> tuple[float | None, float | None, float]:

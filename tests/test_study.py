@@ -65,10 +65,10 @@ def test_presets_state_the_grid_and_every_point_validates(compose_cfg):
     then_all = compose_cfg("train", ["experiment=quality_recipe", "study/recipe=attention_then_all", "optim.lr=3e-5"])
     assert (then_all.optim.lr, then_all.optim.attention_only_steps, then_all.trainer.max_steps) == (3e-5, 500, 1000)
     ctc_recipe = compose_cfg("train", ["experiment=quality_recipe_ctc"], return_hydra_config=True)
-    assert dict(ctc_recipe.hydra.sweeper.params) == {"seed": "0", "study/sites": "encoder_ctc",
-                                                     "study/variant": "mha,mla_d2_act", "optim.lr": "3e-4,1e-4"}
+    assert dict(ctc_recipe.hydra.sweeper.params) == {"seed": "0,1,2", "study/sites": "encoder_ctc",
+                                                     "study/variant": "mha,mla_d2_act", "optim.lr": "1e-4,3e-5"}
     assert (ctc_recipe.model.head, ctc_recipe.model.freeze_encoder, ctc_recipe.optim.attention_only_steps,
-            ctc_recipe.trainer.max_steps) == ("ctc", False, 0, 2000)
+            ctc_recipe.trainer.max_steps, ctc_recipe.optim.head_lr) == ("ctc", False, 0, 2000, 1e-3)
     validate(ctc_recipe)
 
     enc = compose_cfg("train", ["experiment=quality_encoders"], return_hydra_config=True)
