@@ -292,7 +292,8 @@ def test_recipe_label_names_what_trains():
     assert label(first=500, frozen=True) == "lr 0.0001, attention 500 steps, then all; encoder frozen"
     assert label(first=0, frozen=False) == "lr 0.0001, all from step 0; encoder trained"
     assert label(lr=3e-4) == "lr 0.0003, all from step 0"
-    assert label(lr=3e-5, head_lr=1e-3, first=0, frozen=False) == "lr 3e-05, head lr 0.001, all from step 0; encoder trained"
+    assert (label(lr=3e-5, head_lr=1e-3, first=0, frozen=False)
+            == "lr 3e-05, head lr 0.001, all from step 0; encoder trained")
     # step 0 (the converted model, before any step) is not a checkpoint: it never counts as the best
     assert recipe_choice.best_val_wer([{"step": 0, "val_wer": 0.01}, {"step": 200, "val_wer": 0.3},
                                        {"step": 400, "val_wer": 0.2}]) == 0.2
