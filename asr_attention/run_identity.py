@@ -1,8 +1,8 @@
 """A run folder belongs to one config: the same config resumes there, another one never touches it.
 
 A run's identity is its resolved config minus the keys that cannot change its numbers (`COSMETIC`: where logs
-and exports go, the folder's name and W&B group, checkpoint frequency, loader worker count, logging cadence, the retrain
-flag). Everything else counts, including every key added later, and trainer.max_epochs: the learning-rate
+and exports go, the folder's name and W&B group, checkpoint frequency, loader worker count, logging cadence, the
+retrain flag). Everything else counts, including every key added later, and trainer.max_epochs: the learning-rate
 schedule spans the whole run, so training longer is a new run. The fingerprint is a hash of that identity;
 results.json stores it beside the config, and the check below recomputes both sides from the stored config, so
 a run folder made before a key became cosmetic is judged by today's rule.
@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-COSMETIC = ("logger", "group", "run_name", "export_dir", "retrain", "checkpoint_every_n_steps", "data.num_workers",
-            "trainer.log_every_n_steps")
+COSMETIC = ("logger", "group", "run_name", "export_dir", "retrain", "checkpoint_every_n_steps",
+            "data.num_workers", "trainer.log_every_n_steps")
 _ABSENT = "(absent)"
 
 

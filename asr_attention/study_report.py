@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 CONTROL_ATTENTIONS = ("mha", "native")  # in order of preference
 WINDOW_S, WINDOW_TOKENS = 30, 448  # Whisper: one window's audio and its most tokens
 COLUMNS = [
-    "job", "status", "model", "head", "sites", "variant", "recipe", "seed", "data_seed", "control_job", "wer_zero_shot",
-    "wer_after", "control_wer_zero_shot", "control_wer_after", "cost_zero_shot", "cost_after", "cache_per_second",
+    "job", "status", "model", "head", "sites", "variant", "recipe", "seed", "data_seed", "control_job",
+    "wer_zero_shot", "wer_after", "control_wer_zero_shot", "control_wer_after", "cost_zero_shot", "cost_after", "cache_per_second",
     "cache_per_token", "cache_fixed", "control_cache_per_second", "control_cache_per_token", "cache_window",
     "control_cache_window", "steps", "commit", "dirty", "error",
 ]
@@ -54,12 +54,14 @@ def sites_label(attention: Mapping, family: str | None) -> str:
 
 def recipe_key(config: Mapping, with_seed: bool) -> str:
     """A run's identity (run_identity: its config minus names, logging and loader workers) but the attention
-    variant (its sites stay), and the seed unless asked for: runs with equal keys differ only in the variant, so
-    one is the other's paired control. A null option counts as absent: options added later default to null
-    meaning the earlier behaviour (e.g. optim.head_lr), so runs from before and after still pair."""
+    variant (its sites stay), and the seeds (`seed` and the batch order's `data.seed`) unless asked for: runs with
+    equal keys differ only in the variant, so one is the other's paired control. A null option counts as absent:
+    options added later default to null meaning the earlier behaviour (e.g. optim.head_lr), so runs from before
+    and after still pair."""
     rest = _without_nulls(identity(dict(config)))
     if not with_seed:
         rest.pop("seed", None)
+        (rest.get("data") or {}).pop("seed", None)
     rest["attention"] = {"sites": (config.get("attention") or {}).get("sites")}
     return json.dumps(rest, sort_keys=True, default=str)
 

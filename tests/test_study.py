@@ -155,13 +155,14 @@ def test_the_whisper_study_preset_end_to_end_on_cpu(tmp_path):
 # --- the report on SYNTHETIC results.json files --------------------------------------------------------------------
 
 def synthetic_run(sweep: Path, job: str, attention: dict, seed: int, *, after=None, before=None, lr=3e-4,
-                  model="A", status="completed", cache_mib=None, commit="c0ffee", workers=0, val=None) -> None:
+                  model="A", status="completed", cache_mib=None, commit="c0ffee", workers=0, val=None,
+                  data_seed=None) -> None:
     """A results.json shaped like asr_attention.train's, with SYNTHETIC numbers (an encoder model: CTC)."""
     res = {"status": status, "code": {"commit": commit, "dirty": False},
            "config": {"model": {"name": model, "family": "hf_wav2vec2", "d_model": 8, "num_heads": 2,
                                 "num_layers": 2, "frame_ms": 20, "position": "none"},
                       "attention": attention, "seed": seed, "optim": {"lr": lr}, "run_name": f"{job}-name",
-                      "data": {"num_workers": workers},
+                      "data": {"num_workers": workers, **({} if data_seed is None else {"seed": data_seed})},
                       "logger": {"wandb": {"name": job}}}}
     if status == "completed":
         res.update(before={"test_wer": before}, after={"test_wer": after}, global_step=10,
@@ -215,6 +216,21 @@ def test_report_pairs_each_run_with_its_own_seed_and_recipe(study):
     assert b["cost_after_sd"] is None and b["cost_after"] == pytest.approx(0.005)  # one seed: no spread
     assert goal_met(b) and not goal_met(a)  # B: >= 75 % cut for +0.5 pt; A: +2.25 pts
     assert recovery_curves([a])[("ctc", "encoder")]["mla r=4"] == [(0, pytest.approx(0.45)), (10, pytest.approx(0.0925))]
+
+
+def test_seeds_that_set_the_batch_order_still_pool_into_one_row(tmp_path):
+    """data.seed follows the run's seed since 45c9d44: it must not split a variant's seeds into rows of one, and
+    each run still pairs with the control of its own seed (and batch order). SYNTHETIC numbers."""
+    s = tmp_path / "study"
+    mha, mla = {"name": "mha"}, {"name": "mla", "latent_dim": 4, "calibration": "plain"}
+    for seed, control, run in ((0, 0.08, 0.10), (1, 0.06, 0.07)):
+        synthetic_run(s, f"{seed}/mha", mha, seed, before=0.1, after=control, cache_mib=1.0, data_seed=seed)
+        synthetic_run(s, f"{seed}/mla", mla, seed, before=0.4, after=run, cache_mib=0.25, data_seed=seed)
+    rows = {r["job"]: r for r in collect(s)}
+    assert rows["0/mla"]["control_job"] == "0/mha" and rows["1/mla"]["control_job"] == "1/mha"
+    a = {a["variant"]: a for a in aggregate(list(rows.values()))}["mla r=4"]
+    assert a["seeds"] == [0, 1] and a["cost_after"] == pytest.approx(statistics.fmean([0.02, 0.01]))
+    assert "Batch order" not in write_report(s)["md"].read_text()
 
 
 def test_report_files_from_synthetic_study(study):
