@@ -187,12 +187,12 @@ class Whisper(Backbone):
 
     # ---- sites ---------------------------------------------------------------------------------------------
     def select_sites(self, kinds) -> None:
-        kinds = SITE_KINDS if kinds == "all" or list(kinds or []) == ["all"] else tuple(kinds or DEFAULT_SITES)
-        bad = [k for k in kinds if k not in SITE_KINDS]
-        if bad or not kinds:
-            raise ValueError(f"attention.sites={list(kinds)} is not allowed: expected a non-empty list of "
+        """Unknown kinds are an error here (config_check.site_kinds, which resolves null and 'all', skips them)."""
+        named = [] if kinds is None or kinds == "all" or list(kinds) == ["all"] else list(kinds)
+        if any(k not in SITE_KINDS for k in named):
+            raise ValueError(f"attention.sites={named} is not allowed: expected a non-empty list of "
                              f"{list(SITE_KINDS)}, or 'all'")
-        self.site_kinds = tuple(k for k in SITE_KINDS if k in kinds)
+        self.site_kinds = config_check.site_kinds(kinds, self.family)
 
     def attention_sites(self) -> Iterator[tuple[nn.Module, str, nn.Module]]:
         """The selected kinds, in the order encoder layers, then per decoder layer self before cross."""
