@@ -40,23 +40,25 @@ def best_val_wer(val_curve: Sequence[Mapping]) -> float | None:
 def compare(rows: Sequence[Mapping]) -> dict[tuple, dict]:
     """{(model, head, sites): {"table": {recipe: {variant: mean best val WER}}, "common": [variants], "seeds":
     [seeds], "mean": {recipe: mean over the common cells}, "chosen": recipe}} for every group that ran > 1 recipe.
-    Only the (variant, seed) cells that every recipe ran count, so a recipe's extra seeds cannot tip the choice."""
+    Only the (variant, seed, batch order) cells that every recipe ran count, so a recipe's extra seeds or re-runs
+    cannot tip the choice."""
     cells: dict[tuple, dict[str, dict[tuple, float]]] = {}
     for r in rows:
         best = best_val_wer(r.get("val_curve") or [])
         if r.get("status") == "completed" and best is not None:
             group = cells.setdefault((r["model"], r["head"], r["sites"]), {})
-            group.setdefault(r["recipe"], {})[(r["variant"], r["seed"])] = best
+            # the batch order is part of the cell: a seed re-run with its own order is not the shared-order run
+            group.setdefault(r["recipe"], {})[(r["variant"], r["seed"], r.get("data_seed", 0))] = best
     out = {}
     for key, by_recipe in cells.items():
         common = sorted(set.intersection(*(set(c) for c in by_recipe.values())), key=str)
         if len(by_recipe) < 2 or not common:
             continue
-        variants = sorted({v for v, _ in common})
-        table = {rec: {v: statistics.fmean(c[(v, s)] for v2, s in common if v2 == v) for v in variants}
+        variants = sorted({v for v, *_ in common})
+        table = {rec: {v: statistics.fmean(c[cell] for cell in common if cell[0] == v) for v in variants}
                  for rec, c in by_recipe.items()}
         mean = {rec: statistics.fmean(c[cell] for cell in common) for rec, c in by_recipe.items()}
-        out[key] = {"table": table, "common": variants, "seeds": sorted({s for _, s in common}, key=str),
+        out[key] = {"table": table, "common": variants, "seeds": sorted({s for _, s, _ in common}, key=str),
                     "mean": mean, "chosen": min(mean, key=mean.get)}
     return out
 

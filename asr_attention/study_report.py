@@ -7,10 +7,15 @@ test split (a fraction; Whisper's WER is on normalised text), right after conver
 fine-tuning. Writes into --out (default: the sweep dir):
   study_runs.csv        one row per run: its control, WERs, costs, decode cache, steps, commit
   study.md              per model, head, sites and variant: mean and spread (sample std) of the costs over seeds,
-                        the decode cache and its reduction, the goal check, the runs' commits, the plots
+                        whether those seeds had their own batch order, the decode cache and its reduction, the goal
+                        check, the runs' commits, the plots
   pareto_<model>.png    cost after fine-tuning against decode cache per second of audio, per generated token and
                         per window
   recovery_<model>.png  val WER against fine-tune steps (each run's results.json val_curve), mean over seeds
+
+A seed re-run with its own batch order (data.seed = seed) supersedes the same run with a shared order (data.seed
+stayed 0 whatever the seed before 2026-12-01): the report pools the re-run, and study_runs.csv names it in the old
+run's `superseded_by`.
 
 Decode cache (fp32, batch 1, all layers, bytes): what inference keeps while decoding. Whisper with its decoder:
 cross-attention K/V per second of audio and decoder self-attention per generated token (results' cache_per_site);
@@ -40,10 +45,10 @@ log = logging.getLogger(__name__)
 CONTROL_ATTENTIONS = ("mha", "native")  # in order of preference
 WINDOW_S, WINDOW_TOKENS = 30, 448  # Whisper: one window's audio and its most tokens
 COLUMNS = [
-    "job", "status", "model", "head", "sites", "variant", "recipe", "seed", "data_seed", "control_job",
-    "wer_zero_shot", "wer_after", "control_wer_zero_shot", "control_wer_after", "cost_zero_shot", "cost_after", "cache_per_second",
-    "cache_per_token", "cache_fixed", "control_cache_per_second", "control_cache_per_token", "cache_window",
-    "control_cache_window", "steps", "commit", "dirty", "error",
+    "job", "status", "model", "head", "sites", "variant", "recipe", "seed", "data_seed", "superseded_by",
+    "control_job", "wer_zero_shot", "wer_after", "control_wer_zero_shot", "control_wer_after", "cost_zero_shot",
+    "cost_after", "cache_per_second", "cache_per_token", "cache_fixed", "control_cache_per_second",
+    "control_cache_per_token", "cache_window", "control_cache_window", "steps", "commit", "dirty", "error",
 ]
 
 
@@ -122,6 +127,7 @@ def run_row(path: Path, sweep_dir: Path, results: Mapping) -> dict[str, Any]:
         "commit": code.get("commit"), "dirty": code.get("dirty"),
         "error": error.splitlines()[0] if error else None,
         "pair_key": recipe_key(config, with_seed=True), "group_key": recipe_key(config, with_seed=False),
+        "superseded_by": None,
     }
 
 
@@ -140,6 +146,16 @@ def pair_with_controls(rows: list[dict]) -> None:
             row[f"cost_{phase}"] = run - ref if run is not None and ref is not None else None
 
 
+def supersede_shared_order(rows: list[dict]) -> None:
+    """Mark each completed run whose seed was re-run with its own batch order (data_seed == seed, same config
+    otherwise) as superseded by that re-run: its seeds shared one batch order, so they understate the spread."""
+    own = {(r["group_key"], r["variant"], r["seed"]): r["job"] for r in rows
+           if r["status"] == "completed" and r["data_seed"] == r["seed"]}
+    for row in rows:
+        if row["data_seed"] != row["seed"]:
+            row["superseded_by"] = own.get((row["group_key"], row["variant"], row["seed"]))
+
+
 def collect(sweep_dir: str | Path) -> list[dict]:
     sweep_dir = Path(sweep_dir)
     rows = []
@@ -150,7 +166,19 @@ def collect(sweep_dir: str | Path) -> list[dict]:
             raise ValueError(f"{path}: not a readable results.json ({type(err).__name__}: {err})") from err
         rows.append(run_row(path, sweep_dir, results))
     pair_with_controls(rows)
+    supersede_shared_order(rows)
     return rows
+
+
+def batch_order(runs: Sequence[dict]) -> str:
+    """'per seed' when each seed shuffled with its own data seed, 'data seed N for all' when they shared one, ''
+    for a single run."""
+    if len(runs) < 2:
+        return ""
+    if all(r["data_seed"] == r["seed"] for r in runs):
+        return "per seed"
+    shared = {r["data_seed"] for r in runs}
+    return f"data seed {shared.pop()} for all" if len(shared) == 1 else "mixed"
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -169,7 +197,7 @@ def aggregate(rows: Sequence[dict], choices: Mapping[tuple, Mapping] | None = No
     choices = choices or {}
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r["status"] == "completed" and r["cost_after"] is not None:
+        if r["status"] == "completed" and r["cost_after"] is not None and not r["superseded_by"]:
             groups.setdefault((r["model"], r["head"], r["sites"], r["variant"], r["group_key"]), []).append(r)
     out = []
     for (model, head, sites, variant, _), runs in groups.items():
@@ -178,7 +206,7 @@ def aggregate(rows: Sequence[dict], choices: Mapping[tuple, Mapping] | None = No
         agg = {"model": model, "head": head, "sites": sites, "variant": variant, "attention": first["attention"],
                "recipe": first["recipe"], "compared": choice is not None,
                "chosen": choice is None or choice["chosen"] == first["recipe"],
-               "seeds": sorted(r["seed"] for r in runs), "runs": runs,
+               "seeds": sorted(r["seed"] for r in runs), "batch_order": batch_order(runs), "runs": runs,
                "cache_per_second": first["cache_per_second"], "cache_per_token": first["cache_per_token"],
                "cache_fixed": first["cache_fixed"], "cache_window": first["cache_window"],
                "reduction_per_second": _reduction(first["cache_per_second"], first["control_cache_per_second"]),
@@ -209,7 +237,7 @@ def _points(mean: float | None, sd: float | None) -> str:
 
 
 def summary_table(aggs: Sequence[dict]) -> str:
-    header = ["head", "sites", "variant", "recipe", "seeds", "WER after %", "control WER after %",
+    header = ["head", "sites", "variant", "recipe", "seeds", "batch order", "WER after %", "control WER after %",
               "cost zero-shot (pts)", "cost after FT (pts)", "cache B/s", "cut /s %", "cache B/token", "cut /token %",
               "fixed state B", "cut window %", "steps"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -217,7 +245,8 @@ def summary_table(aggs: Sequence[dict]) -> str:
         steps = sorted({r["steps"] for r in a["runs"]} - {None})
         cells = [a["head"], a["sites"], a["variant"] + (" (control)" if a["attention"] in CONTROL_ATTENTIONS else ""),
                  a["recipe"] + (" (chosen on val)" if a["chosen"] and a["compared"] else ""),
-                 ",".join(map(str, a["seeds"])), table_cell(a["wer_after"] and 100 * a["wer_after"], ".2f"),
+                 ",".join(map(str, a["seeds"])), a["batch_order"],
+                 table_cell(a["wer_after"] and 100 * a["wer_after"], ".2f"),
                  table_cell(a["control_wer_after"] and 100 * a["control_wer_after"], ".2f"),
                  _points(a["cost_zero_shot"], a["cost_zero_shot_sd"]), _points(a["cost_after"], a["cost_after_sd"]),
                  table_cell(a["cache_per_second"], ",.0f"), table_cell(a["reduction_per_second"], ".1f"),
@@ -324,16 +353,20 @@ def plot_recovery(aggs: Sequence[dict], model: str, path: Path) -> Path:
 
 
 def batch_order_note(rows: Sequence[dict]) -> list[str]:
-    """A warning when runs' batch order did not follow their seed (data.seed stayed 0 before 2026-12-01)."""
-    fixed = [r for r in rows if r["status"] == "completed" and r["data_seed"] != r["seed"]]
-    if not fixed:
+    """A warning when runs' batch order did not follow their seed (data.seed stayed 0 before 2026-12-01), and how
+    many of them a re-run with its own batch order superseded."""
+    shared = [r for r in rows if r["status"] == "completed" and r["data_seed"] != r["seed"]]
+    if not shared:
         return []
-    return [f"**Batch order.** {len(fixed)} of {len(rows)} runs shuffled their training batches with data seed "
-            f"{', '.join(sorted({str(r['data_seed']) for r in fixed}))} whatever their `seed` (the run's seed "
+    superseded = sum(bool(r["superseded_by"]) for r in shared)
+    return [f"**Batch order.** {len(shared)} of {len(rows)} runs shuffled their training batches with data seed "
+            f"{', '.join(sorted({str(r['data_seed']) for r in shared}))} whatever their `seed` (the run's seed "
             "reached the sampler only from 2026-12-01). Their seeds differ only in what conversion calibrates on "
             "(activation-aware MLA), a new head's initialisation (CTC), dropout and GPU non-determinism: where "
             "none of these applies, a variant's seeds are near-repeats of one run and its spread understates "
-            "the seed-to-seed variance.", ""]
+            f"the seed-to-seed variance. {superseded} of them were re-run with their own batch order and are "
+            "superseded (study_runs.csv: `superseded_by`); the table pools the re-runs. Its `batch order` column "
+            "says which rows still rest on a shared order.", ""]
 
 
 def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:

@@ -141,7 +141,7 @@ def test_the_whisper_study_preset_end_to_end_on_cpu(tmp_path):
     assert float(row["cache_per_second"]) == mla["cache_per_site"]["cross_per_second"] == 4 * 96 * 4 * 50
     md = paths["md"].read_text()
     cost = 100 * (mla["after"]["test_wer"] - control["after"]["test_wer"])
-    assert (f"| seq2seq | decoder_self+cross | mla r=96 act | lr 3e-05, attention only; encoder frozen | 0 | "
+    assert (f"| seq2seq | decoder_self+cross | mla r=96 act | lr 3e-05, attention only; encoder frozen | 0 |  | "
             f"{100 * mla['after']['test_wer']:.2f} | ") in md
     assert f"| {cost:+.2f} | 76,800 | 87.5 | 1,536 | 87.5 |  | 87.5 | 1 |" in md
     assert f"- {head.strip()}" in md
@@ -233,15 +233,45 @@ def test_seeds_that_set_the_batch_order_still_pool_into_one_row(tmp_path):
     assert "Batch order" not in write_report(s)["md"].read_text()
 
 
+def test_a_seed_rerun_with_its_own_batch_order_supersedes_the_shared_order_run(tmp_path):
+    """Seed 1 ran with data seed 0 (the old sampler default), then again with data seed 1: the table pools the
+    re-run and its own control, the CSV names it in the old run's superseded_by, and the recipe choice still
+    compares like with like (the re-run has no counterpart in the other recipe). SYNTHETIC numbers."""
+    s = tmp_path / "study"
+    mha, mla = {"name": "mha"}, {"name": "mla", "latent_dim": 4, "calibration": "plain"}
+    runs = [("lo", 1e-4, 0, 0, 0.08, 0.10), ("lo", 1e-4, 1, 0, 0.06, 0.30), ("lo", 1e-4, 1, 1, 0.07, 0.09),
+            ("hi", 3e-4, 0, 0, 0.09, 0.12), ("hi", 3e-4, 1, 0, 0.09, 0.12)]
+    for recipe, lr, seed, data_seed, control, run in runs:
+        job = f"{recipe}/{seed}{'/own' if data_seed == seed != 0 else ''}"
+        synthetic_run(s, f"{job}/mha", mha, seed, before=0.1, after=control, cache_mib=1.0, lr=lr,
+                      data_seed=data_seed)
+        synthetic_run(s, f"{job}/mla", mla, seed, before=0.4, after=run, cache_mib=0.25, lr=lr, data_seed=data_seed)
+    rows = {r["job"]: r for r in collect(s)}
+    assert rows["lo/1/mla"]["superseded_by"] == "lo/1/own/mla"
+    assert rows["lo/1/mha"]["superseded_by"] == "lo/1/own/mha"
+    assert rows["lo/1/own/mla"]["control_job"] == "lo/1/own/mha"  # pairs within its own batch order
+    assert rows["hi/1/mla"]["superseded_by"] is None  # no re-run: stays, marked by the table's batch order column
+    aggs = {(a["recipe"], a["variant"]): a for a in aggregate(list(rows.values()))}
+    lo = aggs[("lr 0.0001, all from step 0", "mla r=4")]
+    assert lo["seeds"] == [0, 1] and lo["batch_order"] == "per seed"
+    assert lo["cost_after"] == pytest.approx(statistics.fmean([0.02, 0.02]))  # not the superseded run's +0.24
+    assert aggs[("lr 0.0003, all from step 0", "mla r=4")]["batch_order"] == "data seed 0 for all"
+    (choice,) = recipe_choice.compare(list(rows.values())).values()
+    assert choice["seeds"] == [0, 1] and choice["chosen"] == "lr 0.0003, all from step 0"  # on the shared order
+    md = write_report(s)["md"].read_text()
+    assert "**Batch order.** 4 of 10 runs shuffled" in md and "2 of them were re-run with their own batch order" in md
+
+
 def test_report_files_from_synthetic_study(study):
     paths = write_report(study)
     md = paths["md"].read_text()
     assert "8 runs: 7 completed, 1 failed. Completed without a completed control (no cost): 4." in md
     # jobs 2 and 3 ran seed 1 with no data.seed: their batches were shuffled with seed 0 (the old behaviour)
     assert "**Batch order.** 2 of 8 runs shuffled their training batches with data seed 0 whatever" in md
-    assert ("| ctc | encoder | mla r=4 | lr 0.0003, all from step 0 (chosen on val) | 0,1 | 9.25 | 7.00 "
+    assert ("| ctc | encoder | mla r=4 | lr 0.0003, all from step 0 (chosen on val) | 0,1 | data seed 0 for all "
+            "| 9.25 | 7.00 "
             "| +35.00 ± 7.07 | +2.25 ± 1.06 | 13,107 | 75.0 |") in md
-    assert "| ctc | encoder | gqa kv=1 | lr 0.0003, all from step 0 | 0 | 20.50 | 20.00 | +40.00 | +0.50 |" in md
+    assert "| ctc | encoder | gqa kv=1 | lr 0.0003, all from step 0 | 0 |  | 20.50 | 20.00 | +40.00 | +0.50 |" in md
     # model A ran two recipes (job 4 at lr 1e-4): compared on val over the cell both ran, mla r=4 seed 0 (lr 3e-4's
     # seed 1, 7.5 %, would have lowered its mean: extra seeds do not count)
     assert "### A ctc: encoder (seeds 0)" in md
@@ -269,8 +299,8 @@ def test_recipe_is_chosen_on_val_and_the_goal_reads_only_that_recipe(tmp_path):
     assert choice["mean"] == {"lr 0.0003, all from step 0": pytest.approx(0.075),
                               "lr 0.0001, all from step 0": pytest.approx(0.045)}
     md = write_report(s)["md"].read_text()
-    assert "| ctc | encoder | mla r=2 | lr 0.0001, all from step 0 (chosen on val) | 0 | 4.80 |" in md
-    assert "| ctc | encoder | mla r=2 | lr 0.0003, all from step 0 | 0 | 4.50 |" in md
+    assert "| ctc | encoder | mla r=2 | lr 0.0001, all from step 0 (chosen on val) | 0 |  | 4.80 |" in md
+    assert "| ctc | encoder | mla r=2 | lr 0.0003, all from step 0 | 0 |  | 4.50 |" in md
     assert "after fine-tuning (the recipe chosen on val): ctc:encoder mla r=2" in md  # +0.8 pts at lr 1e-4
     assert "| lr 0.0001, all from step 0 (chosen) | 4.00 | 5.00 | 4.50 |" in md
     assert "Batch order" not in md  # seed 0 runs: their batch order was their seed's
