@@ -1,8 +1,9 @@
-"""The Whisper 1k study's runs are reproducible from the committed sweep lists: every line of every list names a
-folder of runs under benchmarks/quality/whisper_1k/runs, and composing the line (plus what its sweep expanded to
-and the flags side_by_side.sh added, as each run's .hydra/overrides.yaml recorded them) with today's configs
-gives each run's stored config, up to the keys that cannot change its numbers (run_identity.COSMETIC). A preset
-default that changed since a run must be pinned in its line, or this fails naming the field."""
+"""The GPU studies' runs are reproducible from the committed sweep lists: every line of every list names a folder
+of runs (under benchmarks/quality/whisper_1k/runs or encoders_gpu/runs), and composing the line (plus what its
+sweep expanded to and the flags side_by_side.sh added, as each run's .hydra/overrides.yaml recorded them) with
+today's configs gives each run's stored config, up to the keys that cannot change its numbers
+(run_identity.COSMETIC). A preset default that changed since a run must be pinned in its line, or this fails
+naming the field."""
 
 import json
 from pathlib import Path
@@ -18,8 +19,9 @@ from asr_attention.run_identity import COSMETIC, identity
 from test_sweep import REPO
 
 RUNS = REPO / "benchmarks/quality/whisper_1k/runs"
-LISTS = {"whisper_1k": RUNS, "recipe": RUNS / "recipe", "chosen_recipe": RUNS / "chosen_recipe",
-         "ctc_recipe": RUNS / "ctc_recipe", "breadth": RUNS / "breadth", "independent_seeds": RUNS / "independent_seeds"}
+LISTS = {"whisper_1k": RUNS, **{name: RUNS / name for name in
+                               ("recipe", "chosen_recipe", "ctc_recipe", "breadth", "independent_seeds")},
+         "encoders_gpu": REPO / "benchmarks/quality/encoders_gpu/runs"}
 
 
 def sweep_lines(name: str) -> list[tuple[str, list[str]]]:
@@ -89,7 +91,7 @@ def test_every_committed_sweep_line_reproduces_its_runs(list_name):
                 diff = [f"{k}: stored {stored.get(k)!r}, composed {composed.get(k)!r}"
                         for k in sorted(stored.keys() | composed.keys()) if stored.get(k) != composed.get(k)]
                 if diff:
-                    mismatches.append(f"{job.relative_to(RUNS)}: " + "; ".join(diff))
+                    mismatches.append(f"{job.relative_to(REPO)}: " + "; ".join(diff))
                 count += 1
     assert not mismatches, "\n".join(mismatches)
     assert count >= len(sweep_lines(list_name))

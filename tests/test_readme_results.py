@@ -1,10 +1,9 @@
-"""Every number in the README's Whisper 1k results tables is a committed run's: each row's per-seed test WER and
-its cost (mean ± sd over seeds) are recomputed from the results.json files under benchmarks/quality/whisper_1k/runs
-by the study report, at the recipe chosen on val, with superseded shared-order runs left out."""
+"""Every number in the README's quality-study tables is a committed run's: each row's per-seed test WER and its
+cost (mean ± sd over seeds) are recomputed by the study report from the results.json files under
+benchmarks/quality/{whisper_1k,encoders_gpu}/runs (Whisper: at the recipe chosen on val, superseded shared-order
+runs left out)."""
 
 import re
-
-import pytest
 
 from asr_attention import recipe_choice
 from asr_attention.study_report import aggregate, collect
@@ -28,37 +27,47 @@ def variant_label(text: str) -> str:
     return text  # linear elu / linear hedgehog
 
 
-def readme_rows() -> list[tuple[str, str, str, list[str], str]]:
-    """(head, sites, variant, per-seed WER strings, cost string) for each row of the section's two tables."""
+def table_rows(heading: str) -> list[list[str]]:
+    """The cells of every table row in the README section under `heading` (header and rule lines left out)."""
     text = (REPO / "README.md").read_text()
-    section = text[text.index(SECTION):]
+    section = text[text.index(heading):]
     section = section[:section.index("\n### ", 1)]
-    rows = []
-    for line in section.splitlines():
-        cells = [c.strip().replace("**", "") for c in line.strip("|").split("|")]
-        if not line.startswith("| ") or cells[0] in ("sites", "variant") or set(cells[0]) <= {"-", ":"}:
-            continue
-        head, sites = ("seq2seq", SITES[cells.pop(0)]) if len(cells) == 5 else ("ctc", "encoder")
-        rows.append((head, sites, variant_label(cells[0]), re.findall(r"\d+\.\d\d", cells[2])[:3], cells[3]))
-    return rows
+    rows = [[c.strip().replace("**", "") for c in line.strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("| ")]
+    header_or_rule = ("sites", "variant", "model")
+    return [cells for cells in rows if cells[0] not in header_or_rule and not set(cells[0]) <= {"-", ":"}]
 
 
-@pytest.fixture(scope="module")
-def chosen_results() -> dict[tuple[str, str, str], dict]:
-    rows = collect(REPO / "benchmarks/quality/whisper_1k/runs")
+def chosen_aggregates(runs: str) -> dict[tuple[str, str, str, str], dict]:
+    rows = collect(REPO / "benchmarks/quality" / runs / "runs")
     aggs = aggregate(rows, recipe_choice.compare(rows))
-    return {(a["head"], a["sites"], a["variant"]): a for a in aggs if a["chosen"]}
+    return {(a["model"], a["head"], a["sites"], a["variant"]): a for a in aggs if a["chosen"]}
 
 
-def test_readme_tables_are_the_committed_runs(chosen_results):
-    rows = readme_rows()
+def check_row(a: dict, wers: str, cost: str) -> None:
+    """The row's seeds 0 / 1 / 2 WER after fine-tuning and its cost ('0' for a control) are the aggregate's."""
+    runs = sorted(a["runs"], key=lambda r: r["seed"])
+    assert a["seeds"] == [0, 1, 2] and a["batch_order"] == "per seed"
+    assert re.findall(r"\d+\.\d\d", wers)[:3] == [f"{100 * r['wer_after']:.2f}" for r in runs]
+    if cost == "0":
+        assert a["cost_after"] == 0 and a["attention"] == "mha"
+    else:
+        assert cost == f"{100 * a['cost_after']:+.2f} ± {100 * a['cost_after_sd']:.2f}"
+
+
+def test_readme_whisper_tables_are_the_committed_runs():
+    aggs, rows = chosen_aggregates("whisper_1k"), table_rows(SECTION)
     assert len(rows) == 26  # 19 seq2seq rows + 7 CTC rows: a table the parser missed would fail here
-    for head, sites, variant, wers, cost in rows:
-        a = chosen_results[(head, sites, variant)]
-        runs = sorted(a["runs"], key=lambda r: r["seed"])
-        assert a["seeds"] == [0, 1, 2] and a["batch_order"] == "per seed", (sites, variant)
-        assert wers == [f"{100 * r['wer_after']:.2f}" for r in runs], (sites, variant)
-        if cost == "0":
-            assert a["cost_after"] == 0 and a["attention"] == "mha"
-        else:
-            assert cost == f"{100 * a['cost_after']:+.2f} ± {100 * a['cost_after_sd']:.2f}", (sites, variant)
+    for cells in rows:
+        head, sites = ("seq2seq", SITES[cells.pop(0)]) if len(cells) == 5 else ("ctc", "encoder")
+        check_row(aggs[("whisper", head, sites, variant_label(cells[0]))], cells[2], cells[3])
+
+
+def test_readme_encoder_table_is_the_committed_runs():
+    aggs, rows = chosen_aggregates("encoders_gpu"), table_rows("### The shipped AN4 encoders")
+    assert len(rows) == 12
+    for model, variant, _, zero_shot, wers, cost in rows:
+        a = aggs[(model, "ctc", "encoder", variant_label(variant))]
+        check_row(a, wers, cost)
+        low, high = (min(r["wer_zero_shot"] for r in a["runs"]), max(r["wer_zero_shot"] for r in a["runs"]))
+        assert zero_shot == "–".join(dict.fromkeys(f"{100 * w:.2f}" for w in (low, high)))
