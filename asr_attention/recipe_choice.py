@@ -14,17 +14,20 @@ import statistics
 from collections.abc import Mapping, Sequence
 
 
+def what_trains(attention_only_steps: int | None, max_steps: int | None) -> str:
+    """'all' (from step 0), 'attention_only' (for every step) or 'attention_then_all'."""
+    if attention_only_steps is None or attention_only_steps <= 0:
+        return "all"
+    return "attention_only" if max_steps is not None and attention_only_steps >= max_steps else "attention_then_all"
+
+
 def recipe_label(config: Mapping) -> str:
     """'lr 0.0003, attention only; encoder frozen', 'lr 0.0001, attention 500 steps, then all', 'lr 3e-05, head
     lr 0.001, all from step 0; encoder trained', ..."""
     optim, trainer, model = (config.get(k) or {} for k in ("optim", "trainer", "model"))
-    first, steps = optim.get("attention_only_steps"), trainer.get("max_steps")
-    if first is None or first <= 0:
-        train = "all from step 0"
-    elif steps is not None and first >= steps:
-        train = "attention only"
-    else:
-        train = f"attention {first} steps, then all"
+    first = optim.get("attention_only_steps")
+    train = {"all": "all from step 0", "attention_only": "attention only",
+             "attention_then_all": f"attention {first} steps, then all"}[what_trains(first, trainer.get("max_steps"))]
     frozen = model.get("freeze_encoder")  # Whisper only: its original encoder can stay fixed
     encoder = "" if frozen is None else "; encoder frozen" if frozen else "; encoder trained"
     head = "" if optim.get("head_lr") is None else f", head lr {optim['head_lr']}"

@@ -1,6 +1,7 @@
 """OmegaConf resolvers the configs use: ${pkg:path} = a path inside the installed asr_attention package
 (the vendored AN4 corpus, the shipped demo checkpoints), wherever the command runs from; ${floordiv:a,b} = a // b
-(e.g. MLA's latent_dim as a fraction of model.d_model in conf/study/variant/)."""
+(e.g. MLA's latent_dim as a fraction of model.d_model in conf/study/variant/); ${sweep_group:...} and
+${recipe_tag:...} below (W&B groups, run names)."""
 
 from pathlib import Path
 
@@ -27,3 +28,19 @@ def sweep_group(default: str, group: str | None = None) -> str:
 
 
 OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
+
+
+def recipe_tag(attention_only_steps: int | None, max_steps: int | None, lr: float, head_lr: float | None = None) -> str:
+    """${recipe_tag:${optim.attention_only_steps},${trainer.max_steps},${optim.lr},${optim.head_lr}}: what a run
+    fine-tunes and at which lrs, for its name (e.g. 'attention_only-lr3e-05', 'attention500_then_all-lr0.0001',
+    'all-lr0.0001-head_lr0.001'): the same rule as the study report's recipe label, so two recipes never share
+    a name (and a run folder)."""
+    from .recipe_choice import what_trains
+
+    trains = what_trains(attention_only_steps, max_steps)
+    if trains == "attention_then_all":
+        trains = f"attention{attention_only_steps}_then_all"
+    return f"{trains}-lr{lr}" + ("" if head_lr is None else f"-head_lr{head_lr}")
+
+
+OmegaConf.register_new_resolver("recipe_tag", recipe_tag, replace=True)

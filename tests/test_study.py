@@ -15,6 +15,7 @@ from asr_attention import code_version as code_version_module
 from asr_attention import recipe_choice
 from asr_attention.code_version import code_version
 from asr_attention.config_check import validate
+from asr_attention.resolvers import recipe_tag
 from asr_attention.study_report import (aggregate, collect, decode_cache, goal_met, recovery_curves, window_cache,
                                         write_report)
 from asr_attention.wandb_log import offline_runs, read_offline_run
@@ -340,6 +341,10 @@ def test_recipe_label_names_what_trains():
     assert label(lr=3e-4) == "lr 0.0003, all from step 0"
     assert (label(lr=3e-5, head_lr=1e-3, first=0, frozen=False)
             == "lr 3e-05, head lr 0.001, all from step 0; encoder trained")
+    # run names (W&B, outputs/<run_name>) say the same: the CTC recipe trains everything, with its own head lr
+    assert recipe_tag(10**9, 1000, 3e-5) == "attention_only-lr3e-05"
+    assert recipe_tag(500, 1000, 1e-4) == "attention500_then_all-lr0.0001"
+    assert recipe_tag(0, 2000, 1e-4, 1e-3) == "all-lr0.0001-head_lr0.001"
     # step 0 (the converted model, before any step) is not a checkpoint: it never counts as the best
     assert recipe_choice.best_val_wer([{"step": 0, "val_wer": 0.01}, {"step": 200, "val_wer": 0.3},
                                        {"step": 400, "val_wer": 0.2}]) == 0.2
