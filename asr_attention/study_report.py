@@ -300,6 +300,8 @@ def plot_pareto(aggs: Sequence[dict], model: str, path: Path) -> Path:
         xs = [a[key] for a in points]
         if xs and min(xs) > 0 and max(xs) / min(xs) > 50:
             ax.set_xscale("log")
+        if points and max(abs(100 * a["cost_after"]) for a in points) > 10:
+            ax.set_yscale("symlog", linthresh=1)  # costs of tens of points beside the sub-point ones the goal reads
         ax.axhline(0, color="gray", linewidth=0.8)
         ax.set_xlabel(f"decode cache, bytes {unit} (fp32, batch 1, all layers)")
         ax.set_ylabel("conversion cost after fine-tuning, WER points vs control")
