@@ -1,10 +1,11 @@
 """A -m sweep whose jobs failed ends non-zero, after every job ran, naming each failed job.
 
 A failing job records `status: failed` and its error in its own results.json and returns, so the sweep goes on
-(train.py). This Hydra callback (hydra.callbacks in conf/train.yaml) then reads the sweep folder once all jobs
-have ended, which works for every launcher, the ones that run jobs in other processes or on other machines
-included. If any job of this sweep failed it prints the list and exits with status 1 (SystemExit: Hydra turns a
-callback's exceptions into warnings).
+(train.py). A job refused its folder (another config's run, or a live process's) must not write there: it
+records itself as `refused-job<N>.json` in the sweep folder instead. This Hydra callback (hydra.callbacks in
+conf/train.yaml) then reads the sweep folder once all jobs have ended, which works for every launcher, the ones
+that run jobs in other processes or on other machines included. If any job of this sweep failed or was refused
+it prints the list and exits with status 1 (SystemExit: Hydra turns a callback's exceptions into warnings).
 """
 
 from __future__ import annotations
@@ -16,6 +17,17 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+
+REFUSED = "refused-job{}.json"
+
+
+def record_refused_job(hydra_config: Any, job_dir: Path, error: Exception) -> Path:
+    """Note, in the sweep folder, a job refused its own folder: the sweep's end names it with the failed jobs."""
+    path = Path(str(hydra_config.sweep.dir)) / REFUSED.format(hydra_config.job.num)
+    path.write_text(json.dumps({"job_dir": str(job_dir), "overrides": list(hydra_config.overrides.task),
+                                "error": f"{type(error).__name__}: {error}"}))
+    return path
 
 
 def _overrides(job_dir: Path) -> str:
@@ -36,6 +48,11 @@ class FailedJobs(Callback):
             results = json.loads(path.read_text())
             if results.get("status") == "failed":
                 failed.append(f"  {path.parent}  [{_overrides(path.parent)}]  {results.get('error')}")
+        for path in sorted(self.sweep_dir.glob(REFUSED.format("*"))):
+            if path.stat().st_mtime >= self.started:
+                refused = json.loads(path.read_text())
+                failed.append(f"  {refused['job_dir']}  [{' '.join(refused['overrides'])}]  {refused['error']}")
         if failed:
-            raise SystemExit(f"{len(failed)} sweep job(s) failed (each one's results.json holds its traceback):\n"
+            raise SystemExit(f"{len(failed)} sweep job(s) failed or were refused their folder (a failed job's "
+                             "results.json holds its traceback):\n"
                              + "\n".join(failed))

@@ -7,7 +7,8 @@ The run directory (outputs/<run_name>, default <model>-<attention>) belongs to o
 - another config is refused before anything in the folder changes, naming the fields that differ;
 - a second process on the folder while the first lives is refused, naming it (run_lock.py).
 A rejected config writes nothing. In a -m sweep a failing job records its error in its results.json, the sweep
-goes on, and ends non-zero naming the failed jobs (sweep_failures.py).
+goes on, and ends non-zero naming the failed jobs (sweep_failures.py); a job refused its folder (another config's,
+or held by a live process) leaves that folder alone and is named the same way.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ from .experiment import (
     build_datamodule_for, build_module, build_tokenizer_and_backbone, build_trainer, config_summary, convert,
 )
 from .results import Results, summary_table
-from .run_identity import fingerprint, stored_run
-from .run_lock import RunLock
+from .run_identity import RunFolderTaken, fingerprint, stored_run
+from .run_lock import RunLock, RunLocked
+from .sweep_failures import record_refused_job
 from .throughput import measure_rtfx
 from .val_curve import ValCurve
 from .wandb_log import log_results_to_wandb
@@ -99,6 +101,18 @@ def main(cfg: DictConfig) -> float | None:
         check_config(cfg)  # a single run's bad config fails before touching the folder (it may hold a finished run)
     if rank_zero_only.rank != 0:  # a DDP rank that Lightning started: rank 0 holds the folder and writes into it
         return fit_and_record(cfg, run_dir, sweep)
+    try:
+        return hold_and_run(cfg, run_dir, sweep)
+    except (RunFolderTaken, RunLocked) as err:
+        if not sweep:
+            raise
+        log.error("job refused, its folder left alone; the sweep goes on: %s", err)
+        record_refused_job(HydraConfig.get(), run_dir, err)  # the sweep then ends non-zero, naming it
+        return None
+
+
+def hold_and_run(cfg: DictConfig, run_dir: Path, sweep: bool) -> float | None:
+    """Train in run_dir once it is this config's and this process's, or report its completed run."""
     if (done := completed_run(cfg, run_dir)) is not None:  # reads only: a finished run is not even locked
         return report_completed(done, run_dir)
     with RunLock(run_dir):

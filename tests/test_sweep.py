@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from asr_attention.run_lock import RunLock
 from asr_attention.wandb_log import offline_runs, read_offline_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,6 +132,22 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
         assert run["summary"]["status"] == res["status"]
         assert run["summary"].get("error") == res.get("error")
         assert run["exit_code"] == (0 if res["status"] == "completed" else 1)
+
+
+def test_jobs_refused_their_folder_leave_it_alone_and_the_sweep_goes_on(tmp_path):
+    """Job 0's folder is held by a live process (this test), job 1's holds another config's run: both are refused
+    without touching their folders, job 2 still runs, and the sweep ends non-zero naming the two refused jobs."""
+    foreign = tmp_path / "1" / "results.json"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text(json.dumps({"status": "completed", "config": {"seed": 123}}))
+    with RunLock(tmp_path / "0"):
+        out = sweep(tmp_path, "attention=gqa", "attention.num_kv_heads=1,2,4", returncode=1)
+    assert "2 sweep job(s) failed or were refused their folder" in out
+    assert f"{tmp_path / '0'}  [{' '.join(TINY)} attention=gqa attention.num_kv_heads=1]  RunLocked: " in out
+    assert f"{tmp_path / '1'}  [{' '.join(TINY)} attention=gqa attention.num_kv_heads=2]  RunFolderTaken: " in out
+    assert not (tmp_path / "0" / "results.json").exists()
+    assert json.loads(foreign.read_text()) == {"status": "completed", "config": {"seed": 123}}
+    assert job_results(tmp_path)["2"]["status"] == "completed"
 
 
 @OPTUNA
