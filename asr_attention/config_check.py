@@ -58,24 +58,30 @@ def validate_model(model: Mapping) -> None:
         _choice(model, "model", "head", HEADS[model["family"]])
 
 
+def model_site_kinds(family: str, head: str | None = None) -> tuple[str, ...]:
+    """The kinds of attention site a model has: a CTC head reads the encoder alone (Whisper's decoder is dropped)."""
+    return ("encoder",) if head == "ctc" else SITE_KINDS.get(family, ("encoder",))
+
+
 def validate_sites(attention: Mapping, model: Mapping) -> None:
-    """attention.sites (optional): a list of the family's kinds of attention site, or 'all'."""
+    """attention.sites (optional): a list of the model's kinds of attention site, or 'all'."""
     sites = attention.get("sites")
     if sites is None or sites == "all":
         return
-    kinds = SITE_KINDS.get(model["family"], ("encoder",))
+    kinds = model_site_kinds(model["family"], model.get("head"))
     listed = list(sites) if isinstance(sites, Iterable) and not isinstance(sites, str) else None
     if not listed or any(s not in kinds for s in listed):
+        head = f", model.head={model['head']}" if model.get("head") == "ctc" else ""
         _fail("attention.sites", sites if listed is None else listed,
-              f"expected a non-empty list of {list(kinds)} (model.family={model['family']}), or 'all'")
+              f"expected a non-empty list of {list(kinds)} (model.family={model['family']}{head}), or 'all'")
 
 
-def site_kinds(sites: Any, family: str) -> tuple[str, ...]:
-    """The kinds of site a valid attention.sites converts: null is the family's default, 'all' every kind."""
-    kinds = SITE_KINDS.get(family, ("encoder",))
+def site_kinds(sites: Any, family: str, head: str | None = None) -> tuple[str, ...]:
+    """The kinds of site a valid attention.sites converts: null is the model's default, 'all' every kind."""
+    kinds = model_site_kinds(family, head)
     if sites == "all" or list(sites or []) == ["all"]:
         return kinds
-    chosen = tuple(sites or DEFAULT_SITES.get(family, ("encoder",)))
+    chosen = tuple(sites or (DEFAULT_SITES.get(family, ("encoder",)) if head != "ctc" else kinds))
     return tuple(k for k in kinds if k in chosen)
 
 

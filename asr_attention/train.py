@@ -64,8 +64,8 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
     if cfg.attention.name != "native":
         results.update(conversion=convert(backbone, cfg.attention, datamodule, cfg.calibration.frames, cfg.seed))
     results.update(vocab_size=len(tokenizer), parameters=count_parameters(backbone))
-    if hasattr(backbone, "cache_per_site"):
-        results.update(cache_per_site=backbone.cache_per_site())
+    if per_site := getattr(backbone, "cache_per_site", dict)():  # Whisper's decoder caches (none with CTC)
+        results.update(cache_per_site=per_site)
     last = run_dir / "checkpoints" / "last.ckpt"
 
     if results.get("before") is None:  # a resumed run measured this already

@@ -9,7 +9,6 @@ import torch
 from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
 from asr_attention.backbones import build_backbone, patch_attention, patched_variants
-from asr_attention.backbones.whisper import SITE_KINDS
 from asr_attention.backbones.whisper_load import random_config
 from asr_attention.backbones.whisper_mel import LogMel
 from asr_attention.decoding import DecodingOptions, sample, transcribe
@@ -216,7 +215,27 @@ def test_sites_are_validated_naming_the_field():
         validate_sites({"sites": "encoder"}, {"family": "whisper"})
     validate_sites({"sites": ["encoder", "cross"]}, {"family": "whisper"})
     backbone.select_sites("all")
-    assert backbone.site_kinds == SITE_KINDS
+    assert backbone.site_kinds == ("encoder", "decoder_self", "cross")
+
+
+def test_a_ctc_head_keeps_the_encoder_alone():
+    """model.head=ctc never runs the decoder: it is dropped (not counted, not converted, no cache figures), and
+    a decoder site on a CTC model is an error naming the field, not a conversion of layers that never run."""
+    from asr_attention.backbones import count_parameters
+    from asr_attention.config_check import validate_sites
+
+    ctc, seq2seq = make("ctc"), make()
+    assert ctc.site_kinds == ("encoder",) and ctc.decoder_layers == [] and ctc.cache_per_site() == {}
+    encoder = sum(p.numel() for p in seq2seq.encoder.parameters())
+    assert count_parameters(ctc) == encoder + sum(p.numel() for p in ctc.ctc_head.parameters())
+    ctc.select_sites("all")
+    assert ctc.site_kinds == ("encoder",)
+    with pytest.raises(ValueError, match=r"attention.sites=\['cross'\] is not allowed.*model.head=ctc"):
+        ctc.select_sites(["cross"])
+    with pytest.raises(ValueError, match=r"attention.sites.*model.head=ctc"):
+        validate_sites({"sites": ["encoder", "decoder_self"]}, {"family": "whisper", "head": "ctc"})
+    with pytest.raises(ValueError, match="no decoder"):
+        ctc.decode(torch.zeros(1, 1, dtype=torch.long), None)
 
 
 def test_kv_cache_report_per_kind_of_site(compose_cfg, run_module):

@@ -34,8 +34,6 @@ from .hf_wav2vec2 import HFAttention
 from .whisper_mel import LogMel
 from .whisper_tokens import WhisperTokens
 
-SITE_KINDS, DEFAULT_SITES = config_check.SITE_KINDS["whisper"], config_check.DEFAULT_SITES["whisper"]
-
 
 class DecoderSelfAttention(nn.Module):
     """A variant as causal decoder self-attention: over a whole prefix (teacher forcing) or, with a cache, one
@@ -156,14 +154,14 @@ class Whisper(Backbone):
             raise ValueError(f"model.head={head!r} is not one of ['seq2seq', 'ctc']")
         self.model, self.tokens, self.head = model, tokens, head
         self.mel = LogMel(model.config.num_mel_bins, 2 * model.config.max_source_positions)
-        self.site_kinds = DEFAULT_SITES
-        for layer in self.decoder.layers:  # the decoder's sites run through variants from the start
+        self.site_kinds = config_check.site_kinds(None, self.family, head)
+        self.ctc_head = None
+        if head == "ctc":  # the encoder alone: the decoder and its output layer (~3/4 of tiny.en) are dropped
+            model.model.decoder, model.proj_out = None, None
+            self.ctc_head = nn.Linear(model.config.d_model, ctc_vocab_size or 32)
+        for layer in self.decoder_layers:  # the decoder's sites run through variants from the start
             layer.self_attn = DecoderSelfAttention(MultiHeadAttention(canonical_of(layer.self_attn)))
             layer.encoder_attn = CrossAttention(MultiHeadAttention(canonical_of(layer.encoder_attn)))
-        self.ctc_head = None
-        if head == "ctc":
-            self.model.model.decoder.requires_grad_(False)  # unused by CTC: frozen so no optimizer state
-            self.ctc_head = nn.Linear(model.config.d_model, ctc_vocab_size or 32)
 
     @property
     def encoder(self) -> nn.Module:
@@ -171,7 +169,14 @@ class Whisper(Backbone):
 
     @property
     def decoder(self) -> nn.Module:
+        if self.model.model.decoder is None:
+            raise ValueError("this Whisper has a CTC head (model.head=ctc) and no decoder: use forward()")
         return self.model.model.decoder
+
+    @property
+    def decoder_layers(self) -> list[nn.Module]:
+        """The decoder's layers; none with a CTC head."""
+        return [] if self.model.model.decoder is None else list(self.decoder.layers)
 
     @property
     def vocab_size(self) -> int:
@@ -189,17 +194,18 @@ class Whisper(Backbone):
     def select_sites(self, kinds) -> None:
         """Unknown kinds are an error here (config_check.site_kinds, which resolves null and 'all', skips them)."""
         named = [] if kinds is None or kinds == "all" or list(kinds) == ["all"] else list(kinds)
-        if any(k not in SITE_KINDS for k in named):
+        allowed = config_check.model_site_kinds(self.family, self.head)
+        if any(k not in allowed for k in named):
             raise ValueError(f"attention.sites={named} is not allowed: expected a non-empty list of "
-                             f"{list(SITE_KINDS)}, or 'all'")
-        self.site_kinds = config_check.site_kinds(kinds, self.family)
+                             f"{list(allowed)} (model.head={self.head}), or 'all'")
+        self.site_kinds = config_check.site_kinds(kinds, self.family, self.head)
 
     def attention_sites(self) -> Iterator[tuple[nn.Module, str, nn.Module]]:
         """The selected kinds, in the order encoder layers, then per decoder layer self before cross."""
         if "encoder" in self.site_kinds:
             for layer in self.encoder.layers:
                 yield layer, "self_attn", layer.self_attn
-        for layer in self.decoder.layers:
+        for layer in self.decoder_layers:
             if "decoder_self" in self.site_kinds:
                 yield layer, "self_attn", layer.self_attn
             if "cross" in self.site_kinds:
@@ -279,7 +285,10 @@ class Whisper(Backbone):
 
     def cache_per_site(self, dtype: torch.dtype = torch.float32) -> dict[str, int]:
         """Bytes the decoder caches hold (batch 1, all layers): self-attention per token, cross-attention per
-        second of audio (50 frames), beside the same sites as MHA. A linear variant's figure is its fixed state."""
+        second of audio (50 frames), beside the same sites as MHA. A linear variant's figure is its fixed state.
+        A CTC head has no decoder: no figures."""
+        if self.head == "ctc":
+            return {}
         d, frames = self.model.config.d_model, round(1000 / self.frame_ms)
         layers = self.decoder.layers
         mha = 2 * d * dtype.itemsize * len(layers)  # K and V per token / frame
