@@ -275,20 +275,18 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> di
         f"![Throughput]({paths['throughput'].name})", "",
     ]
     paths["md"].write_text("\n".join(md))
-    log_report_to_wandb(rows, paths)
+    log_to_wandb("report", COLUMNS, rows, paths)
     return paths
 
 
-def log_report_to_wandb(rows: Sequence[dict], paths: Mapping[str, Path]) -> bool:
-    """Log the table and the plots to the active W&B run, if any."""
+def log_to_wandb(prefix: str, columns: Sequence[str], rows: Sequence[dict], paths: Mapping[str, Path]) -> bool:
+    """Log a report's table (`<prefix>/table`) and every plot in `paths` (`<prefix>/<name>`) to the active W&B
+    run, if any."""
     if "wandb" not in sys.modules or sys.modules["wandb"].run is None:
         return False
     wandb = sys.modules["wandb"]
-    wandb.log({
-        "report/table": wandb.Table(columns=COLUMNS, data=[[r[c] for c in COLUMNS] for r in rows]),
-        "report/wer_vs_cache": wandb.Image(str(paths["wer_vs_cache"])),
-        "report/throughput": wandb.Image(str(paths["throughput"])),
-    })
+    wandb.log({f"{prefix}/table": wandb.Table(columns=list(columns), data=[[r[c] for c in columns] for r in rows]),
+               **{f"{prefix}/{name}": wandb.Image(str(p)) for name, p in paths.items() if p.suffix == ".png"}})
     return True
 
 

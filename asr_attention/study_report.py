@@ -37,7 +37,8 @@ from typing import Any
 
 from . import recipe_choice
 from .config_check import site_kinds
-from .report import analytic_cache_mib, find_results, pareto_front, report_cli, table_cell, variant_label
+from .report import (analytic_cache_mib, find_results, log_to_wandb, pareto_front, report_cli, table_cell,
+                     variant_label)
 from .run_identity import identity
 
 log = logging.getLogger(__name__)
@@ -416,17 +417,8 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> di
     md += ["## Code", ""] + [f"- {c}: {len(jobs)} runs ({', '.join(jobs[:8])}{', …' if len(jobs) > 8 else ''})"
                              for c, jobs in commits.items()] + [""]
     paths["md"].write_text("\n".join(md))
-    log_study_to_wandb(rows, paths)
+    log_to_wandb("study", COLUMNS, rows, paths)
     return paths
-
-
-def log_study_to_wandb(rows: Sequence[dict], paths: Mapping[str, Path]) -> bool:
-    if "wandb" not in sys.modules or sys.modules["wandb"].run is None:
-        return False
-    wandb = sys.modules["wandb"]
-    wandb.log({"study/runs": wandb.Table(columns=COLUMNS, data=[[r[c] for c in COLUMNS] for r in rows]),
-               **{f"study/{k}": wandb.Image(str(p)) for k, p in paths.items() if p.suffix == ".png"}})
-    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -285,6 +285,18 @@ def test_report_files_from_synthetic_study(study):
         assert paths[png].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_study_report_logs_its_table_and_plots_to_an_offline_wandb_run(study):
+    from asr_attention.study_report import main
+
+    assert main([str(study), "--wandb"]) == 0
+    (run_dir,) = offline_runs(study)
+    run = read_offline_run(run_dir)
+    assert run["run"]["job_type"] == "report"
+    assert run["summary"]["study/table"]["_type"] == "table-file" and run["summary"]["study/table"]["nrows"] == 8
+    for plot in ("pareto_A", "recovery_A", "pareto_B", "recovery_B"):
+        assert run["summary"][f"study/{plot}"]["_type"] == "image-file"
+
+
 def test_recipe_is_chosen_on_val_and_the_goal_reads_only_that_recipe(tmp_path):
     """Recipe lr 3e-4 is better on TEST (its MLA costs -0.5 pts) but worse on VAL; lr 1e-4 must be chosen, and
     the goal check must name only its runs. SYNTHETIC numbers."""
