@@ -3,7 +3,7 @@ of runs (under benchmarks/quality/whisper_1k/runs or encoders_gpu/runs), and com
 sweep expanded to and the flags side_by_side.sh added, as each run's .hydra/overrides.yaml recorded them) with
 today's configs gives each run's stored config, up to the keys that cannot change its numbers
 (run_identity.COSMETIC). A preset default that changed since a run must be pinned in its line, or this fails
-naming the field."""
+naming the field. The list of runs still to come (grid_rest.sweeps) must compose and validate, line by line."""
 
 import json
 from pathlib import Path
@@ -14,6 +14,7 @@ from hydra import compose, initialize
 from omegaconf import OmegaConf, open_dict
 
 import asr_attention.resolvers  # noqa: F401  (registers ${pkg:}, ${floordiv:}, ${sweep_group:})
+from asr_attention.config_check import validate
 from asr_attention.run_identity import COSMETIC, identity
 
 from test_sweep import REPO
@@ -95,3 +96,11 @@ def test_every_committed_sweep_line_reproduces_its_runs(list_name):
                 count += 1
     assert not mismatches, "\n".join(mismatches)
     assert count >= len(sweep_lines(list_name))
+
+
+def test_every_line_of_the_grid_still_to_run_composes_and_validates():
+    lines = sweep_lines("grid_rest")
+    with initialize(version_base="1.3", config_path="../conf"):
+        for name, line in lines:
+            validate(compose(config_name="train", overrides=line + ["trainer=gpu", "data.num_workers=1"]))
+    assert len({name for name, _ in lines}) == len(lines) == 210  # 168 Whisper + 42 encoder runs, names unique
