@@ -23,8 +23,9 @@ class ASRFineTuner(L.LightningModule):
     lr / weight_decay / warmup_steps: AdamW with linear warmup then cosine decay over the whole run.
     head_lr: the CTC output layer's lr (None: lr); a head that starts random can learn faster than the
     pretrained layers under it.
-    attention_only_steps: train only the converted attention layers for the first N steps (they start as an
-    approximation; the rest of the network already fits), then everything that is not frozen."""
+    attention_only_steps: train only the converted attention layers (and a CTC head that starts random) for the
+    first N steps (they start as an approximation; the rest of the network already fits), then everything that
+    is not frozen."""
 
     def __init__(self, backbone: Backbone, lr: float = 1e-4, weight_decay: float = 0.01, warmup_steps: int = 100,
                  attention_only_steps: int = 0, head_lr: float | None = None):
@@ -51,8 +52,9 @@ class ASRFineTuner(L.LightningModule):
         receiving gradients crashes its reducer. The cost is computing (and, under DDP, averaging) gradients that
         are then dropped, for the first attention_only_steps steps only."""
         if self.global_step < self.attention_only_steps:
+            fresh = {id(p) for p in self.backbone.fresh_parameters()}  # a new head learns from step 0
             for name, p in self.backbone.named_parameters():
-                if ".variant." not in name:
+                if ".variant." not in name and id(p) not in fresh:
                     p.grad = None
 
     def training_step(self, batch, batch_idx):

@@ -168,6 +168,36 @@ def test_one_fine_tune_step_lowers_the_loss(head):
     assert after.item() < before.item()
 
 
+def test_attention_only_steps_train_a_new_ctc_head_too():
+    """During optim.attention_only_steps only the converted attention learns, and a CTC head that starts random:
+    through a frozen random head the attention could not learn at all. A head that does not start random (a
+    checkpoint's own) stays frozen with the rest."""
+    from asr_attention.data.text import CharTokenizer
+    from asr_attention.module import CTCFineTuner
+
+    backbone = make("ctc")
+    patch_attention(backbone, {"name": "mla", "latent_dim": D // 2, "sites": "all"})
+    module = CTCFineTuner(backbone, CharTokenizer.from_texts(["AB C"]), attention_only_steps=5)
+    waves, lengths = audio()
+    batch = {"waves": waves, "wave_lengths": lengths, "utt_ids": ["a", "b", "c"],
+             "targets": torch.tensor([[2, 3, 1, 4], [2, 3, -100, -100], [4, -100, -100, -100]]),
+             "target_lengths": torch.tensor([4, 2, 1])}
+
+    def trained_after_one_step() -> dict[str, bool]:
+        backbone.zero_grad(set_to_none=True)
+        module.loss_and_hyps(batch, decode=False)[0].backward()
+        module.on_before_optimizer_step(None)
+        return {name: p.grad is not None for name, p in backbone.named_parameters()}
+
+    trained = trained_after_one_step()
+    assert all(trained[n] for n in trained if n.startswith("ctc_head.") or ".variant." in n)
+    assert not any(trained[n] for n in trained if not n.startswith("ctc_head.") and ".variant." not in n)
+    backbone.fresh_head = False  # as if the head came with the checkpoint
+    trained = trained_after_one_step()
+    assert not any(trained[n] for n in trained if n.startswith("ctc_head."))
+    assert any(trained[n] for n in trained if ".variant." in n)
+
+
 def test_head_lr_puts_the_ctc_head_in_its_own_group():
     from asr_attention.data.text import CharTokenizer
     from asr_attention.module import CTCFineTuner

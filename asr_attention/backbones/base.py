@@ -73,6 +73,13 @@ class Backbone(nn.Module):
         """The CTC output layer's parameters (optim.head_lr trains them at their own lr); [] without one."""
         raise NotImplementedError
 
+    fresh_head = False  # True once the CTC head starts random (reset_head, Whisper's new CTC head)
+
+    def fresh_parameters(self) -> list[nn.Parameter]:
+        """Parameters that start random: they train from step 0, optim.attention_only_steps included (the
+        converted attention cannot learn through a head that knows nothing)."""
+        return self.head_parameters() if self.fresh_head else []
+
 
 def arch_of(model_cfg: Mapping) -> dict:
     """The optional `model.arch` node as a plain dict."""

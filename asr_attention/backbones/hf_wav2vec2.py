@@ -204,6 +204,7 @@ class HFWav2Vec2(Backbone):
         self.model.lm_head = nn.Linear(d, vocab_size)
         self.model.config.vocab_size = vocab_size
         self.vocab = None
+        self.fresh_head = True
 
     def forward(self, waves: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
         self.key_padding.forget()

@@ -188,6 +188,7 @@ class SpeechBrainBranchformer(Backbone):
         self.ctc_lin = nn.Linear(self.ctc_lin.in_features, vocab_size)
         self.sizes["vocab_size"] = vocab_size
         self.vocab = None
+        self.fresh_head = True
 
     def forward(self, waves: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
         relative = wave_lengths.float() / waves.shape[1]  # SpeechBrain passes lengths relative to the batch's longest

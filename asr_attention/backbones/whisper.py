@@ -158,7 +158,7 @@ class Whisper(Backbone):
         self.ctc_head = None
         if head == "ctc":  # the encoder alone: the decoder and its output layer (~3/4 of tiny.en) are dropped
             model.model.decoder, model.proj_out = None, None
-            self.ctc_head = nn.Linear(model.config.d_model, ctc_vocab_size or 32)
+            self.ctc_head, self.fresh_head = nn.Linear(model.config.d_model, ctc_vocab_size or 32), True
         for layer in self.decoder_layers:  # the decoder's sites run through variants from the start
             layer.self_attn = DecoderSelfAttention(MultiHeadAttention(canonical_of(layer.self_attn)))
             layer.encoder_attn = CrossAttention(MultiHeadAttention(canonical_of(layer.encoder_attn)))
