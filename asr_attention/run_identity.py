@@ -3,7 +3,8 @@
 A run's identity is its resolved config minus the keys that cannot change its numbers (`COSMETIC`: where logs
 and exports go, the folder's name and W&B group, checkpoint frequency, loader worker count, logging cadence, the
 retrain flag). Everything else counts, including every key added later, and trainer.max_epochs: the learning-rate
-schedule spans the whole run, so training longer is a new run. The fingerprint is a hash of that identity;
+schedule spans the whole run, so training longer is a new run. A path to a file the package ships (${pkg:...},
+e.g. the demo checkpoints) counts relative to the package: the same run in a checkout moved elsewhere is the same. The fingerprint is a hash of that identity;
 results.json stores it beside the config, and the check below recomputes both sides from the stored config, so
 a run folder made before a key became cosmetic is judged by today's rule.
 """
@@ -13,9 +14,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+PACKAGE_PATH = re.compile(r"^/.*?/asr_attention/(?=(pretrained|data)/)")  # ${pkg:pretrained/...}, ${pkg:data/...}
 COSMETIC = ("logger", "group", "run_name", "export_dir", "retrain", "checkpoint_every_n_steps",
             "data.num_workers", "trainer.log_every_n_steps")
 _ABSENT = "(absent)"
@@ -35,7 +38,15 @@ def identity(config: dict) -> dict:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(key, None)
-    return kept
+    return _package_relative(kept)
+
+
+def _package_relative(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _package_relative(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_package_relative(v) for v in tree]
+    return PACKAGE_PATH.sub("${pkg}/", tree) if isinstance(tree, str) else tree
 
 
 def fingerprint(config: dict) -> str:

@@ -60,12 +60,9 @@ ABSENT_MEANT = {"data.seed": 0}
 
 
 def flat(tree, prefix=""):
-    """{dotted key: value} without null values (an option added later defaults to null, the earlier behaviour),
-    and with paths inside the package (${pkg:...}: the shipped checkpoints) relative to it, wherever it was."""
+    """{dotted key: value} without null values: an option added later defaults to null (the earlier behaviour)."""
     if isinstance(tree, dict):
         return {k: v for name, sub in tree.items() for k, v in flat(sub, f"{prefix}{name}.").items()}
-    if isinstance(tree, str) and "/asr_attention/" in tree:
-        tree = "asr_attention/" + tree.split("/asr_attention/", 1)[1]
     return {} if tree is None else {prefix[:-1]: tree}
 
 

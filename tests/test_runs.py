@@ -74,6 +74,13 @@ def test_identity_leaves_out_only_the_cosmetic_keys(compose_cfg):
     assert fingerprint(changed) != fingerprint(base)
     assert differences(base, changed) == ["model.arch.dropout: (absent) -> 0.0", "optim.lr: 0.0005 -> 0.001",
                                           "trainer.max_epochs: 4 -> 5"]
+    # the shipped checkpoint from a checkout elsewhere is the same run; another checkpoint is not
+    assert base["model"]["source"].endswith("/asr_attention/pretrained/branchformer_an4")
+    moved = {**base, "model": {**base["model"], "source": "/elsewhere/asr_attention/pretrained/branchformer_an4"}}
+    assert fingerprint(moved) == fingerprint(base) and differences(base, moved) == []
+    other = {**base, "model": {**base["model"], "source": "/elsewhere/asr_attention/pretrained/conformer_an4"}}
+    assert differences(base, other) == ["model.source: ${pkg}/pretrained/branchformer_an4 -> "
+                                        "${pkg}/pretrained/conformer_an4"]
 
 
 def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
