@@ -4,9 +4,10 @@ A run's identity is its resolved config minus the keys that cannot change its nu
 and exports go, the folder's name and W&B group, checkpoint frequency, loader worker count, logging cadence, the
 retrain flag). Everything else counts, including every key added later, and trainer.max_epochs: the learning-rate
 schedule spans the whole run, so training longer is a new run. A path to a file the package ships (${pkg:...},
-e.g. the demo checkpoints) counts relative to the package: the same run in a checkout moved elsewhere is the same. The fingerprint is a hash of that identity;
-results.json stores it beside the config, and the check below recomputes both sides from the stored config, so
-a run folder made before a key became cosmetic is judged by today's rule.
+e.g. the demo checkpoints) counts relative to the package: the same run in a checkout moved elsewhere is the
+same. The fingerprint is a hash of that identity; results.json stores it beside the config, and the check below
+recomputes both sides from the stored config, so a run folder made before a key became cosmetic is judged by
+today's rule.
 """
 
 from __future__ import annotations
