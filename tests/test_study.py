@@ -263,6 +263,21 @@ def test_a_seed_rerun_with_its_own_batch_order_supersedes_the_shared_order_run(t
     assert "**Batch order.** 4 of 10 runs shuffled" in md and "2 of them were re-run with their own batch order" in md
 
 
+def test_the_goal_line_names_what_meets_it_on_the_mean_and_on_every_seed(tmp_path):
+    """mla r=4 costs +0.5 and +1.2 points (mean +0.85: met on the mean, not on seed 1); gqa kv=1 +0.3 and +0.4 on
+    both seeds. SYNTHETIC numbers."""
+    s = tmp_path / "study"
+    mha, mla = {"name": "mha"}, {"name": "mla", "latent_dim": 4, "calibration": "plain"}
+    gqa = {"name": "gqa", "num_kv_heads": 1}
+    for seed, mla_cost, gqa_cost in ((0, 0.005, 0.003), (1, 0.012, 0.004)):
+        synthetic_run(s, f"{seed}/mha", mha, seed, before=0.1, after=0.1, cache_mib=1.0, data_seed=seed)
+        synthetic_run(s, f"{seed}/mla", mla, seed, before=0.4, after=0.1 + mla_cost, cache_mib=0.25, data_seed=seed)
+        synthetic_run(s, f"{seed}/gqa", gqa, seed, before=0.4, after=0.1 + gqa_cost, cache_mib=0.25, data_seed=seed)
+    md = write_report(s)["md"].read_text()
+    assert ("after fine-tuning: ctc:encoder gqa kv=1, ctc:encoder mla r=4. On every one of their seeds: "
+            "ctc:encoder gqa kv=1\n") in md
+
+
 def test_report_files_from_synthetic_study(study):
     paths = write_report(study)
     md = paths["md"].read_text()
