@@ -53,9 +53,9 @@ COLUMNS = [
 ]
 
 
-def sites_label(attention: Mapping, family: str | None) -> str:
+def sites_label(attention: Mapping, model: Mapping) -> str:
     sites = attention.get("sites")
-    return sites if isinstance(sites, str) else "+".join(site_kinds(sites, family))
+    return sites if isinstance(sites, str) else "+".join(site_kinds(sites, model.get("family"), model.get("head")))
 
 
 def recipe_key(config: Mapping, with_seed: bool) -> str:
@@ -83,7 +83,7 @@ def decode_cache(results: Mapping) -> tuple[float | None, float | None, float]:
     doc. Linear attention keeps a state whose size does not grow: its sites' bytes count as fixed, not as a rate."""
     config = results.get("config") or {}
     model, attention = config.get("model") or {}, config.get("attention") or {}
-    sites = site_kinds(attention.get("sites"), model.get("family"))
+    sites = site_kinds(attention.get("sites"), model.get("family"), model.get("head"))
     linear = attention.get("name") == "linear"
     per_site = results.get("cache_per_site")
     if per_site and model.get("head", "seq2seq") == "seq2seq":
@@ -116,7 +116,7 @@ def run_row(path: Path, sweep_dir: Path, results: Mapping) -> dict[str, Any]:
     return {
         "job": str(path.parent.relative_to(sweep_dir)) or ".", "status": results.get("status", "?"),
         "model": model.get("name", "?"), "head": model.get("head", "ctc"),
-        "sites": sites_label(attention, model.get("family")),
+        "sites": sites_label(attention, model),
         "variant": variant_label(attention), "attention": attention.get("name"),
         "recipe": recipe_choice.recipe_label(config), "seed": config.get("seed"),
         "data_seed": (config.get("data") or {}).get("seed", 0),  # absent: the sampler's default, 0

@@ -16,8 +16,8 @@ from asr_attention import recipe_choice
 from asr_attention.code_version import code_version
 from asr_attention.config_check import validate
 from asr_attention.resolvers import recipe_tag
-from asr_attention.study_report import (aggregate, collect, decode_cache, goal_met, recovery_curves, window_cache,
-                                        write_report)
+from asr_attention.study_report import (aggregate, collect, decode_cache, goal_met, recovery_curves, sites_label,
+                                        window_cache, write_report)
 from asr_attention.wandb_log import offline_runs, read_offline_run
 
 from test_sweep import REPO, job_results
@@ -332,6 +332,14 @@ def test_recipe_is_chosen_on_val_and_the_goal_reads_only_that_recipe(tmp_path):
     assert "after fine-tuning (the recipe chosen on val): ctc:encoder mla r=2" in md  # +0.8 pts at lr 1e-4
     assert "| lr 0.0001, all from step 0 (chosen) | 4.00 | 5.00 | 4.50 |" in md
     assert "Batch order" not in md  # seed 0 runs: their batch order was their seed's
+
+
+def test_sites_label_reads_sites_as_the_model_does():
+    """null sites: Whisper's decoder sites, but the encoder for a CTC head (which has no decoder)."""
+    assert sites_label({"sites": None}, {"family": "whisper", "head": "seq2seq"}) == "decoder_self+cross"
+    assert sites_label({"sites": None}, {"family": "whisper", "head": "ctc"}) == "encoder"
+    assert sites_label({"sites": "all"}, {"family": "whisper", "head": "ctc"}) == "all"
+    assert sites_label({"sites": None}, {"family": "hf_wav2vec2"}) == "encoder"
 
 
 def test_linear_attention_state_counts_as_fixed_bytes_not_a_rate():
