@@ -65,11 +65,19 @@ def recipe_key(config: Mapping, with_seed: bool) -> str:
     options added later default to null meaning the earlier behaviour (e.g. optim.head_lr), so runs from before
     and after still pair."""
     rest = _without_nulls(identity(dict(config)))
-    if not with_seed:
+    if with_seed:  # a run from before data.seed existed shuffled as data seed 0 does: they pair
+        rest.setdefault("data", {})["seed"] = data_seed(config)
+    else:
         rest.pop("seed", None)
         (rest.get("data") or {}).pop("seed", None)
     rest["attention"] = {"sites": (config.get("attention") or {}).get("sites")}
     return json.dumps(rest, sort_keys=True, default=str)
+
+
+def data_seed(config: Mapping) -> int:
+    """The batch order's seed; absent (runs from before conf/train.yaml set it) is the sampler's default, 0."""
+    seed = (config.get("data") or {}).get("seed")
+    return 0 if seed is None else seed
 
 
 def _without_nulls(tree: Any) -> Any:
@@ -119,7 +127,7 @@ def run_row(path: Path, sweep_dir: Path, results: Mapping) -> dict[str, Any]:
         "sites": sites_label(attention, model),
         "variant": variant_label(attention), "attention": attention.get("name"),
         "recipe": recipe_choice.recipe_label(config), "seed": config.get("seed"),
-        "data_seed": (config.get("data") or {}).get("seed", 0),  # absent: the sampler's default, 0
+        "data_seed": data_seed(config),
         "wer_zero_shot": (results.get("before") or {}).get("test_wer"),
         "wer_after": (results.get("after") or {}).get("test_wer"),
         "cache_per_second": per_second, "cache_per_token": per_token, "cache_fixed": fixed,

@@ -234,6 +234,20 @@ def test_seeds_that_set_the_batch_order_still_pool_into_one_row(tmp_path):
     assert "Batch order" not in write_report(s)["md"].read_text()
 
 
+def test_a_run_recording_data_seed_0_pairs_with_a_control_from_before_data_seed_existed(tmp_path):
+    """A run from before conf/train.yaml set data.seed shuffled with the sampler's default, 0: a later seed-0 run
+    (data.seed=0 recorded) of the same recipe is its variant's pair, a data-seed-1 run is not. SYNTHETIC numbers."""
+    s = tmp_path / "study"
+    mha, mla = {"name": "mha"}, {"name": "mla", "latent_dim": 4, "calibration": "plain"}
+    synthetic_run(s, "old/mha", mha, 0, before=0.1, after=0.08, cache_mib=1.0)  # no data.seed
+    synthetic_run(s, "new/mla", mla, 0, before=0.4, after=0.10, cache_mib=0.25, data_seed=0)
+    synthetic_run(s, "new/mla_other_order", mla, 0, before=0.4, after=0.10, cache_mib=0.25, data_seed=1)
+    rows = {r["job"]: r for r in collect(s)}
+    assert rows["new/mla"]["control_job"] == "old/mha"
+    assert rows["new/mla"]["cost_after"] == pytest.approx(0.02)
+    assert rows["new/mla_other_order"]["control_job"] is None
+
+
 def test_a_seed_rerun_with_its_own_batch_order_supersedes_the_shared_order_run(tmp_path):
     """Seed 1 ran with data seed 0 (the old sampler default), then again with data seed 1: the table pools the
     re-run and its own control, the CSV names it in the old run's superseded_by, and the recipe choice still
