@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from .base import Cache, SoftmaxAttention
 from .canonical import CanonicalMHA
-from .kernels.latent_attention import fused_latent_fits, keep_per_key, latent_attention
 from .masks import causal_keep
 
 
@@ -128,29 +127,19 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         b, _, t, _ = q.shape
         s = latent_k.shape[1]
         q_latent = torch.einsum("bhtd,hdr->bhtr", q, self.kv_up.weight[:d].view(h, hd, r)).reshape(b, 1, h * t, r)
-        keep = False if is_causal else keep_per_key(mask, b, s)
-        if self.dropout_p == 0 and fused_latent_fits(q_latent[:, 0], latent_k, latent_v, keep):
-            out_latent = latent_attention(q_latent[:, 0], latent_k, latent_v, keep, self.scale)
+        if is_causal:
+            mask = causal_keep(t, s, q.device)
+        if mask is not None:
+            mask = mask.expand(b, h, t, s).reshape(b, 1, h * t, s)
+        if h * t <= FEW_QUERIES:
+            out_latent = _few_queries_attention(q_latent, latent_k, latent_v, mask, self.scale, self.dropout_p)
         else:
-            out_latent = self._latent_sdpa(q_latent, latent_k, latent_v, mask, is_causal)
+            out_latent = F.scaled_dot_product_attention(q_latent, latent_k[:, None], latent_v[:, None],
+                                                        attn_mask=mask, dropout_p=self.dropout_p, scale=self.scale)
         out = torch.einsum("bhtr,hdr->bhtd", out_latent.view(b, h, t, r), self.kv_up.weight[d:].view(h, hd, r))
         if self.kv_up.bias is not None:
             out = out + self.kv_up.bias[d:].view(1, h, 1, hd)
         return self.o_proj(self.merge_heads(out))
-
-    def _latent_sdpa(self, q_latent: Tensor, latent_k: Tensor, latent_v: Tensor, mask: Tensor | None,
-                     is_causal: bool) -> Tensor:
-        """Latent attention in PyTorch: q_latent (B, 1, H*T, r) with heads folded into queries -> same shape."""
-        b, _, ht, _ = q_latent.shape
-        t, s = ht // self.num_heads, latent_k.shape[1]
-        if is_causal:
-            mask = causal_keep(t, s, q_latent.device)
-        if mask is not None:
-            mask = mask.expand(b, self.num_heads, t, s).reshape(b, 1, ht, s)
-        if ht <= FEW_QUERIES:
-            return _few_queries_attention(q_latent, latent_k, latent_v, mask, self.scale, self.dropout_p)
-        return F.scaled_dot_product_attention(q_latent, latent_k[:, None], latent_v[:, None], attn_mask=mask,
-                                              dropout_p=self.dropout_p, scale=self.scale)
 
     # -- fast path: K/V straight from x through the merged map, where that is cheaper ---------------------------
     def kv_projection(self, tokens: int) -> tuple[Tensor, Tensor | None] | None:
