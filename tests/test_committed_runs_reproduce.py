@@ -3,7 +3,7 @@ of runs (under benchmarks/quality/whisper_1k/runs or encoders_gpu/runs), and com
 sweep expanded to and the flags side_by_side.sh added, as each run's .hydra/overrides.yaml recorded them) with
 today's configs gives each run's stored config, up to the keys that cannot change its numbers
 (run_identity.COSMETIC). A preset default that changed since a run must be pinned in its line, or this fails
-naming the field. The list of runs still to come (grid_rest.sweeps) must compose and validate, line by line."""
+naming the field. The lists of runs still to come (TO_RUN) must compose and validate, line by line."""
 
 import json
 from pathlib import Path
@@ -99,11 +99,17 @@ def test_every_committed_sweep_line_reproduces_its_runs(list_name):
     assert count >= len(sweep_lines(list_name))
 
 
-def test_every_line_of_the_grid_still_to_run_composes_and_validates():
-    lines = sweep_lines("grid_rest")
+# The lists of runs still to come, and how many lines each holds
+TO_RUN = {"grid_rest": 138,  # Whisper's seq2seq grid
+          "ctc_warmup": 12}  # the untried CTC recipe: attention and the new head first, then the whole encoder
+
+
+@pytest.mark.parametrize("list_name", TO_RUN)
+def test_every_line_still_to_run_composes_and_validates(list_name):
+    lines = sweep_lines(list_name)
     with initialize(version_base="1.3", config_path="../conf"):
         for name, line in lines:
             validate(compose(config_name="train", overrides=line + ["trainer=gpu", "data.num_workers=1"]))
-    assert len({name for name, _ in lines}) == len(lines) == 138  # Whisper seq2seq runs, names unique
+    assert len({name for name, _ in lines}) == len(lines) == TO_RUN[list_name]  # names unique
     done = {name for list_name in LISTS for name, _ in sweep_lines(list_name)}
     assert not done & {name for name, _ in lines}, "a line still to run names a committed run"
