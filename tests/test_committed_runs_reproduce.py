@@ -111,5 +111,5 @@ def test_every_line_still_to_run_composes_and_validates(list_name):
         for name, line in lines:
             validate(compose(config_name="train", overrides=line + ["trainer=gpu", "data.num_workers=1"]))
     assert len({name for name, _ in lines}) == len(lines) == TO_RUN[list_name]  # names unique
-    done = {name for list_name in LISTS for name, _ in sweep_lines(list_name)}
+    done = {name for committed in LISTS for name, _ in sweep_lines(committed)}
     assert not done & {name for name, _ in lines}, "a line still to run names a committed run"

@@ -34,14 +34,19 @@ def wave_runs(tgz: Path) -> dict[str, dict[str, bytes]]:
     return runs
 
 
-def ingest(tarballs: list[Path], runs_dir: Path, wandb_tgz: Path | None) -> list[str]:
-    """Check every run first, then write: either all of the waves' runs land or none."""
+def read_waves(tarballs: list[Path]) -> dict[str, dict[str, bytes]]:
+    """Every run of the waves, each read once; a line name in two tarballs is an error."""
     runs: dict[str, dict[str, bytes]] = {}
     for tgz in tarballs:
         for name, files in wave_runs(tgz).items():
             if name in runs:
                 raise SystemExit(f"{tgz}: run {name} is in two of the tarballs")
             runs[name] = files
+    return runs
+
+
+def check(runs: dict[str, dict[str, bytes]], runs_dir: Path, wandb_tgz: Path | None) -> None:
+    """Every run completed, with its files, and nothing it would write exists yet."""
     for name, files in runs.items():
         missing = [f for f in KEPT if f not in files]
         status = json.loads(files["results.json"]).get("status") if "results.json" in files else None
@@ -51,6 +56,9 @@ def ingest(tarballs: list[Path], runs_dir: Path, wandb_tgz: Path | None) -> list
             raise SystemExit(f"{runs_dir / name} exists; nothing was written")
     if wandb_tgz is not None and wandb_tgz.exists():
         raise SystemExit(f"{wandb_tgz} exists; nothing was written")
+
+
+def write(runs: dict[str, dict[str, bytes]], runs_dir: Path, wandb_tgz: Path | None) -> None:
     for name, files in runs.items():
         for kept in KEPT:
             (runs_dir / name / kept).parent.mkdir(parents=True, exist_ok=True)
@@ -63,25 +71,17 @@ def ingest(tarballs: list[Path], runs_dir: Path, wandb_tgz: Path | None) -> list
                         info = tarfile.TarInfo(f"{name}/{inside}")
                         info.size = len(data)
                         out.addfile(info, io.BytesIO(data))
-    return sorted(runs)
 
 
-def lines_for(names: list[str], todo: Path) -> list[str]:
-    """The sweep lines of `names` in a list (one a name), or an error naming those it lacks."""
-    ran = [line for line in todo.read_text().splitlines(keepends=True) if line.split()[:1] and line.split()[0] in names]
+def split_lines(names: list[str], todo: Path) -> tuple[list[str], list[str]]:
+    """(the list's lines that stay, the lines of `names`, one a name), or an error naming those it lacks."""
+    lines = todo.read_text().splitlines(keepends=True)
+    ran = [line for line in lines if line.split()[:1] and line.split()[0] in names]
     found = [line.split()[0] for line in ran]
     if sorted(found) != sorted(names):
         raise SystemExit(f"{todo} has no line (or more than one) for: "
                          f"{', '.join(n for n in names if found.count(n) != 1)}; nothing was written")
-    return ran
-
-
-def move_lines(names: list[str], todo: Path, done: Path) -> None:
-    """Move the sweep lines of `names` from the list still to run to the list of what ran (appended)."""
-    ran = lines_for(names, todo)
-    todo.write_text("".join(line for line in todo.read_text().splitlines(keepends=True) if line not in ran))
-    with done.open("a") as out:
-        out.writelines(ran)
+    return [line for line in lines if line not in ran], ran
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,12 +94,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if (args.todo_list is None) != (args.done_list is None):
         parser.error("--todo-list and --done-list go together")
-    if args.todo_list is not None:  # before anything is written
-        lines_for(sorted({name for tgz in args.tarballs for name in wave_runs(tgz)}), args.todo_list)
-    names = ingest(args.tarballs, args.runs, args.wandb)
+    runs = read_waves(args.tarballs)
+    check(runs, args.runs, args.wandb)  # every check before anything is written
     if args.todo_list is not None:
-        move_lines(names, args.todo_list, args.done_list)
-    print(f"{len(names)} runs into {args.runs}" + (f", W&B into {args.wandb}" if args.wandb else ""))
+        stay, ran = split_lines(sorted(runs), args.todo_list)
+    write(runs, args.runs, args.wandb)
+    if args.todo_list is not None:
+        args.todo_list.write_text("".join(stay))
+        with args.done_list.open("a") as out:
+            out.writelines(ran)
+    print(f"{len(runs)} runs into {args.runs}" + (f", W&B into {args.wandb}" if args.wandb else ""))
 
 
 if __name__ == "__main__":
