@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from asr_attention.bench import generate
-from asr_attention.generation.decoders import HFGenerate, OursGreedy
+from asr_attention.generation.decoders import HFGenerate, OursGreedy, OursStatic
 from asr_attention.generation.step_bytes import (
     decoder_weight_bytes, limit_tokens_per_s, mean_step_bytes, mha_cache_bytes,
 )
@@ -90,6 +90,14 @@ def test_generate_command_on_cpu(tmp_path):
     searched = {m["decoder"]: m for m in data["max_batch"]}
     assert searched["mla"]["max_batch"] == 4 and [p["batch"] for p in searched["mla"]["probes"]] == [2, 4]
     assert "| test | mla | 2 |" in out.with_suffix(".md").read_text()
+
+
+def test_every_variant_has_a_graph_and_a_compiled_decoder():
+    model = random_whisper("test", torch.device("cpu"), torch.float32)
+    for variant in generate.VARIANTS:
+        graph, compiled = (generate.build_decoder(f"{variant}-{how}", model, 4) for how in ("graph", "compiled"))
+        assert isinstance(graph, OursStatic) and isinstance(compiled, OursStatic)
+        assert (graph.compile, compiled.compile) == (False, True)
 
 
 def test_max_batch_search_doubles_then_bisects(tmp_path, monkeypatch):

@@ -130,15 +130,37 @@ def test_static_cache_step_equals_dynamic(model, variant):
     assert static.cache_nbytes()["decoder_self"] == expected
 
 
+@torch.no_grad()
+def test_compiled_step_equals_eager(model):
+    """torch.compile of the whole step (fullgraph: no part left eager) on CPU, for MLA's absorbed step: the same
+    tokens and logits, through the same buffers on a second batch. Every variant, with a CUDA graph: below."""
+    torch._dynamo.reset()
+    backbone = backbone_for(model, "mla")
+    memory, other = memory_for(model, 2), memory_for(model, 2, seed=2)
+    eager = StaticGreedy(backbone, batch=2, max_steps=STEPS)
+    eager.logits = []
+    compiled = StaticGreedy(backbone, batch=2, max_steps=STEPS, compile=True)
+    compiled.logits = []
+    graphs = torch._dynamo.utils.counters["stats"]
+    before = graphs["unique_graphs"]
+    assert torch.equal(compiled(memory), eager(memory))
+    assert graphs["unique_graphs"] == before + 1  # compiled once, for every step
+    torch.testing.assert_close(torch.stack(compiled.logits, 1), torch.stack(eager.logits, 1), rtol=1e-4, atol=1e-4)
+    assert torch.equal(compiled(other), eager(other))
+    torch._dynamo.reset()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("compile", [False, True], ids=["graph", "compiled+graph"])
 @pytest.mark.parametrize("variant", VARIANTS)
 @torch.no_grad()
-def test_cuda_graph_step_equals_eager(variant):
+def test_cuda_graph_step_equals_eager(variant, compile):
+    torch._dynamo.reset()
     model = random_whisper("test", torch.device("cuda"), torch.float32, init_std=0.3)
     backbone = backbone_for(model, variant)
     memory = memory_for(model, 2).cuda()
     eager = StaticGreedy(backbone, batch=2, max_steps=STEPS)(memory)
-    graphed = StaticGreedy(backbone, batch=2, max_steps=STEPS, graph=True)
+    graphed = StaticGreedy(backbone, batch=2, max_steps=STEPS, graph=True, compile=compile)
     assert torch.equal(graphed(memory), eager)
     assert graphed._graph is not None
     other = memory_for(model, 2, seed=2).cuda()

@@ -41,7 +41,8 @@ from .generate_report import write_report
 
 GIB = 2**30
 # name -> (attention config with latent_dim as a fraction of d, sites); None: transformers' generate. A "-graph"
-# name: the same variant with preallocated caches and, on CUDA, the decode step replayed as a CUDA graph.
+# name: the same variant with preallocated caches and, on CUDA, the decode step replayed as a CUDA graph; a
+# "-compiled" one: that step through torch.compile before the capture.
 BOTH = ("decoder_self", "cross")
 VARIANTS = {
     "mha": ({"name": "mha"}, BOTH),
@@ -50,7 +51,8 @@ VARIANTS = {
     "linear": ({"name": "linear", "feature_map": "elu"}, BOTH),
     "mla-self": ({"name": "mla", "latent_dim": 0.25}, ("decoder_self",)),
 }
-DECODERS = {"hf-static": None, "hf-dynamic": None, **VARIANTS, **{f"{k}-graph": v for k, v in VARIANTS.items()}}
+DECODERS = {"hf-static": None, "hf-dynamic": None, **VARIANTS,
+            **{f"{k}-{how}": v for how in ("graph", "compiled") for k, v in VARIANTS.items()}}
 DEFAULT_DECODERS = ["hf-static", "hf-dynamic", "mha-graph", "mla-graph", "mha", "mla", "gqa-graph", "gqa",
                     "linear-graph", "linear", "mla-self-graph"]
 DEFAULT_MAX_BATCH = ["hf-dynamic", "mha", "mla", "gqa"]  # linear: no cache to compare, activations bound it
@@ -94,8 +96,8 @@ def build_decoder(name: str, model, new_tokens: int):
     if "latent_dim" in attention:
         attention["latent_dim"] = int(attention["latent_dim"] * model.config.d_model)
     attention = None if attention["name"] == "mha" else attention  # the loaded MHA sites: the same weights
-    if name.endswith("-graph"):
-        return OursStatic(model, attention, sites, max_steps=new_tokens)
+    if name.endswith(("-graph", "-compiled")):
+        return OursStatic(model, attention, sites, max_steps=new_tokens, compile=name.endswith("-compiled"))
     return OursGreedy(model, attention, sites)
 
 

@@ -113,10 +113,11 @@ def draw_plot(runs: list[dict], path: Path) -> bool:
         sizes = sorted({size for size, _ in series})
         for (size, name), points in series.items():
             points.sort()
-            # colour: the variant; line: baseline dashed, our growing caches dotted, preallocated + graph solid
-            family = name.removesuffix("-graph")
+            # colour: the variant; line: baseline dashed, our growing caches dotted, preallocated + graph solid,
+            # compiled first dash-dot
+            family, _, how = name.partition("-graph") if "-graph" in name else name.partition("-compiled")
             style = dict(color=COLOURS.get(family, "black"), marker="os^vDP"[sizes.index(size) % 6],
-                         linestyle="--" if name in BASELINES else "-" if name.endswith("-graph") else ":")
+                         linestyle="--" if name in BASELINES else {"-graph": "-", "-compiled": "-."}.get(how, ":"))
             speed.plot([p[0] for p in points], [p[1] for p in points], label=f"{size} {name}", **style)
             mem = [p for p in points if p[2] is not None]
             if mem:

@@ -156,20 +156,21 @@ class OursGreedy(Decoder):
 
 class OursStatic(OursGreedy):
     """Ours with every cache preallocated and, on CUDA, the decode step replayed as a CUDA graph
-    (`StaticGreedy`); one per batch size, kept between calls (its buffers count in `held_bytes`)."""
+    (`StaticGreedy`), compiled first if `compile`; one per batch size, kept between calls (its buffers count in
+    `held_bytes`)."""
 
     def __init__(self, model: WhisperForConditionalGeneration, attention: Mapping | None,
-                 sites: Sequence[str] = ("decoder_self", "cross"), max_steps: int = 128):
+                 sites: Sequence[str] = ("decoder_self", "cross"), max_steps: int = 128, compile: bool = False):
         super().__init__(model, attention, sites)
-        self.max_steps = max_steps
+        self.max_steps, self.compile = max_steps, compile
         self.graph = torch.cuda.is_available() and next(self.backbone.parameters()).is_cuda
         self.static: StaticGreedy | None = None
 
     @torch.no_grad()
     def __call__(self, memory: Tensor, steps: int) -> Tensor:
         if self.static is None or self.static.batch != memory.shape[0]:
-            self.static = None  # the previous batch size's buffers and graph go first
-            self.static = StaticGreedy(self.backbone, memory.shape[0], self.max_steps, graph=self.graph)
+            self.drop()  # the previous batch size's buffers, graph and compiled step go first
+            self.static = StaticGreedy(self.backbone, memory.shape[0], self.max_steps, self.graph, self.compile)
         return self.static(memory, steps)
 
     def cache_nbytes(self) -> dict[str, int]:
@@ -187,3 +188,5 @@ class OursStatic(OursGreedy):
 
     def drop(self) -> None:
         self.static = None
+        if self.compile:  # each batch size compiles its own step: without a reset dynamo stops compiling after 8
+            torch._dynamo.reset()
