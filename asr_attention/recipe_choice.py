@@ -42,9 +42,11 @@ def best_val_wer(val_curve: Sequence[Mapping]) -> float | None:
 
 def compare(rows: Sequence[Mapping]) -> dict[tuple, dict]:
     """{(model, head, sites): {"table": {recipe: {variant: mean best val WER}}, "common": [variants], "seeds":
-    [seeds], "mean": {recipe: mean over the common cells}, "chosen": recipe}} for every group that ran > 1 recipe.
+    [seeds], "mean": {recipe: mean over the common cells}, "chosen": recipe, "versus": {other recipe: {"cells": n,
+    "mean": its mean, "chosen_mean": the chosen's mean}}}} for every group that ran > 1 recipe.
     Only the (variant, seed, batch order) cells that every recipe ran count, so a recipe's extra seeds or re-runs
-    cannot tip the choice."""
+    cannot tip the choice. The more recipes, the fewer such cells: "versus" also compares each other recipe with
+    the chosen one on every cell the two share (shown, not used to choose)."""
     cells: dict[tuple, dict[str, dict[tuple, float]]] = {}
     for r in rows:
         best = best_val_wer(r.get("val_curve") or [])
@@ -61,8 +63,15 @@ def compare(rows: Sequence[Mapping]) -> dict[tuple, dict]:
         table = {rec: {v: statistics.fmean(c[cell] for cell in common if cell[0] == v) for v in variants}
                  for rec, c in by_recipe.items()}
         mean = {rec: statistics.fmean(c[cell] for cell in common) for rec, c in by_recipe.items()}
+        chosen = min(mean, key=mean.get)
+        versus = {}
+        for rec, c in by_recipe.items():
+            shared = set(c) & set(by_recipe[chosen])
+            if rec != chosen:
+                versus[rec] = {"cells": len(shared), "mean": statistics.fmean(c[cell] for cell in shared),
+                               "chosen_mean": statistics.fmean(by_recipe[chosen][cell] for cell in shared)}
         out[key] = {"table": table, "common": variants, "seeds": sorted({s for _, s, _ in common}, key=str),
-                    "mean": mean, "chosen": min(mean, key=mean.get)}
+                    "mean": mean, "chosen": chosen, "versus": versus}
     return out
 
 
@@ -82,5 +91,9 @@ def markdown(choices: Mapping[tuple, Mapping]) -> list[str]:
             cells = [f"{100 * c['table'][recipe][v]:.2f}" for v in c["common"]]
             mark = " (chosen)" if recipe == c["chosen"] else ""
             lines.append(f"| {recipe}{mark} | " + " | ".join(cells) + f" | {100 * c['mean'][recipe]:.2f} |")
+        lines += ["", "Each other recipe against the chosen one, on every (variant, seed, batch order) cell the two ran:",
+                  "", "| recipe | cells | its mean | chosen's mean |", "|---|---:|---:|---:|"]
+        for recipe, v in sorted(c["versus"].items(), key=lambda item: item[1]["mean"] - item[1]["chosen_mean"]):
+            lines.append(f"| {recipe} | {v['cells']} | {100 * v['mean']:.2f} | {100 * v['chosen_mean']:.2f} |")
         lines.append("")
     return lines

@@ -326,6 +326,27 @@ def test_study_report_logs_its_table_and_plots_to_an_offline_wandb_run(study):
         assert run["summary"][f"study/{plot}"]["_type"] == "image-file"
 
 
+def test_each_recipe_also_faces_the_chosen_one_on_every_cell_the_two_share(tmp_path):
+    """Recipes at lr 1e-4 and 3e-4 ran mha and mla on seeds 0 and 1; lr 3e-5 only mha on seed 0. The choice reads
+    the one cell all three ran (lr 1e-4 best there); 'versus' compares lr 3e-4 with it on all 4 shared cells and
+    lr 3e-5 on its 1. SYNTHETIC numbers."""
+    s = tmp_path / "study"
+    mha, mla = {"name": "mha"}, {"name": "mla", "latent_dim": 2, "calibration": "plain"}
+    vals = {1e-4: (0.04, 0.05, 0.06, 0.07), 3e-4: (0.05, 0.09, 0.07, 0.09), 3e-5: (0.08,)}
+    for lr, runs in vals.items():
+        for (seed, name, attention), val in zip(((0, "mha", mha), (0, "mla", mla), (1, "mha", mha), (1, "mla", mla)),
+                                                runs):
+            synthetic_run(s, f"{lr}/{seed}/{name}", attention, seed, before=0.4, after=val, val=val, lr=lr,
+                          cache_mib=1.0, data_seed=seed)
+    (choice,) = recipe_choice.compare(collect(s)).values()
+    assert choice["common"] == ["mha"] and choice["chosen"] == "lr 0.0001, all from step 0"
+    assert choice["versus"] == {
+        "lr 0.0003, all from step 0": {"cells": 4, "mean": pytest.approx(0.075), "chosen_mean": pytest.approx(0.055)},
+        "lr 3e-05, all from step 0": {"cells": 1, "mean": pytest.approx(0.08), "chosen_mean": pytest.approx(0.04)}}
+    md = "\n".join(recipe_choice.markdown(recipe_choice.compare(collect(s))))
+    assert "| lr 0.0003, all from step 0 | 4 | 7.50 | 5.50 |" in md
+
+
 def test_recipe_is_chosen_on_val_and_the_goal_reads_only_that_recipe(tmp_path):
     """Recipe lr 3e-4 is better on TEST (its MLA costs -0.5 pts) but worse on VAL; lr 1e-4 must be chosen, and
     the goal check must name only its runs. SYNTHETIC numbers."""
