@@ -35,7 +35,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import recipe_choice
+from . import cost_matrix, recipe_choice
+from .cost_matrix import points
 from .config_check import site_kinds
 from .report import (analytic_cache_mib, find_results, log_to_wandb, pareto_front, report_cli, table_cell,
                      variant_label)
@@ -238,13 +239,6 @@ def write_csv(rows: Sequence[dict], path: Path) -> None:
             writer.writerow({k: "" if row[k] is None else row[k] for k in COLUMNS})
 
 
-def _points(mean: float | None, sd: float | None) -> str:
-    """WER points: '+1.23 ± 0.40' (sd over seeds; none with one seed)."""
-    if mean is None:
-        return ""
-    return f"{100 * mean:+.2f}" + (f" ± {100 * sd:.2f}" if sd is not None else "")
-
-
 def summary_table(aggs: Sequence[dict]) -> str:
     header = ["head", "sites", "variant", "recipe", "seeds", "batch order", "WER after %", "control WER after %",
               "cost zero-shot (pts)", "cost after FT (pts)", "cache B/s", "cut /s %", "cache B/token", "cut /token %",
@@ -257,7 +251,7 @@ def summary_table(aggs: Sequence[dict]) -> str:
                  ",".join(map(str, a["seeds"])), a["batch_order"],
                  table_cell(a["wer_after"] and 100 * a["wer_after"], ".2f"),
                  table_cell(a["control_wer_after"] and 100 * a["control_wer_after"], ".2f"),
-                 _points(a["cost_zero_shot"], a["cost_zero_shot_sd"]), _points(a["cost_after"], a["cost_after_sd"]),
+                 points(a["cost_zero_shot"], a["cost_zero_shot_sd"]), points(a["cost_after"], a["cost_after_sd"]),
                  table_cell(a["cache_per_second"], ",.0f"), table_cell(a["reduction_per_second"], ".1f"),
                  table_cell(a["cache_per_token"], ",.0f"), table_cell(a["reduction_per_token"], ".1f"),
                  table_cell(a["cache_fixed"] or None, ",.0f"),
@@ -420,6 +414,7 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> di
                + (f". On every one of their seeds: {', '.join(map(goal_name, every_seed)) or 'none'}" if met else ""),
                "",
                f"![Pareto]({paths[f'pareto_{model}'].name})", "", f"![Recovery]({paths[f'recovery_{model}'].name})", ""]
+    md += cost_matrix.markdown(aggs, CONTROL_ATTENTIONS)
     md += recipe_choice.markdown(choices)
     failed = [r for r in rows if r["status"] != "completed"]
     if failed:
