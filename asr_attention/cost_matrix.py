@@ -18,7 +18,8 @@ def points(mean: float | None, sd: float | None) -> str:
     """WER points: '+1.23 ± 0.40' (sd over seeds; none with one seed)."""
     if mean is None:
         return ""
-    return f"{100 * mean:+.2f}" + (f" ± {100 * sd:.2f}" if sd is not None else "")
+    mean = round(100 * mean, 2) + 0.0  # + 0.0: a mean that rounds to zero reads +0.00, not -0.00
+    return f"{mean:+.2f}" + (f" ± {100 * sd:.2f}" if sd is not None else "")
 
 
 def variant_key(label: str) -> tuple:

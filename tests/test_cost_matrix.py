@@ -1,7 +1,7 @@
 """The study's cost matrix: a row per variant in reading order, a column per site, 'not run' where nothing ran,
 and the seed count where a cell has fewer than the fullest. SYNTHETIC aggregates."""
 
-from asr_attention.cost_matrix import markdown, variant_key
+from asr_attention.cost_matrix import markdown, points, variant_key
 
 
 def agg(variant, sites, cost, sd=0.001, seeds=(0, 1, 2), cut=75.0, wer=0.01, head="seq2seq", chosen=True):
@@ -28,3 +28,8 @@ def test_matrix_cells_and_gaps():
                           "| mla r=96 act | not run | +0.38 ± 0.22 (67.4 %) |",
                           "| gqa kv=2 | +0.34 ± 0.07 (15.3 %), 2 seeds | not run |", ""]
     assert not any("ctc" in line for line in lines)
+
+
+def test_points_never_read_minus_zero():
+    assert (points(-1e-17, 0.0013), points(0.0029, None), points(-0.0067, 0.0007)) == ("+0.00 ± 0.13", "+0.29",
+                                                                                       "-0.67 ± 0.07")
