@@ -1,11 +1,11 @@
 """Every number in the README's quality-study tables is a committed run's: each row's per-seed test WER and its
-cost (mean ± sd over seeds) are recomputed by the study report from the results.json files under
-benchmarks/quality/{whisper_1k,encoders_gpu}/runs (Whisper: at the recipe chosen on val, superseded shared-order
-runs left out)."""
+cost (mean ± sd over seeds), and the Whisper cost matrix line for line, are recomputed by the study report from
+the results.json files under benchmarks/quality/{whisper_1k,encoders_gpu}/runs (Whisper: at the recipe chosen on
+val, superseded shared-order runs left out)."""
 
 import re
 
-from asr_attention import recipe_choice
+from asr_attention import cost_matrix, recipe_choice
 from asr_attention.study_report import aggregate, collect
 
 from test_sweep import REPO
@@ -27,21 +27,29 @@ def variant_label(text: str) -> str:
     return text  # linear elu / linear hedgehog
 
 
-def table_rows(heading: str) -> list[list[str]]:
-    """The cells of every table row in the README section under `heading` (header and rule lines left out)."""
+def section_text(heading: str) -> str:
     text = (REPO / "README.md").read_text()
     section = text[text.index(heading):]
-    section = section[:section.index("\n### ", 1)]
+    return section[:section.index("\n### ", 1)]
+
+
+def table_rows(heading: str, leave_out: str = "") -> list[list[str]]:
+    """The cells of every table row in the README section under `heading` (header and rule lines, and the lines
+    of `leave_out`, left out)."""
+    section = section_text(heading).replace(leave_out, "")
     rows = [[c.strip().replace("**", "") for c in line.strip("|").split("|")]
             for line in section.splitlines() if line.startswith("| ")]
     header_or_rule = ("sites", "variant", "model")
     return [cells for cells in rows if cells[0] not in header_or_rule and not set(cells[0]) <= {"-", ":"}]
 
 
-def chosen_aggregates(runs: str) -> dict[tuple[str, str, str, str], dict]:
+def all_aggregates(runs: str) -> list[dict]:
     rows = collect(REPO / "benchmarks/quality" / runs / "runs")
-    aggs = aggregate(rows, recipe_choice.compare(rows))
-    return {(a["model"], a["head"], a["sites"], a["variant"]): a for a in aggs if a["chosen"]}
+    return aggregate(rows, recipe_choice.compare(rows))
+
+
+def chosen_aggregates(runs: str) -> dict[tuple[str, str, str, str], dict]:
+    return {(a["model"], a["head"], a["sites"], a["variant"]): a for a in all_aggregates(runs) if a["chosen"]}
 
 
 def check_row(a: dict, wers: str, cost: str) -> None:
@@ -55,9 +63,21 @@ def check_row(a: dict, wers: str, cost: str) -> None:
         assert cost == f"{100 * a['cost_after']:+.2f} ± {100 * a['cost_after_sd']:.2f}"
 
 
+def whisper_cost_matrix() -> str:
+    """The report's seq2seq cost matrix, table lines only, as the README must hold it."""
+    lines = cost_matrix.markdown(all_aggregates("whisper_1k"))
+    return "\n".join(line for line in lines if line.startswith("|"))
+
+
+def test_readme_whisper_cost_matrix_is_the_report_s():
+    matrix = whisper_cost_matrix()
+    assert matrix.count("\n") == 15  # header, rule and 14 variants
+    assert matrix in section_text(SECTION)
+
+
 def test_readme_whisper_tables_are_the_committed_runs():
-    aggs, rows = chosen_aggregates("whisper_1k"), table_rows(SECTION)
-    assert len(rows) == 36  # 22 seq2seq rows + 14 CTC rows: a table the parser missed would fail here
+    aggs, rows = chosen_aggregates("whisper_1k"), table_rows(SECTION, leave_out=whisper_cost_matrix())
+    assert len(rows) == 18  # 4 seq2seq rows + 14 CTC rows: a table the parser missed would fail here
     for cells in rows:
         head, sites = ("seq2seq", SITES[cells.pop(0)]) if len(cells) == 5 else ("ctc", "encoder")
         check_row(aggs[("whisper", head, sites, variant_label(cells[0]))], cells[2], cells[3])
