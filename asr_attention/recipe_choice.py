@@ -64,15 +64,17 @@ def compare(rows: Sequence[Mapping]) -> dict[tuple, dict]:
                  for rec, c in by_recipe.items()}
         mean = {rec: statistics.fmean(c[cell] for cell in common) for rec, c in by_recipe.items()}
         chosen = min(mean, key=mean.get)
-        versus = {}
-        for rec, c in by_recipe.items():
-            shared = set(c) & set(by_recipe[chosen])
-            if rec != chosen:
-                versus[rec] = {"cells": len(shared), "mean": statistics.fmean(c[cell] for cell in shared),
-                               "chosen_mean": statistics.fmean(by_recipe[chosen][cell] for cell in shared)}
         out[key] = {"table": table, "common": variants, "seeds": sorted({s for _, s, _ in common}, key=str),
-                    "mean": mean, "chosen": chosen, "versus": versus}
+                    "mean": mean, "chosen": chosen, "versus": {rec: head_to_head(c, by_recipe[chosen])
+                                                               for rec, c in by_recipe.items() if rec != chosen}}
     return out
+
+
+def head_to_head(other: Mapping[tuple, float], chosen: Mapping[tuple, float]) -> dict:
+    """Both recipes' mean best val WER over the cells both ran (at least the cells every recipe ran)."""
+    shared = set(other) & set(chosen)
+    return {"cells": len(shared), "mean": statistics.fmean(other[cell] for cell in shared),
+            "chosen_mean": statistics.fmean(chosen[cell] for cell in shared)}
 
 
 def markdown(choices: Mapping[tuple, Mapping]) -> list[str]:
@@ -91,8 +93,8 @@ def markdown(choices: Mapping[tuple, Mapping]) -> list[str]:
             cells = [f"{100 * c['table'][recipe][v]:.2f}" for v in c["common"]]
             mark = " (chosen)" if recipe == c["chosen"] else ""
             lines.append(f"| {recipe}{mark} | " + " | ".join(cells) + f" | {100 * c['mean'][recipe]:.2f} |")
-        lines += ["", "Each other recipe against the chosen one, on every (variant, seed, batch order) cell the two ran:",
-                  "", "| recipe | cells | its mean | chosen's mean |", "|---|---:|---:|---:|"]
+        lines += ["", "Each other recipe against the chosen one, on every (variant, seed, batch order) cell the two "
+                  "ran:", "", "| recipe | cells | its mean | chosen's mean |", "|---|---:|---:|---:|"]
         for recipe, v in sorted(c["versus"].items(), key=lambda item: item[1]["mean"] - item[1]["chosen_mean"]):
             lines.append(f"| {recipe} | {v['cells']} | {100 * v['mean']:.2f} | {100 * v['chosen_mean']:.2f} |")
         lines.append("")

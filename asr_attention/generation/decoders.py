@@ -188,5 +188,5 @@ class OursStatic(OursGreedy):
 
     def drop(self) -> None:
         self.static = None
-        if self.compile:  # each batch size compiles its own step: without a reset dynamo stops compiling after 8
+        if self.compile:  # each batch size compiles its own step: past dynamo's recompile limit (8) it would fail
             torch._dynamo.reset()
