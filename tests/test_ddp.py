@@ -35,26 +35,37 @@ NEEDS_GLOO = pytest.mark.skipif(not torch.distributed.is_available() or not torc
                                 reason="torch.distributed with the gloo backend is needed for CPU DDP")
 
 
-def run(run_dir: Path, *overrides: str) -> str:
+def run(*runs: tuple[Path, list[str]]) -> list[str]:
+    """Train each (run dir, overrides) in its own process, all at once (single-threaded processes: the runs of
+    one test share the machine's cores), and return each one's output."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1",
            "OMP_NUM_THREADS": "1"}
     for k in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT"):  # a clean launch, not a child rank
         env.pop(k, None)
-    cmd = [sys.executable, "-m", "asr_attention.train", *COMMON, *overrides, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    return proc.stdout
+    procs = []
+    for run_dir, overrides in runs:
+        cmd = [sys.executable, "-m", "asr_attention.train", *COMMON, *overrides, f"hydra.run.dir={run_dir}"]
+        log = run_dir.with_suffix(".log").open("w+")  # a file, not a pipe: no process blocks on a full pipe
+        procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True),
+                      log))
+    outputs = []
+    for proc, log in procs:
+        proc.wait(timeout=300)
+        log.seek(0)
+        outputs.append(log.read())
+        log.close()
+        assert proc.returncode == 0, outputs[-1][-3000:]
+    return outputs
 
 
 @NEEDS_GLOO
 def test_cpu_ddp_two_ranks_match_one_process(tmp_path):
-    out = run(tmp_path / "ddp", *BRANCHFORMER, *DDP, "data.batch_size=4")
+    out, _, _ = run((tmp_path / "ddp", [*BRANCHFORMER, *DDP, "data.batch_size=4"]),
+                    (tmp_path / "accum", [*BRANCHFORMER, "data.batch_size=4", "+trainer.accumulate_grad_batches=2"]),
+                    (tmp_path / "double", [*BRANCHFORMER, "data.batch_size=8"]))
     # the sampler was built after the process group came up: each rank took its own half of the 8 batches
     assert "train: rank 0 of 2 takes 4 of the batches" in out
     assert "train: rank 1 of 2 takes 4 of the batches" in out
-    run(tmp_path / "accum", *BRANCHFORMER, "data.batch_size=4", "+trainer.accumulate_grad_batches=2")
-    run(tmp_path / "double", *BRANCHFORMER, "data.batch_size=8")
     res = {k: json.loads((tmp_path / k / "results.json").read_text()) for k in ("ddp", "accum", "double")}
     ddp, accum, double = res["ddp"], res["accum"], res["double"]
     for r in res.values():
@@ -89,9 +100,9 @@ def test_cpu_ddp_hf_conformer_with_attention_only_steps(tmp_path):
     layers train first, then everything): DDP must run, and end on the parameters that one process reaches by
     accumulating the same batches. Its BatchNorm running statistics are the one thing that differs (each DDP rank
     updates them on its own batches, rank 0's are kept), so they, and the test loss that reads them, are left out."""
-    run(tmp_path / "ddp", *CONFORMER, *DDP, "data.batch_size=4", "optim.attention_only_steps=2")
-    run(tmp_path / "accum", *CONFORMER, "data.batch_size=4", "+trainer.accumulate_grad_batches=2",
-        "optim.attention_only_steps=2")
+    run((tmp_path / "ddp", [*CONFORMER, *DDP, "data.batch_size=4", "optim.attention_only_steps=2"]),
+        (tmp_path / "accum", [*CONFORMER, "data.batch_size=4", "+trainer.accumulate_grad_batches=2",
+                              "optim.attention_only_steps=2"]))
     ckpt = {k: torch.load(tmp_path / k / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
             for k in ("ddp", "accum")}
     assert ckpt["ddp"]["global_step"] == ckpt["accum"]["global_step"] == 4
