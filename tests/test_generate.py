@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from asr_attention.bench import generate
+from asr_attention.bench import generate, generate_report
 from asr_attention.generation.decoders import HFGenerate, OursGreedy, OursStatic
 from asr_attention.generation.step_bytes import (
     decoder_weight_bytes, limit_tokens_per_s, mean_step_bytes, mha_cache_bytes,
@@ -98,6 +98,11 @@ def test_every_variant_has_a_graph_and_a_compiled_decoder():
     graph, compiled = (generate.build_decoder(f"mla-{how}", model, 4) for how in ("graph", "compiled"))
     assert isinstance(graph, OursStatic) and isinstance(compiled, OursStatic)
     assert (graph.compile, compiled.compile) == (False, True)
+
+
+def test_plot_lines_tell_baseline_growing_graph_and_compiled_apart():
+    assert [generate_report.line_of(n) for n in ("hf-static", "mla", "mla-graph", "mla-self-compiled")] == [
+        ("hf-static", "--"), ("mla", ":"), ("mla", "-"), ("mla-self", "-.")]
 
 
 def test_max_batch_search_doubles_then_bisects(tmp_path, monkeypatch):

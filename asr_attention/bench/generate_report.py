@@ -91,6 +91,17 @@ def markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def line_of(decoder: str) -> tuple[str, str]:
+    """(colour family, line style): the variant's colour; baseline dashed, our growing caches dotted, preallocated
+    + graph solid, compiled first dash-dot."""
+    if decoder in BASELINES:
+        return decoder, "--"
+    for suffix, style in (("-graph", "-"), ("-compiled", "-.")):
+        if decoder.endswith(suffix):
+            return decoder.removesuffix(suffix), style
+    return decoder, ":"
+
+
 def draw_plot(runs: list[dict], path: Path) -> bool:
     """tokens/s and peak memory against batch, one line per (size, decoder); False if matplotlib is missing."""
     try:
@@ -113,11 +124,9 @@ def draw_plot(runs: list[dict], path: Path) -> bool:
         sizes = sorted({size for size, _ in series})
         for (size, name), points in series.items():
             points.sort()
-            # colour: the variant; line: baseline dashed, our growing caches dotted, preallocated + graph solid,
-            # compiled first dash-dot
-            family, _, how = name.partition("-graph") if "-graph" in name else name.partition("-compiled")
+            family, linestyle = line_of(name)
             style = dict(color=COLOURS.get(family, "black"), marker="os^vDP"[sizes.index(size) % 6],
-                         linestyle="--" if name in BASELINES else {"-graph": "-", "-compiled": "-."}.get(how, ":"))
+                         linestyle=linestyle)
             speed.plot([p[0] for p in points], [p[1] for p in points], label=f"{size} {name}", **style)
             mem = [p for p in points if p[2] is not None]
             if mem:
