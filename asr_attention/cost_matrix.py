@@ -32,14 +32,15 @@ def variant_key(label: str) -> tuple:
 
 
 def cell(a: Mapping, full_seeds: int, control: bool) -> str:
-    text = (f"WER {100 * a['wer_after']:.2f} %" if control
-            else f"{points(a['cost_after'], a['cost_after_sd'])} ({a['reduction_window']:.1f} %)")
+    cut = "" if a["reduction_window"] is None else f" ({a['reduction_window']:.1f} %)"  # None: no decode cache
+    text = f"WER {100 * a['wer_after']:.2f} %" if control else points(a["cost_after"], a["cost_after_sd"]) + cut
     n = len(a["seeds"])
     return text if n == full_seeds else f"{text}, {n} seed{'s' * (n > 1)}"
 
 
-def markdown(aggs: Sequence[Mapping], controls: Sequence[str] = ("mha", "native")) -> list[str]:
-    """One table per (model, head) that ran more than one site, from the chosen recipe's aggregates."""
+def markdown(aggs: Sequence[Mapping], controls: Sequence[str]) -> list[str]:
+    """One table per (model, head) that ran more than one site, from the chosen recipe's aggregates; `controls`:
+    the variants that are controls (study_report.CONTROL_ATTENTIONS)."""
     chosen = [a for a in aggs if a["chosen"]]
     lines = []
     for model, head in sorted({(a["model"], a["head"]) for a in chosen}):

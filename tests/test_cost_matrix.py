@@ -21,7 +21,7 @@ def test_matrix_cells_and_gaps():
             agg("gqa kv=2", "decoder_self", 0.0034, sd=0.0007, cut=15.3, seeds=(0, 1)),
             agg("gqa kv=2", "cross", 0.5, chosen=False),  # another recipe's: left out
             agg("mha", "encoder", 0.0, head="ctc")]  # one site only: no matrix
-    lines = markdown(aggs)
+    lines = markdown(aggs, ("mha",))
     assert lines[0] == "### Cost matrix: whisper seq2seq"
     assert "| variant | decoder self | cross |" in lines
     assert lines[-4:] == ["| mha (control) | WER 0.25 % | WER 0.17 % |",
@@ -33,3 +33,9 @@ def test_matrix_cells_and_gaps():
 def test_points_never_read_minus_zero():
     assert (points(-1e-17, 0.0013), points(0.0029, None), points(-0.0067, 0.0007)) == ("+0.00 ± 0.13", "+0.29",
                                                                                        "-0.67 ± 0.07")
+
+
+def test_a_site_without_a_decode_cache_figure_shows_the_cost_alone():
+    aggs = [agg("mha", "decoder_self", 0.0), agg("mha", "cross", 0.0),
+            agg("linear elu", "decoder_self", 0.02, cut=None), agg("linear elu", "cross", 0.03, cut=10.0)]
+    assert "| linear elu | +2.00 ± 0.10 | +3.00 ± 0.10 (10.0 %) |" in markdown(aggs, ("mha",))

@@ -6,7 +6,7 @@ val, superseded shared-order runs left out)."""
 import re
 
 from asr_attention import cost_matrix, recipe_choice
-from asr_attention.study_report import aggregate, collect
+from asr_attention.study_report import CONTROL_ATTENTIONS, aggregate, collect
 
 from test_sweep import REPO
 
@@ -48,8 +48,8 @@ def all_aggregates(runs: str) -> list[dict]:
     return aggregate(rows, recipe_choice.compare(rows))
 
 
-def chosen_aggregates(runs: str) -> dict[tuple[str, str, str, str], dict]:
-    return {(a["model"], a["head"], a["sites"], a["variant"]): a for a in all_aggregates(runs) if a["chosen"]}
+def chosen(aggs: list[dict]) -> dict[tuple[str, str, str, str], dict]:
+    return {(a["model"], a["head"], a["sites"], a["variant"]): a for a in aggs if a["chosen"]}
 
 
 def check_row(a: dict, wers: str, cost: str) -> None:
@@ -63,20 +63,18 @@ def check_row(a: dict, wers: str, cost: str) -> None:
         assert cost == f"{100 * a['cost_after']:+.2f} ± {100 * a['cost_after_sd']:.2f}"
 
 
-def whisper_cost_matrix() -> str:
-    """The report's seq2seq cost matrix, table lines only, as the README must hold it."""
-    lines = cost_matrix.markdown(all_aggregates("whisper_1k"))
+def cost_matrix_table(aggs: list[dict]) -> str:
+    """The report's cost matrix, table lines only, as the README must hold it."""
+    lines = cost_matrix.markdown(aggs, CONTROL_ATTENTIONS)
     return "\n".join(line for line in lines if line.startswith("|"))
 
 
-def test_readme_whisper_cost_matrix_is_the_report_s():
-    matrix = whisper_cost_matrix()
+def test_readme_whisper_tables_are_the_committed_runs():
+    every = all_aggregates("whisper_1k")
+    matrix = cost_matrix_table(every)
     assert matrix.count("\n") == 15  # header, rule and 14 variants
     assert matrix in section_text(SECTION)
-
-
-def test_readme_whisper_tables_are_the_committed_runs():
-    aggs, rows = chosen_aggregates("whisper_1k"), table_rows(SECTION, leave_out=whisper_cost_matrix())
+    aggs, rows = chosen(every), table_rows(SECTION, leave_out=matrix)
     assert len(rows) == 18  # 4 seq2seq rows + 14 CTC rows: a table the parser missed would fail here
     for cells in rows:
         head, sites = ("seq2seq", SITES[cells.pop(0)]) if len(cells) == 5 else ("ctc", "encoder")
@@ -84,7 +82,7 @@ def test_readme_whisper_tables_are_the_committed_runs():
 
 
 def test_readme_encoder_table_is_the_committed_runs():
-    aggs, rows = chosen_aggregates("encoders_gpu"), table_rows("### The shipped AN4 encoders")
+    aggs, rows = chosen(all_aggregates("encoders_gpu")), table_rows("### The shipped AN4 encoders")
     assert len(rows) == 26
     for model, variant, _, zero_shot, wers, cost in rows:
         a = aggs[(model, "ctc", "encoder", variant_label(variant))]
