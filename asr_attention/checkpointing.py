@@ -8,12 +8,15 @@ epoch without a new best a resumed run would redo epochs. `LastCheckpoint` write
 - atomically: into a temporary file, then `os.replace`, so a kill mid-write leaves the previous last.ckpt.
 It also stores the RNG states, which Lightning's checkpoints leave out (restored at resume, they give the
 resumed run the dropout masks the uninterrupted run drew), and the training loader's place in the epoch (see
-data/resumable.py). With both, a resumed run's numbers equal an uninterrupted run's. (Under DDP the states are
-rank 0's, restored on every rank: still a correct run, though not the bit-identical continuation.)
+data/resumable.py). With both, a resumed run's numbers equal an uninterrupted run's. Under DDP every rank's
+states are gathered into the file and each rank restores its own (ranks draw different dropout masks); a file
+from another world size (or from before the states were per rank) gives every rank rank 0's states, with a
+warning: a correct run, though not the bit-identical continuation.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -24,6 +27,8 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 
 from .data.resumable import ResumableLoader
+
+log = logging.getLogger(__name__)
 
 LAST = "last.ckpt"
 STATE = "resume_state"  # the checkpoint's entry for the RNG states and the training loader's position
@@ -55,13 +60,13 @@ class LastCheckpoint(Checkpoint):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         loader = trainer.train_dataloader
-        checkpoint[STATE] = {"rng": rng_states(),
+        checkpoint[STATE] = {"rng": every_rank(trainer, rng_states()),
                              "train_loader": loader.state_dict() if isinstance(loader, ResumableLoader) else None}
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         state = checkpoint.get(STATE) or {}
         if "rng" in state:
-            set_rng_states(state["rng"])
+            set_rng_states(own_states(state["rng"], trainer.global_rank, trainer.world_size))
         self._loader_position = state.get("train_loader")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -71,6 +76,27 @@ class LastCheckpoint(Checkpoint):
         position, self._loader_position = self._loader_position, None
         if position and position["batches"] < trainer.num_training_batches:
             trainer.train_dataloader.load_state_dict(position)
+
+
+def every_rank(trainer: L.Trainer, states: dict) -> list[dict]:
+    """`states` of every rank, in rank order (a collective: every rank saves, see `save`)."""
+    if trainer.world_size == 1:
+        return [states]
+    gathered: list = [None] * trainer.world_size
+    torch.distributed.all_gather_object(gathered, states)
+    return gathered
+
+
+def own_states(saved: list[dict] | dict, rank: int, world_size: int) -> dict:
+    """This rank's saved RNG states; rank 0's where the file holds another number of ranks (a dict: one rank's,
+    as written before the states were per rank)."""
+    per_rank = saved if isinstance(saved, list) else [saved]
+    if len(per_rank) == world_size:
+        return per_rank[rank]
+    if rank == 0:
+        log.warning("last.ckpt holds the RNG states of %d rank(s), this run has %d: every rank restores rank 0's "
+                    "(a correct run, not the bit-identical continuation)", len(per_rank), world_size)
+    return per_rank[0]
 
 
 def rng_states() -> dict:

@@ -11,16 +11,16 @@ Eval batches are pinned (+data.eval_batch_size=8) and val/test are not sharded, 
 
 import json
 import os
-import subprocess
-import sys
+import signal
 from pathlib import Path
 
 import pytest
 import torch
+import train_process
+from train_process import finish, wait_for
 
 from asr_attention import ddp_report
 
-REPO = Path(__file__).resolve().parents[1]
 COMMON = ["experiment=demo", "data.limit_train=32", "data.limit_val=8", "data.limit_test=8", "data.num_workers=0",
           "+data.eval_batch_size=8", "trainer.max_epochs=1", "optim.warmup_steps=0", "logger=none"]
 BRANCHFORMER = ["model=branchformer", "attention=gqa", "+model.arch.dropout=0.0"]
@@ -36,26 +36,9 @@ NEEDS_GLOO = pytest.mark.skipif(not torch.distributed.is_available() or not torc
 
 
 def run(*runs: tuple[Path, list[str]]) -> list[str]:
-    """Train each (run dir, overrides) in its own process, all at once (single-threaded processes: the runs of
-    one test share the machine's cores), and return each one's output."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1",
-           "OMP_NUM_THREADS": "1"}
-    for k in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_PORT"):  # a clean launch, not a child rank
-        env.pop(k, None)
-    procs = []
-    for run_dir, overrides in runs:
-        cmd = [sys.executable, "-m", "asr_attention.train", *COMMON, *overrides, f"hydra.run.dir={run_dir}"]
-        log = run_dir.with_suffix(".log").open("w+")  # a file, not a pipe: no process blocks on a full pipe
-        procs.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True),
-                      log))
-    outputs = []
-    for proc, log in procs:
-        proc.wait(timeout=300)
-        log.seek(0)
-        outputs.append(log.read())
-        log.close()
-        assert proc.returncode == 0, outputs[-1][-3000:]
-    return outputs
+    """Train each (run dir, overrides) in its own process, all at once, and return each one's output."""
+    procs = [train_process.start(run_dir, [*COMMON, *overrides]) for run_dir, overrides in runs]
+    return [finish(proc) for proc in procs]
 
 
 @NEEDS_GLOO
@@ -113,3 +96,45 @@ def test_cpu_ddp_hf_conformer_with_attention_only_steps(tmp_path):
     assert any(".variant." in n for n in params["ddp"]) and any(".ffn1." in n for n in params["ddp"])
     for name, value in params["ddp"].items():
         torch.testing.assert_close(value, params["accum"][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@NEEDS_GLOO
+def test_cpu_ddp_killed_mid_epoch_resumes_with_every_ranks_rng_bit_identical(tmp_path):
+    """Dropout on, and the two ranks' batches differ in length, so their RNG states part after the first step.
+    kill -9 in epoch 2, after a mid-epoch last.ckpt: the resumed run must end on the uninterrupted run's weights
+    bit for bit, which needs each rank to restore its own RNG states (rank 0's on both ranks would not do)."""
+    steps_per_epoch = 6  # 48 utterances, 2 ranks x batch 4 per step
+    overrides = ["model=branchformer", "attention=gqa", *DDP, "data.batch_size=4", "data.limit_train=48",
+                 "trainer.max_epochs=2", "checkpoint_every_n_steps=2"]
+    reference = train_process.start(tmp_path / "reference", [*COMMON, *overrides])
+    victim_dir = tmp_path / "killed"
+    victim = train_process.start(victim_dir, [*COMMON, *overrides])
+    last = victim_dir / "checkpoints" / "last.ckpt"
+    seen = {"mtime": 0}
+
+    def saved_mid_epoch_2() -> bool:
+        if not last.exists() or last.stat().st_mtime_ns == seen["mtime"]:
+            return False
+        seen["mtime"] = last.stat().st_mtime_ns
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        return ckpt["epoch"] == 1 and ckpt["global_step"] % steps_per_epoch != 0
+
+    wait_for(saved_mid_epoch_2, victim, "a mid-epoch-2 last.ckpt")
+    os.killpg(victim.pid, signal.SIGKILL)  # rank 0 and the rank it spawned
+    victim.wait()
+    saved = torch.load(last, map_location="cpu", weights_only=True)
+    assert steps_per_epoch < saved["global_step"] < 2 * steps_per_epoch
+    rng = saved["resume_state"]["rng"]
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])  # the ranks' states differ
+
+    out = finish(train_process.start(victim_dir, [*COMMON, *overrides]))
+    assert f"Restoring states from the checkpoint path at {last}" in out
+    finish(reference)
+    weights = [torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+               for d in (victim_dir, tmp_path / "reference")]
+    assert weights[0].keys() == weights[1].keys()
+    differing = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
+    assert differing == []
+    results = [json.loads((d / "results.json").read_text()) for d in (victim_dir, tmp_path / "reference")]
+    assert results[0]["global_step"] == results[1]["global_step"] == 2 * steps_per_epoch
+    assert results[0]["after"] == results[1]["after"]

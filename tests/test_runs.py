@@ -8,44 +8,21 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+import train_process
+from train_process import finish, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
 BATCHES_PER_EPOCH = 6
 RUN = ["experiment=demo", "model=branchformer", "attention=gqa", "model.batch_size=4",
        f"data.limit_train={4 * BATCHES_PER_EPOCH}", "data.limit_val=16", "data.limit_test=8", "data.num_workers=0",
        "trainer.max_epochs=4", "checkpoint_every_n_steps=2", "logger=none"]
 
 
-def start(run_dir: Path, *overrides: str) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1",
-           "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "asr_attention.train", *RUN, f"hydra.run.dir={run_dir}", *overrides]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-
-
-def finish(proc: subprocess.Popen, rc: int | None = 0) -> str:
-    out, _ = proc.communicate(timeout=600)
-    if rc is None:
-        assert proc.returncode != 0, out[-3000:]
-    else:
-        assert proc.returncode == rc, out[-3000:]
-    return out
-
-
-def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 400) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert proc.poll() is None, f"the run ended before {what}:\n{proc.communicate()[0][-3000:]}"
-        assert time.time() < deadline, f"no {what} within {timeout} s"
-        time.sleep(0.05)
+def start(run_dir: Path, *overrides: str):
+    return train_process.start(run_dir, [*RUN, *overrides])
 
 
 def snapshot(folder: Path) -> dict[str, tuple[str, int]]:
@@ -99,6 +76,17 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
     assert torch.equal(draws[0], again[0]) and (draws[1] == again[1]).all() and draws[2] == again[2]
 
 
+def test_each_rank_restores_its_own_rng_states_and_another_world_size_takes_rank_0s(caplog):
+    from asr_attention.checkpointing import own_states
+
+    per_rank = [{"rank": 0}, {"rank": 1}]
+    assert own_states(per_rank, 1, 2) == {"rank": 1} and own_states(per_rank, 0, 2) == {"rank": 0}
+    assert not caplog.records
+    assert own_states(per_rank, 0, 4) == {"rank": 0}  # resumed on 4 ranks: a correct run, not the continuation
+    assert "holds the RNG states of 2 rank(s), this run has 4" in caplog.text
+    assert own_states({"rank": 0}, 1, 2) == {"rank": 0}  # a file from before the states were per rank
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted run. While it holds its folder, it is stopped (SIGSTOP) and the same command is started
@@ -136,7 +124,7 @@ def test_kill_mid_epoch_3_resumes_at_the_last_saved_step_with_the_uninterrupted_
     proc = start(tmp_path)
     wait_for(saved_mid_epoch_3, proc, "a mid-epoch-3 last.ckpt")
     os.killpg(proc.pid, signal.SIGKILL)  # a real kill: nothing runs after it
-    proc.communicate()
+    proc.wait()
     saved = torch.load(last, map_location="cpu", weights_only=True)
     step = saved["global_step"]
     assert saved["epoch"] == 2 and 2 * BATCHES_PER_EPOCH < step < 3 * BATCHES_PER_EPOCH
