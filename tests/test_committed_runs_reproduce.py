@@ -6,6 +6,9 @@ today's configs gives each run's stored config, up to the keys that cannot chang
 naming the field. The lists of runs still to come (TO_RUN) must compose and validate, line by line."""
 
 import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -78,37 +81,56 @@ def composed_identity(overrides: list[str]) -> dict:
     return identity(OmegaConf.to_container(cfg, resolve=True))
 
 
+def mismatches(jobs: list[tuple[Path, list[str]]]) -> list[str]:
+    """Each (job dir, its sweep line) whose composed config differs from the stored one, with the fields."""
+    found = []
+    with initialize(version_base="1.3", config_path="../conf"):
+        for job, line in jobs:
+            recorded = yaml.safe_load((job / ".hydra/overrides.yaml").read_text())
+            stored = ABSENT_MEANT | flat(identity(json.loads((job / "results.json").read_text())["config"]))
+            composed = flat(composed_identity(job_overrides(line, recorded)))
+            diff = [f"{k}: stored {stored.get(k)!r}, composed {composed.get(k)!r}"
+                    for k in sorted(stored.keys() | composed.keys()) if stored.get(k) != composed.get(k)]
+            if diff:
+                found.append(f"{job.relative_to(REPO)}: " + "; ".join(diff))
+    return found
+
+
+def on_every_core(fn, items: list) -> list:
+    """fn over slices of items, one forked process per core (composing is pure Python, ~0.35 s a job)."""
+    n = max(1, min(os.cpu_count() or 1, len(items)))
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork")) as pool:
+        return [x for part in pool.map(fn, [items[i::n] for i in range(n)]) for x in part]
+
+
 @pytest.mark.parametrize("list_name", sorted(LISTS))
 def test_every_committed_sweep_line_reproduces_its_runs(list_name):
-    mismatches, count = [], 0
-    with initialize(version_base="1.3", config_path="../conf"):
-        for name, line in sweep_lines(list_name):
-            jobs = job_dirs(LISTS[list_name] / name)
-            assert jobs, f"{list_name}.sweeps line {name}: no run folder under {LISTS[list_name]}"
-            for job in jobs:
-                recorded = yaml.safe_load((job / ".hydra/overrides.yaml").read_text())
-                overrides = job_overrides(line, recorded)
-                stored = ABSENT_MEANT | flat(identity(json.loads((job / "results.json").read_text())["config"]))
-                composed = flat(composed_identity(overrides))
-                diff = [f"{k}: stored {stored.get(k)!r}, composed {composed.get(k)!r}"
-                        for k in sorted(stored.keys() | composed.keys()) if stored.get(k) != composed.get(k)]
-                if diff:
-                    mismatches.append(f"{job.relative_to(REPO)}: " + "; ".join(diff))
-                count += 1
-    assert not mismatches, "\n".join(mismatches)
-    assert count >= len(sweep_lines(list_name))
+    jobs = []
+    for name, line in sweep_lines(list_name):
+        dirs = job_dirs(LISTS[list_name] / name)
+        assert dirs, f"{list_name}.sweeps line {name}: no run folder under {LISTS[list_name]}"
+        jobs += [(job, line) for job in dirs]
+    found = on_every_core(mismatches, jobs)
+    assert not found, "\n".join(found)
+    assert len(jobs) >= len(sweep_lines(list_name))
 
 
 # The lists of runs still to come, and how many lines each holds
 TO_RUN = {"grid_rest": 77}  # Whisper's seq2seq grid
 
 
+def validated(lines: list[tuple[str, list[str]]]) -> list[str]:
+    """The names of the lines that compose, as the GPU waves run them, and pass validation (which raises)."""
+    with initialize(version_base="1.3", config_path="../conf"):
+        for _, line in lines:
+            validate(compose(config_name="train", overrides=line + ["trainer=gpu", "data.num_workers=1"]))
+    return [name for name, _ in lines]
+
+
 @pytest.mark.parametrize("list_name", TO_RUN)
 def test_every_line_still_to_run_composes_and_validates(list_name):
     lines = sweep_lines(list_name)
-    with initialize(version_base="1.3", config_path="../conf"):
-        for name, line in lines:
-            validate(compose(config_name="train", overrides=line + ["trainer=gpu", "data.num_workers=1"]))
+    assert sorted(on_every_core(validated, lines)) == sorted(name for name, _ in lines)
     assert len({name for name, _ in lines}) == len(lines) == TO_RUN[list_name]  # names unique
     done = {name for committed in LISTS for name, _ in sweep_lines(committed)}
     assert not done & {name for name, _ in lines}, "a line still to run names a committed run"
