@@ -137,3 +137,8 @@ def test_step_profile_groups_the_kernels_it_saw_on_the_h200():
     assert group("void cutlass::Kernel2<cutlass_80_tensorop_bf16_s16816gemm_bf16_256x64_32x4_nn_align2>") == "gemm"
     assert group("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16>") == "other"
     assert group("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda>") == "other"
+    # inductor (the "-compiled" decoders): a matmul template is a GEMM, its fused elementwise kernels are not
+    assert group("triton_tem_fused_addmm_3") == "gemm" and group("triton_tem_fused_bmm_0") == "gemm"
+    assert group("triton_poi_fused_add_native_layer_norm_5") == "other"
+    assert group("triton_red_fused__softmax_2") == "attention"
+    assert group("triton_tem_fused_flex_attention_0") == "attention"

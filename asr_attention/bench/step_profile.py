@@ -24,9 +24,10 @@ from asr_attention.generation.whisper_sizes import ENCODER_FRAMES, SIZES, random
 
 from .generate import build_decoder
 
-GROUPS = {  # first match wins; names as cuBLAS / cuDNN / PyTorch kernels spell them
+GROUPS = {  # first match wins; names as cuBLAS / cuDNN / PyTorch / inductor kernels spell them
     "attention": ("flash", "fmha", "sdpa", "attention", "softmax", "efficient"),
-    "gemm": ("gemm", "cutlass", "xmma", "nvjet", "cublas", "sm90_", "sm80_"),
+    # triton_tem_: inductor's template kernels (mm / addmm / bmm under max-autotune; flex attention is caught above)
+    "gemm": ("gemm", "cutlass", "xmma", "nvjet", "cublas", "sm90_", "sm80_", "triton_tem_"),
 }
 
 
