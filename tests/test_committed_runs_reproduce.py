@@ -19,6 +19,7 @@ from omegaconf import OmegaConf, open_dict
 import asr_attention.resolvers  # noqa: F401  (registers ${pkg:}, ${floordiv:}, ${sweep_group:})
 from asr_attention.config_check import validate
 from asr_attention.run_identity import COSMETIC, identity
+from asr_attention.study_report import data_seed
 
 from test_sweep import REPO
 
@@ -58,11 +59,6 @@ def job_overrides(line: list[str], recorded: list[str]) -> list[str]:
     return out + [o for o in recorded if key(o) not in on_line]
 
 
-# Keys a run's config did not have yet, and the value the code used then: data.seed was the batch sampler's
-# default, 0, before conf/train.yaml set it (45c9d44; the study report reads an absent one the same way)
-ABSENT_MEANT = {"data.seed": 0}
-
-
 def flat(tree, prefix=""):
     """{dotted key: value} without null values: an option added later defaults to null (the earlier behaviour)."""
     if isinstance(tree, dict):
@@ -87,7 +83,10 @@ def mismatches(jobs: list[tuple[Path, list[str]]]) -> list[str]:
     with initialize(version_base="1.3", config_path="../conf"):
         for job, line in jobs:
             recorded = yaml.safe_load((job / ".hydra/overrides.yaml").read_text())
-            stored = ABSENT_MEANT | flat(identity(json.loads((job / "results.json").read_text())["config"]))
+            config = json.loads((job / "results.json").read_text())["config"]
+            # data.seed, absent before conf/train.yaml set it (45c9d44), read as the report reads it
+            config.setdefault("data", {})["seed"] = data_seed(config)
+            stored = flat(identity(config))
             composed = flat(composed_identity(job_overrides(line, recorded)))
             diff = [f"{k}: stored {stored.get(k)!r}, composed {composed.get(k)!r}"
                     for k in sorted(stored.keys() | composed.keys()) if stored.get(k) != composed.get(k)]
