@@ -2,10 +2,11 @@
 
 A recipe is the part of a run's config that says how it fine-tunes (`recipe_label`). Runs that differ only in
 recipe and variant are compared by their best val WER over the fine-tune (the checkpoint the test then reads;
-step 0, the converted model before any step, is not a checkpoint and does not count). The chosen recipe is the
-one with the lowest mean best val WER over the variants that every compared recipe ran: controls and
-conversions alike, so a recipe that only suits the unconverted model does not win, over the seeds every recipe
-ran. Test WER plays no part.
+step 0, the converted model before any step, is not a checkpoint and does not count), cell by cell: a cell is a
+(variant, seed, batch order), controls and conversions alike, so a recipe that only suits the unconverted model
+does not win. The chosen recipe is the one that beats every other recipe head to head, on the mean over the cells
+the two both ran; the cells every recipe ran shrink as recipes are added, a pair's shared cells do not. Where no
+recipe beats all others (a cycle), the lowest mean over the cells every recipe ran decides. Test WER plays no part.
 """
 
 from __future__ import annotations
@@ -42,11 +43,9 @@ def best_val_wer(val_curve: Sequence[Mapping]) -> float | None:
 
 def compare(rows: Sequence[Mapping]) -> dict[tuple, dict]:
     """{(model, head, sites): {"table": {recipe: {variant: mean best val WER}}, "common": [variants], "seeds":
-    [seeds], "mean": {recipe: mean over the common cells}, "chosen": recipe, "versus": {other recipe: {"cells": n,
-    "mean": its mean, "chosen_mean": the chosen's mean}}}} for every group that ran > 1 recipe.
-    Only the (variant, seed, batch order) cells that every recipe ran count, so a recipe's extra seeds or re-runs
-    cannot tip the choice. The more recipes, the fewer such cells: "versus" also compares each other recipe with
-    the chosen one on every cell the two share (shown, not used to choose)."""
+    [seeds], "mean": {recipe: mean over the common cells}, "chosen": recipe, "rule": "head to head" or "common
+    cells", "versus": {other recipe: {"cells": n, "mean": its mean, "chosen_mean": the chosen's mean}}}} for every
+    group that ran > 1 recipe with at least one cell that every recipe ran ("common": the table's cells)."""
     cells: dict[tuple, dict[str, dict[tuple, float]]] = {}
     for r in rows:
         best = best_val_wer(r.get("val_curve") or [])
@@ -63,10 +62,12 @@ def compare(rows: Sequence[Mapping]) -> dict[tuple, dict]:
         table = {rec: {v: statistics.fmean(c[cell] for cell in common if cell[0] == v) for v in variants}
                  for rec, c in by_recipe.items()}
         mean = {rec: statistics.fmean(c[cell] for cell in common) for rec, c in by_recipe.items()}
-        chosen = min(mean, key=mean.get)
+        winner = head_to_head_winner(by_recipe)
+        chosen = winner or min(mean, key=mean.get)
         out[key] = {"table": table, "common": variants, "seeds": sorted({s for _, s, _ in common}, key=str),
-                    "mean": mean, "chosen": chosen, "versus": {rec: head_to_head(c, by_recipe[chosen])
-                                                               for rec, c in by_recipe.items() if rec != chosen}}
+                    "mean": mean, "chosen": chosen, "rule": "head to head" if winner else "common cells",
+                    "versus": {rec: head_to_head(c, by_recipe[chosen])
+                               for rec, c in by_recipe.items() if rec != chosen}}
     return out
 
 
@@ -77,16 +78,27 @@ def head_to_head(other: Mapping[tuple, float], chosen: Mapping[tuple, float]) ->
             "chosen_mean": statistics.fmean(chosen[cell] for cell in shared)}
 
 
+def head_to_head_winner(by_recipe: Mapping[str, Mapping[tuple, float]]) -> str | None:
+    """The recipe whose mean is lower than every other recipe's on the cells the two share; None if none is."""
+    for recipe, cells in by_recipe.items():
+        duels = [head_to_head(other, cells) for name, other in by_recipe.items() if name != recipe]
+        if all(d["chosen_mean"] < d["mean"] for d in duels):
+            return recipe
+    return None
+
+
 def markdown(choices: Mapping[tuple, Mapping]) -> list[str]:
     """The val-only comparison as markdown lines (empty when no group ran more than one recipe)."""
     if not choices:
         return []
     lines = ["## Recipe choice (validation only)", "",
              "Best val WER % over the fine-tune (mean over seeds), per recipe and variant, on the variants and "
-             "seeds that every recipe ran; the chosen recipe has the lowest mean. Test WER is not used.", ""]
+             "seeds that every recipe ran. The chosen recipe beats every other one head to head, on the cells the "
+             "two ran (second table); where none does, it has the lowest mean in the first. Test WER is not used.",
+             ""]
     for (model, head, sites), c in sorted(choices.items()):
         header = ["recipe"] + c["common"] + ["mean"]
-        lines += [f"### {model} {head}: {sites} (seeds {', '.join(map(str, c['seeds']))})", "",
+        lines += [f"### {model} {head}: {sites} (seeds {', '.join(map(str, c['seeds']))}; chosen {c['rule']})", "",
                   "| " + " | ".join(header) + " |",
                   "|" + "|".join("---" for _ in header) + "|"]
         for recipe in sorted(c["mean"], key=c["mean"].get):

@@ -304,7 +304,7 @@ def test_report_files_from_synthetic_study(study):
     assert "| ctc | encoder | gqa kv=1 | lr 0.0003, all from step 0 | 0 |  | 20.50 | 20.00 | +40.00 | +0.50 |" in md
     # model A ran two recipes (job 4 at lr 1e-4): compared on val over the cell both ran, mla r=4 seed 0 (lr 3e-4's
     # seed 1, 7.5 %, would have lowered its mean: extra seeds do not count)
-    assert "### A ctc: encoder (seeds 0)" in md
+    assert "### A ctc: encoder (seeds 0; chosen head to head)" in md
     assert "| lr 0.0003, all from step 0 (chosen) | 11.00 | 11.00 |" in md
     assert "| lr 0.0001, all from step 0 | 12.00 |" in md
     assert "≥ 75 % of the decode cache removed for ≤ +1.0 WER point after fine-tuning: ctc:encoder gqa kv=1" in md
@@ -345,6 +345,33 @@ def test_each_recipe_also_faces_the_chosen_one_on_every_cell_the_two_share(tmp_p
         "lr 3e-05, all from step 0": {"cells": 1, "mean": pytest.approx(0.08), "chosen_mean": pytest.approx(0.04)}}
     md = "\n".join(recipe_choice.markdown(recipe_choice.compare(collect(s))))
     assert "| lr 0.0003, all from step 0 | 4 | 7.50 | 5.50 |" in md
+
+
+def recipe_rows(vals: dict[str, dict[int, float]]) -> list[dict]:
+    """Report rows of one group: {recipe: {cell number (the seed; variant mha): best val WER}}. SYNTHETIC."""
+    return [{"status": "completed", "model": "m", "head": "seq2seq", "sites": "decoder", "recipe": recipe,
+             "variant": "mha", "seed": cell, "data_seed": cell, "val_curve": [{"step": 200, "val_wer": wer}]}
+            for recipe, cells in vals.items() for cell, wer in cells.items()]
+
+
+def test_the_recipe_that_wins_every_head_to_head_is_chosen_over_the_common_cells_best():
+    """A is best on the one cell all three ran, but B beats A on the 4 cells those two share and C on their 1."""
+    vals = {"A": {0: 0.04, 1: 0.09, 2: 0.07, 3: 0.09}, "B": {0: 0.05, 1: 0.05, 2: 0.06, 3: 0.07}, "C": {0: 0.08}}
+    (choice,) = recipe_choice.compare(recipe_rows(vals)).values()
+    assert choice["mean"] == {"A": 0.04, "B": 0.05, "C": 0.08}  # the common cell alone would pick A
+    assert choice["chosen"] == "B" and choice["rule"] == "head to head"
+    assert choice["versus"]["A"] == {"cells": 4, "mean": pytest.approx(0.0725), "chosen_mean": pytest.approx(0.0575)}
+    assert "(seeds 0; chosen head to head)" in "\n".join(recipe_choice.markdown({("m", "s", "d"): choice}))
+
+
+def test_a_cycle_of_head_to_heads_falls_back_to_the_common_cells_best():
+    """A beats B on cells {0, 1}, B beats C on {0, 2}, C beats A on {0, 3}: no recipe beats both others, so the
+    common cell 0 decides (A)."""
+    vals = {"A": {0: 0.04, 1: 0.01, 3: 0.09}, "B": {0: 0.05, 1: 0.09, 2: 0.01}, "C": {0: 0.06, 2: 0.09, 3: 0.01}}
+    (choice,) = recipe_choice.compare(recipe_rows(vals)).values()
+    assert recipe_choice.head_to_head_winner({r: {(c,): v for c, v in cells.items()} for r, cells in vals.items()}) \
+        is None
+    assert choice["chosen"] == "A" and choice["rule"] == "common cells"
 
 
 def test_recipe_is_chosen_on_val_and_the_goal_reads_only_that_recipe(tmp_path):
