@@ -129,11 +129,11 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         q_latent = torch.einsum("bhtd,hdr->bhtr", q, self.kv_up.weight[:d].view(h, hd, r)).reshape(b, 1, h * t, r)
         if is_causal:
             mask = causal_keep(t, s, q.device)
-        if mask is not None:
-            mask = mask.expand(b, h, t, s).reshape(b, 1, h * t, s)
         if h * t <= FEW_QUERIES:
-            out_latent = _few_queries_attention(q_latent, latent_k, latent_v, mask, self.scale, self.dropout_p)
+            out_latent = _few_queries_attention(q_latent, latent_k, latent_v, mask, h, self.scale, self.dropout_p)
         else:
+            if mask is not None:  # SDPA takes the heads-folded layout only
+                mask = mask.expand(b, h, t, s).reshape(b, 1, h * t, s)
             out_latent = F.scaled_dot_product_attention(q_latent, latent_k[:, None], latent_v[:, None],
                                                         attn_mask=mask, dropout_p=self.dropout_p, scale=self.scale)
         out = torch.einsum("bhtr,hdr->bhtd", out_latent.view(b, h, t, r), self.kv_up.weight[d:].view(h, hd, r))
@@ -157,12 +157,17 @@ class MultiHeadLatentAttention(SoftmaxAttention):
 FEW_QUERIES = 64
 
 
-def _few_queries_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float,
+def _few_queries_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, heads: int, scale: float,
                            dropout_p: float) -> Tensor:
-    """SDPA's result for q (B, 1, Q, r) against one head of k, v (B, S, r); mask bool (True = attend) or additive."""
+    """SDPA's result for q (B, 1, H*T, r), heads folded into the query axis, against one head of k, v (B, S, r).
+    mask: bool (True = attend) or additive, broadcastable to (B, H, T, S); it is applied to a (B, H, T, S) view
+    of the scores, so it is never expanded to every head."""
     scores = torch.matmul(q, k.transpose(1, 2)[:, None]).float() * scale
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+        b, _, queries, s = scores.shape
+        by_head = scores.view(b, heads, queries // heads, s)
+        by_head = by_head.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else by_head + mask
+        scores = by_head.view(b, 1, queries, s)
     weights = F.dropout(scores.softmax(-1), dropout_p).to(v.dtype)
     return torch.matmul(weights, v[:, None])
 
