@@ -7,6 +7,7 @@ DDP averages the two ranks' gradients as accumulation averages the two micro-bat
 summation order. Doubled batch (one process, batch 8): the same utterances per epoch but grouped differently
 (and padded to the longest of 8), so only close.
 Eval batches are pinned (+data.eval_batch_size=8) and val/test are not sharded, so evaluation is identical.
+A DDP run killed mid-epoch resumes on every rank's own RNG states, to the uninterrupted run's weights bit for bit.
 """
 
 import json
