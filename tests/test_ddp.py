@@ -11,14 +11,12 @@ A DDP run killed mid-epoch resumes on every rank's own RNG states, to the uninte
 """
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 import train_process
-from train_process import finish, wait_for
+from train_process import finish
 
 from asr_attention import ddp_report
 
@@ -111,19 +109,7 @@ def test_cpu_ddp_killed_mid_epoch_resumes_with_every_ranks_rng_bit_identical(tmp
     victim_dir = tmp_path / "killed"
     victim = train_process.start(victim_dir, [*COMMON, *overrides])
     last = victim_dir / "checkpoints" / "last.ckpt"
-    seen = {"mtime": 0}
-
-    def saved_mid_epoch_2() -> bool:
-        if not last.exists() or last.stat().st_mtime_ns == seen["mtime"]:
-            return False
-        seen["mtime"] = last.stat().st_mtime_ns
-        ckpt = torch.load(last, map_location="cpu", weights_only=True)
-        return ckpt["epoch"] == 1 and ckpt["global_step"] % steps_per_epoch != 0
-
-    wait_for(saved_mid_epoch_2, victim, "a mid-epoch-2 last.ckpt")
-    os.killpg(victim.pid, signal.SIGKILL)  # rank 0 and the rank it spawned
-    victim.wait()
-    saved = torch.load(last, map_location="cpu", weights_only=True)
+    saved = train_process.kill_mid_epoch(victim, victim_dir, epoch=1, steps_per_epoch=steps_per_epoch)
     assert steps_per_epoch < saved["global_step"] < 2 * steps_per_epoch
     rng = saved["resume_state"]["rng"]
     assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])  # the ranks' states differ

@@ -112,20 +112,8 @@ def test_a_second_process_on_a_live_run_is_refused_naming_the_holder(reference):
 
 def test_kill_mid_epoch_3_resumes_at_the_last_saved_step_with_the_uninterrupted_numbers(reference, tmp_path):
     last = tmp_path / "checkpoints" / "last.ckpt"
-    seen = {"mtime": 0}
-
-    def saved_mid_epoch_3() -> bool:  # poll last.ckpt; read it when it changes
-        if not last.exists() or last.stat().st_mtime_ns == seen["mtime"]:
-            return False
-        seen["mtime"] = last.stat().st_mtime_ns
-        ckpt = torch.load(last, map_location="cpu", weights_only=True)
-        return ckpt["epoch"] == 2 and ckpt["global_step"] % BATCHES_PER_EPOCH != 0
-
     proc = start(tmp_path)
-    wait_for(saved_mid_epoch_3, proc, "a mid-epoch-3 last.ckpt")
-    os.killpg(proc.pid, signal.SIGKILL)  # a real kill: nothing runs after it
-    proc.wait()
-    saved = torch.load(last, map_location="cpu", weights_only=True)
+    saved = train_process.kill_mid_epoch(proc, tmp_path, epoch=2, steps_per_epoch=BATCHES_PER_EPOCH)
     step = saved["global_step"]
     assert saved["epoch"] == 2 and 2 * BATCHES_PER_EPOCH < step < 3 * BATCHES_PER_EPOCH
     assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 _started = itertools.count()
@@ -52,3 +55,23 @@ def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 400)
         assert proc.poll() is None, f"the run ended before {what}:\n{output(proc)[-3000:]}"
         assert time.time() < deadline, f"no {what} within {timeout} s"
         time.sleep(0.05)
+
+
+def kill_mid_epoch(proc: subprocess.Popen, run_dir: Path, epoch: int, steps_per_epoch: int) -> dict:
+    """Poll the run's last.ckpt (read when it changes) until one is written inside `epoch` (0-based), not at its
+    end; then kill -9 the run and every process it started (its session: DDP ranks too), and return that
+    checkpoint."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    seen = {"mtime": 0}
+
+    def saved_mid_epoch() -> bool:
+        if not last.exists() or last.stat().st_mtime_ns == seen["mtime"]:
+            return False
+        seen["mtime"] = last.stat().st_mtime_ns
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        return ckpt["epoch"] == epoch and ckpt["global_step"] % steps_per_epoch != 0
+
+    wait_for(saved_mid_epoch, proc, f"a mid-epoch-{epoch + 1} last.ckpt")
+    os.killpg(proc.pid, signal.SIGKILL)  # a real kill: nothing runs after it
+    proc.wait()
+    return torch.load(last, map_location="cpu", weights_only=True)
