@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from . import cost_matrix, recipe_choice
-from .cost_matrix import points
 from .config_check import site_kinds
 from .report import (analytic_cache_mib, find_results, log_to_wandb, pareto_front, report_cli, table_cell,
                      variant_label)
@@ -251,7 +250,8 @@ def summary_table(aggs: Sequence[dict]) -> str:
                  ",".join(map(str, a["seeds"])), a["batch_order"],
                  table_cell(a["wer_after"] and 100 * a["wer_after"], ".2f"),
                  table_cell(a["control_wer_after"] and 100 * a["control_wer_after"], ".2f"),
-                 points(a["cost_zero_shot"], a["cost_zero_shot_sd"]), points(a["cost_after"], a["cost_after_sd"]),
+                 cost_matrix.points(a["cost_zero_shot"], a["cost_zero_shot_sd"]),
+                 cost_matrix.points(a["cost_after"], a["cost_after_sd"]),
                  table_cell(a["cache_per_second"], ",.0f"), table_cell(a["reduction_per_second"], ".1f"),
                  table_cell(a["cache_per_token"], ",.0f"), table_cell(a["reduction_per_token"], ".1f"),
                  table_cell(a["cache_fixed"] or None, ",.0f"),
