@@ -142,3 +142,16 @@ def test_step_profile_groups_the_kernels_it_saw_on_the_h200():
     assert group("triton_poi_fused_add_native_layer_norm_5") == "other"
     assert group("triton_red_fused__softmax_2") == "attention"
     assert group("triton_tem_fused_flex_attention_0") == "attention"
+
+
+def test_step_profile_keeps_the_decode_steps_alone():
+    """The prompt step's kernels (every cross cache built from the encoder output) are in both calls and cancel;
+    the longer call's extra kernels are split over its extra steps."""
+    from collections import Counter
+
+    from asr_attention.bench.step_profile import per_decode_step
+
+    short = Counter({"cross_cache_gemm": 26.0, "decode_gemm": 1.0, "flash": 0.5})
+    long = Counter({"cross_cache_gemm": 25.9, "decode_gemm": 17.0, "flash": 8.5, "argmax": 1.6})
+    assert per_decode_step(long, short, 16) == {"cross_cache_gemm": 0.0, "decode_gemm": 1.0, "flash": 0.5,
+                                                "argmax": 0.1}
