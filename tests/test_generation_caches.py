@@ -130,6 +130,29 @@ def test_static_cache_step_equals_dynamic(model, variant):
     assert static.cache_nbytes()["decoder_self"] == expected
 
 
+@pytest.mark.parametrize("variant", ["mha", "gqa", "mla"])
+def test_static_step_projects_from_the_variants_own_weights(model, variant):
+    """The step's one stacked Q/K/V (or Q/latent) GEMM holds the variant's weights, not a copy of them: each
+    projection's Parameter becomes a view of the stacked matrix, values unchanged, so a later change to a
+    Parameter is what the step reads."""
+    backbone = backbone_for(model, variant)
+    attn = backbone.decoder.layers[0].self_attn.variant
+    names = ["q_proj", "kv_down"] if variant == "mla" else ["q_proj", "k_proj", "v_proj"]
+    before = {n: getattr(attn, n).weight.detach().clone() for n in names}
+    params = {n: getattr(attn, n).weight for n in names}
+    static = StaticGreedy(backbone, batch=2, max_steps=STEPS)
+    (weight, _), sizes = static.self_sites[0].projection, static.self_sites[0].sizes
+    assert sizes[0] == attn.d_model and len(sizes) == len(names)
+    storage = weight.untyped_storage().data_ptr()
+    for n in names:
+        assert getattr(attn, n).weight is params[n]  # the same Parameter objects
+        assert params[n].untyped_storage().data_ptr() == storage
+        assert torch.equal(params[n], before[n])
+    with torch.no_grad():
+        attn.q_proj.weight.mul_(2)
+    assert torch.equal(weight[: attn.d_model], 2 * before["q_proj"])
+
+
 @torch.no_grad()
 def test_compiled_step_equals_eager(model):
     """torch.compile of the whole step (fullgraph: no part left eager) on CPU, for MLA's absorbed step: the same

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asr_attention.attention.base import Cache
+from asr_attention.attention.fast_paths import stack_linear
 from asr_attention.attention.gqa import GroupedQueryAttention
 from asr_attention.attention.linear import LinearAttention
 from asr_attention.attention.mla import MultiHeadLatentAttention
@@ -48,6 +49,8 @@ class StaticSelfAttention(nn.Module):
         else:
             raise TypeError(f"no static cache for {type(variant).__name__}")
         self.slots = torch.arange(slots, device=ref.device)
+        if not isinstance(variant, LinearAttention):
+            self.projection, self.sizes = one_projection(variant)
 
     def reset(self) -> None:
         if isinstance(self.variant, LinearAttention):  # the running sums start empty; slots are masked instead
@@ -61,16 +64,34 @@ class StaticSelfAttention(nn.Module):
             for name, t in buf.items():
                 t.copy_(new[name])
             return out, buf
-        q = v.split_heads(v.q_proj(x))
+        q, *kept = F.linear(x, *self.projection).split(self.sizes, dim=-1)
+        q = v.split_heads(q)
         keep = (self.slots <= self.position)[None, None, None, :]  # slots written so far, this one included
         if isinstance(v, MultiHeadLatentAttention):
-            buf["latent"].index_copy_(1, self.position, v.kv_down(x))
+            buf["latent"].index_copy_(1, self.position, kept[0])
             return v.absorbed(q, buf["latent"], buf["latent"], keep, False), buf
-        buf["k"].index_copy_(2, self.position, v.split_heads(v.k_proj(x), v.kv_heads))
-        buf["v"].index_copy_(2, self.position, v.split_heads(v.v_proj(x), v.kv_heads))
+        buf["k"].index_copy_(2, self.position, v.split_heads(kept[0], v.kv_heads))
+        buf["v"].index_copy_(2, self.position, v.split_heads(kept[1], v.kv_heads))
         out = F.scaled_dot_product_attention(q, buf["k"], buf["v"], attn_mask=keep, scale=v.scale,
                                              enable_gqa=v.kv_heads != v.num_heads)
         return v.o_proj(v.merge_heads(out)), buf
+
+
+def one_projection(variant: nn.Module) -> tuple[tuple[Tensor, Tensor | None], list[int]]:
+    """Q and what the cache keeps of a token (K and V, or MLA's latent) as one GEMM: at decode time each of the
+    three narrow GEMMs is too small to reach HBM speed, so one wide one is faster. The variant's own weights are
+    re-seated as views of the stacked matrix (same values, same Parameters), so there is no second copy."""
+    if isinstance(variant, MultiHeadLatentAttention):
+        layers = [variant.q_proj, variant.kv_down]
+    else:
+        layers = [variant.q_proj, variant.k_proj, variant.v_proj]
+    (weight, bias), sizes = stack_linear(*((layer.weight.detach(), layer.bias) for layer in layers))
+    bias = None if bias is None else bias.detach()
+    for i, layer in enumerate(layers):
+        layer.weight.data = weight.split(sizes)[i]
+        if layer.bias is not None:
+            layer.bias.data = bias.split(sizes)[i]
+    return (weight, bias), sizes
 
 
 class StaticCrossAttention(nn.Module):
