@@ -32,7 +32,25 @@ def recipe_label(config: Mapping) -> str:
     frozen = model.get("freeze_encoder")  # Whisper only: its original encoder can stay fixed
     encoder = "" if frozen is None else "; encoder frozen" if frozen else "; encoder trained"
     head = "" if optim.get("head_lr") is None else f", head lr {optim['head_lr']}"
-    return f"lr {optim.get('lr')}{head}, {train}{encoder}"
+    return f"lr {optim.get('lr')}{head}, {train}{encoder}{spec_augment_label(model.get('arch') or {})}"
+
+
+def spec_augment(arch: Mapping) -> dict[str, tuple[float, int]]:
+    """{"time": (prob, length), "mel": (prob, length)} for the axes SpecAugment masks where model.arch turns it on
+    (Whisper), else {}. A field model.arch leaves out has WhisperConfig's default."""
+    if not arch.get("apply_spec_augment"):
+        return {}
+    from transformers import WhisperConfig
+
+    field = {**WhisperConfig().to_dict(), **arch}
+    return {name: (field[f"mask_{axis}_prob"], field[f"mask_{axis}_length"])
+            for name, axis in (("time", "time"), ("mel", "feature")) if field[f"mask_{axis}_prob"]}
+
+
+def spec_augment_label(arch: Mapping) -> str:
+    """'; SpecAugment time 0.05 x 10, mel 0.1 x 10', or ''."""
+    axes = spec_augment(arch)
+    return "; SpecAugment " + ", ".join(f"{a} {p} x {n}" for a, (p, n) in axes.items()) if axes else ""
 
 
 def best_val_wer(val_curve: Sequence[Mapping]) -> float | None:

@@ -30,17 +30,20 @@ def sweep_group(default: str, group: str | None = None) -> str:
 OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
 
 
-def recipe_tag(attention_only_steps: int | None, max_steps: int | None, lr: float, head_lr: float | None = None) -> str:
-    """${recipe_tag:${optim.attention_only_steps},${trainer.max_steps},${optim.lr},${optim.head_lr}}: what a run
-    fine-tunes and at which lrs, for its name (e.g. 'attention_only-lr3e-05', 'attention500_then_all-lr0.0001',
-    'all-lr0.0001-head_lr0.001'): the same rule as the study report's recipe label, so two recipes never share
-    a name (and a run folder)."""
-    from .recipe_choice import what_trains
+def recipe_tag(attention_only_steps: int | None, max_steps: int | None, lr: float, head_lr: float | None = None,
+               arch=None) -> str:
+    """${recipe_tag:${optim.attention_only_steps},${trainer.max_steps},${optim.lr},${optim.head_lr},${model.arch}}:
+    what a run fine-tunes and at which lrs, for its name (e.g. 'attention_only-lr3e-05',
+    'attention500_then_all-lr0.0001', 'all-lr0.0001-head_lr0.001-specaug_time0.05x10_mel0.1x10'): the same rule
+    as the study report's recipe label, so two recipes never share a name (and a run folder)."""
+    from .recipe_choice import spec_augment, what_trains
 
     trains = what_trains(attention_only_steps, max_steps)
     if trains == "attention_then_all":
         trains = f"attention{attention_only_steps}_then_all"
-    return f"{trains}-lr{lr}" + ("" if head_lr is None else f"-head_lr{head_lr}")
+    axes = spec_augment(arch or {})
+    return (f"{trains}-lr{lr}" + ("" if head_lr is None else f"-head_lr{head_lr}")
+            + ("-specaug_" + "_".join(f"{a}{p}x{n}" for a, (p, n) in axes.items()) if axes else ""))
 
 
 OmegaConf.register_new_resolver("recipe_tag", recipe_tag, replace=True)

@@ -33,9 +33,11 @@ class Seq2SeqFineTuner(ASRFineTuner):
         return [self.backbone.tokens.decode(h.tokens) for h in transcribe(self.backbone, memory, self.decoding)]
 
     def encoder_key(self) -> tuple | None:
-        """None while the encoder can change (training it, or dropout on); else what identifies its weights."""
-        encoder = self.backbone.encoder
-        if self.backbone.training and encoder.dropout > 0 or any(p.requires_grad for p in encoder.parameters()):
+        """None while the encoder's output can change (training it, or dropout or SpecAugment on); else what
+        identifies its weights."""
+        encoder, training = self.backbone.encoder, self.backbone.training
+        if training and (encoder.dropout > 0 or self.backbone.masks_input) or any(
+                p.requires_grad for p in encoder.parameters()):
             return None
         return tuple(id(layer.self_attn) for layer in encoder.layers)
 

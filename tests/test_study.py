@@ -438,6 +438,13 @@ def test_recipe_label_names_what_trains():
     assert label(lr=3e-4) == "lr 0.0003, all from step 0"
     assert (label(lr=3e-5, head_lr=1e-3, first=0, frozen=False)
             == "lr 3e-05, head lr 0.001, all from step 0; encoder trained")
+    # SpecAugment (Whisper's model.arch) is part of the recipe; a field left out has WhisperConfig's default
+    arch = {"apply_spec_augment": True, "mask_feature_prob": 0.1}
+    model = {"freeze_encoder": False, "arch": arch}
+    assert (recipe_choice.recipe_label({"optim": {"lr": 1e-4, "attention_only_steps": 0}, "model": model})
+            == "lr 0.0001, all from step 0; encoder trained; SpecAugment time 0.05 x 10, mel 0.1 x 10")
+    assert recipe_choice.spec_augment({"mask_time_prob": 0.05}) == {}  # not applied: no label
+    assert recipe_tag(0, 2000, 1e-4, 1e-3, arch) == "all-lr0.0001-head_lr0.001-specaug_time0.05x10_mel0.1x10"
     # run names (W&B, outputs/<run_name>) say the same: the CTC recipe trains everything, with its own head lr
     assert recipe_tag(10**9, 1000, 3e-5) == "attention_only-lr3e-05"
     assert recipe_tag(500, 1000, 1e-4) == "attention500_then_all-lr0.0001"

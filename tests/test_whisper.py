@@ -233,6 +233,57 @@ def test_frozen_encoder_output_is_computed_once_per_utterance(monkeypatch):
     assert calls == [3, 3]
 
 
+def test_spec_augment_masks_spans_within_the_audio_in_training_only():
+    """model.arch turns on transformers' SpecAugment: in training, time spans inside each utterance's audio (not
+    its padding) and mel bands become 0, the rest stays; in eval nothing is masked; the frozen encoder's output
+    is then not cached in training (each step masks afresh)."""
+    import numpy as np
+
+    from asr_attention.seq2seq_module import Seq2SeqFineTuner
+
+    arch = {**TINY["arch"], "apply_spec_augment": True, "mask_time_prob": 0.3, "mask_time_length": 3,
+            "mask_feature_prob": 0.3, "mask_feature_length": 2, "mask_feature_min_masks": 1}
+    torch.manual_seed(0)
+    backbone = build_backbone({**TINY, "arch": arch}, None)
+    plain = make()
+    assert backbone.masks_input and not plain.masks_input
+    waves, lengths = audio()
+    clean = backbone.mel(waves, lengths)
+    np.random.seed(0)  # transformers draws the spans with numpy
+    masked = backbone.train().spec_augment(clean, lengths)
+    assert not torch.equal(masked, clean) and not (clean == 0).any()  # clean: unchanged, no zeros of its own
+    zero = masked == 0
+    time_masked, mel_masked = zero.all(dim=1), zero.all(dim=2)  # (B, frames), (B, mels)
+    audio_frames = (lengths + 159) // 160
+    for b in range(len(lengths)):
+        masked_frames = time_masked[b].nonzero().flatten()
+        assert len(masked_frames) > 0 and masked_frames.max() < audio_frames[b]
+        assert mel_masked[b].any()
+    unmasked = ~(time_masked[:, None, :] | mel_masked[:, :, None])
+    assert torch.equal(masked[unmasked], clean[unmasked]) and zero.eq(~unmasked).all()
+    # eval: the encoder reads the clean features (dropout is 0 in TINY, so training differs only by the masks)
+    backbone.eval()
+    with torch.no_grad():
+        assert torch.equal(backbone.encode(waves, lengths), backbone.encoder(clean).last_hidden_state)
+        backbone.train()
+        assert not torch.equal(backbone.encode(waves, lengths), backbone.encoder(clean).last_hidden_state)
+    backbone.encoder.requires_grad_(False)
+    assert Seq2SeqFineTuner(backbone).encoder_key() is None  # training with masks: nothing to cache
+    assert Seq2SeqFineTuner(backbone.eval()).encoder_key() is not None
+
+
+def test_pretrained_whisper_takes_only_spec_augment_fields_from_arch():
+    from transformers import WhisperConfig
+
+    from asr_attention.backbones.whisper_load import set_run_time_fields
+
+    config = WhisperConfig()
+    set_run_time_fields(config, {"apply_spec_augment": True, "mask_time_prob": 0.1})
+    assert config.apply_spec_augment and config.mask_time_prob == 0.1
+    with pytest.raises(ValueError, match=r"model.arch.dropout: a pretrained Whisper takes only"):
+        set_run_time_fields(config, {"dropout": 0.1})
+
+
 def test_sites_are_validated_naming_the_field():
     backbone = make()
     with pytest.raises(ValueError, match="attention.sites"):

@@ -31,7 +31,7 @@ from asr_attention.attention.mha import MultiHeadAttention
 from .. import config_check
 from .base import Backbone
 from .hf_wav2vec2 import HFAttention
-from .whisper_mel import LogMel
+from .whisper_mel import HOP, LogMel
 from .whisper_tokens import WhisperTokens
 
 
@@ -230,9 +230,26 @@ class Whisper(Backbone):
 
     # ---- encoder -------------------------------------------------------------------------------------------
     def encode(self, waves: Tensor, wave_lengths: Tensor) -> Tensor:
-        """waves (B, S) 16 kHz -> encoder output (B, 1500, d) over the 30-s window (what Whisper was trained on)."""
+        """waves (B, S) 16 kHz -> encoder output (B, 1500, d) over the 30-s window (what Whisper was trained on).
+        In training, SpecAugment where the config asks for it (`masks_input`)."""
         features = self.mel(waves, wave_lengths).to(self.model.dtype)
+        if self.training and self.masks_input:
+            features = self.spec_augment(features, wave_lengths)
         return self.encoder(features).last_hidden_state
+
+    @property
+    def masks_input(self) -> bool:
+        """Whether training masks the log-mel input (SpecAugment: WhisperConfig's apply_spec_augment with a
+        mask_time_prob or mask_feature_prob above 0; set through model.arch)."""
+        c = self.model.config
+        return bool(c.apply_spec_augment) and (c.mask_time_prob > 0 or c.mask_feature_prob > 0)
+
+    def spec_augment(self, features: Tensor, wave_lengths: Tensor) -> Tensor:
+        """transformers' own SpecAugment for Whisper (time spans and mel bands set to 0), with the time spans
+        placed within each utterance's audio rather than anywhere in its 30-s window of padding."""
+        frames = torch.div(wave_lengths + HOP - 1, HOP, rounding_mode="floor").clamp(1, features.shape[-1])
+        audio = torch.arange(features.shape[-1], device=features.device) < frames[:, None].to(features.device)
+        return self.model.model._mask_input_features(features.clone(), attention_mask=audio.long())
 
     def frames(self, wave_lengths: Tensor) -> Tensor:
         """Encoder frames that hold audio: 2 conv strides of 160-sample hops = 320 samples each."""

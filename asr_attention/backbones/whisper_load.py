@@ -37,6 +37,7 @@ def build_whisper(model_cfg: Mapping, ctc_vocab_size: int | None = None) -> Whis
                                no_timestamps=config.vocab_size - 1, suppress_begin=[config.eos_token_id])
     else:
         model, tokens = load_pretrained(model_cfg)
+        set_run_time_fields(model.config, arch_of(model_cfg))
     check_sizes(str(model_cfg.get("source")), [
         ("model.d_model", model_cfg["d_model"], "d_model", model.config.d_model),
         ("model.num_heads", model_cfg["num_heads"], "decoder_attention_heads", model.config.decoder_attention_heads),
@@ -55,6 +56,21 @@ def random_config(model_cfg: Mapping) -> WhisperConfig:
                     bos_token_id=96)
     return WhisperConfig(d_model=d, encoder_attention_heads=h, decoder_attention_heads=h, encoder_layers=n,
                          decoder_layers=n, **{**defaults, **arch})
+
+
+# The WhisperConfig fields a loaded model reads while it runs (SpecAugment, in training). The others fix shapes, or
+# are read once when the modules are built: set on loaded weights, they would change nothing.
+RUN_TIME_FIELDS = ("apply_spec_augment", "mask_time_prob", "mask_time_length", "mask_time_min_masks",
+                   "mask_feature_prob", "mask_feature_length", "mask_feature_min_masks")
+
+
+def set_run_time_fields(config: WhisperConfig, arch: Mapping) -> None:
+    """model.arch on pretrained weights: the SpecAugment fields only."""
+    for key, value in arch.items():
+        if key not in RUN_TIME_FIELDS:
+            raise ValueError(f"model.arch.{key}: a pretrained Whisper takes only {list(RUN_TIME_FIELDS)} from "
+                             "model.arch (the checkpoint fixes the rest)")
+        setattr(config, key, value)
 
 
 def load_pretrained(model_cfg: Mapping) -> tuple[WhisperForConditionalGeneration, WhisperTokens]:
