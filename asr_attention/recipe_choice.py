@@ -62,8 +62,9 @@ def best_val_wer(val_curve: Sequence[Mapping]) -> float | None:
 def compare(rows: Sequence[Mapping]) -> dict[tuple, dict]:
     """{(model, head, sites): {"table": {recipe: {variant: mean best val WER}}, "common": [variants], "seeds":
     [seeds], "mean": {recipe: mean over the common cells}, "chosen": recipe, "rule": "head to head" or "common
-    cells", "versus": {other recipe: {"cells": n, "mean": its mean, "chosen_mean": the chosen's mean}}}} for every
-    group that ran > 1 recipe with at least one cell that every recipe ran ("common": the table's cells)."""
+    cells" or "none", "versus": {other recipe: {"cells": n, "mean": its mean, "chosen_mean": the chosen's
+    mean}}}} for every group that ran > 1 recipe ("common": the cells every recipe ran, the table's; it may be
+    empty). "chosen" is None where no recipe wins every head to head and no cell is common: nothing is chosen."""
     cells: dict[tuple, dict[str, dict[tuple, float]]] = {}
     for r in rows:
         best = best_val_wer(r.get("val_curve") or [])
@@ -73,34 +74,38 @@ def compare(rows: Sequence[Mapping]) -> dict[tuple, dict]:
             group.setdefault(r["recipe"], {})[(r["variant"], r["seed"], r.get("data_seed", 0))] = best
     out = {}
     for key, by_recipe in cells.items():
-        common = sorted(set.intersection(*(set(c) for c in by_recipe.values())), key=str)
-        if len(by_recipe) < 2 or not common:
+        if len(by_recipe) < 2:
             continue
+        common = sorted(set.intersection(*(set(c) for c in by_recipe.values())), key=str)
         variants = sorted({v for v, *_ in common})
         table = {rec: {v: statistics.fmean(c[cell] for cell in common if cell[0] == v) for v in variants}
-                 for rec, c in by_recipe.items()}
-        mean = {rec: statistics.fmean(c[cell] for cell in common) for rec, c in by_recipe.items()}
+                 for rec, c in by_recipe.items()} if common else {}
+        mean = {rec: statistics.fmean(c[cell] for cell in common) for rec, c in by_recipe.items()} if common else {}
         winner = head_to_head_winner(by_recipe)
-        chosen = winner or min(mean, key=mean.get)
+        chosen = winner or (min(mean, key=mean.get) if mean else None)
         out[key] = {"table": table, "common": variants, "seeds": sorted({s for _, s, _ in common}, key=str),
-                    "mean": mean, "chosen": chosen, "rule": "head to head" if winner else "common cells",
-                    "versus": {rec: head_to_head(c, by_recipe[chosen])
-                               for rec, c in by_recipe.items() if rec != chosen}}
+                    "mean": mean, "chosen": chosen,
+                    "rule": "head to head" if winner else "common cells" if chosen else "none",
+                    "versus": {} if chosen is None else {rec: head_to_head(c, by_recipe[chosen])
+                                                          for rec, c in by_recipe.items() if rec != chosen}}
     return out
 
 
 def head_to_head(other: Mapping[tuple, float], chosen: Mapping[tuple, float]) -> dict:
-    """Both recipes' mean best val WER over the cells both ran (at least the cells every recipe ran)."""
+    """Both recipes' mean best val WER over the cells both ran (None where they share none)."""
     shared = set(other) & set(chosen)
+    if not shared:
+        return {"cells": 0, "mean": None, "chosen_mean": None}
     return {"cells": len(shared), "mean": statistics.fmean(other[cell] for cell in shared),
             "chosen_mean": statistics.fmean(chosen[cell] for cell in shared)}
 
 
 def head_to_head_winner(by_recipe: Mapping[str, Mapping[tuple, float]]) -> str | None:
-    """The recipe whose mean is lower than every other recipe's on the cells the two share; None if none is."""
+    """The recipe whose mean is lower than every other recipe's on the cells the two share; None if none is (a
+    recipe that shares no cell with another cannot beat it)."""
     for recipe, cells in by_recipe.items():
         duels = [head_to_head(other, cells) for name, other in by_recipe.items() if name != recipe]
-        if all(d["chosen_mean"] < d["mean"] for d in duels):
+        if all(d["cells"] and d["chosen_mean"] < d["mean"] for d in duels):
             return recipe
     return None
 
@@ -115,10 +120,15 @@ def markdown(choices: Mapping[tuple, Mapping]) -> list[str]:
              "two ran (second table); where none does, it has the lowest mean in the first. Test WER is not used.",
              ""]
     for (model, head, sites), c in sorted(choices.items()):
+        if c["chosen"] is None:
+            lines += [f"### {model} {head}: {sites}", "", "No recipe chosen: none beats every other head to head, and "
+                      "no (variant, seed, batch order) cell was run by every recipe.", ""]
+            continue
         header = ["recipe"] + c["common"] + ["mean"]
-        lines += [f"### {model} {head}: {sites} (seeds {', '.join(map(str, c['seeds']))}; chosen {c['rule']})", "",
-                  "| " + " | ".join(header) + " |",
-                  "|" + "|".join("---" for _ in header) + "|"]
+        lines += [f"### {model} {head}: {sites} (seeds {', '.join(map(str, c['seeds'])) or 'none common'}; chosen "
+                  f"{c['rule']})", ""]
+        if c["common"]:
+            lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         for recipe in sorted(c["mean"], key=c["mean"].get):
             cells = [f"{100 * c['table'][recipe][v]:.2f}" for v in c["common"]]
             mark = " (chosen)" if recipe == c["chosen"] else ""

@@ -202,7 +202,8 @@ def _reduction(value: float | None, reference: float | None) -> float | None:
 
 def aggregate(rows: Sequence[dict], choices: Mapping[tuple, Mapping] | None = None) -> list[dict]:
     """One row per model, head, sites, variant and recipe: mean and sample std over its completed, paired seeds.
-    `chosen`: the recipe is the one picked on val for its model, head and sites (recipe_choice), or the only one."""
+    `chosen`: the recipe is the one picked on val for its model, head and sites (recipe_choice), or the only one;
+    where val could pick none (recipe_choice says None), no recipe of that group is."""
     choices = choices or {}
     groups: dict[tuple, list[dict]] = {}
     for r in rows:

@@ -374,6 +374,26 @@ def test_a_cycle_of_head_to_heads_falls_back_to_the_common_cells_best():
     assert choice["chosen"] == "A" and choice["rule"] == "common cells"
 
 
+def test_without_a_common_cell_the_head_to_head_winner_is_chosen_and_else_none():
+    """No cell was run by all three recipes: A beats B on cell 1 and C on cell 3, so A is chosen. With D and E
+    sharing no cell at all nothing can be compared, and no recipe of the group counts as chosen."""
+    vals = {"A": {1: 0.04, 3: 0.05}, "B": {1: 0.06, 2: 0.01}, "C": {2: 0.02, 3: 0.07}}
+    (choice,) = recipe_choice.compare(recipe_rows(vals)).values()
+    assert choice["common"] == [] and choice["chosen"] == "A" and choice["rule"] == "head to head"
+    assert choice["versus"]["C"] == {"cells": 1, "mean": pytest.approx(0.07), "chosen_mean": pytest.approx(0.05)}
+    assert "(seeds none common; chosen head to head)" in "\n".join(recipe_choice.markdown({("m", "s", "d"): choice}))
+    rows = recipe_rows({"D": {1: 0.04}, "E": {2: 0.05}})
+    (none,) = recipe_choice.compare(rows).values()
+    assert none["chosen"] is None and none["rule"] == "none" and none["versus"] == {}
+    assert "No recipe chosen" in "\n".join(recipe_choice.markdown({("m", "s", "d"): none}))
+    base = {"status": "completed", "cost_after": 0.0, "superseded_by": None, "attention": "mha", "cache_per_second": 1,
+            "cache_per_token": 1, "cache_fixed": 0, "cache_window": 1, "control_cache_per_second": 1,
+            "control_cache_per_token": 1, "control_cache_window": 1, "wer_after": 0.1, "control_wer_after": 0.1,
+            "cost_zero_shot": 0.0}
+    aggs = aggregate([{**base, **r, "group_key": r["recipe"]} for r in rows], {("m", "seq2seq", "decoder"): none})
+    assert [a["chosen"] for a in aggs] == [False, False]
+
+
 def test_recipe_is_chosen_on_val_and_the_goal_reads_only_that_recipe(tmp_path):
     """Recipe lr 3e-4 is better on TEST (its MLA costs -0.5 pts) but worse on VAL; lr 1e-4 must be chosen, and
     the goal check must name only its runs. SYNTHETIC numbers."""
