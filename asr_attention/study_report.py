@@ -284,7 +284,7 @@ def _pyplot():
 def plot_pareto(aggs: Sequence[dict], model: str, path: Path) -> Path:
     """Cost after fine-tuning (mean, bars: sd over seeds) against decode cache per second, per token and per window
     (the one panel where linear attention's fixed state shows); the Pareto front (no other point has both less
-    cache and a lower cost) dashed."""
+    cache and a lower cost) dashed, and only its points named (study.md's table names every point)."""
     plt = _pyplot()
     panels = [(key, unit) for key, unit in (("cache_per_second", "per second of audio"),
                                             ("cache_per_token", "per generated token"),
@@ -295,13 +295,14 @@ def plot_pareto(aggs: Sequence[dict], model: str, path: Path) -> Path:
     colors = dict(zip(sites, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for ax, (key, unit) in zip(axes[0], panels):
         points = [a for a in aggs if a[key] is not None and a["cost_after"] is not None]
-        for a in points:
+        on_front = pareto_front([(a[key], a["cost_after"]) for a in points])
+        for a, named in zip(points, on_front):
             x, y = a[key], 100 * a["cost_after"]
             ax.errorbar(x, y, yerr=100 * (a["cost_after_sd"] or 0), fmt="o", color=colors[a["sites"]], capsize=3)
-            ax.annotate(f"{a['head']}:{a['sites']}\n{a['variant']}", (x, y), textcoords="offset points",
-                        xytext=(5, 3), fontsize=6)
-        front = sorted((a[key], 100 * a["cost_after"]) for a, keep in
-                       zip(points, pareto_front([(a[key], a["cost_after"]) for a in points])) if keep)
+            if named:
+                ax.annotate(f"{a['head']}:{a['sites']}\n{a['variant']}", (x, y), textcoords="offset points",
+                            xytext=(5, 3), fontsize=6)
+        front = sorted((a[key], 100 * a["cost_after"]) for a, keep in zip(points, on_front) if keep)
         if front:
             ax.step(*zip(*front), where="post", color="red", linestyle="--", linewidth=1, label="Pareto front")
         for s in sites:
