@@ -5,10 +5,11 @@
 Each decoder runs eagerly (no CUDA graph, so every kernel shows in the trace) under torch.profiler, after a
 warm-up, twice: asked for one token, then for `--steps` + 1. The second call's kernels minus the first's are the
 decode steps' alone: the prompt step, which builds every cross cache from the encoder output (at batch 64 a
-larger GEMM load than many decode steps), is in both and cancels. Kernel time is grouped by kernel name -- GEMMs (projections, and the two
-batched GEMMs of MLA's latent-space decode step), fused attention (SDPA's kernels and softmax), the rest
-(elementwise, copies, reductions) -- and host time is the wall clock the GPU spends idle between kernels, which
-the CUDA graph of the benchmark's "-graph" rows removes. The ten longest kernels are kept by name.
+larger GEMM load than many decode steps), is in both and cancels. Kernel time is grouped by kernel name --
+GEMMs (projections, and the two batched GEMMs of MLA's latent-space decode step), fused attention (SDPA's
+kernels and softmax), the rest (elementwise, copies, reductions) -- and host time is the wall clock the GPU
+spends idle between kernels, which the CUDA graph of the benchmark's "-graph" rows removes. The ten longest
+kernels are kept by name.
 """
 
 from __future__ import annotations
