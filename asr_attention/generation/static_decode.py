@@ -87,10 +87,11 @@ def one_projection(variant: nn.Module) -> tuple[tuple[Tensor, Tensor | None], li
         layers = [variant.q_proj, variant.k_proj, variant.v_proj]
     (weight, bias), sizes = stack_linear(*((layer.weight.detach(), layer.bias) for layer in layers))
     bias = None if bias is None else bias.detach()
-    for i, layer in enumerate(layers):
-        layer.weight.data = weight.split(sizes)[i]
+    biases = [None] * len(layers) if bias is None else bias.split(sizes)
+    for layer, w, b in zip(layers, weight.split(sizes), biases):
+        layer.weight.data = w
         if layer.bias is not None:
-            layer.bias.data = bias.split(sizes)[i]
+            layer.bias.data = b
     return (weight, bias), sizes
 
 
