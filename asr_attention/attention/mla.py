@@ -18,7 +18,6 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention.flex_attention import flex_attention
 
 from .base import Cache, SoftmaxAttention
 from .canonical import CanonicalMHA
@@ -161,18 +160,8 @@ FEW_QUERIES = 64
 def _few_queries_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, heads: int, scale: float,
                            dropout_p: float) -> Tensor:
     """SDPA's result for q (B, 1, H*T, r), heads folded into the query axis, against one head of k, v (B, S, r).
-    mask: bool (True = attend) or additive, broadcastable to (B, H, T, S)."""
-    if mask is None and dropout_p == 0 and q.is_cuda and torch.compiler.is_compiling():
-        # compiled on a GPU (the static decode step's cross-attention): FlexAttention's decoding kernel reads the
-        # latent once, as K and V in one pass, where the two GEMMs read it twice and write the scores between
-        return flex_attention(q, k[:, None], v[:, None], scale=scale)
-    return _two_gemms(q, k, v, mask, heads, scale, dropout_p)
-
-
-def _two_gemms(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, heads: int, scale: float,
-               dropout_p: float) -> Tensor:
-    """`_few_queries_attention` as scores, softmax, weighted sum; the mask is applied to a (B, H, T, S) view of
-    the scores, so it is never expanded to every head."""
+    mask: bool (True = attend) or additive, broadcastable to (B, H, T, S); it is applied to a (B, H, T, S) view
+    of the scores, so it is never expanded to every head."""
     scores = torch.matmul(q, k.transpose(1, 2)[:, None]).float() * scale
     if mask is not None:
         b, _, queries, s = scores.shape

@@ -1,25 +1,26 @@
 """Probe (H200): FlexAttention's decoding kernel against our latent attention for MLA's decode step (issue 15).
 
 MLA r = d/4 at large-v3 sizes attends 20 heads folded into the query axis against one shared latent of width 320
-(1500 cross frames). Our path (`mla._two_gemms`) is two batched GEMMs and a softmax: it reads the
+(1500 cross frames). Our path (`mla._few_queries_attention`) is two batched GEMMs and a softmax: it reads the
 latent twice. A fused kernel reads it once; the home-made Triton one was no faster (tune_latent_kernel_H200.log).
 This times, per call, CUDA-graph replay: ours eager and compiled, and torch.compile'd `flex_attention` with its
 default and a few tile choices (the head width is padded to 512 inside it). GB/s counts the latent once.
-    python benchmarks/kernels/probe_latent_flex.py"""
+    PYTHONPATH=. python benchmarks/kernels/probe_latent_flex.py"""
 
 import torch
 from torch.nn.attention.flex_attention import flex_attention
 
-from asr_attention.attention.mla import _two_gemms
+from asr_attention.attention.mla import _few_queries_attention
 from asr_attention.bench_layers import time_ms
 
 HEADS, LATENT, SCALE = 20, 320, 64 ** -0.5
+torch._dynamo.config.recompile_limit = 64  # every candidate x shape compiles the same `call` anew
 TILES = [None, {"BLOCK_N": 32, "num_warps": 4, "num_stages": 3}, {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
          {"BLOCK_N": 128, "num_warps": 8, "num_stages": 2}]
 
 
 def ours(q, latent):
-    return _two_gemms(q, latent, latent, None, HEADS, SCALE, 0.0)
+    return _few_queries_attention(q, latent, latent, None, HEADS, SCALE, 0.0)
 
 
 def flex(options):
