@@ -153,6 +153,27 @@ def test_static_step_projects_from_the_variants_own_weights(model, variant):
     assert torch.equal(weight[: attn.d_model], 2 * before["q_proj"])
 
 
+@pytest.mark.parametrize("variant", ["gqa", "mla"])
+@torch.no_grad()
+def test_a_second_static_decoder_leaves_the_first_reading_the_weights(variant):
+    """Two static decoders on one backbone share its stacked projections: after a weight changes, both step with
+    the changed weights (the decoding through the growing caches reads them from the Parameters)."""
+    backbone = backbone_for(random_whisper("test", torch.device("cpu"), torch.float32, init_std=0.3), variant)
+    memory = memory_for(backbone.model, 2)
+    first, second = (StaticGreedy(backbone, batch=2, max_steps=STEPS) for _ in range(2))
+    first.logits, second.logits = [], []
+    unchanged = first(memory)
+    for layer in backbone.decoder.layers:
+        layer.self_attn.variant.q_proj.weight.add_(0.2 * torch.randn_like(layer.self_attn.variant.q_proj.weight))
+    tokens = tokens_of(sample(backbone, memory, backbone.new_cache(), STEPS))
+    assert not torch.equal(tokens, unchanged)  # the change matters to decoding
+    want = cached_logits(backbone, memory, tokens)
+    first.logits = []
+    for decoder in (first, second):
+        assert torch.equal(decoder(memory), tokens)
+        torch.testing.assert_close(torch.stack(decoder.logits, 1), want, rtol=1e-4, atol=1e-4)
+
+
 @torch.no_grad()
 def test_compiled_step_equals_eager(model):
     """torch.compile of the whole step (fullgraph: no part left eager) on CPU, for MLA's absorbed step: the same

@@ -11,6 +11,8 @@ prompt too, so the eager steps and the replayed ones are the same computation. T
 from __future__ import annotations
 
 import contextlib
+import weakref
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +79,13 @@ class StaticSelfAttention(nn.Module):
         return v.o_proj(v.merge_heads(out)), buf
 
 
-def one_projection(variant: nn.Module) -> tuple[tuple[Tensor, Tensor | None], list[int]]:
+# variant -> the stacked projection its Parameters are views of: a second decoder on the same variant takes it
+# as it is, since stacking again would move the Parameters off the first decoder's matrix and leave that one stale
+_STACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+Projection = tuple[tuple[Tensor, Tensor | None], list[int]]
+
+
+def one_projection(variant: nn.Module) -> Projection:
     """Q and what the cache keeps of a token (K and V, or MLA's latent) as one GEMM: at decode time each of the
     three narrow GEMMs is too small to reach HBM speed, so one wide one is faster. The variant's own weights are
     re-seated as views of the stacked matrix (same values, same Parameters), so there is no second copy."""
@@ -85,14 +93,25 @@ def one_projection(variant: nn.Module) -> tuple[tuple[Tensor, Tensor | None], li
         layers = [variant.q_proj, variant.kv_down]
     else:
         layers = [variant.q_proj, variant.k_proj, variant.v_proj]
-    (weight, bias), sizes = stack_linear(*((layer.weight.detach(), layer.bias) for layer in layers))
-    bias = None if bias is None else bias.detach()
+    kept = _STACKED.get(variant)
+    if kept is None or not all(p.data_ptr() == view.data_ptr() and p.shape == view.shape
+                               for p, view in _slices(layers, kept)):
+        (weight, bias), sizes = stack_linear(*((layer.weight.detach(), layer.bias) for layer in layers))
+        kept = (weight, None if bias is None else bias.detach()), sizes
+        for p, view in _slices(layers, kept):
+            p.data = view
+        _STACKED[variant] = kept
+    return kept
+
+
+def _slices(layers: list[nn.Linear], kept: Projection) -> Iterator[tuple[nn.Parameter, Tensor]]:
+    """(Parameter, its slice of the stacked weight or bias) for every weight and bias of the layers."""
+    (weight, bias), sizes = kept
     biases = [None] * len(layers) if bias is None else bias.split(sizes)
     for layer, w, b in zip(layers, weight.split(sizes), biases):
-        layer.weight.data = w
+        yield layer.weight, w
         if layer.bias is not None:
-            layer.bias.data = b
-    return (weight, bias), sizes
+            yield layer.bias, b
 
 
 class StaticCrossAttention(nn.Module):
