@@ -24,18 +24,25 @@ from .canonical import CanonicalMHA
 from .masks import causal_keep
 
 
-def _factor(weight: Tensor, rank: int, whiten: Tensor | None) -> tuple[Tensor, Tensor]:
-    """weight (m, n) ~ up (m, rank) @ down (rank, n); zero-padded when rank exceeds weight's rank."""
+def whitening(calibration: Tensor) -> tuple[Tensor, Tensor]:
+    """C^1/2 and C^-1/2 (float64) of the calibration inputs' second moment C = X^T X / N, X (..., d); eigenvalues
+    below 1e-10 of the largest are clamped there, as C may be singular."""
+    x = calibration.reshape(-1, calibration.shape[-1]).double()
+    evals, evecs = torch.linalg.eigh(x.T @ x / x.shape[0])
+    evals = evals.clamp_min(evals.max() * 1e-10)
+    return evecs @ torch.diag(evals.sqrt()) @ evecs.T, evecs @ torch.diag(evals.rsqrt()) @ evecs.T
+
+
+def _factor(weight: Tensor, rank: int, whiten: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    """weight (m, n) ~ up (m, rank) @ down (rank, n); zero-padded when rank exceeds weight's rank. whiten: the
+    calibration's (C^1/2, C^-1/2) for the activation-aware factors."""
     w = weight.double()
     if whiten is None:
         u, s, vh = torch.linalg.svd(w, full_matrices=False)
         unwhiten = None
     else:
         # minimise ||(W - UD) C^1/2||: factor W C^1/2, then undo the whitening on the down side
-        evals, evecs = torch.linalg.eigh(whiten.double())
-        evals = evals.clamp_min(evals.max() * 1e-10)
-        sqrt_c = evecs @ torch.diag(evals.sqrt()) @ evecs.T
-        unwhiten = evecs @ torch.diag(evals.rsqrt()) @ evecs.T
+        sqrt_c, unwhiten = whiten
         u, s, vh = torch.linalg.svd(w @ sqrt_c, full_matrices=False)
     k = min(rank, s.numel())
     root = s[:k].sqrt()
@@ -59,10 +66,7 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         super().__init__(mha)
         self.kv_heads = self.num_heads
         self.latent_dim = latent_dim
-        whiten = None
-        if calibration is not None:
-            x = calibration.reshape(-1, d).double()
-            whiten = x.T @ x / x.shape[0]
+        whiten = None if calibration is None else whitening(calibration.reshape(-1, d))
         up, down = _factor(torch.cat((mha.k_weight, mha.v_weight)), latent_dim, whiten)
         self.kv_down = nn.Linear(d, latent_dim, bias=False)
         self.kv_down.weight.data.copy_(down)

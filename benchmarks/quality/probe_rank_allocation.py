@@ -16,6 +16,7 @@ from unittest import mock
 import torch
 
 from asr_attention.attention import build_attention
+from asr_attention.attention.mla import whitening
 from asr_attention.backbones import patch
 from asr_attention.zero_shot import ZeroShot, wer
 
@@ -23,10 +24,9 @@ SITES = ["encoder"]
 
 
 def whitened_spectrum(mha, calibration: torch.Tensor) -> torch.Tensor:
-    """Singular values of [W_k; W_v] C^1/2, C the inputs' second moment: the K/V activations' error per rank."""
-    x = calibration.reshape(-1, mha.d_model).double()
-    evals, evecs = torch.linalg.eigh(x.T @ x / x.shape[0])
-    sqrt_c = evecs @ torch.diag(evals.clamp_min(0).sqrt()) @ evecs.T
+    """Singular values of [W_k; W_v] C^1/2, C the inputs' second moment (as MLA whitens): the K/V activations'
+    error per rank."""
+    sqrt_c, _ = whitening(calibration.reshape(-1, mha.d_model))
     return torch.linalg.svdvals(torch.cat((mha.k_weight, mha.v_weight)).double() @ sqrt_c)
 
 
