@@ -96,6 +96,11 @@ def validate_attention(attention: Mapping, model: Mapping) -> None:
             # [W_k; W_v] is (2d, d): a latent wider than 2d stores more than MHA and adds nothing.
             _fail("attention.latent_dim", r, f"expected 1 <= latent_dim <= 2*model.d_model = {2 * d}")
         _choice(attention, "attention", "calibration", CALIBRATIONS)
+        allocation = attention.get("rank_allocation")
+        if allocation not in (None, "spectrum"):
+            _fail("attention.rank_allocation", allocation, "expected null (latent_dim at every layer) or spectrum")
+        if allocation is not None and r > d:  # at d every layer is exact already; a wider latent adds nothing
+            _fail("attention.latent_dim", r, f"rank_allocation=spectrum needs latent_dim <= model.d_model = {d}")
     elif name == "gqa":
         g = _positive_int(attention, "attention", "num_kv_heads")
         if h % g:

@@ -43,11 +43,12 @@ def find_results(sweep_dir: str | Path) -> list[Path]:
 
 
 def variant_label(attention: Mapping) -> str:
-    """The attention with the knob that sets its cache: 'mla r=144', 'gqa kv=2', 'linear elu', 'mha'."""
+    """The attention with the knob that sets its cache: 'mla r=144', 'mla r=96 act spread', 'gqa kv=2', 'linear elu', 'mha'."""
     name = attention.get("name", "?")
     if name == "mla":
         label = f"mla r={attention.get('latent_dim')}"
-        return label + (" act" if attention.get("calibration") == "activation" else "")
+        label += " act" if attention.get("calibration") == "activation" else ""
+        return label + (" spread" if attention.get("rank_allocation") == "spectrum" else "")
     if name == "gqa":
         return f"gqa kv={attention.get('num_kv_heads')}"
     if name == "linear":

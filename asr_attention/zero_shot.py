@@ -94,7 +94,8 @@ class ZeroShot:
                                     "temperature": h.temperature})
         return {"attention": attention, "sites": sites, "predictions": predictions, "seconds": time.time() - start,
                 "fidelity": None if conversion is None else conversion["fidelity"],
-                "measured_cache_bytes": None if conversion is None else conversion["measured_cache_bytes"]}
+                "measured_cache_bytes": None if conversion is None else conversion["measured_cache_bytes"],
+                "latent_dims": None if conversion is None else conversion.get("latent_dims")}
 
 
 def table(results: dict) -> str:

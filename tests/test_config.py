@@ -24,7 +24,7 @@ SEED_MODELS = {
 }
 SEED_ATTENTION = {  # per model: mla's latent_dim follows d_model; sites=None: the family's default sites
     "mha": lambda d: dict(name="mha", sites=None),
-    "mla": lambda d: dict(name="mla", latent_dim=d, calibration="plain", sites=None),
+    "mla": lambda d: dict(name="mla", latent_dim=d, calibration="plain", rank_allocation=None, sites=None),
     "gqa": lambda d: dict(name="gqa", num_kv_heads=2, sites=None),
     "linear": lambda d: dict(name="linear", feature_map="elu", sites=None),
 }
@@ -94,6 +94,10 @@ BAD = [  # overrides, the start of the message (field=value), a word of what is 
     (["attention=mla", "attention.latent_dim=2049"], "attention.latent_dim=2049", "<= 2*model.d_model = 2048"),
     (["model=branchformer", "attention=mla", "attention.latent_dim=1025"], "attention.latent_dim=1025", "= 1024"),
     (["attention=mla", "attention.calibration=fisher"], "attention.calibration='fisher'", "plain, activation"),
+    (["attention=mla", "attention.rank_allocation=uniform"], "attention.rank_allocation='uniform'",
+     "null (latent_dim at every layer) or spectrum"),
+    (["attention=mla", "attention.latent_dim=1025", "attention.rank_allocation=spectrum"], "attention.latent_dim=1025",
+     "rank_allocation=spectrum needs latent_dim <= model.d_model = 1024"),
     (["attention=linear", "attention.feature_map=tanh"], "attention.feature_map='tanh'", "elu, relu, hedgehog"),
     (["attention=native", "optim.attention_only_steps=5"], "optim.attention_only_steps=5", "not attention=native"),
     # trainer, optimiser and checkpoint numbers (max_epochs=-1 used to crash with OverflowError after loading)
@@ -126,6 +130,7 @@ def test_each_bad_value_is_a_clear_error(compose_cfg, overrides, field_value, al
 @pytest.mark.parametrize("overrides", [
     ["attention=mla", "attention.latent_dim=1"],
     ["attention=mla", "attention.latent_dim=2048"],
+    ["attention=mla", "attention.latent_dim=1024", "attention.rank_allocation=spectrum"],
     ["attention=gqa", "attention.num_kv_heads=1"],
     ["attention=gqa", "attention.num_kv_heads=16"],
     ["attention=linear", "attention.feature_map=hedgehog"],

@@ -53,6 +53,10 @@ class Backbone(nn.Module):
             raise ValueError(f"attention.sites={list(kinds)} is not allowed for model.family={self.family}: its "
                              "only attention sites are encoder self-attention (sites: [encoder])")
 
+    def site_kind(self, parent: nn.Module, name: str) -> str:
+        """The kind of the site `parent.name` (one of attention.sites' kinds)."""
+        return "encoder"
+
     def wrap_site(self, parent: nn.Module, name: str, variant: AttentionVariant) -> nn.Module:
         """`wrap`, for families whose sites differ in how they are called."""
         return self.wrap(variant)

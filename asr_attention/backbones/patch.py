@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from asr_attention.attention import AttentionVariant, build_attention, relative_error
+from asr_attention.attention import AttentionVariant, CanonicalMHA, build_attention, relative_error
+from asr_attention.attention.mla_ranks import kv_spectrum, ranks_by_kind
 from asr_attention.attention.mha import MultiHeadAttention
 
 from .base import Backbone
@@ -42,10 +43,13 @@ def patch_attention(
     if calibration is not None and len(calibration) != len(sites):
         raise ValueError(f"calibration has {len(calibration)} layers, the backbone {len(sites)}")
     before = count_parameters(backbone)
+    canonicals = [backbone.to_canonical(original) for _, _, original in sites]
+    calibration = calibration or [None] * len(sites)
+    latent_dims = spread_latent_dims(backbone, sites, canonicals, attention_cfg, calibration)
     variants: list[AttentionVariant] = []
     for i, (parent, name, original) in enumerate(sites):
-        variant = build_attention(attention_cfg, backbone.to_canonical(original),
-                                  calibration=None if calibration is None else calibration[i])
+        cfg = attention_cfg if latent_dims is None else {**attention_cfg, "latent_dim": latent_dims[i]}
+        variant = build_attention(cfg, canonicals[i], calibration=calibration[i])
         ref = next(original.parameters())
         variant.to(device=ref.device, dtype=ref.dtype).train(original.training)
         setattr(parent, name, backbone.wrap_site(parent, name, variant))
@@ -58,12 +62,25 @@ def patch_attention(
         "params_after": count_parameters(backbone),
         "cache_mib_per_1000_frames": cache / MIB,  # fp32, batch 1
     }
+    if latent_dims is not None:
+        summary["latent_dims"] = latent_dims
+        log.info("MLA ranks spread by spectrum, per layer: %s", latent_dims)
     log.info(
         "patched %d attention layers with %s: parameters %s -> %s, cache %.4g MiB per 1000 frames (fp32, batch 1)",
         summary["layers_replaced"], summary["attention"], f"{before:,}", f"{summary['params_after']:,}",
         summary["cache_mib_per_1000_frames"],
     )
     return summary
+
+
+def spread_latent_dims(backbone: Backbone, sites: list, canonicals: Sequence[CanonicalMHA], attention_cfg: Mapping,
+                       calibration: Sequence[Tensor | None]) -> list[int] | None:
+    """Per site, MLA's rank under attention.rank_allocation=spectrum (see mla_ranks); None: latent_dim everywhere."""
+    if attention_cfg["name"] != "mla" or attention_cfg.get("rank_allocation") is None:
+        return None
+    kinds = [backbone.site_kind(parent, name) for parent, name, _ in sites]
+    spectra = [kv_spectrum(mha, c) for mha, c in zip(canonicals, calibration)]
+    return ranks_by_kind(kinds, spectra, int(attention_cfg["latent_dim"]))
 
 
 def patched_variants(backbone: Backbone) -> list[AttentionVariant]:

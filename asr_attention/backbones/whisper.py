@@ -214,10 +214,14 @@ class Whisper(Backbone):
     def to_canonical(self, original: nn.Module) -> CanonicalMHA:
         return canonical_of(original)
 
-    def wrap_site(self, parent: nn.Module, name: str, variant: AttentionVariant) -> nn.Module:
+    def site_kind(self, parent: nn.Module, name: str) -> str:
         if parent in self.encoder.layers:
-            return HFAttention(variant)
-        return DecoderSelfAttention(variant) if name == "self_attn" else CrossAttention(variant)
+            return "encoder"
+        return "decoder_self" if name == "self_attn" else "cross"
+
+    def wrap_site(self, parent: nn.Module, name: str, variant: AttentionVariant) -> nn.Module:
+        wrapper = {"encoder": HFAttention, "decoder_self": DecoderSelfAttention, "cross": CrossAttention}
+        return wrapper[self.site_kind(parent, name)](variant)
 
     def variant_inputs(self, args: tuple, kwargs: dict) -> dict:
         """An encoder self-attention call (HF's layer calls it as wav2vec2's do)."""

@@ -4,8 +4,9 @@ activation-aware MLA (goal 2 of issue 16 misses at r = d/4 on the encoder).
 
 Each layer's K/V map W = [W_k; W_v] has, whitened by its calibration inputs' second moment C, singular values s;
 keeping rank r leaves sum_{i>r} s_i^2 of error in the layer's K/V activations. Same total rank as uniform r = d/4:
-- "absolute": keep the largest s_i^2 over all layers (least summed activation error);
-- "relative": keep the largest s_i^2 / sum_j s_j^2 (least summed fraction of each layer's energy).
+- "absolute": keep the largest s_i^2 over all layers (least summed activation error): the framework's
+  attention.rank_allocation=spectrum (attention/mla_ranks.py);
+- "relative": keep the largest s_i^2 / sum_j s_j^2 (least summed fraction of each layer's energy), this probe's own.
 The conversion is the framework's own (`ZeroShot.run`: calibration on AN4 val, then greedy decoding); only the
 per-layer latent_dim differs.
     python benchmarks/quality/probe_rank_allocation.py [--limit N]"""
@@ -16,26 +17,16 @@ from unittest import mock
 import torch
 
 from asr_attention.attention import build_attention
-from asr_attention.attention.mla import whitening
+from asr_attention.attention.mla_ranks import kv_spectrum, spread_ranks
 from asr_attention.backbones import patch
 from asr_attention.zero_shot import ZeroShot, wer
 
 SITES = ["encoder"]
 
 
-def whitened_spectrum(mha, calibration: torch.Tensor) -> torch.Tensor:
-    """Singular values of [W_k; W_v] C^1/2, C the inputs' second moment (as MLA whitens): the K/V activations'
-    error per rank."""
-    sqrt_c, _ = whitening(calibration.reshape(-1, mha.d_model))
-    return torch.linalg.svdvals(torch.cat((mha.k_weight, mha.v_weight)).double() @ sqrt_c)
-
-
-def allocate(spectra: list[torch.Tensor], total: int, relative: bool) -> list[int]:
-    """Per layer, how many of its singular values are among the `total` largest scores."""
-    scores = [s**2 / (s**2).sum() if relative else s**2 for s in spectra]
-    layer_of = torch.cat([torch.full((len(s),), i) for i, s in enumerate(scores)])
-    kept = layer_of[torch.cat(scores).argsort(descending=True)[:total]]
-    return [int((kept == i).sum()) for i in range(len(spectra))]
+def relative_ranks(spectra: list[torch.Tensor], total: int) -> list[int]:
+    """spread_ranks on each layer's spectrum scaled to unit energy."""
+    return spread_ranks([s / (s**2).sum().sqrt() for s in spectra], total)
 
 
 def main():
@@ -45,25 +36,27 @@ def main():
     zs = ZeroShot(args.limit, 16, "cpu")
     d = zs.model_cfg.d_model
     uniform = {"name": "mla", "latent_dim": d // 4, "calibration": "activation"}
-    spectra, ranks = [], []
+    spectra = []
 
-    def build(cfg, mha, calibration=None):  # patch_attention's per-layer call, in layer order
-        spectra.append(whitened_spectrum(mha, calibration))
-        return build_attention({**cfg, "latent_dim": ranks[len(spectra) - 1]} if ranks else cfg, mha, calibration)
+    def collect(cfg, mha, calibration=None):  # patch_attention's per-layer call, in layer order
+        spectra.append(kv_spectrum(mha, calibration))
+        return build_attention(cfg, mha, calibration)
 
     rows = {"unconverted": zs.run(None, [])}
-    with mock.patch.object(patch, "build_attention", build):
-        rows["uniform r=d/4"] = zs.run(uniform, SITES)
-        layer_spectra = list(spectra)
-        print("uniform", [d // 4] * len(layer_spectra), f"{100 * wer(rows['uniform r=d/4']['predictions'], True):.2f} %")
-        for name, relative in (("absolute", False), ("relative", True)):
-            ranks[:] = allocate(layer_spectra, d // 4 * len(layer_spectra), relative)
-            spectra.clear()
-            rows[name] = zs.run(uniform, SITES)
-            bytes_ = rows[name]["measured_cache_bytes"]
-            print(name, ranks, f"{100 * wer(rows[name]['predictions'], True):.2f} %", "cache bytes", bytes_,
-                  "uniform's", rows["uniform r=d/4"]["measured_cache_bytes"])
-    print("unconverted", f"{100 * wer(rows['unconverted']['predictions'], True):.2f} %")
+    with mock.patch.object(patch, "build_attention", collect):
+        rows["uniform"] = zs.run(uniform, SITES)
+    rows["absolute"] = zs.run({**uniform, "rank_allocation": "spectrum"}, SITES)
+    ranks = relative_ranks(spectra, d // 4 * len(spectra))
+    layer = iter(ranks)
+    with mock.patch.object(patch, "build_attention",
+                           lambda cfg, mha, calibration=None: build_attention({**cfg, "latent_dim": next(layer)}, mha,
+                                                                              calibration)):
+        rows["relative"] = zs.run(uniform, SITES)
+    rows["uniform"]["latent_dims"], rows["relative"]["latent_dims"] = [d // 4] * len(spectra), ranks
+    for name, row in rows.items():
+        cache = row["measured_cache_bytes"]
+        print(name, row["latent_dims"] or "",
+              f"{100 * wer(row['predictions'], True):.2f} %", "" if cache is None else f"cache bytes {cache}")
 
 
 if __name__ == "__main__":
