@@ -43,7 +43,7 @@ def find_results(sweep_dir: str | Path) -> list[Path]:
 
 
 def variant_label(attention: Mapping) -> str:
-    """The attention with the knob that sets its cache: 'mla r=144', 'mla r=96 act spread', 'gqa kv=2', 'linear elu', 'mha'."""
+    """The attention with the knob that sets its cache: 'mla r=144', 'mla r=96 act spread', 'gqa kv=2', 'mha'."""
     name = attention.get("name", "?")
     if name == "mla":
         label = f"mla r={attention.get('latent_dim')}"
