@@ -22,7 +22,8 @@ def variant_label(text: str) -> str:
         return "gqa kv=" + re.search(r"(\d+) KV head", text).group(1)
     if text.startswith("mla"):
         rank = re.search(r"r = [^,]*?(\d+),", text).group(1)
-        return f"mla r={rank}" + (" act" if "activation-aware" in text else "")
+        label = f"mla r={rank}" + (" act" if "activation-aware" in text else "")
+        return label + (" spread" if "ranks spread" in text else "")
     return text  # linear elu / linear hedgehog
 
 
@@ -74,7 +75,7 @@ def test_readme_whisper_tables_are_the_committed_runs():
     assert matrix.count("\n") == 15  # header, rule and 14 variants
     assert matrix in section_text(SECTION)
     aggs, rows = chosen(every), table_rows(SECTION, leave_out=matrix)
-    assert len(rows) == 18  # 4 seq2seq rows + 14 CTC rows: a table the parser missed would fail here
+    assert len(rows) == 20  # 4 seq2seq rows + 16 CTC rows: a table the parser missed would fail here
     for cells in rows:
         head, sites = ("seq2seq", SITES[cells.pop(0)]) if len(cells) == 5 else ("ctc", "encoder")
         check_row(aggs[("whisper", head, sites, variant_label(cells[0]))], cells[2], cells[3])
