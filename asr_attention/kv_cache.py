@@ -73,8 +73,8 @@ def cache_rows(model: Mapping, chosen: Mapping | None, frames: int, batch: int, 
     for name, att in attentions.items():
         with _quiet("asr_attention.attention"):  # build-time notes (e.g. linear drops xl) are noise in a report
             variant = build_attention(att, mha)
-        # what shapes one layer's cache; `sites` only says which layers convert
-        options = " ".join(f"{k}={v}" for k, v in att.items() if k not in ("name", "sites"))
+        # what shapes one layer's cache; `sites` only says which layers convert; a null option is its default
+        options = " ".join(f"{k}={v}" for k, v in att.items() if k not in ("name", "sites") and v is not None)
         rows.append(CacheRow(name, options, variant.cache_bytes(frames, batch, dtype), model["num_layers"],
                              chosen is not None and chosen["name"] == name))
     return rows
