@@ -49,9 +49,11 @@ def test_each_kind_of_site_keeps_its_own_total():
         assert sum(r for r, k in zip(ranks, kinds) if k == kind) == 3 * kinds.count(kind)
 
 
-def test_an_impossible_total_is_an_error():
+def test_an_impossible_total_or_an_unknown_allocation_is_an_error():
     with pytest.raises(ValueError, match="cannot spread 1 ranks over 2 layers"):
         spread_ranks([torch.ones(4), torch.ones(4)], 1)
+    with pytest.raises(ValueError, match="attention.rank_allocation='energy' is not allowed"):
+        patch_attention(make(), {"name": "mla", "latent_dim": D // 4, "rank_allocation": "energy"})
 
 
 def test_whisper_spread_by_spectrum_keeps_the_cache_and_loses_less_kv():

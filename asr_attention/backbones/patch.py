@@ -76,8 +76,11 @@ def patch_attention(
 def spread_latent_dims(backbone: Backbone, sites: list, canonicals: Sequence[CanonicalMHA], attention_cfg: Mapping,
                        calibration: Sequence[Tensor | None]) -> list[int] | None:
     """Per site, MLA's rank under attention.rank_allocation=spectrum (see mla_ranks); None: latent_dim everywhere."""
-    if attention_cfg["name"] != "mla" or attention_cfg.get("rank_allocation") is None:
+    allocation = attention_cfg.get("rank_allocation")
+    if attention_cfg["name"] != "mla" or allocation is None:
         return None
+    if allocation != "spectrum":
+        raise ValueError(f"attention.rank_allocation={allocation!r} is not allowed: expected null or spectrum")
     kinds = [backbone.site_kind(parent, name) for parent, name, _ in sites]
     spectra = [kv_spectrum(mha, c) for mha, c in zip(canonicals, calibration)]
     return ranks_by_kind(kinds, spectra, int(attention_cfg["latent_dim"]))
