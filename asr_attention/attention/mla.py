@@ -66,7 +66,7 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         super().__init__(mha)
         self.kv_heads = self.num_heads
         self.latent_dim = latent_dim
-        whiten = None if calibration is None else whitening(calibration.reshape(-1, d))
+        whiten = None if calibration is None else whitening(calibration)
         up, down = _factor(torch.cat((mha.k_weight, mha.v_weight)), latent_dim, whiten)
         self.kv_down = nn.Linear(d, latent_dim, bias=False)
         self.kv_down.weight.data.copy_(down)

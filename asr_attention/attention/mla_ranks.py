@@ -24,7 +24,7 @@ def kv_spectrum(mha: CanonicalMHA, calibration: Tensor | None = None) -> Tensor:
     what MLA's conversion truncates."""
     kv = torch.cat((mha.k_weight, mha.v_weight)).double()
     if calibration is not None:
-        kv = kv @ whitening(calibration.reshape(-1, mha.d_model))[0]
+        kv = kv @ whitening(calibration)[0]
     return torch.linalg.svdvals(kv)
 
 
