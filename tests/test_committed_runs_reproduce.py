@@ -3,7 +3,7 @@ of runs (under benchmarks/quality/whisper_1k/runs or encoders_gpu/runs), and com
 sweep expanded to and the flags side_by_side.sh added, as each run's .hydra/overrides.yaml recorded them) with
 today's configs gives each run's stored config, up to the keys that cannot change its numbers
 (run_identity.COSMETIC). A preset default that changed since a run must be pinned in its line, or this fails
-naming the field. The lists of runs still to come (TO_RUN) must compose and validate, line by line."""
+naming the field."""
 
 import json
 import multiprocessing
@@ -17,7 +17,6 @@ from hydra import compose, initialize
 from omegaconf import OmegaConf, open_dict
 
 import asr_attention.resolvers  # noqa: F401  (registers ${pkg:}, ${floordiv:}, ${sweep_group:})
-from asr_attention.config_check import validate
 from asr_attention.run_identity import COSMETIC, identity
 from asr_attention.study_report import data_seed
 
@@ -113,23 +112,3 @@ def test_every_committed_sweep_line_reproduces_its_runs(list_name):
     assert not found, "\n".join(found)
     assert len(jobs) >= len(sweep_lines(list_name))
 
-
-# The lists of runs still to come, and how many lines each holds
-TO_RUN = {"grid_rest": 7}  # the rest of Whisper's seq2seq grid
-
-
-def validated(lines: list[tuple[str, list[str]]]) -> list[str]:
-    """The names of the lines that compose, as the GPU waves run them, and pass validation (which raises)."""
-    with initialize(version_base="1.3", config_path="../conf"):
-        for _, line in lines:
-            validate(compose(config_name="train", overrides=line + ["trainer=gpu", "data.num_workers=1"]))
-    return [name for name, _ in lines]
-
-
-@pytest.mark.parametrize("list_name", TO_RUN)
-def test_every_line_still_to_run_composes_and_validates(list_name):
-    lines = sweep_lines(list_name)
-    assert sorted(on_every_core(validated, lines)) == sorted(name for name, _ in lines)
-    assert len({name for name, _ in lines}) == len(lines) == TO_RUN[list_name]  # names unique
-    done = {name for committed in LISTS for name, _ in sweep_lines(committed)}
-    assert not done & {name for name, _ in lines}, "a line still to run names a committed run"

@@ -5,7 +5,7 @@ what ran. Refuses a run that is not completed or a folder that exists: a committ
 
     python benchmarks/offline_gpu/ingest.py WAVE.tgz... --runs benchmarks/quality/whisper_1k/runs/grid_seq2seq \
         --wandb benchmarks/quality/whisper_1k/wandb_offline_runs_6.tgz \
-        [--todo-list benchmarks/quality/grid_rest.sweeps --done-list benchmarks/quality/grid_seq2seq.sweeps]
+        [--todo-list benchmarks/quality/TODO.sweeps --done-list benchmarks/quality/grid_seq2seq.sweeps]
 """
 
 from __future__ import annotations
