@@ -148,6 +148,8 @@ def validate_training(cfg: Mapping) -> None:
         _number_at_least(optim["head_lr"], "optim.head_lr", 0, strict=True)
         if (cfg.get("model") or {}).get("head") == "seq2seq":  # Whisper's decoder: no CTC head to set apart
             _fail("optim.head_lr", optim["head_lr"], "needs a CTC head (model.head=ctc), or null")
+    if optim.get("distill_weight") is not None:
+        _number_at_least(optim["distill_weight"], "optim.distill_weight", 0, strict=True)
     if cfg.get("checkpoint_every_n_steps") is not None:
         _int_at_least(cfg["checkpoint_every_n_steps"], "checkpoint_every_n_steps", 1, " (or null: epoch ends only)")
 

@@ -12,6 +12,7 @@ from transformers import get_cosine_schedule_with_warmup
 from .backbones import Backbone
 from .data.scoring import normalise_for_scoring
 from .data.text import CharTokenizer
+from .distillation import SiteDistillation
 
 
 class ASRFineTuner(L.LightningModule):
@@ -25,15 +26,20 @@ class ASRFineTuner(L.LightningModule):
     pretrained layers under it.
     attention_only_steps: train only the converted attention layers (and a CTC head that starts random) for the
     first N steps (they start as an approximation; the rest of the network already fits), then everything that
-    is not frozen."""
+    is not frozen.
+    distill_weight: add this times the distillation term (distillation.py: each attention site's output against
+    the unconverted model's) to the training loss; None: off. Build the module before converting the backbone:
+    the teacher is copied from it here."""
 
     def __init__(self, backbone: Backbone, lr: float = 1e-4, weight_decay: float = 0.01, warmup_steps: int = 100,
-                 attention_only_steps: int = 0, head_lr: float | None = None):
+                 attention_only_steps: int = 0, head_lr: float | None = None, distill_weight: float | None = None):
         super().__init__()
         self.backbone = backbone
         self.cased_hypotheses = False
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.attention_only_steps, self.head_lr = attention_only_steps, head_lr
+        self.distill_weight = distill_weight
+        self.distillation = None if distill_weight is None else SiteDistillation(backbone)
         self.metrics = torch.nn.ModuleDict(
             {f"{split}_{kind}{name}": cls() for split in ("val", "test") for kind in ("", "raw_")
              for name, cls in (("wer", WordErrorRate), ("cer", CharErrorRate))}
@@ -58,9 +64,20 @@ class ASRFineTuner(L.LightningModule):
                     p.grad = None
 
     def training_step(self, batch, batch_idx):
-        loss, _ = self.loss_and_hyps(batch, decode=False)
+        if self.distillation is None:
+            loss, _ = self.loss_and_hyps(batch, decode=False)
+        else:
+            with self.distillation.recording(self.backbone):
+                loss, _ = self.loss_and_hyps(batch, decode=False)
+            distill = self.distillation.loss(self.backbone, batch["waves"], batch["wave_lengths"], batch["targets"])
+            self.log("train_distill", distill, batch_size=len(batch["utt_ids"]))
+            loss = loss + self.distill_weight * distill
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["utt_ids"]))
         return loss
+
+    def on_fit_start(self):
+        if self.distillation is not None:  # not a submodule, so Lightning does not move it
+            self.distillation.to(self.device)
 
     def evaluate(self, batch, split: str):
         if batch is None:  # every file of the batch was unreadable (the datamodule recorded them)

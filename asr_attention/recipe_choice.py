@@ -24,7 +24,7 @@ def what_trains(attention_only_steps: int | None, max_steps: int | None) -> str:
 
 def recipe_label(config: Mapping) -> str:
     """'lr 0.0003, attention only; encoder frozen', 'lr 0.0001, attention 500 steps, then all', 'lr 3e-05, head
-    lr 0.001, all from step 0; encoder trained', ..."""
+    lr 0.001, all from step 0; encoder trained; distilled x 1.0', ..."""
     optim, trainer, model = (config.get(k) or {} for k in ("optim", "trainer", "model"))
     first = optim.get("attention_only_steps")
     train = {"all": "all from step 0", "attention_only": "attention only",
@@ -32,7 +32,8 @@ def recipe_label(config: Mapping) -> str:
     frozen = model.get("freeze_encoder")  # Whisper only: its original encoder can stay fixed
     encoder = "" if frozen is None else "; encoder frozen" if frozen else "; encoder trained"
     head = "" if optim.get("head_lr") is None else f", head lr {optim['head_lr']}"
-    return f"lr {optim.get('lr')}{head}, {train}{encoder}{spec_augment_label(model.get('arch') or {})}"
+    distill = "" if optim.get("distill_weight") is None else f"; distilled x {optim['distill_weight']}"
+    return f"lr {optim.get('lr')}{head}, {train}{encoder}{spec_augment_label(model.get('arch') or {})}{distill}"
 
 
 def spec_augment(arch: Mapping) -> dict[str, tuple[float, int]]:

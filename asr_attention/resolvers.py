@@ -31,11 +31,12 @@ OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
 
 
 def recipe_tag(attention_only_steps: int | None, max_steps: int | None, lr: float, head_lr: float | None = None,
-               arch=None) -> str:
-    """${recipe_tag:${optim.attention_only_steps},${trainer.max_steps},${optim.lr},${optim.head_lr},${model.arch}}:
-    what a run fine-tunes and at which lrs, for its name (e.g. 'attention_only-lr3e-05',
-    'attention500_then_all-lr0.0001', 'all-lr0.0001-head_lr0.001-specaug_time0.05x10_mel0.1x10'): the same rule
-    as the study report's recipe label, so two recipes never share a name (and a run folder)."""
+               arch=None, distill_weight: float | None = None) -> str:
+    """${recipe_tag:${optim.attention_only_steps},${trainer.max_steps},${optim.lr},${optim.head_lr},${model.arch},
+    ${optim.distill_weight}}: what a run fine-tunes and at which lrs, for its name (e.g. 'attention_only-lr3e-05',
+    'attention500_then_all-lr0.0001', 'all-lr0.0001-head_lr0.001-specaug_time0.05x10_mel0.1x10',
+    'all-lr0.0001-head_lr0.001-distill1.0'): the same rule as the study report's recipe label, so two recipes never
+    share a name (and a run folder)."""
     from .recipe_choice import spec_augment, what_trains
 
     trains = what_trains(attention_only_steps, max_steps)
@@ -43,7 +44,8 @@ def recipe_tag(attention_only_steps: int | None, max_steps: int | None, lr: floa
         trains = f"attention{attention_only_steps}_then_all"
     axes = spec_augment(arch or {})
     return (f"{trains}-lr{lr}" + ("" if head_lr is None else f"-head_lr{head_lr}")
-            + ("-specaug_" + "_".join(f"{a}{p}x{n}" for a, (p, n) in axes.items()) if axes else ""))
+            + ("-specaug_" + "_".join(f"{a}{p}x{n}" for a, (p, n) in axes.items()) if axes else "")
+            + ("" if distill_weight is None else f"-distill{distill_weight}"))
 
 
 OmegaConf.register_new_resolver("recipe_tag", recipe_tag, replace=True)

@@ -1,0 +1,111 @@
+"""Distillation from the original model (optim.distill_weight, asr_attention/distillation.py): the term is zero for
+an exact conversion and grows as the conversion loses more; it trains the student and never the teacher, which
+stays out of checkpoints; a Lightning fit adds it to the loss; the config field is validated and names the recipe."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from asr_attention.backbones import patch_attention
+from asr_attention.config_check import validate
+from asr_attention.data.text import CharTokenizer
+from asr_attention.module import CTCFineTuner
+from asr_attention.recipe_choice import recipe_label
+from asr_attention.resolvers import recipe_tag
+from asr_attention.seq2seq_module import Seq2SeqFineTuner
+
+from test_whisper import D, audio, make, tokens
+
+CTC_TARGETS = {"targets": torch.tensor([[2, 3, 1, 4], [2, 3, -100, -100], [4, -100, -100, -100]]),
+               "target_lengths": torch.tensor([4, 2, 1])}
+
+
+def ctc_batch() -> dict:
+    waves, lengths = audio()
+    return {"waves": waves, "wave_lengths": lengths, "utt_ids": ["a", "b", "c"], **CTC_TARGETS}
+
+
+def seq2seq_batch() -> dict:
+    waves, lengths = audio()
+    return {"waves": waves, "wave_lengths": lengths, "utt_ids": ["a", "b", "c"], "targets": tokens(length=4)}
+
+
+def distill_term(head: str, attention: dict) -> float:
+    backbone = make(head)
+    module = (CTCFineTuner(backbone, CharTokenizer.from_texts(["AB C"]), distill_weight=1.0) if head == "ctc"
+              else Seq2SeqFineTuner(backbone, distill_weight=1.0))
+    patch_attention(backbone, {**attention, "sites": "all"})
+    batch = ctc_batch() if head == "ctc" else seq2seq_batch()
+    with torch.no_grad(), module.distillation.recording(backbone):
+        module.loss_and_hyps(batch, decode=False)
+        return module.distillation.loss(backbone, batch["waves"], batch["wave_lengths"], batch["targets"]).item()
+
+
+@pytest.mark.parametrize("head", ["ctc", "seq2seq"])
+def test_the_term_is_zero_for_an_exact_conversion_and_grows_with_the_cut(head):
+    exact = distill_term(head, {"name": "mla", "latent_dim": D})
+    half = distill_term(head, {"name": "mla", "latent_dim": D // 2})
+    eighth = distill_term(head, {"name": "mla", "latent_dim": D // 8})
+    assert exact < 1e-10
+    assert 1e-4 < half < eighth
+
+
+def test_it_trains_the_student_and_never_the_teacher():
+    backbone = make("ctc")
+    module = CTCFineTuner(backbone, CharTokenizer.from_texts(["AB C"]), distill_weight=1.0)
+    patch_attention(backbone, {"name": "mla", "latent_dim": D // 4, "sites": "all"})
+    backbone.train()
+    teacher = module.distillation.teacher
+    weights = {k: v.clone() for k, v in teacher.state_dict().items()}
+    batch = ctc_batch()
+    with module.distillation.recording(backbone):
+        module.loss_and_hyps(batch, decode=False)
+    module.distillation.loss(backbone, batch["waves"], batch["wave_lengths"]).backward()
+    grads = {name: p.grad for name, p in backbone.named_parameters()}
+    assert all(grads[n] is not None and grads[n].abs().sum() > 0 for n in grads if ".variant." in n)
+    assert all(grads[n] is None for n in grads if n.startswith("ctc_head."))  # the term reaches attention only
+    assert not teacher.training and all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in weights.items())
+    assert not any(k.startswith("distillation") or "teacher" in k for k in module.state_dict())
+
+
+class Batches(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return ctc_batch()
+
+
+def test_a_fit_adds_the_weighted_term_to_the_loss(tmp_path):
+    backbone = make("ctc")
+    module = CTCFineTuner(backbone, CharTokenizer.from_texts(["AB C"]), distill_weight=3.0)
+    patch_attention(backbone, {"name": "mla", "latent_dim": D // 4, "sites": "all"})
+    backbone.train()
+    batch = ctc_batch()
+    with torch.no_grad():  # the first step's CTC loss (no dropout in the tiny model: train mode computes the same)
+        ctc = module.ctc_loss(batch, *module(batch["waves"], batch["wave_lengths"])).item()
+    logged = {}
+    module.log = lambda name, value, **kw: logged.setdefault(name, []).append(float(value))
+    loader = torch.utils.data.DataLoader(Batches(), batch_size=None)
+    L.Trainer(max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              default_root_dir=tmp_path, accelerator="cpu").fit(module, loader)
+    assert len(logged["train_distill"]) == 2 and logged["train_distill"][0] > 1e-4
+    assert logged["train_loss"][0] == pytest.approx(ctc + 3.0 * logged["train_distill"][0], rel=1e-5)
+
+
+@pytest.mark.parametrize("weight", [0, -1.0, "x"])
+def test_a_bad_weight_is_an_error_naming_the_field(compose_cfg, weight):
+    cfg = compose_cfg("train", [f"optim.distill_weight={weight}"])
+    with pytest.raises(ValueError, match="optim.distill_weight"):
+        validate(cfg)
+
+
+def test_the_weight_names_the_recipe():
+    config = {"optim": {"lr": 1e-4, "head_lr": 1e-3, "attention_only_steps": 0, "distill_weight": 1.0},
+              "trainer": {"max_steps": 2000}, "model": {"freeze_encoder": False}}
+    assert recipe_label(config) == "lr 0.0001, head lr 0.001, all from step 0; encoder trained; distilled x 1.0"
+    assert recipe_tag(0, 2000, 1e-4, 1e-3, None, 1.0) == "all-lr0.0001-head_lr0.001-distill1.0"
+    assert recipe_tag(0, 2000, 1e-4, 1e-3, None, None) == "all-lr0.0001-head_lr0.001"
