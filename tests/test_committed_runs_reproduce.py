@@ -25,7 +25,7 @@ from test_sweep import REPO
 RUNS = REPO / "benchmarks/quality/whisper_1k/runs"
 LISTS = {"whisper_1k": RUNS, **{name: RUNS / name for name in
                                ("recipe", "chosen_recipe", "ctc_recipe", "breadth", "independent_seeds", "grid_ctc",
-                                "grid_seq2seq", "ctc_warmup", "ctc_specaugment", "ctc_rank_spread")},
+                                "grid_seq2seq", "ctc_warmup", "ctc_specaugment", "ctc_rank_spread", "ctc_distill")},
          "encoders_gpu": REPO / "benchmarks/quality/encoders_gpu/runs"}
 
 

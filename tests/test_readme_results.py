@@ -33,13 +33,15 @@ def section_text(heading: str) -> str:
     return section[:section.index("\n### ", 1)]
 
 
-def table_rows(heading: str, leave_out: str = "") -> list[list[str]]:
+def table_rows(heading: str, leave_out: tuple[str, ...] = ()) -> list[list[str]]:
     """The cells of every table row in the README section under `heading` (header and rule lines, and the lines
-    of `leave_out`, left out)."""
-    section = section_text(heading).replace(leave_out, "")
+    of the tables in `leave_out`, left out)."""
+    section = section_text(heading)
+    for table in leave_out:
+        section = section.replace(table, "")
     rows = [[c.strip().replace("**", "") for c in line.strip("|").split("|")]
             for line in section.splitlines() if line.startswith("| ")]
-    header_or_rule = ("sites", "variant", "model")
+    header_or_rule = ("sites", "variant", "model", "recipe")
     return [cells for cells in rows if cells[0] not in header_or_rule and not set(cells[0]) <= {"-", ":"}]
 
 
@@ -74,11 +76,43 @@ def test_readme_whisper_tables_are_the_committed_runs():
     matrix = cost_matrix_table(every)
     assert matrix.count("\n") == 15  # header, rule and 14 variants
     assert matrix in section_text(SECTION)
-    aggs, rows = chosen(every), table_rows(SECTION, leave_out=matrix)
+    aggs, rows = chosen(every), table_rows(SECTION, leave_out=(matrix, readme_table(DISTILL_HEADER)))
     assert len(rows) == 20  # 4 seq2seq rows + 16 CTC rows: a table the parser missed would fail here
     for cells in rows:
         head, sites = ("seq2seq", SITES[cells.pop(0)]) if len(cells) == 5 else ("ctc", "encoder")
         check_row(aggs[("whisper", head, sites, variant_label(cells[0]))], cells[2], cells[3])
+
+
+DISTILL_HEADER = "| recipe | control test WER % | r = d/2 | r = d/4 | r = d/8 | val, 12 cells |"
+
+
+def readme_table(header: str) -> str:
+    """The README table that starts with the line `header`, all its lines."""
+    section = section_text(SECTION)
+    lines = section[section.index(header):].splitlines()
+    return "\n".join(lines[:next(i for i, line in enumerate(lines) if not line.startswith("|"))])
+
+
+def test_readme_distillation_table_is_the_committed_runs():
+    """Per CTC recipe (the chosen one, distilled x 1 and x 10): the control's mean test WER, each MLA rank's cost
+    against that control, and the recipe's mean best val WER over the cells it shares with the chosen one (the
+    report's head-to-head table)."""
+    rows = collect(REPO / "benchmarks/quality/whisper_1k/runs")
+    choice = recipe_choice.compare(rows)[("whisper", "ctc", "encoder")]
+    aggs = {(a["recipe"], a["variant"]): a for a in aggregate(rows, {("whisper", "ctc", "encoder"): choice})
+            if a["head"] == "ctc"}
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in readme_table(DISTILL_HEADER).splitlines()]
+    assert len(table) == 5  # header, rule, 3 recipes
+    for name, control, d2, d4, d8, val in table[2:]:
+        weight = re.fullmatch(r"distilled x (\d+)", name)
+        recipe = choice["chosen"] + (f"; distilled x {float(weight.group(1))}" if weight else "")
+        assert (weight is None) == name.startswith("chosen")
+        assert control == f"{100 * aggs[(recipe, 'mha')]['wer_after']:.2f}"
+        for cost, rank in ((d2, 192), (d4, 96), (d8, 48)):
+            a = aggs[(recipe, f"mla r={rank} act")]
+            assert a["seeds"] == [0, 1, 2] and cost == cost_matrix.points(a["cost_after"], a["cost_after_sd"])
+        versus = choice["versus"][recipe if weight else choice["chosen"] + "; distilled x 1.0"]
+        assert versus["cells"] == 12 and val == f"{100 * versus['mean' if weight else 'chosen_mean']:.2f}"
 
 
 def test_readme_encoder_table_is_the_committed_runs():
