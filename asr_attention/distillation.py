@@ -24,6 +24,7 @@ from .backbones.patch import valid_frames
 class SiteDistillation:
     def __init__(self, backbone: Backbone):
         self.teacher = copy.deepcopy(backbone).eval().requires_grad_(False)
+        self.student_outputs: list[tuple[Tensor, Tensor | None]] = []  # filled while `recording`, emptied by `loss`
 
     def to(self, device: torch.device) -> SiteDistillation:
         self.teacher.to(device)

@@ -114,6 +114,9 @@ BAD = [  # overrides, the start of the message (field=value), a word of what is 
     (["optim.warmup_steps=-1"], "optim.warmup_steps=-1", "integer >= 0"),
     (["optim.head_lr=0"], "optim.head_lr=0", "number > 0"),
     (["model=whisper", "optim.head_lr=0.001"], "optim.head_lr=0.001", "needs a CTC head (model.head=ctc)"),
+    (["optim.distill_weight=0"], "optim.distill_weight=0", "number > 0"),
+    (["optim.distill_weight=-1.0"], "optim.distill_weight=-1.0", "number > 0"),
+    (["optim.distill_weight=x"], "optim.distill_weight='x'", "number > 0"),
     (["checkpoint_every_n_steps=0"], "checkpoint_every_n_steps=0", "(or null: epoch ends only)"),
     (["model=whisper", "attention=native", "export_dir=/tmp/x"], "export_dir='/tmp/x'", "not model.family=whisper"),
 ]
