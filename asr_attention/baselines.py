@@ -24,16 +24,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from asr_attention.backbones import count_parameters
 from asr_attention.config_check import validate_model
 from asr_attention.kv_cache import CONF, cache_rows
 
 BASELINES = Path(__file__).resolve().parents[1] / "baselines"
 SAMPLE_RATE = 16000
 KV_FRAMES, KV_BATCH, KV_DTYPE = 1000, 1, torch.float32
-
-
-def _count(*modules: nn.Module) -> int:
-    return sum(p.numel() for m in modules for p in m.parameters())
 
 
 @dataclass
@@ -66,9 +63,9 @@ def build_wav2vec2_large_960h() -> Built:
         num_heads=layers[0].attention.num_heads,
         num_layers=len(layers),
         frame_ms=1000 * math.prod(config.conv_stride) / SAMPLE_RATE,
-        num_parameters=_count(model),
-        encoder_parameters=_count(model.wav2vec2),
-        attention_parameters=_count(*(layer.attention for layer in layers)),
+        num_parameters=count_parameters(model),
+        encoder_parameters=count_parameters(model.wav2vec2),
+        attention_parameters=count_parameters(*(layer.attention for layer in layers)),
         counted="Wav2Vec2ForCTC: all parameters (conv feature encoder, projection, conv positional embedding, "
         "24 post-LN Transformer layers, masked_spec_embed, CTC lm_head); encoder = model.wav2vec2",
     )
@@ -98,9 +95,9 @@ def build_branchformer_large_tedlium2() -> Built:
         num_heads=layers[0].mha_layer.num_heads,
         num_layers=len(layers),
         frame_ms=float(hop_ms * math.prod(strides)),
-        num_parameters=_count(cnn, transformer, seq_lin, ctc_lin),
-        encoder_parameters=_count(cnn, transformer.custom_src_module, transformer.encoder),
-        attention_parameters=_count(*(layer.mha_layer for layer in layers)),
+        num_parameters=count_parameters(cnn, transformer, seq_lin, ctc_lin),
+        encoder_parameters=count_parameters(cnn, transformer.custom_src_module, transformer.encoder),
+        attention_parameters=count_parameters(*(layer.mha_layer for layer in layers)),
         counted="the recipe's model ModuleList([CNN, Transformer, seq_lin, ctc_lin]): CNN front end, "
         "TransformerASR (18 Branchformer encoder + 6 Transformer decoder layers, embeddings), attention-decoder "
         "and CTC heads; encoder = CNN + input projection + Branchformer encoder",

@@ -9,13 +9,12 @@ from .attention import VARIANTS
 from .attention.canonical import Position
 from .attention.feature_maps import FEATURE_MAPS
 from .backbones import FAMILIES
+from .backbones.sites import model_site_kinds
 
 # The allowed names are the registries' own: a variant, feature map or family added there is allowed here.
 ATTENTION_NAMES = ("native", *VARIANTS)  # native: the backbone's own module, left unpatched
 CALIBRATIONS = ("plain", "activation")
-SITE_KINDS = {"whisper": ("encoder", "decoder_self", "cross")}  # other families: encoder self-attention only
 EXPORTABLE = ("hf_wav2vec2", "speechbrain_branchformer")  # backbones/export.py: the formats their loaders read
-DEFAULT_SITES = {"whisper": ("decoder_self", "cross")}  # attention.sites=null: the two caches that exist at inference
 HEADS = {"whisper": ("seq2seq", "ctc")}
 POSITIONS = get_args(Position)
 
@@ -59,11 +58,6 @@ def validate_model(model: Mapping) -> None:
         _choice(model, "model", "head", HEADS[model["family"]])
 
 
-def model_site_kinds(family: str, head: str | None = None) -> tuple[str, ...]:
-    """The kinds of attention site a model has: a CTC head reads the encoder alone (Whisper's decoder is dropped)."""
-    return ("encoder",) if head == "ctc" else SITE_KINDS.get(family, ("encoder",))
-
-
 def validate_sites(attention: Mapping, model: Mapping) -> None:
     """attention.sites (optional): a list of the model's kinds of attention site, or 'all'."""
     sites = attention.get("sites")
@@ -75,15 +69,6 @@ def validate_sites(attention: Mapping, model: Mapping) -> None:
         head = f", model.head={model['head']}" if model.get("head") == "ctc" else ""
         _fail("attention.sites", sites if listed is None else listed,
               f"expected a non-empty list of {list(kinds)} (model.family={model['family']}{head}), or 'all'")
-
-
-def site_kinds(sites: Any, family: str, head: str | None = None) -> tuple[str, ...]:
-    """The kinds of site a valid attention.sites converts: null is the model's default, 'all' every kind."""
-    kinds = model_site_kinds(family, head)
-    if sites == "all" or list(sites or []) == ["all"]:
-        return kinds
-    chosen = tuple(sites or (DEFAULT_SITES.get(family, ("encoder",)) if head != "ctc" else kinds))
-    return tuple(k for k in kinds if k in chosen)
 
 
 def validate_attention(attention: Mapping, model: Mapping) -> None:

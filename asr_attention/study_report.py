@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from . import cost_matrix, recipe_choice
-from .config_check import site_kinds
+from .backbones.sites import site_kinds
 from .report import (analytic_cache_mib, find_results, log_to_wandb, pareto_front, report_cli, table_cell,
                      variant_label)
 from .run_identity import identity

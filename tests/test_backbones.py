@@ -174,8 +174,8 @@ def test_patched_mha_model_equals_unpatched(case):
 def test_hf_mask_is_converted_once_per_forward_not_per_layer(spy):
     """The mask check is a host sync: the patched layers of one forward share one conversion, and the next
     forward (a new mask object) converts again."""
-    from asr_attention.backbones import hf_wav2vec2
-    calls = spy(hf_wav2vec2, "key_padding_from_hf")
+    from asr_attention.backbones import hf_attention
+    calls = spy(hf_attention, "key_padding_from_hf")
     backbone = make(ALL_CASES["conformer-relative-sdpa"])
     ref, lengths = run(backbone)
     patch_attention(backbone, {"name": "mha"})

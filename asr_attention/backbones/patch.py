@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 MIB = 2**20
 
 
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+def count_parameters(*modules: nn.Module) -> int:
+    """Parameters of the modules together (each module's parameters() yields a tied tensor once)."""
+    return sum(p.numel() for m in modules for p in m.parameters())
 
 
 def patch_attention(

@@ -28,9 +28,9 @@ from transformers.models.whisper.modeling_whisper import WhisperAttention
 from asr_attention.attention import AttentionVariant, Cache, CanonicalMHA, cache_nbytes
 from asr_attention.attention.mha import MultiHeadAttention
 
-from .. import config_check
+from . import sites
 from .base import Backbone
-from .hf_wav2vec2 import HFAttention
+from .hf_attention import HFAttention
 from .whisper_mel import HOP, LogMel
 from .whisper_tokens import WhisperTokens
 
@@ -154,7 +154,7 @@ class Whisper(Backbone):
             raise ValueError(f"model.head={head!r} is not one of ['seq2seq', 'ctc']")
         self.model, self.tokens, self.head = model, tokens, head
         self.mel = LogMel(model.config.num_mel_bins, 2 * model.config.max_source_positions)
-        self.site_kinds = config_check.site_kinds(None, self.family, head)
+        self.site_kinds = sites.site_kinds(None, self.family, head)
         self.ctc_head = None
         if head == "ctc":  # the encoder alone: the decoder and its output layer (~3/4 of tiny.en) are dropped
             model.model.decoder, model.proj_out = None, None
@@ -192,13 +192,13 @@ class Whisper(Backbone):
 
     # ---- sites ---------------------------------------------------------------------------------------------
     def select_sites(self, kinds) -> None:
-        """Unknown kinds are an error here (config_check.site_kinds, which resolves null and 'all', skips them)."""
+        """Unknown kinds are an error here (sites.site_kinds, which resolves null and 'all', skips them)."""
         named = [] if kinds is None or kinds == "all" or list(kinds) == ["all"] else list(kinds)
-        allowed = config_check.model_site_kinds(self.family, self.head)
+        allowed = sites.model_site_kinds(self.family, self.head)
         if any(k not in allowed for k in named):
             raise ValueError(f"attention.sites={named} is not allowed: expected a non-empty list of "
                              f"{list(allowed)} (model.head={self.head}), or 'all'")
-        self.site_kinds = config_check.site_kinds(kinds, self.family, self.head)
+        self.site_kinds = sites.site_kinds(kinds, self.family, self.head)
 
     def attention_sites(self) -> Iterator[tuple[nn.Module, str, nn.Module]]:
         """The selected kinds, in the order encoder layers, then per decoder layer self before cross."""
