@@ -6,6 +6,7 @@ Always returns what every backbone here consumes: a float32 mono 1-D tensor at 1
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,3 +70,9 @@ def load_audio(path: str, start: float | None = None, end: float | None = None,
     if sr != sample_rate:
         wave = AF.resample(wave, sr, sample_rate)
     return wave.contiguous()
+
+
+def audio_digest(wave: torch.Tensor) -> str:
+    """What identifies a loaded waveform: a hash of its samples (cheap next to reading the file). The encoder-output
+    store keys on it, so an utterance is never given the stored output of other audio that shares its utt_id."""
+    return hashlib.blake2b(wave.contiguous().numpy().tobytes(), digest_size=16).hexdigest()

@@ -1,4 +1,4 @@
-"""Dataset of (waveform, token ids, utt_id) and the padding collate.
+"""Dataset of (waveform, token ids, utt_id, text, audio id) and the padding collate.
 
 A file that fails to load does not crash the epoch: with on_bad_audio="skip" the item becomes a `Skipped`
 record (and a warning names the path); `collate` drops it from the batch and passes the record on in
@@ -12,7 +12,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from .audio import SAMPLE_RATE, AudioError, load_audio
+from .audio import SAMPLE_RATE, AudioError, audio_digest, load_audio
 from .manifest import Utterance
 
 BadAudioPolicy = Literal["skip", "error"]
@@ -27,6 +27,7 @@ class Example(NamedTuple):
     targets: torch.Tensor   # (L,) int64 token ids
     utt_id: str
     text: str               # normalised transcript (the WER reference)
+    audio_id: str           # hash of `wave` (audio_digest): tells apart audio that shares an utt_id
 
 
 class Skipped(NamedTuple):
@@ -66,13 +67,15 @@ class ASRDataset(torch.utils.data.Dataset):
             skipped = Skipped(u.utt_id, u.path, e.reason)
             warn_skipped(skipped)
             return skipped
-        return Example(wave, torch.tensor(self.targets[i], dtype=torch.long), u.utt_id, self.texts[i])
+        return Example(wave, torch.tensor(self.targets[i], dtype=torch.long), u.utt_id, self.texts[i],
+                       audio_digest(wave))
 
 
 def collate(items: list[Example | Skipped], target_pad: int = -100) -> dict:
     """Pad a batch. waves (B, S) zero-padded float32, wave_lengths (B,), targets (B, L) padded with
     `target_pad` (-100: HF's convention; torch ctc_loss ignores positions past target_lengths),
-    target_lengths (B,), utt_ids, texts, skipped (records of items dropped). B may be 0 if all failed.
+    target_lengths (B,), utt_ids, texts, audio_ids (each wave's audio_digest), skipped (records of items
+    dropped). B may be 0 if all failed.
     """
     good = [x for x in items if isinstance(x, Example)]
     skipped = [dict(x._asdict()) for x in items if isinstance(x, Skipped)]
@@ -85,4 +88,5 @@ def collate(items: list[Example | Skipped], target_pad: int = -100) -> dict:
         waves[k, : x.wave.numel()] = x.wave
         targets[k, : x.targets.numel()] = x.targets
     return {"waves": waves, "wave_lengths": wave_lengths, "targets": targets, "target_lengths": target_lengths,
-            "utt_ids": [x.utt_id for x in good], "texts": [x.text for x in good], "skipped": skipped}
+            "utt_ids": [x.utt_id for x in good], "texts": [x.text for x in good],
+            "audio_ids": [x.audio_id for x in good], "skipped": skipped}
