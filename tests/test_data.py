@@ -195,6 +195,26 @@ def test_datamodule_on_bad_audio_error_names_path(tmp_path):
         _dm(tmp_path, on_bad_audio="error").setup()
 
 
+def test_an_utt_id_may_repeat_across_splits_but_not_within_one(tmp_path):
+    """Within a split a repeated utt_id is an error naming the manifest and the id. Across splits it is allowed,
+    and the bad files of two splits' utterances that share an id are each counted."""
+    corrupt, empty = _manifest_with_bad_files(tmp_path)
+    good0 = read_manifest(tmp_path / "val.tsv")[0]
+    write_manifest([replace(good0, speaker="spk_val"), replace(good0, speaker="spk_val")], tmp_path / "other_val.tsv")
+    with pytest.raises(ValueError) as err:
+        _dm(tmp_path, other_val=True).setup()
+    assert str(err.value).startswith(f"manifest {tmp_path / 'other_val.tsv'} (data.val_split): repeated utt_id "
+                                     "'good0' (2 rows)")
+    bad_corrupt, bad_empty = read_manifest(tmp_path / "test.tsv")
+    write_manifest([replace(bad_corrupt, utt_id="u1"), good0], tmp_path / "other_val.tsv")
+    write_manifest([replace(bad_empty, utt_id="u1")], tmp_path / "test.tsv")
+    dm = _dm(tmp_path, other_val=True)
+    with pytest.warns(BadAudioWarning):
+        dm.setup()
+    assert sorted((s["utt_id"], s["path"]) for s in dm.skipped if s["utt_id"] == "u1") == [
+        ("u1", str(corrupt)), ("u1", str(empty))]
+
+
 def test_read_time_failure_is_dropped_by_collate(tmp_path):
     corrupt, empty = _manifest_with_bad_files(tmp_path)
     utts = read_manifest(tmp_path / "train.tsv")

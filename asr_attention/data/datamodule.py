@@ -11,6 +11,9 @@ dataset and dropped by collate. Every skip is recorded once in `skipped` (utt_id
 results.json. A batch whose items all failed becomes `None` (in `on_before_batch_transfer`, main process):
 Lightning's training loop skips it by itself; validation/test steps receive None and must return early.
 
+Within a split each utterance needs its own utt_id (a repeated one is a ValueError naming the split or its
+manifest); splits may share ids.
+
 Transcripts are normalised to the tokenizer's vocabulary at setup; characters outside it raise ValueError
 naming the utterance (oov="error") or are dropped (oov="drop"). Utterances whose transcript ends up empty or
 was changed by oov="drop" are counted in `transcripts`, and whole-file utterances whose stated duration is more
@@ -30,9 +33,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from .audio import AudioError, audio_info
-from .corpora import AN4_VAL_SPEAKERS, read_corpus
+from .corpora import AN4_VAL_SPEAKERS, _manifest_path, read_corpus
 from .dataset import ASRDataset, BadAudioPolicy, Skipped, collate, warn_skipped
-from .manifest import Utterance
+from .manifest import Utterance, check_unique_ids
 from .resumable import ResumableLoader
 from .sampler import BucketBatchSampler
 from .text import CharTokenizer, OOVPolicy, check_oov_policy
@@ -76,7 +79,7 @@ class ASRDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.datasets: dict[str, ASRDataset] = {}
         self.skipped: list[dict] = []
-        self._skipped_ids: set[str] = set()
+        self._skipped_ids: set[tuple[str, str]] = set()
         # For results.json: per split, the utterance ids whose reference text is empty or was changed by
         # oov="drop", and the whole-file utterances whose stated duration disagrees with their audio file's.
         self.transcripts: dict[str, dict[str, list[str]]] = {"empty": {}, "changed_by_oov_drop": {}}
@@ -84,8 +87,14 @@ class ASRDataModule(L.LightningDataModule):
 
     # ---- reading -------------------------------------------------------------------------------------------
     def _read(self, part: str) -> list[Utterance]:
-        return read_corpus(self.corpus, self.root, self.splits[part],
+        """One split's utterances; an utt_id repeated within it is an error naming the split (or its manifest)."""
+        utts = read_corpus(self.corpus, self.root, self.splits[part],
                            val_speakers=self.val_speakers if self.corpus == "an4" else None)
+        split = self.splits[part]
+        where = (f"manifest {_manifest_path(self.root, split)} (data.{part}_split)"
+                 if self.corpus == "manifest" else f"data.{part}_split={split} of data.corpus={self.corpus}")
+        check_unique_ids(utts, where)
+        return utts
 
     def corpus_texts(self) -> list[str]:
         """Raw training transcripts (val speakers removed), to build a tokenizer before setup."""
@@ -100,8 +109,10 @@ class ASRDataModule(L.LightningDataModule):
         return kept
 
     def record_skip(self, utt_id: str, path: str, reason: str) -> None:
-        if utt_id not in self._skipped_ids:
-            self._skipped_ids.add(utt_id)
+        """Once per utterance: a file listed in two splits under one id counts once; two splits' utterances that
+        share an id but not a file count apart."""
+        if (utt_id, path) not in self._skipped_ids:
+            self._skipped_ids.add((utt_id, path))
             self.skipped.append({"utt_id": utt_id, "path": path, "reason": reason})
 
     def _check_audio(self, utts: list[Utterance]) -> list[Utterance]:
