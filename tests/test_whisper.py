@@ -297,6 +297,42 @@ def test_a_training_encoder_is_never_served_from_the_store(trains, tmp_path):
             [n for n, p in trainable if p.grad is None or not p.grad.abs().sum() > 0][:3]
 
 
+def test_audio_longer_than_the_window_is_bad_audio_of_the_run(tmp_path):
+    """The run's datamodule takes Whisper's window as its limit (30 s for the released models; TINY's is 1 s): with
+    data.on_bad_audio=skip a longer file is skipped and counted and the rest is decoded; with error, setup stops
+    naming the file, its length and the limit."""
+    import soundfile as sf
+    from omegaconf import OmegaConf
+
+    from asr_attention.data import AudioError, Utterance, write_manifest
+    from asr_attention.data.text import CharTokenizer
+    from asr_attention.experiment import build_datamodule_for
+    from asr_attention.seq2seq_module import Seq2SeqFineTuner
+
+    long_arch = {**TINY["arch"], "max_source_positions": 1500}
+    assert build_backbone({**TINY, "arch": long_arch, "head": "seq2seq"}, None).max_audio_seconds == 30.0
+    backbone = make()
+    assert backbone.max_audio_seconds == 1.0
+    waves, _ = audio()
+    sf.write(tmp_path / "short.wav", waves[0, :8000].numpy(), 16000)
+    sf.write(tmp_path / "long.wav", waves[:2].flatten().numpy(), 16000)  # 1.5 s: over the window
+    for split in ("train", "val", "test"):
+        write_manifest([Utterance("short", str(tmp_path / "short.wav"), "HI", 0.5, split),
+                        Utterance("long", str(tmp_path / "long.wav"), "HI", 1.5, split)], tmp_path / f"{split}.tsv")
+    data = dict(corpus="manifest", root=str(tmp_path), train_split="train.tsv", val_split="val.tsv",
+                test_split="test.tsv", batch_size=2, num_workers=0, on_bad_audio="skip")
+    with pytest.warns(UserWarning, match="long.wav: 1.50 s long, over the 1 s the model reads per utterance"):
+        datamodule = build_datamodule_for(OmegaConf.create({"data": data}), CharTokenizer.from_texts(["HI"]), backbone)
+    assert [(s["utt_id"], s["path"]) for s in datamodule.skipped] == [("long", str(tmp_path / "long.wav"))]
+    (batch,) = datamodule.test_dataloader()
+    assert batch["utt_ids"] == ["short"]
+    backbone.encoder.requires_grad_(False)
+    assert Seq2SeqFineTuner(backbone).memory(batch).shape == (1, 50, D)
+    with pytest.raises(AudioError, match=r"long.wav: 1.50 s long, over the 1 s .*data.on_bad_audio=skip"):
+        build_datamodule_for(OmegaConf.create({"data": {**data, "on_bad_audio": "error"}}),
+                             CharTokenizer.from_texts(["HI"]), backbone)
+
+
 def test_spec_augment_masks_spans_within_the_audio_in_training_only():
     """model.arch turns on transformers' SpecAugment: in training, time spans inside each utterance's audio (not
     its padding) and mel bands become 0, the rest stays; in eval nothing is masked; the frozen encoder's output

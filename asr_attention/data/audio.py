@@ -18,10 +18,11 @@ SAMPLE_RATE = 16_000
 
 
 class AudioError(Exception):
-    """A file that cannot give audio: unreadable, corrupt, empty, or a segment outside the file."""
+    """A file that cannot give audio: unreadable, corrupt, empty, a segment outside the file, or longer than the
+    model reads. `reason` is what a skip records; `hint`, if any, what to do (in the message only)."""
 
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"{path}: {reason}")
+    def __init__(self, path: str, reason: str, hint: str = ""):
+        super().__init__(f"{path}: {reason}" + (f"; {hint}" if hint else ""))
         self.path = str(path)
         self.reason = reason
 
@@ -46,6 +47,13 @@ def audio_info(path: str) -> AudioInfo:
     if info.frames <= 0:
         raise AudioError(path, "empty (0 samples)")
     return AudioInfo(info.samplerate, info.frames, info.channels)
+
+
+def check_length(path: str, seconds: float, max_seconds: float | None) -> None:
+    """AudioError if `seconds` of audio are more than the model reads per utterance (Whisper: its 30-s window)."""
+    if max_seconds is not None and seconds > max_seconds:
+        raise AudioError(path, f"{seconds:.2f} s long, over the {max_seconds:g} s the model reads per utterance",
+                         "split it, or set data.on_bad_audio=skip to skip such files (counted in results.json)")
 
 
 def load_audio(path: str, start: float | None = None, end: float | None = None,
