@@ -118,8 +118,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: tuple[L.Callback, .
     )
 
 
-def build_datamodule_for(cfg: DictConfig, tokenizer: CharTokenizer) -> ASRDataModule:
-    datamodule = build_datamodule(cfg.data, tokenizer)
+def build_datamodule_for(cfg: DictConfig, tokenizer: CharTokenizer, backbone: Backbone) -> ASRDataModule:
+    """Audio longer than the backbone reads (Whisper: 30 s) is bad audio: data.on_bad_audio skips or refuses it."""
+    datamodule = build_datamodule(cfg.data, tokenizer, backbone.max_audio_seconds)
     datamodule.setup()
     return datamodule
 

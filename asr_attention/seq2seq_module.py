@@ -3,7 +3,9 @@
 An encoder that nothing changes (frozen, not converted) gives the same output for an utterance every time: with
 cache_encoder, each utterance's encoder output is computed once and kept (on the host) across every test pass
 and epoch. Its attention-module identities and requires_grad flags key the store, so converting or unfreezing
-the encoder empties it.
+the encoder empties it (an encoder with any trainable parameter is never served from it: it would get no
+gradient). Within the store an output is found by utt_id and audio id (the hash of the waveform that collate
+puts in batch["audio_ids"]): a test utterance that shares its id with a val one gets its own audio's output.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class Seq2SeqFineTuner(ASRFineTuner):
         self.cased_hypotheses = True  # Whisper writes "CQQF" for spelled letters
         self.decoding = decoding or DecodingOptions()
         self.cache_encoder = cache_encoder
-        self._memories: dict[str, Tensor] = {}
+        self._memories: dict[tuple[str, str], Tensor] = {}  # (utt_id, audio id) -> encoder output
         self._memories_key: tuple | None = None
 
     def forward(self, waves: Tensor, wave_lengths: Tensor) -> list[str]:
@@ -47,14 +49,18 @@ class Seq2SeqFineTuner(ASRFineTuner):
             return self.backbone.encode(batch["waves"], batch["wave_lengths"])
         if key != self._memories_key:
             self._memories, self._memories_key = {}, key
-        missing = [i for i, u in enumerate(batch["utt_ids"]) if u not in self._memories]
+        if "audio_ids" not in batch:
+            raise ValueError("model.cache_encoder=true needs batch['audio_ids'] (data/dataset.py's collate adds "
+                             "them) to tell stored encoder outputs apart; or set model.cache_encoder=false")
+        keys = list(zip(batch["utt_ids"], batch["audio_ids"]))
+        missing = [i for i, k in enumerate(keys) if k not in self._memories]
         if missing:
             rows = torch.tensor(missing, device=batch["waves"].device)
             with torch.no_grad():
                 out = self.backbone.encode(batch["waves"][rows], batch["wave_lengths"][rows])
             for i, m in zip(missing, out):
-                self._memories[batch["utt_ids"][i]] = m.cpu()
-        return torch.stack([self._memories[u] for u in batch["utt_ids"]]).to(batch["waves"].device)
+                self._memories[keys[i]] = m.cpu()
+        return torch.stack([self._memories[k] for k in keys]).to(batch["waves"].device)
 
     def loss_and_hyps(self, batch, decode: bool):
         memory = self.memory(batch)

@@ -52,7 +52,7 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
     start = time.time()
     L.seed_everything(cfg.seed, workers=True)  # same command, same batches and initialisation
     tokenizer, backbone = build_tokenizer_and_backbone(cfg)
-    datamodule = build_datamodule_for(cfg, tokenizer)
+    datamodule = build_datamodule_for(cfg, tokenizer, backbone)
     results.update(transcripts=datamodule.transcripts, duration_mismatches=datamodule.duration_mismatches)
     module = build_module(cfg, backbone, tokenizer)
     trainer = build_trainer(cfg, run_dir, callbacks=(ValCurve(results),))

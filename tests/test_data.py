@@ -16,7 +16,7 @@ from asr_attention.data import (AN4_VAL_SPEAKERS, ASRDataModule, AudioError, Bad
                                 CharTokenizer, Utterance, build_datamodule, collate, load_audio,
                                 normalise, read_an4, read_librispeech, read_manifest, read_tedlium,
                                 write_manifest)
-from asr_attention.data.dataset import ASRDataset, Skipped
+from asr_attention.data.dataset import ASRDataset, Example, Skipped
 
 SR = 16_000
 
@@ -193,6 +193,60 @@ def test_datamodule_on_bad_audio_error_names_path(tmp_path):
     corrupt, _ = _manifest_with_bad_files(tmp_path)
     with pytest.raises(AudioError, match=str(corrupt)):
         _dm(tmp_path, on_bad_audio="error").setup()
+
+
+def test_an_utt_id_may_repeat_across_splits_but_not_within_one(tmp_path):
+    """Within a split a repeated utt_id is an error naming the manifest and the id. Across splits it is allowed,
+    and the bad files of two splits' utterances that share an id are each counted."""
+    corrupt, empty = _manifest_with_bad_files(tmp_path)
+    good0 = read_manifest(tmp_path / "val.tsv")[0]
+    write_manifest([replace(good0, speaker="spk_val"), replace(good0, speaker="spk_val")], tmp_path / "other_val.tsv")
+    with pytest.raises(ValueError) as err:
+        _dm(tmp_path, other_val=True).setup()
+    assert str(err.value).startswith(f"manifest {tmp_path / 'other_val.tsv'} (data.val_split): repeated utt_id "
+                                     "'good0' (2 rows)")
+    bad_corrupt, bad_empty = read_manifest(tmp_path / "test.tsv")
+    write_manifest([replace(bad_corrupt, utt_id="u1"), good0], tmp_path / "other_val.tsv")
+    write_manifest([replace(bad_empty, utt_id="u1")], tmp_path / "test.tsv")
+    dm = _dm(tmp_path, other_val=True)
+    with pytest.warns(BadAudioWarning):
+        dm.setup()
+    assert sorted((s["utt_id"], s["path"]) for s in dm.skipped if s["utt_id"] == "u1") == [
+        ("u1", str(corrupt)), ("u1", str(empty))]
+
+
+def test_audio_longer_than_the_model_reads_is_bad_audio(tmp_path):
+    """max_audio_seconds (the backbone's: Whisper's 30-s window) makes a longer utterance, a whole file or a
+    segment, bad audio: skipped and counted with on_bad_audio=skip, at setup or (no header check) at read time;
+    with error, one line naming the file, its length, the limit and how to skip."""
+    long, tail = tmp_path / "long.wav", tmp_path / "tail.wav"
+    sf.write(long, sine(2.0), SR)
+    sf.write(tail, sine(3.0), SR)
+    good = Utterance("good", str(long), "HELLO", 2.0, "spk", start=0.0, end=1.0)  # a 1-s segment of long.wav
+    utts = [good, Utterance("long", str(long), "HELLO", 2.0, "spk"),
+            Utterance("tail", str(tail), "WORLD", 2.0, "spk", start=1.0)]  # to the file's end: 2 s
+    for split in ("train", "val", "test"):
+        write_manifest([replace(u, speaker=f"spk_{split}") for u in utts], tmp_path / f"{split}.tsv")
+    dm = _dm(tmp_path, max_audio_seconds=1.5)
+    with pytest.warns(BadAudioWarning) as warned:
+        dm.setup()
+    assert f"skipping utterance long: audio {long}: 2.00 s long, over the 1.5 s" in str(warned[0].message)
+    assert {p: [u.utt_id for u in ds.utterances] for p, ds in dm.datasets.items()} == {
+        "train": ["good"], "val": ["good"], "test": ["good"]}
+    assert [(s["utt_id"], s["path"], s["reason"]) for s in dm.skipped] == [
+        ("long", str(long), "2.00 s long, over the 1.5 s the model reads per utterance"),
+        ("tail", str(tail), "2.00 s long, over the 1.5 s the model reads per utterance")]
+    with pytest.raises(AudioError) as err:
+        _dm(tmp_path, max_audio_seconds=1.5, on_bad_audio="error").setup()
+    assert str(err.value) == (f"{long}: 2.00 s long, over the 1.5 s the model reads per utterance; split it, or set "
+                              "data.on_bad_audio=skip to skip such files (counted in results.json)")
+    ds = ASRDataset(utts, [[1]] * 3, ["HELLO"] * 3, max_seconds=1.5)  # no header check: read time
+    with pytest.warns(BadAudioWarning) as warned:
+        items = [ds[i] for i in range(3)]
+    assert isinstance(items[0], Example) and [s.reason for s in items[1:]] == [
+        "2.00 s long, over the 1.5 s the model reads per utterance"] * 2 and len(warned) == 2
+    with pytest.raises(AudioError, match="long.wav: 2.00 s long, over the 1.5 s .*data.on_bad_audio=skip"):
+        ASRDataset(utts, [[1]] * 3, ["HELLO"] * 3, on_bad_audio="error", max_seconds=1.5)[1]
 
 
 def test_read_time_failure_is_dropped_by_collate(tmp_path):

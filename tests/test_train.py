@@ -76,7 +76,7 @@ def test_conversion_calibrates_on_frames_drawn_across_val(compose_cfg, spy):
     cfg = compose_cfg("train", ["experiment=demo", "model=branchformer", "attention=mla", "attention.latent_dim=72",
                                 "attention.calibration=activation", "data.num_workers=0"])
     tokenizer, backbone = experiment.build_tokenizer_and_backbone(cfg)
-    datamodule = experiment.build_datamodule_for(cfg, tokenizer)
+    datamodule = experiment.build_datamodule_for(cfg, tokenizer, backbone)
     captures = spy(experiment, "capture_attention_calls")
     patches = spy(experiment, "patch_attention")
     conversion = experiment.convert(backbone, cfg.attention, datamodule, frames=2000, seed=0)
@@ -107,7 +107,7 @@ def test_evaluation_runs_the_backbone_once_per_batch(compose_cfg, monkeypatch):
     cfg = compose_cfg("train", [*TINY, "attention=native", "data.limit_val=4"])
     tokenizer, backbone = build_tokenizer_and_backbone(cfg)
     module = build_module(cfg, backbone, tokenizer).eval()
-    batch = next(iter(build_datamodule_for(cfg, tokenizer).val_dataloader()))
+    batch = next(iter(build_datamodule_for(cfg, tokenizer, backbone).val_dataloader()))
     forwards, logged = [], {}
     backbone.register_forward_pre_hook(lambda *args: forwards.append(1))
     monkeypatch.setattr(module, "log", lambda name, value, **kwargs: logged.update({name: float(value)}))
@@ -139,7 +139,7 @@ def test_attention_only_steps_train_just_the_converted_layers(compose_cfg, tmp_p
     cfg = compose_cfg("train", [*TINY, "attention=gqa", "optim.attention_only_steps=5", "optim.warmup_steps=0",
                                 "trainer.max_epochs=1", "+trainer.limit_val_batches=0", "logger=none"])
     tokenizer, backbone = build_tokenizer_and_backbone(cfg)
-    datamodule = build_datamodule_for(cfg, tokenizer)
+    datamodule = build_datamodule_for(cfg, tokenizer, backbone)
     convert(backbone, cfg.attention, datamodule, frames=500)
     before = {n: p.detach().clone() for n, p in backbone.named_parameters()}
     module = build_module(cfg, backbone, tokenizer)

@@ -214,7 +214,23 @@ def test_head_lr_puts_the_ctc_head_in_its_own_group():
         CTCFineTuner(make("seq2seq"), None, head_lr=1e-3).param_groups()
 
 
-def test_frozen_encoder_output_is_computed_once_per_utterance(monkeypatch):
+def collated(folder, waves, lengths, utt_ids):
+    """The batch the datamodule would give for these waves, read back from WAV files in `folder` (float samples:
+    exact)."""
+    import soundfile as sf
+
+    from asr_attention.data import ASRDataset, Utterance, collate
+
+    utts = []
+    for k, (wave, n, utt_id) in enumerate(zip(waves, lengths, utt_ids)):
+        path = folder / f"{k}_{utt_id}.wav"
+        sf.write(path, wave[:n].numpy(), 16000, subtype="FLOAT")
+        utts.append(Utterance(utt_id, str(path), "HI", int(n) / 16000, "spk"))
+    ds = ASRDataset(utts, [[5, 6]] * len(utts), ["HI"] * len(utts))
+    return collate([ds[i] for i in range(len(ds))])
+
+
+def test_frozen_encoder_output_is_computed_once_per_utterance(monkeypatch, tmp_path):
     from asr_attention.seq2seq_module import Seq2SeqFineTuner
 
     backbone = make()
@@ -224,13 +240,97 @@ def test_frozen_encoder_output_is_computed_once_per_utterance(monkeypatch):
     encode = backbone.encode
     monkeypatch.setattr(backbone, "encode", lambda w, n: calls.append(len(w)) or encode(w, n))
     waves, lengths = audio()
-    batch = {"waves": waves, "wave_lengths": lengths, "utt_ids": ["a", "b", "c"]}
+    batch = collated(tmp_path, waves, lengths, ["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"model.cache_encoder=true needs batch\['audio_ids'\]"):
+        module.memory({k: v for k, v in batch.items() if k != "audio_ids"})
     first = module.memory(batch)
     second = module.memory(batch)
     assert calls == [3] and torch.equal(first, second)
     patch_attention(backbone, {"name": "mha", "sites": ["encoder"]})  # a converted encoder: computed again
     module.memory(batch)
     assert calls == [3, 3]
+
+
+def test_encoder_store_keys_on_the_audio_not_the_utterance_id(tmp_path):
+    """A test utterance whose id a val utterance also has is encoded from its own audio: the stored encoder output
+    of the val one is not served for it."""
+    from asr_attention.seq2seq_module import Seq2SeqFineTuner
+
+    backbone = make()
+    backbone.encoder.requires_grad_(False)
+    module = Seq2SeqFineTuner(backbone)
+    waves, lengths = audio()
+    (tmp_path / "val").mkdir()
+    (tmp_path / "test").mkdir()
+    val = collated(tmp_path / "val", waves[:1], lengths[:1], ["u1"])
+    test = collated(tmp_path / "test", waves[1:2], lengths[:1], ["u1"])  # same id and length, other audio
+    from_val = module.memory(val)
+    with torch.no_grad():
+        own = backbone.encode(test["waves"], test["wave_lengths"])
+    assert (from_val - own).abs().max() > 1e-4  # the two audios do encode differently
+    served = module.memory(test)
+    assert torch.equal(served, own), f"served another audio's encoder output (max diff {(served - own).abs().max()})"
+
+
+@pytest.mark.parametrize("trains", ["whole encoder", "converted encoder attention"])
+def test_a_training_encoder_is_never_served_from_the_store(trains, tmp_path):
+    """With cache_encoder on, an encoder with any trainable parameter (unfrozen, or frozen with its attention
+    converted) is run afresh each step, so every such parameter gets a gradient, on the first step and on a
+    repeated batch (where a store would answer)."""
+    from asr_attention.seq2seq_module import Seq2SeqFineTuner
+
+    backbone = make()
+    if trains == "converted encoder attention":
+        backbone.encoder.requires_grad_(False)  # model.freeze_encoder: the original weights stay
+        patch_attention(backbone, {"name": "mla", "latent_dim": D // 2, "sites": ["encoder"]})
+    module = Seq2SeqFineTuner(backbone, cache_encoder=True)
+    backbone.train()  # TINY has dropout 0: only requires_grad says the encoder's output changes
+    waves, lengths = audio()
+    batch = collated(tmp_path, waves, lengths, ["a", "b", "c"])
+    batch["targets"] = tokens(length=4)
+    trainable = [(n, p) for n, p in backbone.encoder.named_parameters() if p.requires_grad]
+    assert trainable
+    for _ in range(2):
+        backbone.zero_grad(set_to_none=True)
+        module.loss_and_hyps(batch, decode=False)[0].backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in trainable), \
+            [n for n, p in trainable if p.grad is None or not p.grad.abs().sum() > 0][:3]
+
+
+def test_audio_longer_than_the_window_is_bad_audio_of_the_run(tmp_path):
+    """The run's datamodule takes Whisper's window as its limit (30 s for the released models; TINY's is 1 s): with
+    data.on_bad_audio=skip a longer file is skipped and counted and the rest is decoded; with error, setup stops
+    naming the file, its length and the limit."""
+    import soundfile as sf
+    from omegaconf import OmegaConf
+
+    from asr_attention.data import AudioError, Utterance, write_manifest
+    from asr_attention.data.text import CharTokenizer
+    from asr_attention.experiment import build_datamodule_for
+    from asr_attention.seq2seq_module import Seq2SeqFineTuner
+
+    long_arch = {**TINY["arch"], "max_source_positions": 1500}
+    assert build_backbone({**TINY, "arch": long_arch, "head": "seq2seq"}, None).max_audio_seconds == 30.0
+    backbone = make()
+    assert backbone.max_audio_seconds == 1.0
+    waves, _ = audio()
+    sf.write(tmp_path / "short.wav", waves[0, :8000].numpy(), 16000)
+    sf.write(tmp_path / "long.wav", waves[:2].flatten().numpy(), 16000)  # 1.5 s: over the window
+    for split in ("train", "val", "test"):
+        write_manifest([Utterance("short", str(tmp_path / "short.wav"), "HI", 0.5, split),
+                        Utterance("long", str(tmp_path / "long.wav"), "HI", 1.5, split)], tmp_path / f"{split}.tsv")
+    data = dict(corpus="manifest", root=str(tmp_path), train_split="train.tsv", val_split="val.tsv",
+                test_split="test.tsv", batch_size=2, num_workers=0, on_bad_audio="skip")
+    with pytest.warns(UserWarning, match="long.wav: 1.50 s long, over the 1 s the model reads per utterance"):
+        datamodule = build_datamodule_for(OmegaConf.create({"data": data}), CharTokenizer.from_texts(["HI"]), backbone)
+    assert [(s["utt_id"], s["path"]) for s in datamodule.skipped] == [("long", str(tmp_path / "long.wav"))]
+    (batch,) = datamodule.test_dataloader()
+    assert batch["utt_ids"] == ["short"]
+    backbone.encoder.requires_grad_(False)
+    assert Seq2SeqFineTuner(backbone).memory(batch).shape == (1, 50, D)
+    with pytest.raises(AudioError, match=r"long.wav: 1.50 s long, over the 1 s .*data.on_bad_audio=skip"):
+        build_datamodule_for(OmegaConf.create({"data": {**data, "on_bad_audio": "error"}}),
+                             CharTokenizer.from_texts(["HI"]), backbone)
 
 
 def test_spec_augment_masks_spans_within_the_audio_in_training_only():

@@ -29,6 +29,9 @@ class Backbone(nn.Module):
     frame_ms: float  # duration of one encoder output frame
     vocab: list[str] | None = None  # tokens by id, when the checkpoint ships a vocabulary
     blank_id: int = 0
+    # The longest utterance (s) the model reads, None: no limit. The datamodule treats longer audio as bad audio
+    # (data.on_bad_audio), so it is skipped and counted, or refused naming the file, instead of failing mid-run.
+    max_audio_seconds: float | None = None
 
     def forward(self, waves: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """waves (B, S) at 16 kHz, zero padded; wave_lengths (B,) in samples -> log_probs (B, T, V), lengths (B,)."""

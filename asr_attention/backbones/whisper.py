@@ -31,7 +31,7 @@ from asr_attention.attention.mha import MultiHeadAttention
 from . import sites
 from .base import Backbone
 from .hf_attention import HFAttention
-from .whisper_mel import HOP, LogMel
+from .whisper_mel import HOP, SAMPLE_RATE, LogMel
 from .whisper_tokens import WhisperTokens
 
 
@@ -166,6 +166,11 @@ class Whisper(Backbone):
     @property
     def encoder(self) -> nn.Module:
         return self.model.model.encoder
+
+    @property
+    def max_audio_seconds(self) -> float:
+        """The window the encoder reads: 30 s for the released models (2 x max_source_positions mel frames)."""
+        return self.mel.frames * HOP / SAMPLE_RATE
 
     @property
     def decoder(self) -> nn.Module:

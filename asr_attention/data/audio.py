@@ -6,6 +6,7 @@ Always returns what every backbone here consumes: a float32 mono 1-D tensor at 1
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,10 +18,11 @@ SAMPLE_RATE = 16_000
 
 
 class AudioError(Exception):
-    """A file that cannot give audio: unreadable, corrupt, empty, or a segment outside the file."""
+    """A file that cannot give audio: unreadable, corrupt, empty, a segment outside the file, or longer than the
+    model reads. `reason` is what a skip records; `hint`, if any, what to do (in the message only)."""
 
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"{path}: {reason}")
+    def __init__(self, path: str, reason: str, hint: str = ""):
+        super().__init__(f"{path}: {reason}" + (f"; {hint}" if hint else ""))
         self.path = str(path)
         self.reason = reason
 
@@ -47,6 +49,13 @@ def audio_info(path: str) -> AudioInfo:
     return AudioInfo(info.samplerate, info.frames, info.channels)
 
 
+def check_length(path: str, seconds: float, max_seconds: float | None) -> None:
+    """AudioError if `seconds` of audio are more than the model reads per utterance (Whisper: its 30-s window)."""
+    if max_seconds is not None and seconds > max_seconds:
+        raise AudioError(path, f"{seconds:.2f} s long, over the {max_seconds:g} s the model reads per utterance",
+                         "split it, or set data.on_bad_audio=skip to skip such files (counted in results.json)")
+
+
 def load_audio(path: str, start: float | None = None, end: float | None = None,
                sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """Load `path` (optionally the [start, end) seconds segment) as float32 mono at `sample_rate`."""
@@ -69,3 +78,9 @@ def load_audio(path: str, start: float | None = None, end: float | None = None,
     if sr != sample_rate:
         wave = AF.resample(wave, sr, sample_rate)
     return wave.contiguous()
+
+
+def audio_digest(wave: torch.Tensor) -> str:
+    """What identifies a loaded waveform: a hash of its samples (cheap next to reading the file). The encoder-output
+    store keys on it, so an utterance is never given the stored output of other audio that shares its utt_id."""
+    return hashlib.blake2b(wave.contiguous().numpy().tobytes(), digest_size=16).hexdigest()

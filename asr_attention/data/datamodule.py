@@ -5,11 +5,15 @@ features: wav2vec2 models consume the raw wave (their feature extractor's normal
 the Branchformer adapter owns its 80-mel Fbank front end. So one datamodule serves every backbone.
 
 Bad audio never crashes an epoch. At setup every file's header is read (soundfile.info: cheap), and files
-that are unreadable or empty are skipped with a `BadAudioWarning` naming the path (on_bad_audio="skip") or
-raise `AudioError` with the path ("error"). Decode errors that only show at read time are caught by the
+that are unreadable or empty, or utterances longer than the model reads (`max_audio_seconds`, the backbone's:
+Whisper's 30-s window), are skipped with a `BadAudioWarning` naming the path (on_bad_audio="skip") or raise
+`AudioError` naming the path and why ("error"). Decode errors that only show at read time are caught by the
 dataset and dropped by collate. Every skip is recorded once in `skipped` (utt_id, path, reason), for
 results.json. A batch whose items all failed becomes `None` (in `on_before_batch_transfer`, main process):
 Lightning's training loop skips it by itself; validation/test steps receive None and must return early.
+
+Within a split each utterance needs its own utt_id (a repeated one is a ValueError naming the split or its
+manifest); splits may share ids.
 
 Transcripts are normalised to the tokenizer's vocabulary at setup; characters outside it raise ValueError
 naming the utterance (oov="error") or are dropped (oov="drop"). Utterances whose transcript ends up empty or
@@ -29,10 +33,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .audio import AudioError, audio_info
-from .corpora import AN4_VAL_SPEAKERS, read_corpus
+from .audio import AudioError, audio_info, check_length
+from .corpora import AN4_VAL_SPEAKERS, _manifest_path, read_corpus
 from .dataset import ASRDataset, BadAudioPolicy, Skipped, collate, warn_skipped
-from .manifest import Utterance
+from .manifest import Utterance, check_unique_ids
 from .resumable import ResumableLoader
 from .sampler import BucketBatchSampler
 from .text import CharTokenizer, OOVPolicy, check_oov_policy
@@ -51,6 +55,7 @@ class ASRDataModule(L.LightningDataModule):
     TED-LIUM 2 train/dev/test; manifest: TSV paths. Speakers of the val split are removed from train (AN4's
     val is carved out of its train split), so val and train never share a speaker.
     max_duration (s): drops longer *training* utterances; val/test stay whole so WER is comparable.
+    max_audio_seconds (s): the model's limit; a longer utterance of any split is bad audio (see on_bad_audio).
     limit_train/val/test: keep the first N utterances (manifest order) for quick demos.
     """
 
@@ -61,7 +66,8 @@ class ASRDataModule(L.LightningDataModule):
                  on_bad_audio: BadAudioPolicy = "skip", oov: OOVPolicy = "error",
                  limit_train: int | None = None, limit_val: int | None = None, limit_test: int | None = None,
                  max_batch_seconds: float | None = None, eval_batch_size: int | None = None,
-                 validate_audio: bool = True, seed: int = 0, pin_memory: bool | None = None):
+                 validate_audio: bool = True, seed: int = 0, pin_memory: bool | None = None,
+                 max_audio_seconds: float | None = None):
         super().__init__()
         if on_bad_audio not in ("skip", "error"):
             raise ValueError(f"data.on_bad_audio {on_bad_audio!r}: allowed 'skip' or 'error'")
@@ -74,9 +80,10 @@ class ASRDataModule(L.LightningDataModule):
         self.num_workers, self.max_duration, self.val_speakers = num_workers, max_duration, tuple(val_speakers)
         self.on_bad_audio, self.oov, self.validate_audio, self.seed = on_bad_audio, oov, validate_audio, seed
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.max_audio_seconds = max_audio_seconds  # not a data.* field: the model's (Backbone.max_audio_seconds)
         self.datasets: dict[str, ASRDataset] = {}
         self.skipped: list[dict] = []
-        self._skipped_ids: set[str] = set()
+        self._skipped_ids: set[tuple[str, str]] = set()
         # For results.json: per split, the utterance ids whose reference text is empty or was changed by
         # oov="drop", and the whole-file utterances whose stated duration disagrees with their audio file's.
         self.transcripts: dict[str, dict[str, list[str]]] = {"empty": {}, "changed_by_oov_drop": {}}
@@ -84,8 +91,14 @@ class ASRDataModule(L.LightningDataModule):
 
     # ---- reading -------------------------------------------------------------------------------------------
     def _read(self, part: str) -> list[Utterance]:
-        return read_corpus(self.corpus, self.root, self.splits[part],
+        """One split's utterances; an utt_id repeated within it is an error naming the split (or its manifest)."""
+        utts = read_corpus(self.corpus, self.root, self.splits[part],
                            val_speakers=self.val_speakers if self.corpus == "an4" else None)
+        split = self.splits[part]
+        where = (f"manifest {_manifest_path(self.root, split)} (data.{part}_split)"
+                 if self.corpus == "manifest" else f"data.{part}_split={split} of data.corpus={self.corpus}")
+        check_unique_ids(utts, where)
+        return utts
 
     def corpus_texts(self) -> list[str]:
         """Raw training transcripts (val speakers removed), to build a tokenizer before setup."""
@@ -100,13 +113,15 @@ class ASRDataModule(L.LightningDataModule):
         return kept
 
     def record_skip(self, utt_id: str, path: str, reason: str) -> None:
-        if utt_id not in self._skipped_ids:
-            self._skipped_ids.add(utt_id)
+        """Once per utterance: a file listed in two splits under one id counts once; two splits' utterances that
+        share an id but not a file count apart."""
+        if (utt_id, path) not in self._skipped_ids:
+            self._skipped_ids.add((utt_id, path))
             self.skipped.append({"utt_id": utt_id, "path": path, "reason": reason})
 
     def _check_audio(self, utts: list[Utterance]) -> list[Utterance]:
         """Header check: each file read once (a TED-LIUM talk holds many segments); a segment must start
-        inside its file."""
+        inside its file, and no utterance may be longer than the model reads."""
         infos: dict[str, AudioError | float] = {}
         for path in dict.fromkeys(u.path for u in utts):
             try:
@@ -122,8 +137,8 @@ class ASRDataModule(L.LightningDataModule):
                                                  "audio": info})
                 log.warning("utterance %s: stated duration %.3f s, but %s holds %.3f s (counted in results.json)",
                             u.utt_id, u.duration, u.path, info)
-            if not isinstance(info, AudioError) and u.start is not None and u.start >= info:
-                info = AudioError(u.path, f"segment starts at {u.start:.2f} s, after the end ({info:.2f} s)")
+            if not isinstance(info, AudioError):
+                info = self._utterance_error(u, info) or info
             if isinstance(info, AudioError):
                 if self.on_bad_audio == "error":
                     raise info
@@ -133,6 +148,18 @@ class ASRDataModule(L.LightningDataModule):
             else:
                 kept.append(u)
         return kept
+
+    def _utterance_error(self, u: Utterance, file_seconds: float) -> AudioError | None:
+        """What is wrong with a readable file's utterance: a segment that starts after the file ends, or more
+        audio (its segment's, or the whole file's) than the model reads."""
+        if u.start is not None and u.start >= file_seconds:
+            return AudioError(u.path, f"segment starts at {u.start:.2f} s, after the end ({file_seconds:.2f} s)")
+        end = file_seconds if u.end is None else min(u.end, file_seconds)
+        try:
+            check_length(u.path, end - (u.start or 0.0), self.max_audio_seconds)
+        except AudioError as e:
+            return e
+        return None
 
     def _build(self, part: str, utts: list[Utterance]) -> ASRDataset:
         if part == "train" and self.max_duration is not None:
@@ -148,7 +175,7 @@ class ASRDataModule(L.LightningDataModule):
             utts = [u for u in utts if id(u) in keep]
         targets = [self.tokenizer.encode(t, u.utt_id, self.oov) for u, t in zip(utts, texts)]
         self._note_transcripts(part, utts, texts)
-        return ASRDataset(utts, targets, texts, on_bad_audio=self.on_bad_audio)
+        return ASRDataset(utts, targets, texts, on_bad_audio=self.on_bad_audio, max_seconds=self.max_audio_seconds)
 
     def _note_transcripts(self, part: str, utts: list[Utterance], texts: list[str]) -> None:
         notes = {"empty": [u.utt_id for u, t in zip(utts, texts) if not t],
@@ -229,11 +256,13 @@ class ASRDataModule(L.LightningDataModule):
         return batch
 
 
-def build_datamodule(cfg: Mapping[str, Any], tokenizer: CharTokenizer | None) -> ASRDataModule:
+def build_datamodule(cfg: Mapping[str, Any], tokenizer: CharTokenizer | None,
+                     max_audio_seconds: float | None = None) -> ASRDataModule:
     """From the Hydra `data` node (corpus, root, train/val/test_split, batch_size, num_workers, max_duration,
     on_bad_audio, oov, and optionally max_batch_seconds, eval_batch_size, limit_*, val_speakers, seed,
     validate_audio, pin_memory; `name` stands for corpus if corpus is absent; sample_rate must be 16000).
-    Unknown fields are an error naming them, so a typo cannot silently fall back to a default."""
+    Unknown fields are an error naming them, so a typo cannot silently fall back to a default.
+    max_audio_seconds: the model's limit (Backbone.max_audio_seconds), not a data field."""
     allowed = {"corpus", "root", "train_split", "val_split", "test_split", "batch_size", "num_workers",
                "max_duration", "on_bad_audio", "oov", "max_batch_seconds", "eval_batch_size", "limit_train",
                "limit_val", "limit_test", "val_speakers", "validate_audio", "seed", "pin_memory"}
@@ -253,4 +282,4 @@ def build_datamodule(cfg: Mapping[str, Any], tokenizer: CharTokenizer | None) ->
         cfg["val_speakers"] = tuple(cfg["val_speakers"])
     else:
         cfg.pop("val_speakers", None)
-    return ASRDataModule(tokenizer=tokenizer, **cfg)
+    return ASRDataModule(tokenizer=tokenizer, max_audio_seconds=max_audio_seconds, **cfg)

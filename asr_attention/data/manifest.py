@@ -7,6 +7,7 @@ and read back (or hand-written for a new corpus) without another reader.
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,17 @@ class Utterance:
     speaker: str
     start: float | None = None
     end: float | None = None
+
+
+def check_unique_ids(utterances: list[Utterance], where: str) -> None:
+    """Within a split an utt_id names one utterance (predictions, skipped-file records and the encoder-output store
+    go by it): a repeated one is an error naming `where` (the split) and the ids."""
+    repeated = {u: n for u, n in Counter(u.utt_id for u in utterances).items() if n > 1}
+    if repeated:
+        shown = ", ".join(f"{u!r} ({n} rows)" for u, n in list(repeated.items())[:5])
+        more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+        raise ValueError(f"{where}: repeated utt_id {shown}{more}; each utterance of a split needs its own utt_id "
+                         "(rename or remove the duplicates)")
 
 
 def write_manifest(utterances: list[Utterance], path: str | Path) -> None:
