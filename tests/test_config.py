@@ -151,9 +151,13 @@ def test_train_entry_validates_before_any_work(run_module, tmp_path):
     assert "attention.num_kv_heads=3 is not allowed" in proc.stderr
 
 
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
 def readme_commands(marker: str) -> list[str]:
-    """The README's `python -m asr_attention.train` commands holding `marker`, continuation lines joined."""
-    text = (REPO / "README.md").read_text().replace("\\\n", " ")
+    """The `python -m asr_attention.train` commands of the README and docs/ holding `marker`, continuation lines
+    joined."""
+    text = "\n".join(path.read_text() for path in DOCUMENTS).replace("\\\n", " ")
     return [line.strip() for line in text.splitlines()
             if line.strip().startswith("python -m asr_attention.train") and marker in line]
 
@@ -164,10 +168,10 @@ def readme_commands(marker: str) -> list[str]:
     ("manifest", ("train.tsv", "dev.tsv", "test.tsv")),
 ])
 def test_readme_data_commands_compose_exactly_as_printed(compose_cfg, corpus, splits):
-    """Each README command that picks data=<corpus> composes from exactly its printed overrides (what --cfg job
+    """Each README/docs command that picks data=<corpus> composes from exactly its printed overrides (what --cfg job
     prints; the CLI itself is run once below: each process spends ~15 s of CPU importing Lightning)."""
     commands = readme_commands(f"data={corpus} ")
-    assert commands, f"no README command with data={corpus}"
+    assert commands, f"no README/docs command with data={corpus}"
     for command in commands:
         overrides = shlex.split(command)[3:]  # after `python -m asr_attention.train`
         data = compose_cfg("train", overrides).data
@@ -178,7 +182,7 @@ def test_readme_data_commands_compose_exactly_as_printed(compose_cfg, corpus, sp
 
 
 def test_readme_tedlium_command_runs_with_cfg_job():
-    (command,) = readme_commands("data=tedlium2 ")
+    (command,) = set(readme_commands("data=tedlium2 "))  # README and docs/usage.md print the same one
     proc = subprocess.run([sys.executable, *shlex.split(command)[1:], "--cfg", "job"], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -186,10 +190,10 @@ def test_readme_tedlium_command_runs_with_cfg_job():
     assert (data.corpus, data.root, data.val_split) == ("tedlium2", "/data/TEDLIUM_release2", "dev")
 
 
-def test_readme_manifest_example_is_a_readable_manifest(tmp_path):
+def test_docs_manifest_example_is_a_readable_manifest(tmp_path):
     from asr_attention.data import read_manifest
 
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs/usage.md").read_text()
     block = text[text.index("```tsv\n") + len("```tsv\n"):]
     (tmp_path / "train.tsv").write_text(block[:block.index("```")])
     utts = read_manifest(tmp_path / "train.tsv")
