@@ -6,13 +6,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any, get_args
 
 from .attention import VARIANTS
+from .attention.build import CALIBRATIONS
 from .attention.canonical import Position
 from .attention.feature_maps import FEATURE_MAPS
 from .backbones import FAMILIES
 
 # The allowed names are the registries' own: a variant, feature map or family added there is allowed here.
 ATTENTION_NAMES = ("native", *VARIANTS)  # native: the backbone's own module, left unpatched
-CALIBRATIONS = ("plain", "activation")
 SITE_KINDS = {"whisper": ("encoder", "decoder_self", "cross")}  # other families: encoder self-attention only
 EXPORTABLE = ("hf_wav2vec2", "speechbrain_branchformer")  # backbones/export.py: the formats their loaders read
 DEFAULT_SITES = {"whisper": ("decoder_self", "cross")}  # attention.sites=null: the two caches that exist at inference
