@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, get_args
 
 from .attention import VARIANTS
+from .attention.build import CALIBRATIONS
 from .attention.canonical import Position
 from .attention.feature_maps import FEATURE_MAPS
 from .backbones import FAMILIES
@@ -13,7 +14,6 @@ from .backbones.sites import model_site_kinds
 
 # The allowed names are the registries' own: a variant, feature map or family added there is allowed here.
 ATTENTION_NAMES = ("native", *VARIANTS)  # native: the backbone's own module, left unpatched
-CALIBRATIONS = ("plain", "activation")
 EXPORTABLE = ("hf_wav2vec2", "speechbrain_branchformer")  # backbones/export.py: the formats their loaders read
 HEADS = {"whisper": ("seq2seq", "ctc")}
 POSITIONS = get_args(Position)

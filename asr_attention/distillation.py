@@ -4,9 +4,10 @@ pulled towards what the unconverted model's same site returns on the same batch.
 The teacher is a frozen copy of the backbone taken before conversion, in eval mode (no dropout), kept outside the
 LightningModule's submodules: it is never saved in a checkpoint (a resumed run rebuilds it from the pretrained
 weights, as the first start did) and DDP never sees it. Per site the loss is ||student - teacher||^2 / ||teacher||^2
-over the frames that are not padding; the term is its mean over the sites, scale-free, so one weight suits every
-backbone. Each model feeds its own sites (the student's drift from earlier layers counts), which is layer-wise
-feature distillation, not layer-local attention transfer.
+over the rows that are not padding (in Whisper's decoder, teacher forcing's padded positions are left out); the term
+is its mean over the sites, scale-free, so one weight suits every backbone. Each model feeds its own sites (the
+student's drift from earlier layers counts), which is layer-wise feature distillation, not layer-local attention
+transfer.
 """
 
 from __future__ import annotations
@@ -69,13 +70,11 @@ def site_names(backbone: Backbone) -> list[str]:
 
 @contextmanager
 def _record_sites(backbone: Backbone, into: list, modules: list[nn.Module] | None = None):
-    """Append (output, padding mask) of each call of `modules` (default: the backbone's attention sites)."""
+    """Append (output, its padded rows) of each call of `modules` (default: the backbone's attention sites)."""
     modules = modules if modules is not None else [m for _, _, m in backbone.attention_sites()]
 
     def hook(module, args, kwargs, output):
-        kw = backbone.site_inputs(module, args, kwargs)
-        pad = kw.get("key_padding_mask") if kw.get("memory") is None else None  # a memory's mask covers keys
-        into.append((output[0], pad))
+        into.append((output[0], backbone.site_padding(module, args, kwargs)))
 
     handles = [m.register_forward_hook(hook, with_kwargs=True) for m in modules]
     try:

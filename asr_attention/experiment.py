@@ -64,7 +64,7 @@ def convert(backbone: Backbone, attention_cfg: DictConfig, datamodule: ASRDataMo
             utterances += len(batch["utt_ids"])
     if not captured:
         raise ValueError(f"calibration: no readable utterance in the val split ({datamodule.splits['val']})")
-    calibration = [torch.cat(layer) for layer in zip(*(calibration_batch(inputs) for inputs, _ in captured))]
+    calibration = [torch.cat(layer) for layer in zip(*(calibration_batch(capture) for capture in captured))]
     used = {"split": "val", "utterances": utterances, "frames": len(calibration[0]), "requested_frames": frames}
     if used["frames"] < frames:
         log.warning("calibration: the val split holds %d frames, fewer than calibration.frames=%d; using all of it",
@@ -73,7 +73,7 @@ def convert(backbone: Backbone, attention_cfg: DictConfig, datamodule: ASRDataMo
     summary = patch_attention(backbone, attention_cfg, calibration if activation_aware else None)
     summary["calibration_data"] = used
     summary["fidelity"] = fidelity([v.eval() for v in patched_variants(backbone)], captured)
-    summary["measured_cache_bytes"] = measured_cache_bytes(backbone, captured[0][0])  # in eval: no dropout draws
+    summary["measured_cache_bytes"] = measured_cache_bytes(backbone, captured[0].inputs)  # in eval: no dropout draws
     backbone.train()
     return summary
 

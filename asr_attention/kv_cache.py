@@ -72,7 +72,9 @@ def cache_rows(model: Mapping, chosen: Mapping | None, frames: int, batch: int, 
     rows = []
     for name, att in attentions.items():
         with _quiet("asr_attention.attention"):  # build-time notes (e.g. linear drops xl) are noise in a report
-            variant = build_attention(att, mha)
+            # a cache's size follows the shapes alone: plain SVD stands in for an activation-aware conversion,
+            # whose calibration data a table of sizes does not have
+            variant = build_attention({**att, "calibration": "plain"} if att["name"] == "mla" else att, mha)
         # what shapes one layer's cache; `sites` only says which layers convert; a null option is its default
         options = " ".join(f"{k}={v}" for k, v in att.items() if k not in ("name", "sites") and v is not None)
         rows.append(CacheRow(name, options, variant.cache_bytes(frames, batch, dtype), model["num_layers"],

@@ -65,7 +65,7 @@ class Seq2SeqFineTuner(ASRFineTuner):
     def loss_and_hyps(self, batch, decode: bool):
         memory = self.memory(batch)
         inputs, labels = self.backbone.tokens.teacher_forcing(batch["targets"])
-        logits = self.backbone.decode(inputs, memory)
+        logits = self.backbone.decode(inputs, memory, padding=self.backbone.tokens.padding(batch["targets"]))
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
         if not decode:
             return loss, None

@@ -93,6 +93,16 @@ def test_activation_aware_at_full_rank_is_exact():
     assert relative_error(ref(x, pad)[0], aware(x, pad)[0], pad) <= 1e-4
 
 
+def test_activation_aware_mla_without_calibration_data_is_an_error():
+    """Not plain SVD in its place: the bench paths, OursGreedy and API users build and patch without data."""
+    mha, _ = reference("none")
+    cfg = {"name": "mla", "latent_dim": 16, "calibration": "activation"}
+    with pytest.raises(ValueError, match="attention.calibration=activation needs calibration data"):
+        build_attention(cfg, mha)
+    with pytest.raises(ValueError, match="attention.calibration='svd' is not one of"):
+        build_attention({**cfg, "calibration": "svd"}, mha)
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.parametrize("position", POSITIONS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

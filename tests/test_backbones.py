@@ -117,7 +117,7 @@ def original_variants_of(backbone, original):
 def test_speechbrain_quirks_matter():
     """Negative controls: each RelPosMHAXL quirk, done the naive way, breaks equality by far more than 1e-5."""
     backbone = make(ALL_CASES["branchformer"])
-    inputs, _ = capture_attention_calls(backbone, *batch())
+    inputs = capture_attention_calls(backbone, *batch()).inputs
     original = backbone.transformer.encoder.layers[0].mha_layer
     kw = inputs[0]
     with torch.no_grad():
@@ -260,8 +260,9 @@ def test_fidelity_against_the_original_modules_and_activation_aware_mla(case):
     captured inputs of two batches) beats plain SVD per layer over both."""
     backbone = make(ALL_CASES[case])
     captured = [capture_attention_calls(backbone, *batch(seed)) for seed in (1, 2)]
-    inputs, outputs = captured[0]
+    inputs, outputs, padding = captured[0]
     assert inputs[0]["x"].shape[-1] == 32 and inputs[0]["key_padding_mask"].any()
+    assert torch.equal(padding[0], inputs[0]["key_padding_mask"])  # self-attention: padded rows are padded keys
     assert outputs[0].shape == inputs[0]["x"].shape
     mha = copy.deepcopy(backbone)
     patch_attention(mha, {"name": "mha"})
@@ -272,8 +273,8 @@ def test_fidelity_against_the_original_modules_and_activation_aware_mla(case):
         canon.position = "none"
         broken.append(MultiHeadAttention(canon).eval())
     assert min(r["relative_error"] for r in fidelity(broken, captured)) > 1e-3
-    calibration = [torch.cat(layer) for layer in zip(*(calibration_batch(i) for i, _ in captured))]
-    frames = sum(int((~i[0]["key_padding_mask"]).sum()) for i, _ in captured)
+    calibration = [torch.cat(layer) for layer in zip(*(calibration_batch(c) for c in captured))]
+    frames = sum(int((~c.inputs[0]["key_padding_mask"]).sum()) for c in captured)
     assert calibration[0].shape == (frames, 32)
     plain, aware = copy.deepcopy(backbone), copy.deepcopy(backbone)
     patch_attention(plain, {"name": "mla", "latent_dim": 6, "calibration": "plain"})
@@ -282,6 +283,44 @@ def test_fidelity_against_the_original_modules_and_activation_aware_mla(case):
     e_aware = [r["relative_error"] for r in fidelity(patched_variants(aware), captured)]
     assert all(p > 1e-3 for p in e_plain)
     assert all(a <= p + 1e-6 for a, p in zip(e_aware, e_plain)), (e_aware, e_plain)
+
+
+def test_activation_aware_mla_is_not_patched_without_calibration_data():
+    """patch_attention called directly (bench paths, OursGreedy, API users) with no data: an error, not plain SVD."""
+    backbone = make(ALL_CASES["branchformer"])
+    with pytest.raises(ValueError, match="attention.calibration=activation needs calibration data"):
+        patch_attention(backbone, {"name": "mla", "latent_dim": 8, "calibration": "activation"})
+
+
+def test_whisper_decoder_padding_changes_neither_calibration_nor_fidelity():
+    """Teacher forcing pads ragged targets (-100, read as <eot> inputs): those positions are no tokens. The
+    calibration data (so the activation-aware factors) and the fidelity table over a padded batch equal those over
+    its utterances one at a time, unpadded."""
+    from test_whisper import D, LAYERS, audio, make as make_whisper, tokens
+
+    backbone = make_whisper()
+    backbone.select_sites("all")
+    waves, lengths = audio()
+    ids, ends = tokens(length=6), [6, 3, 1]
+    ragged = ids.masked_fill(torch.arange(6) >= torch.tensor(ends)[:, None], -100)
+    padded = capture_attention_calls(backbone, waves, lengths, ragged)
+    alone = [capture_attention_calls(backbone, waves[i:i + 1], lengths[i:i + 1], ids[i:i + 1, :n])
+             for i, n in enumerate(ends)]
+    from_batch = calibration_batch(padded)
+    from_alone = [torch.cat(layer) for layer in zip(*(calibration_batch(c) for c in alone))]
+    kinds = [backbone.site_kind(parent, name) for parent, name, _ in backbone.attention_sites()]
+    assert [len(c) for c, k in zip(from_batch, kinds) if k == "decoder_self"] == [sum(2 + n for n in ends)] * LAYERS
+    for a, b in zip(from_batch, from_alone):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    cfg = {"name": "mla", "latent_dim": D // 4, "calibration": "activation", "sites": "all"}
+    batch_mla, alone_mla = copy.deepcopy(backbone), copy.deepcopy(backbone)
+    patch_attention(batch_mla, cfg, from_batch)
+    patch_attention(alone_mla, cfg, from_alone)
+    for a, b in zip(patched_variants(batch_mla), patched_variants(alone_mla)):  # up @ down: free of SVD signs
+        assert torch.allclose(a.kv_up.weight @ a.kv_down.weight, b.kv_up.weight @ b.kv_down.weight, atol=1e-4)
+    variants = [v.eval() for v in patched_variants(batch_mla)]
+    on_batch = [r["relative_error"] for r in fidelity(variants, [padded])]
+    assert on_batch == pytest.approx([r["relative_error"] for r in fidelity(variants, alone)], rel=1e-4)
 
 
 @pytest.mark.parametrize("case", ["wav2vec2-sdpa", "conformer-relative-sdpa", "conformer-rotary-sdpa", "branchformer"])

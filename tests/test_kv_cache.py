@@ -64,6 +64,9 @@ def test_bfloat16_halves_and_batch_multiplies_everything(compose_cfg, model):
 
 def test_composed_attention_options_replace_their_row(compose_cfg):
     assert mib(compose_cfg, "attention=mla", "attention.latent_dim=256")["mla"] == 23.4375  # 24*1000*256*4 B
+    # sizes need no calibration data: an activation-aware MLA's cache is plain SVD's
+    assert mib(compose_cfg, "attention=mla", "attention.latent_dim=256", "attention.calibration=activation")["mla"] \
+        == 23.4375
     assert mib(compose_cfg, "model=branchformer", "attention=gqa", "attention.num_kv_heads=4")["gqa"] == 35.15625
     assert mib(compose_cfg, "model=branchformer", "attention=gqa", "attention.num_kv_heads=8")["gqa"] == 70.3125
     # hedgehog features are 2*hd wide: twice the elu state and normaliser

@@ -63,8 +63,7 @@ def test_whisper_spread_by_spectrum_keeps_the_cache_and_loses_less_kv():
     uniform, spread = make(), make()
     for model in (uniform, spread):
         model.select_sites("all")
-    inputs, _ = capture_attention_calls(uniform, waves, lengths, tokens())
-    calibration = calibration_batch(inputs)
+    calibration = calibration_batch(capture_attention_calls(uniform, waves, lengths, tokens()))
     canonicals = [uniform.to_canonical(original) for _, _, original in uniform.attention_sites()]
     kinds = [uniform.site_kind(parent, name) for parent, name, _ in uniform.attention_sites()]
     cfg = {"name": "mla", "latent_dim": D // 4, "calibration": "activation", "sites": "all"}

@@ -20,6 +20,9 @@ VARIANTS: dict[str, type[AttentionVariant]] = {
     "linear": LinearAttention,
 }
 
+# attention.calibration for MLA: plain SVD of the weights, or activation-aware SVD on calibration data.
+CALIBRATIONS = ("plain", "activation")
+
 
 def build_attention(cfg: Mapping, mha: CanonicalMHA, calibration: Tensor | None = None) -> AttentionVariant:
     """cfg is the `attention` config node: name plus that variant's options."""
@@ -29,9 +32,15 @@ def build_attention(cfg: Mapping, mha: CanonicalMHA, calibration: Tensor | None 
     if name == "gqa":
         return GroupedQueryAttention(mha, num_kv_heads=int(cfg["num_kv_heads"]))
     if name == "mla":
-        activation_aware = cfg.get("calibration", "plain") == "activation"
+        how = cfg.get("calibration", "plain")
+        if how not in CALIBRATIONS:
+            raise ValueError(f"attention.calibration={how!r} is not one of {list(CALIBRATIONS)}")
+        if how == "activation" and calibration is None:  # plain SVD here would be a different conversion
+            raise ValueError("attention.calibration=activation needs calibration data (each site's K/V inputs: "
+                             "patch_attention(..., calibration=calibration_batch(capture_attention_calls(...))), "
+                             "as experiment.convert does), or set attention.calibration=plain")
         return MultiHeadLatentAttention(
-            mha, latent_dim=int(cfg["latent_dim"]), calibration=calibration if activation_aware else None
+            mha, latent_dim=int(cfg["latent_dim"]), calibration=calibration if how == "activation" else None
         )
     if name == "linear":
         return LinearAttention(mha, feature_map=cfg.get("feature_map", "elu"))

@@ -68,6 +68,12 @@ class Backbone(nn.Module):
         """`variant_inputs` of one call of this site's module."""
         return self.variant_inputs(args, kwargs)
 
+    def site_padding(self, module: nn.Module, args: tuple, kwargs: dict) -> Tensor | None:
+        """(B, T), True where a row of this call's x, and so of its output, is padding; None: no row is. What
+        calibration, the fidelity table and distillation leave out. Self-attention: its key padding."""
+        kw = self.site_inputs(module, args, kwargs)
+        return None if kw.get("memory") is not None else kw.get("key_padding_mask")
+
     def calibration_pass(self, waves: Tensor, wave_lengths: Tensor, targets: Tensor | None = None) -> None:
         """A forward that calls every selected attention site (targets: for families with a decoder)."""
         self(waves, wave_lengths)

@@ -5,6 +5,13 @@ Layout, little-endian. A string is a u16 length that counts a trailing NUL, the 
   per variable: string name | u8 rank | rank x u32 dims | u8 dtype code | u32 byte count | the raw bytes
   u32 alias count | per alias: string alias | string target name
 Aliases (e.g. a tied output projection) resolve to the very tensor of their target.
+
+Quantised files (`ct2-transformers-converter --quantization ...`) store each quantisable weight (a linear or an
+embedding matrix) as integers beside a `<name>_scale` variable; `dequantized` turns them back into float32:
+  int8 (int8, int8_float16, int8_bfloat16, int8_float32): one float32 scale per output row, 127 / max|row| (127 for
+      a row of zeros); stored round(weight * scale[row]) as int8
+  int16: one scale for the whole matrix, 2^10 / max|weight|; stored round(weight * scale) as int16
+so weight = stored / scale, row by row.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ class CTranslate2Model:
     revision: int
     variables: dict[str, Tensor]  # aliases included, each the same tensor object as its target
     aliases: dict[str, str] = field(default_factory=dict)  # alias -> target
+    path: Path | None = None  # the file it was read from, for error messages
 
 
 class _Cursor:
@@ -93,10 +101,40 @@ def read_ctranslate2(path: str | Path) -> CTranslate2Model:
         variables[alias] = variables[target]
     if cur.at != len(cur.data):
         raise cur.fail(f"{len(cur.data) - cur.at} unread bytes after the aliases (offset {cur.at})")
-    return CTranslate2Model(spec, revision, variables, aliases)
+    return CTranslate2Model(spec, revision, variables, aliases, cur.path)
 
 
 def read_model_bin(path: str | Path) -> dict[str, Tensor]:
     """Every variable of model.bin by name, aliases resolved, in the file's dtypes."""
     return read_ctranslate2(path).variables
 
+
+SCALE = "_scale"
+
+
+def dequantized(model: CTranslate2Model) -> dict[str, Tensor]:
+    """The variables with every quantised weight back in float32 (see the module's docstring) and the scales
+    consumed (left out); aliases resolve to the dequantised tensors. A scale with no integer tensor beside it, a
+    scale of the wrong shape, or an integer `.../weight` with no scale is an error naming the file and variable."""
+    def fail(what: str) -> CTranslate2FormatError:
+        return CTranslate2FormatError(f"{model.path}: {what}")
+
+    out = {name: t for name, t in model.variables.items() if name not in model.aliases}
+    for name in [n for n in out if n.endswith(SCALE)]:
+        scale, base = out.pop(name), name[:-len(SCALE)]
+        weight = out.get(base)
+        if weight is None or weight.is_floating_point():
+            raise fail(f"variable {name!r} scales {base!r}, which is "
+                       f"{'not in the file' if weight is None else f'{weight.dtype}, not quantised'}")
+        if scale.shape not in ((), weight.shape[:1]):
+            raise fail(f"variable {name!r} has shape {list(scale.shape)}: a scale of {base!r} "
+                       f"{list(weight.shape)} is one number or one per row ({weight.shape[0]})")
+        rows = scale.float().reshape(scale.shape + (1,) * (weight.dim() - scale.dim()))
+        out[base] = weight.float() / rows
+    unscaled = [n for n, t in out.items() if n.endswith("/weight") and not t.is_floating_point()]
+    if unscaled:
+        raise fail(f"variable {unscaled[0]!r} is {out[unscaled[0]].dtype} with no {unscaled[0] + SCALE!r}: "
+                   "a quantised weight without its scale")
+    for alias, target in model.aliases.items():
+        out[alias] = out[target]
+    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +34,8 @@ def patch_attention(
 ) -> dict:
     """Swap every attention site for `build_attention(attention_cfg, canonical)` wrapped in the backbone's call.
 
-    calibration: per layer, the K/V projection inputs (N, d) for activation-aware MLA (see `calibration_batch`).
+    calibration: per layer, the K/V projection inputs (N, d) for activation-aware MLA (see `calibration_batch`);
+    attention.calibration=activation without it is an error (build_attention).
     attention_cfg.sites (optional) picks the kinds of site (encoder, decoder_self, cross); absent: the family's
     default. Returns (and logs) a summary: layers replaced, parameters before/after, analytic cache MiB per 1000 frames.
     """
@@ -102,24 +104,36 @@ def original_variants(backbone: Backbone) -> list[MultiHeadAttention]:
     return out
 
 
+class Capture(NamedTuple):
+    """What `capture_attention_calls` records of one batch, per attention site in site order."""
+
+    inputs: list[dict]  # the variant-call inputs the site received
+    outputs: list[Tensor]  # (B, T, d): what the site's module returned for them
+    padding: list[Tensor | None]  # (B, T), True where a row of x and of the output is padding (site_padding)
+
+
 @torch.no_grad()
 def capture_attention_calls(backbone: Backbone, waves: Tensor, wave_lengths: Tensor,
-                            targets: Tensor | None = None) -> tuple[list[dict], list[Tensor]]:
+                            targets: Tensor | None = None) -> Capture:
     """Run the backbone once (eval mode) and record, per attention layer, the variant-call inputs it really received,
-    {"x": (B, T, d), "key_padding_mask": (B, T) or None, "pos": ... or None} (cross-attention: also "memory"), and
-    the output (B, T, d) the layer's module returned for them: on the unpatched backbone, the original module's,
-    the reference of `fidelity`. targets: the batch's token ids, for decoder sites (teacher forcing)."""
+    {"x": (B, T, d), "key_padding_mask": (B, T) or None, "pos": ... or None} (cross-attention: also "memory"), the
+    output (B, T, d) the layer's module returned for them (on the unpatched backbone, the original module's, the
+    reference of `fidelity`), and which rows are padding (Whisper's decoder: teacher forcing's padded positions).
+    targets: the batch's token ids, for decoder sites (teacher forcing)."""
     inputs: list[dict | None] = []
     outputs: list[Tensor | None] = []
+    padding: list[Tensor | None] = []
     handles = []
     for i, (_, _, module) in enumerate(backbone.attention_sites()):
         inputs.append(None)
         outputs.append(None)
+        padding.append(None)
 
         def hook(mod, args, kwargs, output, i=i):
             inputs[i] = {k: (v.detach() if isinstance(v, Tensor) else v)
                          for k, v in backbone.site_inputs(mod, args, kwargs).items()}
             outputs[i] = output[0].detach()  # every attention module here returns (output, weights or cache)
+            padding[i] = backbone.site_padding(mod, args, kwargs)
 
         handles.append(module.register_forward_hook(hook, with_kwargs=True))
     device = next(backbone.parameters()).device  # the batch goes where the weights are (a loader yields on CPU)
@@ -136,7 +150,7 @@ def capture_attention_calls(backbone: Backbone, waves: Tensor, wave_lengths: Ten
     missing = [i for i, c in enumerate(inputs) if c is None]
     if missing:
         raise RuntimeError(f"attention layers {missing} were not called during the forward pass")
-    return inputs, outputs  # type: ignore[return-value]
+    return Capture(inputs, outputs, padding)  # type: ignore[arg-type]
 
 
 def valid_frames(t: Tensor, key_padding_mask: Tensor | None) -> Tensor:
@@ -144,10 +158,12 @@ def valid_frames(t: Tensor, key_padding_mask: Tensor | None) -> Tensor:
     return t[~key_padding_mask] if key_padding_mask is not None else t.reshape(-1, t.shape[-1])
 
 
-def calibration_batch(inputs: Sequence[dict]) -> list[Tensor]:
+def calibration_batch(capture: Capture) -> list[Tensor]:
     """Per layer, the K/V projection inputs over the non-padded frames, (N, d): MLA's calibration data
-    (cross-attention's K/V read the memory, which its key-padding mask then covers)."""
-    return [valid_frames(kv_input(kw), kw.get("key_padding_mask")) for kw in inputs]
+    (self-attention's K/V read x, whose padded rows the capture names; cross-attention's read the memory, which
+    its key-padding mask covers)."""
+    return [valid_frames(kv_input(kw), pad if kw.get("memory") is None else kw.get("key_padding_mask"))
+            for kw, pad in zip(capture.inputs, capture.padding)]
 
 
 def kv_input(kw: dict) -> Tensor:
@@ -156,18 +172,16 @@ def kv_input(kw: dict) -> Tensor:
 
 
 @torch.no_grad()
-def fidelity(variants: Sequence[AttentionVariant], captured: Sequence[tuple[list[dict], list[Tensor]]]) -> list[dict]:
-    """One row per layer: ||variant - original|| / ||original|| over the non-padded frames of every captured batch
+def fidelity(variants: Sequence[AttentionVariant], captured: Sequence[Capture]) -> list[dict]:
+    """One row per layer: ||variant - original|| / ||original|| over the non-padded rows of every captured batch
     (`capture_attention_calls` on the unpatched backbone), against what the original module itself returned."""
     rows = []
     for i, variant in enumerate(variants):
         reference, converted = [], []
-        for inputs, outputs in captured:
-            kw = inputs[i]
-            out, _ = variant(**kw)
-            pad = kw.get("key_padding_mask") if kw.get("memory") is None else None  # a memory mask covers keys
-            reference.append(valid_frames(outputs[i], pad))
-            converted.append(valid_frames(out, pad))
+        for capture in captured:
+            out, _ = variant(**capture.inputs[i])
+            reference.append(valid_frames(capture.outputs[i], capture.padding[i]))
+            converted.append(valid_frames(out, capture.padding[i]))
         rows.append({"layer": i, "relative_error": relative_error(torch.cat(reference), torch.cat(converted))})
     return rows
 

@@ -37,7 +37,11 @@ from .whisper_tokens import WhisperTokens
 
 class DecoderSelfAttention(nn.Module):
     """A variant as causal decoder self-attention: over a whole prefix (teacher forcing) or, with a cache, one
-    new token at a time attending to the cached ones and itself."""
+    new token at a time attending to the cached ones and itself.
+
+    padding (B, T), True = a padded teacher-forcing position (after a row's text): not passed to the variant (under
+    causality no real token sees a later padded one), but read by those who record the site's rows (calibration,
+    fidelity, distillation: `Whisper.site_padding`)."""
 
     kind = "decoder_self"
 
@@ -45,7 +49,8 @@ class DecoderSelfAttention(nn.Module):
         super().__init__()
         self.variant = variant
 
-    def forward(self, x: Tensor, cache: Cache | None = None, use_cache: bool = False):
+    def forward(self, x: Tensor, cache: Cache | None = None, use_cache: bool = False, *,
+                padding: Tensor | None = None):
         return self.variant(**self.inputs(x), cache=cache, use_cache=use_cache)
 
     @staticmethod
@@ -56,7 +61,8 @@ class DecoderSelfAttention(nn.Module):
 
 class CrossAttention(nn.Module):
     """A variant as cross-attention: queries from the decoder, K/V from `memory` (the encoder output). With
-    use_cache the first call returns the cache built from memory; later calls pass it back and no memory."""
+    use_cache the first call returns the cache built from memory; later calls pass it back and no memory.
+    padding: the padded query rows, as DecoderSelfAttention's (the variant never reads it)."""
 
     kind = "cross"
 
@@ -64,7 +70,8 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.variant = variant
 
-    def forward(self, x: Tensor, memory: Tensor | None = None, cache: Cache | None = None, use_cache: bool = False):
+    def forward(self, x: Tensor, memory: Tensor | None = None, cache: Cache | None = None, use_cache: bool = False,
+                *, padding: Tensor | None = None):
         return self.variant(**self.inputs(x, memory if cache is None else None), cache=cache, use_cache=use_cache)
 
     @staticmethod
@@ -237,6 +244,12 @@ class Whisper(Backbone):
             return module.inputs(*args, **kwargs)
         return self.variant_inputs(args, kwargs)
 
+    def site_padding(self, module: nn.Module, args: tuple, kwargs: dict) -> Tensor | None:
+        """Decoder sites: the padded teacher-forcing positions `decode` was given (None while generating)."""
+        if isinstance(module, (DecoderSelfAttention, CrossAttention)):
+            return kwargs.get("padding")
+        return super().site_padding(module, args, kwargs)
+
     # ---- encoder -------------------------------------------------------------------------------------------
     def encode(self, waves: Tensor, wave_lengths: Tensor) -> Tensor:
         """waves (B, S) 16 kHz -> encoder output (B, 1500, d) over the 30-s window (what Whisper was trained on).
@@ -274,30 +287,35 @@ class Whisper(Backbone):
         return self.ctc_head(memory).float().log_softmax(-1), lengths
 
     # ---- decoder -------------------------------------------------------------------------------------------
-    def decode(self, tokens: Tensor, memory: Tensor | None, cache: DecoderCache | None = None) -> Tensor:
+    def decode(self, tokens: Tensor, memory: Tensor | None, cache: DecoderCache | None = None,
+               padding: Tensor | None = None) -> Tensor:
         """Logits (B, T, V) for `tokens` (B, T) given the encoder output.
 
         cache None: teacher forcing over the whole prefix, nothing kept. A DecoderCache (`new_cache()` to start):
         `tokens` continue the cached prefix and the cache is updated in place. memory is read while the cross
-        caches are empty (the first step) and ignored after."""
+        caches are empty (the first step) and ignored after. padding (B, T): teacher forcing's padded positions
+        (`WhisperTokens.padding`), handed to the decoder sites for whoever records them; the logits do not depend
+        on it."""
         dec = self.decoder
         offset = 0 if cache is None else cache.tokens
         x = dec.embed_tokens(tokens) + dec.embed_positions.weight[offset: offset + tokens.shape[1]]
         x = F.dropout(x, dec.dropout, self.training)
         for i, layer in enumerate(dec.layers):
-            x = self._layer(layer, x, memory, None if cache is None else cache.layers[i])
+            x = self._layer(layer, x, memory, None if cache is None else cache.layers[i], padding)
         if cache is not None:
             cache.tokens += tokens.shape[1]
         return self.model.proj_out(dec.layer_norm(x))
 
-    def _layer(self, layer: nn.Module, x: Tensor, memory: Tensor | None, cache: LayerCache | None) -> Tensor:
+    def _layer(self, layer: nn.Module, x: Tensor, memory: Tensor | None, cache: LayerCache | None,
+               padding: Tensor | None = None) -> Tensor:
         """WhisperDecoderLayer's computation (pre-LayerNorm residual blocks), with our caches."""
         use_cache = cache is not None
-        h, self_cache = layer.self_attn(layer.self_attn_layer_norm(x), cache and cache.self_attn, use_cache)
+        marked = {} if padding is None else {"padding": padding}  # generation's stand-in sites take none
+        h, self_cache = layer.self_attn(layer.self_attn_layer_norm(x), cache and cache.self_attn, use_cache, **marked)
         x = x + F.dropout(h, layer.dropout, self.training)
         cross_cache = cache and cache.cross
         h, new_cross = layer.encoder_attn(layer.encoder_attn_layer_norm(x), memory if cross_cache is None else None,
-                                          cross_cache, use_cache)
+                                          cross_cache, use_cache, **marked)
         x = x + F.dropout(h, layer.dropout, self.training)
         h = layer.fc2(F.dropout(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))),
                                 layer.activation_dropout, self.training))
@@ -327,9 +345,10 @@ class Whisper(Backbone):
 
     # ---- calibration and fidelity --------------------------------------------------------------------------
     def calibration_pass(self, waves: Tensor, wave_lengths: Tensor, targets: Tensor | None = None) -> None:
-        """One forward that calls every selected site: the encoder, and the decoder teacher-forced on targets."""
+        """One forward that calls every selected site: the encoder, and the decoder teacher-forced on targets (its
+        padded positions marked: `site_padding`)."""
         memory = self.encode(waves, wave_lengths)
         if self.site_kinds != ("encoder",):
             if targets is None:
                 raise ValueError("calibrating Whisper's decoder sites needs the batch's targets")
-            self.decode(self.tokens.teacher_forcing(targets)[0], memory)
+            self.decode(self.tokens.teacher_forcing(targets)[0], memory, padding=self.tokens.padding(targets))

@@ -89,7 +89,8 @@ def load_pretrained(model_cfg: Mapping) -> tuple[WhisperForConditionalGeneration
 
 
 def load_ctranslate2(folder: Path, model_cfg: Mapping) -> WhisperForConditionalGeneration:
-    """The CTranslate2 weights in transformers' layout (fp32 master weights; the file stores fp16)."""
+    """The CTranslate2 weights in transformers' layout (fp32 master weights; the file stores fp16, or integers and
+    scales where quantised)."""
     from .whisper_weights import hf_state_dict_from_ct2
 
     config, state = hf_state_dict_from_ct2(folder)

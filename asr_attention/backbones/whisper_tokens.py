@@ -45,6 +45,12 @@ class WhisperTokens:
         labels[torch.arange(b), ends + 1] = self.eot
         return inputs, labels
 
+    def padding(self, targets: Tensor) -> Tensor:
+        """(B, 2 + L) bool, True where `teacher_forcing`'s decoder input is padding: after a row's prompt and text
+        (targets are right-padded with -100)."""
+        ends = len(self.prompt) + (targets != IGNORE).sum(1, keepdim=True)
+        return torch.arange(len(self.prompt) + targets.shape[1], device=targets.device) >= ends
+
     def decode(self, ids: list[int]) -> str:
         """Text of the ids before <|endoftext|>, special tokens dropped."""
         if self.tokenizer is None:

@@ -7,7 +7,9 @@ Whisper's k_proj (which transformers' module does not have):
   self_attention/linear_1 = out_proj                    attention/linear_1 = [k; v] rows (2d x d)
                                                         attention/linear_2 = out_proj
   layer norms: gamma/beta -> weight/bias; ffn/linear_0|1 -> fc1|fc2; decoder/projection = embeddings (tied).
-No scale is folded into the weights, so they load as they are.
+No scale is folded into the weights, so they load as they are (quantised ones dequantised first: ctranslate2.py).
+Every variable of the file must be used: one this mapping does not know is an error naming it, not a weight left
+out of the model.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ import torch
 from torch import Tensor
 from transformers import WhisperConfig
 
-from .ctranslate2 import read_model_bin
+from .ctranslate2 import dequantized, read_ctranslate2
 
 # The model-level flags the file stores as scalars, and the values transformers' Whisper implements.
 WHISPER_FLAGS = {"decoder/pre_norm": 1, "decoder/activation": 3, "decoder/alibi": 0,  # 3 = exact GELU
                  "decoder/scale_embeddings": 0, "decoder/start_from_zero_embedding": 0}
+# Known and not needed: which cross-attention heads CTranslate2 returns for word timestamps (no effect on outputs).
+NOT_WEIGHTS = ("decoder/alignment_heads", "decoder/alignment_layer")
 SPECIAL_TOKENS = {"eos_token_id": "<|endoftext|>", "decoder_start_token_id": "<|startoftranscript|>"}
 
 
@@ -55,7 +59,7 @@ def _layer_count(v: dict[str, Tensor], side: str) -> int:
 
 
 def whisper_state_dict(v: dict[str, Tensor]) -> dict[str, Tensor]:
-    """CTranslate2 Whisper variables (read_model_bin) -> WhisperForConditionalGeneration's state dict, in the
+    """CTranslate2 Whisper variables (`dequantized`) -> WhisperForConditionalGeneration's state dict, in the
     file's dtype. Every key the transformers model has, proj_out.weight included (the file's tied alias)."""
     sd = {"proj_out.weight": v["decoder/projection/weight"],
           "model.decoder.embed_tokens.weight": v["decoder/embeddings/weight"],
@@ -108,12 +112,31 @@ def hf_state_dict_from_ct2(folder: str | Path, dtype: torch.dtype = torch.float3
     """A faster-whisper folder (model.bin, config.json, tokenizer.json) -> (WhisperConfig, state dict in dtype)
     for `WhisperForConditionalGeneration(config).load_state_dict(state, strict=True)`."""
     folder = Path(folder)
-    variables = read_model_bin(folder / "model.bin")
+    variables = _Reads(dequantized(read_ctranslate2(folder / "model.bin")))
     try:
         state = whisper_state_dict(variables)
     except KeyError as err:
         raise ValueError(f"{folder / 'model.bin'}: no variable {err}: not a CTranslate2 Whisper model") from None
-    return whisper_config(variables, folder), {k: t.to(dtype) for k, t in state.items()}
+    except ValueError as err:  # a stored value transformers' Whisper cannot hold (a k_proj bias)
+        raise ValueError(f"{folder / 'model.bin'}: {err}") from None
+    config = whisper_config(variables, folder)
+    unused = [name for name in variables if name not in variables.read and name not in NOT_WEIGHTS]
+    if unused:
+        raise ValueError(f"{folder / 'model.bin'}: variables {unused} are not used by the Whisper loader "
+                         "(whisper_weights.py): a layout it does not know; refusing rather than loading without them")
+    return config, {k: t.to(dtype) for k, t in state.items()}
+
+
+class _Reads(dict):
+    """The variables, remembering which names were read (`v[name]`), so that none is silently left out."""
+
+    def __init__(self, variables: dict[str, Tensor]):
+        super().__init__(variables)
+        self.read: set[str] = set()
+
+    def __getitem__(self, name: str) -> Tensor:
+        self.read.add(name)
+        return super().__getitem__(name)
 
 
 def _read_json(path: Path) -> dict:
