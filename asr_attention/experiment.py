@@ -27,8 +27,10 @@ from .module import ASRFineTuner, CTCFineTuner
 log = logging.getLogger(__name__)
 
 
-def build_tokenizer_and_backbone(cfg: DictConfig) -> tuple[CharTokenizer, Backbone]:
-    """Reuse the checkpoint's CTC vocabulary and head when it has one; else characters of the training texts."""
+def build_tokenizer_and_backbone(cfg: DictConfig, datamodule: ASRDataModule | None = None
+                                 ) -> tuple[CharTokenizer, Backbone]:
+    """Reuse the checkpoint's CTC vocabulary and head when it has one; else characters of the training texts (of
+    `datamodule`'s listing when given, else a fresh one's)."""
     backbone = build_backbone(cfg.model)
     if cfg.model.get("pretrained", True) and backbone.family == "hf_wav2vec2":
         backbone.model.freeze_feature_encoder()  # the conv front end stays as pretrained (HF's own recipe)
@@ -42,7 +44,7 @@ def build_tokenizer_and_backbone(cfg: DictConfig) -> tuple[CharTokenizer, Backbo
     if backbone.vocab is not None:  # e.g. SpeechBrain's BPE head: this framework decodes characters
         log.warning("the checkpoint's %d-token head is not a character vocabulary: replaced by a new character "
                     "CTC head trained from scratch", len(backbone.vocab))
-    texts = build_datamodule(cfg.data, None).corpus_texts()
+    texts = (datamodule or build_datamodule(cfg.data, None)).corpus_texts()
     tokenizer = CharTokenizer.from_texts(texts, oov=cfg.data.oov)
     backbone.reset_head(len(tokenizer))
     return tokenizer, backbone
@@ -118,8 +120,12 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: tuple[L.Callback, .
     )
 
 
-def build_datamodule_for(cfg: DictConfig, tokenizer: CharTokenizer) -> ASRDataModule:
-    datamodule = build_datamodule(cfg.data, tokenizer)
+def build_datamodule_for(cfg: DictConfig, tokenizer: CharTokenizer,
+                         listed: ASRDataModule | None = None) -> ASRDataModule:
+    """The data, set up for `tokenizer`: `listed`, a datamodule built without one (whose corpus listing is then
+    reused), or a new one."""
+    datamodule = listed or build_datamodule(cfg.data, tokenizer)
+    datamodule.tokenizer = tokenizer
     datamodule.setup()
     return datamodule
 

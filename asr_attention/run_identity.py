@@ -19,13 +19,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .user_error import UserError
+
 PACKAGE_PATH = re.compile(r"^/.*?/asr_attention/(?=(pretrained|data)/)")  # ${pkg:pretrained/...}, ${pkg:data/...}
 COSMETIC = ("logger", "group", "run_name", "export_dir", "retrain", "checkpoint_every_n_steps",
             "data.num_workers", "trainer.log_every_n_steps")
 _ABSENT = "(absent)"
 
 
-class RunFolderTaken(RuntimeError):
+class RunFolderTaken(UserError, RuntimeError):
     """The folder holds another config's run (or checkpoints nobody can vouch for): nothing was written."""
 
 

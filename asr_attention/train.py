@@ -34,6 +34,7 @@ from .backbones.export import export_backbone
 from .code_version import code_version
 from .config_check import validate
 from .data.corpora import check_splits
+from .data.datamodule import build_datamodule
 from .experiment import (
     build_datamodule_for, build_module, build_tokenizer_and_backbone, build_trainer, config_summary, convert,
 )
@@ -42,6 +43,7 @@ from .run_identity import RunFolderTaken, fingerprint, stored_run
 from .run_lock import RunLock, RunLocked
 from .sweep_failures import record_refused_job
 from .throughput import measure_rtfx
+from .user_error import UserError
 from .val_curve import ValCurve
 from .wandb_log import log_results_to_wandb
 
@@ -51,8 +53,11 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
     start = time.time()
     L.seed_everything(cfg.seed, workers=True)  # same command, same batches and initialisation
-    tokenizer, backbone = build_tokenizer_and_backbone(cfg)
-    datamodule = build_datamodule_for(cfg, tokenizer)
+    listed = build_datamodule(cfg.data, None)
+    listed.check_not_empty()  # before the model loads: an empty split would train or measure nothing
+    tokenizer, backbone = build_tokenizer_and_backbone(cfg, listed)
+    datamodule = build_datamodule_for(cfg, tokenizer, listed)
+    datamodule.check_not_empty()  # of the utterances whose audio could be read
     results.update(transcripts=datamodule.transcripts, duration_mismatches=datamodule.duration_mismatches)
     module = build_module(cfg, backbone, tokenizer)
     trainer = build_trainer(cfg, run_dir, callbacks=(ValCurve(results),))
@@ -96,7 +101,15 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     sweep = HydraConfig.get().mode == RunMode.MULTIRUN
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        return train_in_folder(cfg, Path(HydraConfig.get().runtime.output_dir), sweep)
+    except UserError as err:  # its message says everything: one line, no traceback (results.json keeps one)
+        if sweep:
+            raise
+        raise SystemExit(f"{type(err).__name__}: {err}") from None
+
+
+def train_in_folder(cfg: DictConfig, run_dir: Path, sweep: bool) -> float | None:
     if not sweep:
         check_config(cfg)  # a single run's bad config fails before touching the folder (it may hold a finished run)
     if rank_zero_only.rank != 0:  # a DDP rank that Lightning started: rank 0 holds the folder and writes into it
