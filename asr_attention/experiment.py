@@ -19,9 +19,11 @@ from .backbones import (
     Backbone, build_backbone, calibration_batch, capture_attention_calls, fidelity, kv_input, patch_attention,
     patched_variants,
 )
+from .checkpoint_io import AtomicCheckpointIO
 from .checkpointing import LastCheckpoint
 from .data.datamodule import ASRDataModule, build_datamodule
 from .data.text import CharTokenizer
+from .finite_training import StopOnNonFinite
 from .module import ASRFineTuner, CTCFineTuner
 
 log = logging.getLogger(__name__)
@@ -107,7 +109,9 @@ def build_module(cfg: DictConfig, backbone: Backbone, tokenizer: CharTokenizer) 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: tuple[L.Callback, ...] = ()) -> L.Trainer:
     """The best `val_wer` checkpoint, and checkpoints/last.ckpt for resuming (see checkpointing.py). A resumed
-    run that re-saves an epoch's best overwrites the file of the same name instead of adding a -v1 copy."""
+    run that re-saves an epoch's best overwrites the file of the same name instead of adding a -v1 copy. A nan
+    loss or weight stops the run before a checkpoint holds it (finite_training.py). Every checkpoint file is
+    written whole or not at all (checkpoint_io.py)."""
     best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best-{epoch}-{val_wer:.4f}", monitor="val_wer", mode="min",
         save_top_k=1, enable_version_counter=False,
@@ -115,8 +119,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: tuple[L.Callback, .
     last = LastCheckpoint(run_dir / "checkpoints", every_n_steps=cfg.get("checkpoint_every_n_steps"))
     loggers = [hydra.utils.instantiate(c) for c in (cfg.logger or {}).values()]
     return hydra.utils.instantiate(
-        cfg.trainer, callbacks=[best, last, RichProgressBar(), *callbacks], logger=loggers or False,
-        default_root_dir=str(run_dir),
+        cfg.trainer, callbacks=[best, last, StopOnNonFinite(), RichProgressBar(), *callbacks],
+        plugins=[AtomicCheckpointIO()], logger=loggers or False, default_root_dir=str(run_dir),
     )
 
 
