@@ -4,9 +4,11 @@ zero-shot WER, fine-tune with CTC, test, and write results.json in the run direc
 The run directory (outputs/<run_name>, default <model>-<attention>) belongs to one config (run_identity.py):
 - the same command again resumes a killed or failed run from checkpoints/last.ckpt; once the run has completed,
   it prints the stored summary and exits 0 without training (retrain=true trains it again from the start);
-- another config is refused before anything in the folder changes, naming the fields that differ;
+- another config is refused before anything in the folder changes, naming the fields that differ (where that
+  run failed, retrain=true replaces it);
 - a second process on the folder while the first lives is refused, naming it (run_lock.py).
-A rejected config writes nothing. In a -m sweep a failing job records its error in its results.json, the sweep
+A rejected config writes nothing. A user error (user_error.py: a bad value, an empty split, a corrupt file, a
+refused folder, a nan loss) ends a single run with its one-line message and exit status 1. In a -m sweep a failing job records its error in its results.json, the sweep
 goes on, and ends non-zero naming the failed jobs (sweep_failures.py); a job refused its folder (another config's,
 or held by a live process) leaves that folder alone and is named the same way.
 """
@@ -145,8 +147,8 @@ def check_config(cfg: DictConfig) -> None:
 
 def completed_run(cfg: DictConfig, run_dir: Path) -> dict | None:
     """The folder's results.json if this config's run there has completed (and retrain is off). Raises
-    RunFolderTaken if the folder is another config's."""
-    stored = stored_run(run_dir, config_summary(cfg), cfg.run_name)
+    RunFolderTaken if the folder is another config's (unless that run failed and retrain is on: it is replaced)."""
+    stored = stored_run(run_dir, config_summary(cfg), cfg.run_name, retrain=cfg.retrain)
     done = stored is not None and stored.get("status") == "completed"
     return stored if done and not cfg.retrain else None
 
@@ -158,7 +160,8 @@ def report_completed(stored: dict, run_dir: Path) -> float | None:
 
 
 def start_over(run_dir: Path) -> None:
-    """retrain=true: this config's earlier run goes (its checkpoints and results.json); training starts fresh."""
+    """retrain=true: this config's earlier run (or another config's failed one) goes: its checkpoints and
+    results.json; training starts fresh."""
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     (run_dir / "results.json").unlink(missing_ok=True)
     log.warning("retrain=true: removed %s's checkpoints and results.json; training from the start", run_dir)
