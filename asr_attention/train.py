@@ -8,9 +8,10 @@ The run directory (outputs/<run_name>, default <model>-<attention>) belongs to o
   run failed, retrain=true replaces it);
 - a second process on the folder while the first lives is refused, naming it (run_lock.py).
 A rejected config writes nothing. A user error (user_error.py: a bad value, an empty split, a corrupt file, a
-refused folder, a nan loss) ends a single run with its one-line message and exit status 1. In a -m sweep a failing job records its error in its results.json, the sweep
-goes on, and ends non-zero naming the failed jobs (sweep_failures.py); a job refused its folder (another config's,
-or held by a live process) leaves that folder alone and is named the same way.
+refused folder, a nan loss) ends a single run with its one-line message and exit status 1. In a -m sweep a failing
+job records its error in its results.json, the sweep goes on, and ends non-zero naming the failed jobs
+(sweep_failures.py); a job refused its folder (another config's, or held by a live process) leaves that folder
+alone and is named the same way.
 """
 
 from __future__ import annotations
