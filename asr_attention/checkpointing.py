@@ -5,7 +5,10 @@ epoch without a new best a resumed run would redo epochs. `LastCheckpoint` write
 - at the end of every epoch, after validation and after the best-model callback (both are checkpoint callbacks:
   Lightning runs them in list order, last), so the file holds that epoch's best-model state too;
 - every `every_n_steps` optimizer steps within an epoch (None: epoch ends only);
-- atomically: into a temporary file, then `os.replace`, so a kill mid-write leaves the previous last.ckpt.
+- never before the first optimizer step (under gradient accumulation the first batches end at global step 0:
+  such a file would hold the untrained model and a loader position that a resumed run cannot act on);
+- atomically, through the trainer's checkpoint IO (checkpoint_io.py, installed by build_trainer): a kill or a
+  full disk mid-write leaves the previous last.ckpt.
 It also stores the RNG states, which Lightning's checkpoints leave out (restored at resume, they give the
 resumed run the dropout masks the uninterrupted run drew), and the training loader's place in the epoch (see
 data/resumable.py). With both, a resumed run's numbers equal an uninterrupted run's. Under DDP every rank's
@@ -17,7 +20,6 @@ warning: a correct run, though not the bit-identical continuation.
 from __future__ import annotations
 
 import logging
-import os
 import random
 from pathlib import Path
 
@@ -52,10 +54,9 @@ class LastCheckpoint(Checkpoint):
         self.save(trainer)
 
     def save(self, trainer: L.Trainer) -> None:
-        tmp = self.path.with_name(LAST + ".tmp")
-        trainer.save_checkpoint(tmp)  # every rank calls it; rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+        if trainer.global_step == 0:  # no optimizer step yet: nothing to resume from
+            return
+        trainer.save_checkpoint(self.path)  # every rank calls it; rank 0 writes
         self._saved_at_step = trainer.global_step
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, get_args
 
@@ -11,6 +12,7 @@ from .attention.canonical import Position
 from .attention.feature_maps import FEATURE_MAPS
 from .backbones import FAMILIES
 from .backbones.sites import model_site_kinds
+from .user_error import UserError
 
 # The allowed names are the registries' own: a variant, feature map or family added there is allowed here.
 ATTENTION_NAMES = ("native", *VARIANTS)  # native: the backbone's own module, left unpatched
@@ -19,8 +21,12 @@ HEADS = {"whisper": ("seq2seq", "ctc")}
 POSITIONS = get_args(Position)
 
 
+class ConfigError(UserError, ValueError):
+    """A config value that is not allowed (the message names the field, the value and what is allowed)."""
+
+
 def _fail(field: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"{field}={value!r} is not allowed: {allowed}")
+    raise ConfigError(f"{field}={value!r} is not allowed: {allowed}")
 
 
 def _choice(cfg: Mapping, group: str, key: str, allowed: Iterable[str]) -> str:
@@ -96,8 +102,10 @@ def validate_attention(attention: Mapping, model: Mapping) -> None:
 
 
 def _number_at_least(value: Any, field: str, low: float, strict: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (value <= low if strict else value < low):
-        _fail(field, value, f"expected a number {'>' if strict else '>='} {low}")
+    # inf and nan pass a bare comparison (lr=inf made every weight nan after one step, and the run "completed")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or (value <= low if strict else value < low):
+        _fail(field, value, f"expected a finite number {'>' if strict else '>='} {low}")
 
 
 def validate_training(cfg: Mapping) -> None:
@@ -139,8 +147,21 @@ def validate_training(cfg: Mapping) -> None:
         _int_at_least(cfg["checkpoint_every_n_steps"], "checkpoint_every_n_steps", 1, " (or null: epoch ends only)")
 
 
+def validate_data_and_calibration(cfg: Mapping) -> None:
+    """data.limit_* (an empty split trained 0 steps and the run "completed") and calibration.frames."""
+    data = cfg.get("data") or {}
+    for part in ("train", "val", "test"):
+        if data.get(f"limit_{part}") is not None:
+            _int_at_least(data[f"limit_{part}"], f"data.limit_{part}", 1,
+                          f" (or null: the whole split); the {part} split must not be empty")
+    if "calibration" in cfg:
+        _int_at_least((cfg["calibration"] or {}).get("frames"), "calibration.frames", 1,
+                      " (encoder frames of val audio that conversion calibrates on)")
+
+
 def validate(cfg: Mapping) -> None:
-    """Validate the `model` and `attention` groups of a composed config; raises ValueError naming the field."""
+    """Validate the `model` and `attention` groups of a composed config (and a training config's numbers); raises
+    ConfigError (a ValueError) naming the field."""
     for group in ("model", "attention"):
         if not isinstance(cfg.get(group), Mapping):
             _fail(group, cfg.get(group), "expected a config group (e.g. model=conformer attention=mha)")
@@ -153,6 +174,7 @@ def validate(cfg: Mapping) -> None:
         _fail("optim.attention_only_steps", steps, "needs a converted attention, not attention=native")
     if "trainer" in cfg:  # a training config (kv_cache and bench compose model and attention only)
         validate_training(cfg)
+        validate_data_and_calibration(cfg)
     if cfg.get("export_dir") and cfg["attention"]["name"] != "native":
         # export writes the backbone's own format, which has no place for a converted attention
         _fail("export_dir", cfg["export_dir"], f"needs attention=native, not attention={cfg['attention']['name']}")

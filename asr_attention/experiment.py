@@ -19,16 +19,20 @@ from .backbones import (
     Backbone, build_backbone, calibration_batch, capture_attention_calls, fidelity, kv_input, patch_attention,
     patched_variants,
 )
+from .checkpoint_io import AtomicCheckpointIO
 from .checkpointing import LastCheckpoint
 from .data.datamodule import ASRDataModule, build_datamodule
 from .data.text import CharTokenizer
+from .finite_training import StopOnNonFinite
 from .module import ASRFineTuner, CTCFineTuner
 
 log = logging.getLogger(__name__)
 
 
-def build_tokenizer_and_backbone(cfg: DictConfig) -> tuple[CharTokenizer, Backbone]:
-    """Reuse the checkpoint's CTC vocabulary and head when it has one; else characters of the training texts."""
+def build_tokenizer_and_backbone(cfg: DictConfig, datamodule: ASRDataModule | None = None
+                                 ) -> tuple[CharTokenizer, Backbone]:
+    """Reuse the checkpoint's CTC vocabulary and head when it has one; else characters of the training texts (of
+    `datamodule`'s listing when given, else a fresh one's)."""
     backbone = build_backbone(cfg.model)
     if cfg.model.get("pretrained", True) and backbone.family == "hf_wav2vec2":
         backbone.model.freeze_feature_encoder()  # the conv front end stays as pretrained (HF's own recipe)
@@ -42,7 +46,7 @@ def build_tokenizer_and_backbone(cfg: DictConfig) -> tuple[CharTokenizer, Backbo
     if backbone.vocab is not None:  # e.g. SpeechBrain's BPE head: this framework decodes characters
         log.warning("the checkpoint's %d-token head is not a character vocabulary: replaced by a new character "
                     "CTC head trained from scratch", len(backbone.vocab))
-    texts = build_datamodule(cfg.data, None).corpus_texts()
+    texts = (datamodule or build_datamodule(cfg.data, None)).corpus_texts()
     tokenizer = CharTokenizer.from_texts(texts, oov=cfg.data.oov)
     backbone.reset_head(len(tokenizer))
     return tokenizer, backbone
@@ -105,7 +109,9 @@ def build_module(cfg: DictConfig, backbone: Backbone, tokenizer: CharTokenizer) 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: tuple[L.Callback, ...] = ()) -> L.Trainer:
     """The best `val_wer` checkpoint, and checkpoints/last.ckpt for resuming (see checkpointing.py). A resumed
-    run that re-saves an epoch's best overwrites the file of the same name instead of adding a -v1 copy."""
+    run that re-saves an epoch's best overwrites the file of the same name instead of adding a -v1 copy. A nan
+    loss or weight stops the run before a checkpoint holds it (finite_training.py). Every checkpoint file is
+    written whole or not at all (checkpoint_io.py)."""
     best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best-{epoch}-{val_wer:.4f}", monitor="val_wer", mode="min",
         save_top_k=1, enable_version_counter=False,
@@ -113,14 +119,19 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: tuple[L.Callback, .
     last = LastCheckpoint(run_dir / "checkpoints", every_n_steps=cfg.get("checkpoint_every_n_steps"))
     loggers = [hydra.utils.instantiate(c) for c in (cfg.logger or {}).values()]
     return hydra.utils.instantiate(
-        cfg.trainer, callbacks=[best, last, RichProgressBar(), *callbacks], logger=loggers or False,
-        default_root_dir=str(run_dir),
+        cfg.trainer, callbacks=[best, last, StopOnNonFinite(), RichProgressBar(), *callbacks],
+        plugins=[AtomicCheckpointIO()], logger=loggers or False, default_root_dir=str(run_dir),
     )
 
 
-def build_datamodule_for(cfg: DictConfig, tokenizer: CharTokenizer, backbone: Backbone) -> ASRDataModule:
-    """Audio longer than the backbone reads (Whisper: 30 s) is bad audio: data.on_bad_audio skips or refuses it."""
-    datamodule = build_datamodule(cfg.data, tokenizer, backbone.max_audio_seconds)
+def build_datamodule_for(cfg: DictConfig, tokenizer: CharTokenizer, backbone: Backbone,
+                         listed: ASRDataModule | None = None) -> ASRDataModule:
+    """The data, set up for `tokenizer`: `listed`, a datamodule built without one (whose corpus listing is then
+    reused), or a new one. Audio longer than the backbone reads (Whisper: 30 s) is bad audio: data.on_bad_audio
+    skips or refuses it."""
+    datamodule = listed or build_datamodule(cfg.data, tokenizer)
+    datamodule.tokenizer = tokenizer
+    datamodule.max_audio_seconds = backbone.max_audio_seconds
     datamodule.setup()
     return datamodule
 

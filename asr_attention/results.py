@@ -9,11 +9,30 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
+from .user_error import UserError
+
+
+class CorruptResults(UserError, ValueError):
+    """A results.json that is not a JSON object (the message names the file and where it breaks)."""
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """A run's results.json. It is only ever replaced whole (see `Results.update`), so one that does not parse
+    was damaged outside this program: CorruptResults names it, instead of a JSONDecodeError traceback."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        where = f"line {err.lineno} column {err.colno}: {err.msg}" if isinstance(err, json.JSONDecodeError) else err
+        raise CorruptResults(f"{path} is not valid JSON ({where})") from None
+    if not isinstance(data, dict):
+        raise CorruptResults(f"{path} holds a JSON {type(data).__name__}, not a run's results (an object)")
+    return data
+
 
 class Results:
     def __init__(self, path: Path, **initial: Any):
         self.path = Path(path)
-        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.data: dict[str, Any] = read_results(self.path) if self.path.exists() else {}
         self.update(**initial)
 
     def get(self, key: str, default: Any = None) -> Any:

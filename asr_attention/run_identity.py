@@ -1,4 +1,5 @@
-"""A run folder belongs to one config: the same config resumes there, another one never touches it.
+"""A run folder belongs to one config: the same config resumes there, another one never touches it (unless that
+run failed and retrain=true asks to replace it).
 
 A run's identity is its resolved config minus the keys that cannot change its numbers (`COSMETIC`: where logs
 and exports go, the folder's name and W&B group, checkpoint frequency, loader worker count, logging cadence, the
@@ -19,13 +20,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .user_error import UserError
+
 PACKAGE_PATH = re.compile(r"^/.*?/asr_attention/(?=(pretrained|data)/)")  # ${pkg:pretrained/...}, ${pkg:data/...}
 COSMETIC = ("logger", "group", "run_name", "export_dir", "retrain", "checkpoint_every_n_steps",
             "data.num_workers", "trainer.log_every_n_steps")
 _ABSENT = "(absent)"
 
 
-class RunFolderTaken(RuntimeError):
+class RunFolderTaken(UserError, RuntimeError):
     """The folder holds another config's run (or checkpoints nobody can vouch for): nothing was written."""
 
 
@@ -70,10 +73,18 @@ def differences(old: dict, new: dict) -> list[str]:
             if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
 
 
-def stored_run(run_dir: Path, config: dict, run_name: str) -> dict | None:
-    """The folder's results.json when it is this config's run; None when the folder holds no run yet. Raises
-    RunFolderTaken, naming the differing fields and how to name a new run, when it is another config's. Reads
+def _first_line(text: str | None, most: int = 200) -> str:
+    line = (text or "no error recorded").strip().splitlines()[0] if (text or "").strip() else "no error recorded"
+    return line if len(line) <= most else line[: most - 3] + "..."
+
+
+def stored_run(run_dir: Path, config: dict, run_name: str, retrain: bool = False) -> dict | None:
+    """The folder's results.json when it is this config's run (or, with retrain, another config's failed run,
+    which the caller then removes); None when the folder holds no run yet. Raises RunFolderTaken, naming the
+    differing fields and what to do, when it is another config's, or when its results.json does not parse. Reads
     only: call it before writing anything into the folder."""
+    from .results import CorruptResults, read_results  # here: results.py imports Lightning, the reports don't
+
     results = run_dir / "results.json"
     if not results.exists():
         if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
@@ -81,12 +92,24 @@ def stored_run(run_dir: Path, config: dict, run_name: str) -> dict | None:
                                  f"made them; nothing was changed. Delete the folder, or name a new run "
                                  f"(run_name=...).")
         return None
-    stored = json.loads(results.read_text())
+    try:
+        stored = read_results(results)
+    except CorruptResults as err:
+        raise RunFolderTaken(f"{err}, so nothing says which config's run {run_dir} holds; nothing was changed. "
+                             f"Delete the folder to start over, or name a new run (run_name=...).") from None
     changed = differences(stored.get("config", {}), config)
+    if changed and stored.get("status") == "failed" and retrain:
+        return stored  # retrain=true replaces a failed run of another config (train.start_over)
     if changed:
+        new_name = f"run_name={run_name}-{fingerprint(config)[:8]}"
+        if stored.get("status") == "failed":
+            raise RunFolderTaken(
+                f"{run_dir} holds a failed run of another config ({_first_line(stored.get('error'))}); "
+                f"nothing there was changed. It differs in: {'; '.join(changed)}. Train this config there instead "
+                f"with retrain=true (removes the failed run's checkpoints and results.json), or name a new run, "
+                f"e.g. {new_name}.")
         raise RunFolderTaken(
             f"{run_dir} holds the run of another config ({stored.get('status', 'unknown status')}); nothing there "
             f"was changed. It differs in: {'; '.join(changed)}. A run folder belongs to one config: name a new run, "
-            f"e.g. run_name={run_name}-{fingerprint(config)[:8]} (in a sweep: another hydra.sweep.dir), or delete "
-            f"the folder to start over.")
+            f"e.g. {new_name} (in a sweep: another hydra.sweep.dir), or delete the folder to start over.")
     return stored

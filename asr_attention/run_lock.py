@@ -15,10 +15,12 @@ import socket
 import time
 from pathlib import Path
 
+from .user_error import UserError
+
 log = logging.getLogger(__name__)
 
 
-class RunLocked(RuntimeError):
+class RunLocked(UserError, RuntimeError):
     """Another live process holds the run folder."""
 
 

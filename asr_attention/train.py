@@ -4,11 +4,14 @@ zero-shot WER, fine-tune with CTC, test, and write results.json in the run direc
 The run directory (outputs/<run_name>, default <model>-<attention>) belongs to one config (run_identity.py):
 - the same command again resumes a killed or failed run from checkpoints/last.ckpt; once the run has completed,
   it prints the stored summary and exits 0 without training (retrain=true trains it again from the start);
-- another config is refused before anything in the folder changes, naming the fields that differ;
+- another config is refused before anything in the folder changes, naming the fields that differ (where that
+  run failed, retrain=true replaces it);
 - a second process on the folder while the first lives is refused, naming it (run_lock.py).
-A rejected config writes nothing. In a -m sweep a failing job records its error in its results.json, the sweep
-goes on, and ends non-zero naming the failed jobs (sweep_failures.py); a job refused its folder (another config's,
-or held by a live process) leaves that folder alone and is named the same way.
+A rejected config writes nothing. A user error (user_error.py: a bad value, an empty split, a corrupt file, a
+refused folder, a nan loss) ends a single run with its one-line message and exit status 1. In a -m sweep a failing
+job records its error in its results.json, the sweep goes on, and ends non-zero naming the failed jobs
+(sweep_failures.py); a job refused its folder (another config's, or held by a live process) leaves that folder
+alone and is named the same way.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from .backbones.export import export_backbone
 from .code_version import code_version
 from .config_check import validate
 from .data.corpora import check_splits
+from .data.datamodule import build_datamodule
 from .experiment import (
     build_datamodule_for, build_module, build_tokenizer_and_backbone, build_trainer, config_summary, convert,
 )
@@ -42,6 +46,7 @@ from .run_identity import RunFolderTaken, fingerprint, stored_run
 from .run_lock import RunLock, RunLocked
 from .sweep_failures import record_refused_job
 from .throughput import measure_rtfx
+from .user_error import UserError
 from .val_curve import ValCurve
 from .wandb_log import log_results_to_wandb
 
@@ -51,8 +56,11 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
     start = time.time()
     L.seed_everything(cfg.seed, workers=True)  # same command, same batches and initialisation
-    tokenizer, backbone = build_tokenizer_and_backbone(cfg)
-    datamodule = build_datamodule_for(cfg, tokenizer, backbone)
+    listed = build_datamodule(cfg.data, None)
+    listed.check_not_empty()  # before the model loads: an empty split would train or measure nothing
+    tokenizer, backbone = build_tokenizer_and_backbone(cfg, listed)
+    datamodule = build_datamodule_for(cfg, tokenizer, backbone, listed)
+    datamodule.check_not_empty()  # of the utterances whose audio could be read
     results.update(transcripts=datamodule.transcripts, duration_mismatches=datamodule.duration_mismatches)
     module = build_module(cfg, backbone, tokenizer)
     trainer = build_trainer(cfg, run_dir, callbacks=(ValCurve(results),))
@@ -96,7 +104,15 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     sweep = HydraConfig.get().mode == RunMode.MULTIRUN
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        return train_in_folder(cfg, Path(HydraConfig.get().runtime.output_dir), sweep)
+    except UserError as err:  # its message says everything: one line, no traceback (results.json keeps one)
+        if sweep:
+            raise
+        raise SystemExit(f"{type(err).__name__}: {err}") from None
+
+
+def train_in_folder(cfg: DictConfig, run_dir: Path, sweep: bool) -> float | None:
     if not sweep:
         check_config(cfg)  # a single run's bad config fails before touching the folder (it may hold a finished run)
     if rank_zero_only.rank != 0:  # a DDP rank that Lightning started: rank 0 holds the folder and writes into it
@@ -132,8 +148,8 @@ def check_config(cfg: DictConfig) -> None:
 
 def completed_run(cfg: DictConfig, run_dir: Path) -> dict | None:
     """The folder's results.json if this config's run there has completed (and retrain is off). Raises
-    RunFolderTaken if the folder is another config's."""
-    stored = stored_run(run_dir, config_summary(cfg), cfg.run_name)
+    RunFolderTaken if the folder is another config's (unless that run failed and retrain is on: it is replaced)."""
+    stored = stored_run(run_dir, config_summary(cfg), cfg.run_name, retrain=cfg.retrain)
     done = stored is not None and stored.get("status") == "completed"
     return stored if done and not cfg.retrain else None
 
@@ -145,7 +161,8 @@ def report_completed(stored: dict, run_dir: Path) -> float | None:
 
 
 def start_over(run_dir: Path) -> None:
-    """retrain=true: this config's earlier run goes (its checkpoints and results.json); training starts fresh."""
+    """retrain=true: this config's earlier run (or another config's failed one) goes: its checkpoints and
+    results.json; training starts fresh."""
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     (run_dir / "results.json").unlink(missing_ok=True)
     log.warning("retrain=true: removed %s's checkpoints and results.json; training from the start", run_dir)

@@ -7,8 +7,11 @@ site, no fine-tuning:
 Each row converts a fresh copy of the loaded model (the same `convert` as a training run: calibration and
 fidelity on conf/train.yaml's calibration.frames of AN4 val utterances drawn across the split), then decodes the
 test set with the cached greedy decoder and its fallback.
-An encoder that is not converted runs once for all rows. Rows are appended to the JSON as they finish, and a
-re-run skips the rows it holds (so a long table survives interruption); WER is scored from the stored
+An encoder that is not converted runs once for all rows. Rows are appended to the JSON as they finish, each with
+what it was measured with (--limit, --batch-size, the --device type). A re-run reuses a stored row only when
+those are the ones asked for, and says so on its line (so a long table survives interruption); a file holding
+rows measured otherwise is refused, naming both, rather than mixed with new rows or reprinted as if measured:
+--fresh measures every row anew (replacing the file), --out writes elsewhere. WER is scored from the stored
 transcripts, with the text normaliser (both sides) and raw.
 """
 
@@ -117,6 +120,23 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def measured_with(args: argparse.Namespace) -> dict:
+    """What a row's numbers depend on besides the code: which utterances, how they are batched, on what."""
+    return {"limit": args.limit, "batch_size": args.batch_size, "device": torch.device(args.device).type}
+
+
+def stored_rows(out: Path, wanted: dict, fresh: bool) -> dict:
+    """The rows of `out` that this command may reuse: all of them when they were measured with `wanted`, none
+    with --fresh. Rows measured otherwise (or with nothing recorded) stop the command, naming both."""
+    results = json.loads(out.read_text()) if out.exists() and not fresh else {}
+    other = {json.dumps(row.get("measured_with")) for row in results.values() if row.get("measured_with") != wanted}
+    if other:
+        raise SystemExit(f"{out} holds rows measured with {', '.join(sorted(other))}, not {json.dumps(wanted)}: "
+                         f"new rows would be mixed with them, and theirs are not what was asked for. Write elsewhere "
+                         f"(--out NEW.json), or measure every row anew with --fresh (replaces {out}).")
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="benchmarks/whisper_zero_shot.json")
@@ -125,11 +145,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N AN4 test utterances")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--fresh", action="store_true",
+                        help="measure every row anew, replacing --out (default: reuse its rows measured with the "
+                             "same --limit, --batch-size and device type)")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    results = json.loads(out.read_text()) if out.exists() else {}
-    zs = ZeroShot(args.limit, args.batch_size, args.device)
-    chosen = variants(zs.model_cfg.d_model)
+    out, wanted = Path(args.out), measured_with(args)
+    results = stored_rows(out, wanted, args.fresh)
+    chosen = variants(OmegaConf.load(CONF / "model" / "whisper.yaml").d_model)
     if args.variants:
         unknown = [v for v in args.variants.split(",") if v not in chosen]
         if unknown:
@@ -140,10 +162,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--sites: {bad} not among {list(SITES)}")
     jobs = [("unconverted", None, [])] + [(f"{name} @ {site}", att, SITES[site])
                                           for site in args.sites.split(",") for name, att in chosen.items()]
+    zs = None  # the model loads only if a row is to be measured
     for key, attention, sites in jobs:
         if key in results:
+            print(f"{key}: WER {100 * wer(results[key]['predictions'], True):.1f} % (reused: stored in {out}, "
+                  f"measured with {json.dumps(wanted)}; --fresh measures it again)", flush=True)
             continue
-        results[key] = zs.run(attention, sites)
+        zs = zs or ZeroShot(args.limit, args.batch_size, args.device)
+        results[key] = {**zs.run(attention, sites), "measured_with": wanted}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1))
         print(f"{key}: WER {100 * wer(results[key]['predictions'], True):.1f} % "

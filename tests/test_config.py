@@ -118,6 +118,13 @@ BAD = [  # overrides, the start of the message (field=value), a word of what is 
     (["optim.distill_weight=-1.0"], "optim.distill_weight=-1.0", "number > 0"),
     (["optim.distill_weight=x"], "optim.distill_weight='x'", "number > 0"),
     (["checkpoint_every_n_steps=0"], "checkpoint_every_n_steps=0", "(or null: epoch ends only)"),
+    # inf passed `lr > 0`: one step made every weight nan and the run "completed"
+    (["optim.lr=inf"], "optim.lr=inf", "finite number > 0"),
+    (["optim.weight_decay=nan"], "optim.weight_decay=nan", "finite number >= 0"),
+    # an empty split trained 0 steps (or measured nothing) and the run "completed"
+    (["data.limit_train=0"], "data.limit_train=0", "the train split must not be empty"),
+    (["data.limit_test=0"], "data.limit_test=0", "the test split must not be empty"),
+    (["calibration.frames=-5"], "calibration.frames=-5", "integer >= 1"),
     (["model=whisper", "attention=native", "export_dir=/tmp/x"], "export_dir='/tmp/x'", "not model.family=whisper"),
 ]
 
@@ -148,7 +155,9 @@ def test_train_entry_validates_before_any_work(run_module, tmp_path):
     proc = run_module("asr_attention.train", "attention=gqa", "attention.num_kv_heads=3", f"hydra.run.dir={tmp_path}",
                       check=False)
     assert proc.returncode != 0
-    assert "attention.num_kv_heads=3 is not allowed" in proc.stderr
+    # one line naming the field, not a traceback through config_check.py
+    assert proc.stderr.strip() == ("ConfigError: attention.num_kv_heads=3 is not allowed: must divide "
+                                   "model.num_heads=16 (allowed: 1, 2, 4, 8, 16)")
 
 
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]

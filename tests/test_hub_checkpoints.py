@@ -122,6 +122,23 @@ def test_missing_weights_name_the_file_and_folder(sb_dir, tmp_path):
     assert f"the checkpoint folder {folder} lacks model.ckpt (or asr.ckpt)" in str(err.value)
 
 
+@pytest.mark.parametrize("name,kept,why", [
+    ("model.ckpt", 0.5, "PytorchStreamReader failed reading zip archive: failed finding central directory"),
+    ("normalizer.ckpt", 0, "EOFError"),
+], ids=["truncated-weights", "empty-normalizer"])
+def test_a_truncated_checkpoint_file_is_named_in_one_line(sb_dir, tmp_path, name, kept, why):
+    """It used to surface as torch's raw zip (or pickle) error, after a traceback through the loader."""
+    from asr_attention.backbones.base import CorruptCheckpointFile
+
+    folder = shutil.copytree(sb_dir, tmp_path / "cut")
+    data = (folder / name).read_bytes()
+    (folder / name).write_bytes(data[: int(len(data) * kept)])
+    with pytest.raises(CorruptCheckpointFile) as err:
+        build_backbone(sb_cfg(folder))
+    assert str(err.value) == (f"model.source={str(folder)!r}: {folder / name} is truncated or corrupt ({why}); "
+                              f"replace it with a complete copy (download or export it again)")
+
+
 @pytest.mark.parametrize("left_out", ["normalizer.ckpt", "hyperparams.yaml", "model.ckpt"])
 def test_partial_cache_names_the_file_and_snapshot(left_out, sb_dir, hub_cache):
     snapshot = hf_cache(hub_cache, SB_HUB_ID, sb_dir, leave_out=(left_out,))

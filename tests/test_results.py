@@ -15,6 +15,21 @@ def test_updates_accumulate_and_survive_a_restart(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left behind
 
 
+def test_a_corrupt_results_json_is_named_not_a_json_traceback(tmp_path):
+    import pytest
+
+    from asr_attention.results import CorruptResults
+
+    path = tmp_path / "results.json"
+    for text, message in (('{"status": ', "is not valid JSON (line 1 column 12: Expecting value)"),
+                          ("[1, 2]", "holds a JSON list, not a run's results (an object)")):
+        path.write_text(text)
+        with pytest.raises(CorruptResults) as err:
+            Results(path, status="running")
+        assert str(err.value) == f"{path} {message}"
+        assert path.read_text() == text  # left as it was
+
+
 def test_only_rank_zero_writes(tmp_path, monkeypatch):
     from lightning.pytorch.utilities import rank_zero_only
 

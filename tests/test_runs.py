@@ -60,6 +60,63 @@ def test_identity_leaves_out_only_the_cosmetic_keys(compose_cfg):
                                         "${pkg}/pretrained/conformer_an4"]
 
 
+def test_the_seed_is_part_of_a_runs_identity(compose_cfg, tmp_path):
+    """Were seed cosmetic, `seed=1` in seed 0's folder would print seed 0's results as its own."""
+    from asr_attention.experiment import config_summary
+    from asr_attention.run_identity import RunFolderTaken, differences, fingerprint, stored_run
+
+    seed0, seed1 = (config_summary(compose_cfg("train", [*RUN, f"seed={s}"])) for s in (0, 1))
+    assert fingerprint(seed0) != fingerprint(seed1)
+    assert differences(seed0, seed1) == ["data.seed: 0 -> 1", "seed: 0 -> 1"]  # data.seed follows ${seed}
+    (tmp_path / "results.json").write_text(json.dumps({"status": "completed", "config": seed0}))
+    with pytest.raises(RunFolderTaken, match="It differs in: data.seed: 0 -> 1; seed: 0 -> 1. "):
+        stored_run(tmp_path, seed1, "run")
+
+
+def stored(folder: Path, config: dict, **fields) -> Path:
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    (folder / "results.json").write_text(json.dumps({"config": config, **fields}))
+    return folder
+
+
+def test_a_failed_run_of_another_config_is_named_as_failed_and_retrain_replaces_it(compose_cfg, tmp_path):
+    from asr_attention.experiment import config_summary
+    from asr_attention.run_identity import RunFolderTaken
+    from asr_attention.train import completed_run
+
+    old = config_summary(compose_cfg("train", RUN))
+    error = "NonFiniteTraining: training stopped at global step 3: the training loss is nan."
+    run_dir = stored(tmp_path / "failed", old, status="failed", error=error + "\nmore lines", traceback="...")
+    new = compose_cfg("train", [*RUN, "optim.lr=1e-4"])
+    with pytest.raises(RunFolderTaken) as err:
+        completed_run(new, run_dir)
+    assert str(err.value).startswith(
+        f"{run_dir} holds a failed run of another config ({error}); nothing there was changed. It differs in: "
+        f"optim.lr: 0.0005 -> 0.0001. Train this config there instead with retrain=true (removes the failed run's "
+        f"checkpoints and results.json), or name a new run, e.g. run_name=")
+    # retrain=true takes the folder (train.hold_and_run then removes the failed run); a completed run stays refused
+    assert completed_run(compose_cfg("train", [*RUN, "optim.lr=1e-4", "retrain=true"]), run_dir) is None
+    done = stored(tmp_path / "done", old, status="completed")
+    with pytest.raises(RunFolderTaken, match=r"holds the run of another config \(completed\)"):
+        completed_run(compose_cfg("train", [*RUN, "optim.lr=1e-4", "retrain=true"]), done)
+
+
+def test_a_corrupt_results_json_refuses_the_folder_naming_the_file(compose_cfg, tmp_path):
+    """It used to end in a JSONDecodeError traceback."""
+    from asr_attention.run_identity import RunFolderTaken
+    from asr_attention.train import completed_run
+
+    run_dir = stored(tmp_path, {}, status="running")
+    (run_dir / "results.json").write_text('{"status": "runn')  # cut short
+    with pytest.raises(RunFolderTaken) as err:
+        completed_run(compose_cfg("train", RUN), run_dir)
+    assert str(err.value) == (
+        f"{run_dir / 'results.json'} is not valid JSON (line 1 column 12: Unterminated string starting at), so "
+        f"nothing says which config's run {run_dir} holds; nothing was changed. Delete the folder to start over, or "
+        f"name a new run (run_name=...).")
+
+
 def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
     """Lightning loads checkpoints with torch.load(weights_only=True): the saved RNG states must load that way and
     put every generator back where it was."""
@@ -152,6 +209,7 @@ def test_a_finished_run_is_untouched_by_another_or_a_rejected_config(reference, 
     before = snapshot(run_dir)
     out = finish(start(run_dir, *overrides), rc=None)
     assert refusal in out
+    assert "Traceback" not in out  # a user error: its one-line message, not a traceback through train.py
     if overrides == ["optim.lr=1e-3"]:
         assert "run_name=branchformer_demo-gqa-" in out  # how to name a new run
     assert snapshot(run_dir) == before  # results.json, checkpoints, .hydra/, train.log: byte for byte

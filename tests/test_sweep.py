@@ -124,7 +124,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     for source in (str(BRANCHFORMER), "/nonexistent/ckpt"):
         bad = by_point[(3, source)]
         assert bad["status"] == "failed"
-        assert bad["error"].startswith("ValueError: attention.num_kv_heads=3 is not allowed")
+        assert bad["error"].startswith("ConfigError: attention.num_kv_heads=3 is not allowed")
     # failed jobs show in W&B too, with their status and error, and marked failed (exit code 1)
     for job, res in results.items():
         (run_dir,) = offline_runs(tmp_path / job)

@@ -156,3 +156,60 @@ def test_same_command_same_result(tmp_path):
         finish(train(tmp_path / name, "attention=gqa", "trainer.max_epochs=1"))
         runs.append(json.loads((tmp_path / name / "results.json").read_text())["after"])
     assert runs[0] == runs[1]
+
+
+def _manifests(folder: Path, train_speakers: list[str]) -> None:
+    """train/dev/test manifests whose audio files do not exist: nothing may open them before the check."""
+    from asr_attention.data import Utterance, write_manifest
+
+    def utts(prefix, speakers):
+        return [Utterance(f"{prefix}{i}", str(folder / f"{prefix}{i}.wav"), "HELLO", 1.0, s)
+                for i, s in enumerate(speakers)]
+
+    write_manifest(utts("train", train_speakers), folder / "train.tsv")
+    write_manifest(utts("dev", ["alice"]), folder / "dev.tsv")
+    write_manifest(utts("test", ["bob"]), folder / "test.tsv")
+
+
+def test_a_train_split_emptied_by_the_val_speakers_fails_before_the_model_loads(compose_cfg, tmp_path,
+                                                                                 monkeypatch):
+    """The manifest's only train speaker also speaks in val, so train is emptied: the run used to train 0 steps,
+    print 'WER before -> after' and be marked completed."""
+    from asr_attention import train
+    from asr_attention.data.datamodule import EmptySplit
+
+    _manifests(tmp_path, ["alice", "alice"])
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the backbone was built for an empty train split")
+
+    monkeypatch.setattr(train, "build_tokenizer_and_backbone", no_model)
+    cfg = compose_cfg("train", ["experiment=demo", "model=branchformer", "data=manifest", f"data.root={tmp_path}",
+                                "logger=none"])
+    (tmp_path / "run").mkdir()
+    with pytest.raises(EmptySplit) as err:
+        train.fit_and_record(cfg, tmp_path / "run", sweep=False)
+    assert str(err.value) == (
+        "the train split (train.tsv) is empty: all 2 utterances of data.train_split='train.tsv' of "
+        "data.corpus=manifest are by speakers of the val split (alice), which are kept out of train so that val "
+        "measures unseen speakers; choose a val split of other speakers")
+    stored = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert stored["status"] == "failed" and stored["error"].startswith("EmptySplit: the train split (train.tsv)")
+
+
+def test_a_split_whose_audio_is_all_unreadable_fails_naming_it(tmp_path):
+    """Listed, but no file could be read at setup (skipped with a warning each): still nothing to train on."""
+    import warnings
+
+    from asr_attention.data.datamodule import ASRDataModule, EmptySplit
+    from asr_attention.data.text import CharTokenizer
+
+    _manifests(tmp_path, ["carol"])
+    dm = ASRDataModule("manifest", str(tmp_path), CharTokenizer.from_texts(["HELLO"]), train_split="train.tsv",
+                       val_split="dev.tsv", test_split="test.tsv")
+    dm.check_not_empty()  # listed: one utterance each
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dm.setup()
+    with pytest.raises(EmptySplit, match=r"^the train split \(train.tsv\) is empty: none of its 1 audio files could"):
+        dm.check_not_empty()

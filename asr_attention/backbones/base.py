@@ -17,9 +17,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from asr_attention.attention import AttentionVariant, CanonicalMHA
+from asr_attention.user_error import UserError
 
 DEMO_HINT = "or run the embedded demo offline: `python -m asr_attention.train experiment=demo`"
 
@@ -165,6 +167,21 @@ def checkpoint_dir(source: str, needs: Sequence[Needed], hub_needs: Sequence[Nee
 
 class MissingCheckpointFile(FileNotFoundError):
     """A checkpoint folder lacks a file its loader needs (the message names both)."""
+
+
+class CorruptCheckpointFile(UserError, ValueError):
+    """A checkpoint file that torch cannot read: truncated, or not a torch file at all (the message names it)."""
+
+
+def load_checkpoint_file(path: Path, source: str) -> Any:
+    """torch.load (weights only) of a file of the checkpoint that model.source names; a truncated or corrupt file
+    raises CorruptCheckpointFile naming it, instead of torch's zip or pickle error."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # RuntimeError (zip), EOFError (empty), KeyError/UnpicklingError (not a torch file)
+        why = (str(err).strip().splitlines() or [""])[0].split(". ")[0] or type(err).__name__
+        raise CorruptCheckpointFile(f"model.source={source!r}: {path} is truncated or corrupt ({why}); replace it "
+                                    f"with a complete copy (download or export it again)") from err
 
 
 def _names(needs: Sequence[Needed]) -> list[str]:

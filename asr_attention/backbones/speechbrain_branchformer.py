@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from asr_attention.attention import AttentionVariant, CanonicalMHA
 
-from .base import Backbone, arch_of, check_sizes, checkpoint_dir
+from .base import Backbone, arch_of, check_sizes, checkpoint_dir, load_checkpoint_file
 from .speechbrain_hparams import HPARAMS, check_hyperparams, read_hyperparams, recipe_sizes
 
 log = logging.getLogger(__name__)
@@ -309,7 +309,7 @@ def build_speechbrain_branchformer(model_cfg: Mapping, vocab_size: int | None = 
     source = str(model_cfg["source"])
     directory = checkpoint_dir(source, NEEDS, HUB_NEEDS)
     weights = next(name for name in WEIGHTS if (directory / name).is_file())
-    state = torch.load(directory / weights, map_location="cpu", weights_only=True)
+    state = load_checkpoint_file(directory / weights, source)
     found = checkpoint_sizes(split_asr_checkpoint(state, weights))
     check_sizes(source, [
         ("model.d_model", d, "d_model", found["d_model"]),
@@ -329,7 +329,7 @@ def build_speechbrain_branchformer(model_cfg: Mapping, vocab_size: int | None = 
     backbone = SpeechBrainBranchformer(**shape, **sizes)
     backbone.load_speechbrain_state(state, weights)
     normalizer = directory / "normalizer.ckpt"
-    backbone.normalize.load_speechbrain(torch.load(normalizer, map_location="cpu", weights_only=True), normalizer)
+    backbone.normalize.load_speechbrain(load_checkpoint_file(normalizer, source), normalizer)
     if (directory / "tokenizer.ckpt").exists():
         import sentencepiece
 

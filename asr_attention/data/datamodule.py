@@ -40,10 +40,15 @@ from .manifest import Utterance, check_unique_ids
 from .resumable import ResumableLoader
 from .sampler import BucketBatchSampler
 from .text import CharTokenizer, OOVPolicy, check_oov_policy
+from ..user_error import UserError
 
 log = logging.getLogger(__name__)
 
 DURATION_TOLERANCE_S = 0.1  # a stated duration further than this from the audio file's is reported
+
+
+class EmptySplit(UserError, ValueError):
+    """A split holds no utterance to train or measure on (the message names it and why)."""
 
 
 class ASRDataModule(L.LightningDataModule):
@@ -82,6 +87,8 @@ class ASRDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.max_audio_seconds = max_audio_seconds  # not a data.* field: the model's (Backbone.max_audio_seconds)
         self.datasets: dict[str, ASRDataset] = {}
+        self._listed: dict[str, list[Utterance]] = {}  # per split name: what its corpus lists
+        self._kept: dict[tuple, dict[str, list[Utterance]]] = {}  # per (train, val, test) names: `utterances()`
         self.skipped: list[dict] = []
         self._skipped_ids: set[tuple[str, str]] = set()
         # For results.json: per split, the utterance ids whose reference text is empty or was changed by
@@ -91,14 +98,17 @@ class ASRDataModule(L.LightningDataModule):
 
     # ---- reading -------------------------------------------------------------------------------------------
     def _read(self, part: str) -> list[Utterance]:
-        """One split's utterances; an utt_id repeated within it is an error naming the split (or its manifest)."""
-        utts = read_corpus(self.corpus, self.root, self.splits[part],
-                           val_speakers=self.val_speakers if self.corpus == "an4" else None)
+        """The split as its corpus lists it, read once (a LibriSpeech listing opens every file's header); an
+        utt_id repeated within it is an error naming the split (or its manifest)."""
         split = self.splits[part]
-        where = (f"manifest {_manifest_path(self.root, split)} (data.{part}_split)"
-                 if self.corpus == "manifest" else f"data.{part}_split={split} of data.corpus={self.corpus}")
-        check_unique_ids(utts, where)
-        return utts
+        if split not in self._listed:
+            utts = read_corpus(self.corpus, self.root, split,
+                               val_speakers=self.val_speakers if self.corpus == "an4" else None)
+            where = (f"manifest {_manifest_path(self.root, split)} (data.{part}_split)"
+                     if self.corpus == "manifest" else f"data.{part}_split={split} of data.corpus={self.corpus}")
+            check_unique_ids(utts, where)
+            self._listed[split] = utts
+        return self._listed[split]
 
     def corpus_texts(self) -> list[str]:
         """Raw training transcripts (val speakers removed), to build a tokenizer before setup."""
@@ -111,6 +121,51 @@ class ASRDataModule(L.LightningDataModule):
         if len(kept) < len(train):
             log.info("train: removed %d utterances of %d val speakers", len(train) - len(kept), len(held))
         return kept
+
+    def utterances(self) -> dict[str, list[Utterance]]:
+        """Each split's utterances before any audio is opened: val speakers kept out of train, training
+        utterances over max_duration dropped, then the first limit_* kept. Needs no tokenizer."""
+        key = tuple(self.splits.values())
+        if key in self._kept:
+            return self._kept[key]
+        val = self._read("val")
+        train = self._train_utterances(val)
+        if self.max_duration is not None:
+            n = len(train)
+            train = [u for u in train if u.duration <= self.max_duration]
+            log.info("train: dropped %d utterances longer than %.1f s", n - len(train), self.max_duration)
+        listed = {"train": train, "val": val, "test": self._read("test")}
+        self._kept[key] = {part: utts if self.limits[part] is None else utts[: self.limits[part]]
+                           for part, utts in listed.items()}
+        return self._kept[key]
+
+    def check_not_empty(self, parts: tuple[str, ...] = ("train", "val", "test")) -> None:
+        """Raise EmptySplit, naming the split and why, if one of `parts` holds no utterance: after setup, of
+        those whose audio could be read; before it, of those listed (cheap: a run checks this before its model
+        loads)."""
+        listed = self.utterances()
+        for part in parts:
+            if self.datasets and len(self.datasets[part]) == 0 and listed[part]:
+                raise EmptySplit(f"the {part} split ({self.splits[part]}) is empty: none of its {len(listed[part])} "
+                                 f"audio files could be read (each is named in a warning above and in results.json's "
+                                 f"skipped_files)")
+            if not listed[part]:
+                raise EmptySplit(f"the {part} split ({self.splits[part]}) is empty: {self._why_empty(part)}")
+
+    def _why_empty(self, part: str) -> str:
+        where = f"data.{part}_split={self.splits[part]!r} of data.corpus={self.corpus}"
+        if not self._read(part):
+            return f"{where} lists no utterance"
+        if self.limits[part] == 0:
+            return f"data.limit_{part}=0 keeps none of it"
+        if part != "train":
+            return f"{where} lists no utterance"
+        val_speakers = sorted({u.speaker for u in self._read("val")})
+        if not self._train_utterances(self._read("val")):
+            return (f"all {len(self._read('train'))} utterances of {where} are by speakers of the val split "
+                    f"({', '.join(val_speakers[:5])}{', ...' if len(val_speakers) > 5 else ''}), which are kept out "
+                    f"of train so that val measures unseen speakers; choose a val split of other speakers")
+        return f"every utterance is longer than data.max_duration={self.max_duration} s"
 
     def record_skip(self, utt_id: str, path: str, reason: str) -> None:
         """Once per utterance: a file listed in two splits under one id counts once; two splits' utterances that
@@ -162,12 +217,6 @@ class ASRDataModule(L.LightningDataModule):
         return None
 
     def _build(self, part: str, utts: list[Utterance]) -> ASRDataset:
-        if part == "train" and self.max_duration is not None:
-            n = len(utts)
-            utts = [u for u in utts if u.duration <= self.max_duration]
-            log.info("train: dropped %d utterances longer than %.1f s", n - len(utts), self.max_duration)
-        if self.limits[part] is not None:
-            utts = utts[: self.limits[part]]
         texts = [self.tokenizer.normalise(u.text, u.utt_id, self.oov) for u in utts]
         if self.validate_audio:
             keep = set(id(u) for u in self._check_audio(utts))
@@ -193,9 +242,7 @@ class ASRDataModule(L.LightningDataModule):
         if self.tokenizer is None:
             raise ValueError("ASRDataModule needs a tokenizer before setup (CharTokenizer.from_texts("
                              "dm.corpus_texts()) or the pretrained head's vocabulary)")
-        val = self._read("val")
-        self.datasets = {"train": self._build("train", self._train_utterances(val)),
-                         "val": self._build("val", val), "test": self._build("test", self._read("test"))}
+        self.datasets = {part: self._build(part, utts) for part, utts in self.utterances().items()}
         for part, ds in self.datasets.items():
             log.info("%s (%s): %d utterances, %.1f min", part, self.splits[part], len(ds),
                      sum(ds.durations) / 60)
