@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from hydra.utils import get_method
+
 from .base import Backbone
 from .patch import (
     calibration_batch,
@@ -17,7 +19,13 @@ from .patch import (
     patched_variants,
 )
 
-FAMILIES = ("hf_wav2vec2", "speechbrain_branchformer", "whisper")
+# model.family -> the builder of its adapter, imported only when that family is built (each pulls in its own
+# library: transformers, SpeechBrain)
+FAMILIES = {
+    "hf_wav2vec2": "asr_attention.backbones.hf_wav2vec2.build_hf_wav2vec2",
+    "speechbrain_branchformer": "asr_attention.backbones.speechbrain_branchformer.build_speechbrain_branchformer",
+    "whisper": "asr_attention.backbones.whisper_load.build_whisper",
+}
 
 
 def build_backbone(model_cfg: Mapping, vocab: Any = None) -> Backbone:
@@ -28,20 +36,10 @@ def build_backbone(model_cfg: Mapping, vocab: Any = None) -> Backbone:
     or token list).
     """
     family = model_cfg.get("family")
+    if family not in FAMILIES:
+        raise ValueError(f"model.family={family!r} is not one of {list(FAMILIES)}")
     size = None if vocab is None else (vocab if isinstance(vocab, int) else len(vocab))
-    if family == "hf_wav2vec2":
-        from .hf_wav2vec2 import build_hf_wav2vec2
-
-        return build_hf_wav2vec2(model_cfg, size)
-    if family == "speechbrain_branchformer":
-        from .speechbrain_branchformer import build_speechbrain_branchformer
-
-        return build_speechbrain_branchformer(model_cfg, size)
-    if family == "whisper":
-        from .whisper_load import build_whisper
-
-        return build_whisper(model_cfg, size)
-    raise ValueError(f"model.family={family!r} is not one of {list(FAMILIES)}")
+    return get_method(FAMILIES[family])(model_cfg, size)
 
 
 __all__ = [
