@@ -10,18 +10,21 @@ seeded, as Whisper's own `transcribe` does; the last attempt is kept if none pas
 
 from __future__ import annotations
 
+import logging
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from .backbones.whisper import DecoderCache, Whisper
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class DecodingOptions:
-    max_tokens: int = 48  # text tokens per utterance (AN4's longest transcript is 16)
+    max_tokens: int | None = None  # text tokens per utterance; None: the model's limit (`model_token_limit`)
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     compression_ratio_threshold: float = 2.4
     logprob_threshold: float = -1.0
@@ -34,6 +37,35 @@ class Hypothesis:
     avg_logprob: float
     compression_ratio: float
     temperature: float
+    truncated: bool = False  # the token limit came before <|endoftext|>: the text was cut
+
+
+def model_token_limit(backbone: Whisper) -> int:
+    """The most text tokens the decoder can take: its target positions (448 in every Whisper) less the prompt."""
+    return backbone.model.config.max_target_positions - len(backbone.tokens.prompt)
+
+
+def token_limit(backbone: Whisper, max_tokens: int | None) -> int:
+    """model.decoding.max_tokens, checked against the model's limit; None: that limit."""
+    limit = model_token_limit(backbone)
+    if max_tokens is None:
+        return limit
+    if not 1 <= max_tokens <= limit:
+        raise ValueError(f"model.decoding.max_tokens={max_tokens}: must be 1..{limit} (this model's "
+                         f"{backbone.model.config.max_target_positions} target positions less the prompt), or null "
+                         "for that limit")
+    return max_tokens
+
+
+def with_token_limit(backbone: Whisper, options: DecodingOptions) -> DecodingOptions:
+    """The options with max_tokens resolved (`token_limit`); a limit below the model's is a warning, as it cuts
+    longer transcripts (each cut utterance is then recorded: `Hypothesis.truncated`)."""
+    max_tokens = token_limit(backbone, options.max_tokens)
+    if max_tokens < model_token_limit(backbone):
+        log.warning("model.decoding.max_tokens=%d is below this model's limit (%d): longer transcripts are cut "
+                    "(results.json lists each cut utterance); null uses the model's limit", max_tokens,
+                    model_token_limit(backbone))
+    return replace(options, max_tokens=max_tokens)
 
 
 def compression_ratio(text: str) -> float:
@@ -86,7 +118,8 @@ def sample(backbone: Whisper, memory: Tensor | None, cache: DecoderCache | None,
     for row, lp in zip(seq[:, len(t.prompt):].tolist(), sum_logprob.tolist()):
         text_ids = row[: row.index(t.eot)] if t.eot in row else row
         text = t.decode(text_ids) if t.tokenizer is not None else " ".join(map(str, text_ids))
-        out.append(Hypothesis(text_ids, lp / (len(text_ids) + 1), compression_ratio(text), temperature))
+        out.append(Hypothesis(text_ids, lp / (len(text_ids) + 1), compression_ratio(text), temperature,
+                              truncated=t.eot not in row))
     return out
 
 
@@ -97,6 +130,7 @@ def needs_fallback(h: Hypothesis, options: DecodingOptions) -> bool:
 @torch.no_grad()
 def transcribe(backbone: Whisper, memory: Tensor, options: DecodingOptions = DecodingOptions()) -> list[Hypothesis]:
     """Greedy first; rows that fail the loop / probability checks again at each higher temperature."""
+    options = replace(options, max_tokens=token_limit(backbone, options.max_tokens))
     cache = backbone.new_cache()
     best = sample(backbone, memory, cache, options.max_tokens)
     generator = torch.Generator(device=memory.device).manual_seed(options.seed)

@@ -15,16 +15,21 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .backbones.whisper import Whisper
-from .decoding import DecodingOptions, transcribe
+from .decoding import DecodingOptions, transcribe, with_token_limit
 from .module import ASRFineTuner
 
 
 class Seq2SeqFineTuner(ASRFineTuner):
+    """truncated: per phase ("val", "test", "before_test", ...), the utterances whose transcript the decoding token
+    limit cut (results.json records them)."""
+
     def __init__(self, backbone: Whisper, decoding: DecodingOptions | None = None, cache_encoder: bool = True,
                  **optim):
         super().__init__(backbone, **optim)
         self.cased_hypotheses = True  # Whisper writes "CQQF" for spelled letters
-        self.decoding = decoding or DecodingOptions()
+        self.decoding = with_token_limit(backbone, decoding or DecodingOptions())
+        self.truncated: dict[str, set[str]] = {}
+        self._phase = "val"
         self.cache_encoder = cache_encoder
         self._memories: dict[tuple[str, str], Tensor] = {}  # (utt_id, audio id) -> encoder output
         self._memories_key: tuple | None = None
@@ -69,5 +74,12 @@ class Seq2SeqFineTuner(ASRFineTuner):
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
         if not decode:
             return loss, None
-        hyps = [self.backbone.tokens.decode(h.tokens) for h in transcribe(self.backbone, memory, self.decoding)]
-        return loss, hyps
+        hypotheses = transcribe(self.backbone, memory, self.decoding)
+        cut = {u for u, h in zip(batch["utt_ids"], hypotheses) if h.truncated}
+        if cut:
+            self.truncated.setdefault(self._phase, set()).update(cut)
+        return loss, [self.backbone.tokens.decode(h.tokens) for h in hypotheses]
+
+    def evaluate(self, batch, split: str):
+        self._phase = self._prefix(split)  # where loss_and_hyps records the utterances it cut
+        super().evaluate(batch, split)

@@ -69,6 +69,7 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
         (unconverted,) = trainer.test(module, datamodule=datamodule)
         results.update(unconverted={k.removeprefix("unconverted_"): v for k, v in unconverted.items()},
                        parameters_unconverted=count_parameters(backbone))
+        record_truncated(results, module)
     if cfg.attention.name != "native":
         results.update(conversion=convert(backbone, cfg.attention, datamodule, cfg.calibration.frames, cfg.seed))
     results.update(vocab_size=len(tokenizer), parameters=count_parameters(backbone))
@@ -81,6 +82,7 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
         module.test_prefix = "before_test"
         (before,) = trainer.test(module, datamodule=datamodule)
         results.update(before={k.removeprefix("before_"): v for k, v in before.items()})
+        record_truncated(results, module)
     module.test_prefix = "test"
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
     best = trainer.checkpoint_callback.best_model_path or None
@@ -93,12 +95,25 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
         throughput=measure_rtfx(module, batch["waves"].to(device), batch["wave_lengths"].to(device)),
         wall_seconds=results.get("wall_seconds", 0) + time.time() - start,
     )
+    record_truncated(results, module)
     if cfg.get("export_dir"):
         module.backbone.to("cpu")
         results.update(exported_to=str(export_backbone(module.backbone, cfg.export_dir, tokenizer.vocab)))
     # the objective a sweep minimises: model selection on validation; test WER is only reported
     best_val_wer = trainer.checkpoint_callback.best_model_score
     return None if best_val_wer is None else float(best_val_wer)
+
+
+def record_truncated(results: Results, module: L.LightningModule) -> None:
+    """Whisper's decoder: its token limit and, per phase, every utterance whose transcript that limit cut (merged
+    with what results.json holds, so a resumed run keeps the earlier phases')."""
+    cut = getattr(module, "truncated", None)
+    if cut is None:
+        return
+    kept = (results.get("decoding") or {}).get("truncated", {})
+    for phase, utts in cut.items():
+        kept[phase] = sorted(set(kept.get(phase, [])) | utts)
+    results.update(decoding={"max_tokens": module.decoding.max_tokens, "truncated": kept})
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")

@@ -44,8 +44,23 @@ def load_tiny_en():
 
 def transcribe(model, tokenizer, utts: list[Utterance]) -> list[str]:
     """Greedy transcripts of the utterances, as the model writes them, in batches of BATCH."""
+    from transformers import WhisperFeatureExtractor
+
+    extractor = WhisperFeatureExtractor()  # tiny.en's: 80 mels, 16 kHz, padded to 30 s
+    texts = []
+    for start in range(0, len(utts), BATCH):
+        batch = utts[start:start + BATCH]
+        features = extractor([load_audio(u.path).numpy() for u in batch], sampling_rate=SAMPLE_RATE,
+                             return_tensors="pt").input_features
+        texts += generate(model, tokenizer, len(batch), input_features=features)
+    return texts
+
+
+def generate(model, tokenizer, rows: int, **inputs) -> list[str]:
+    """transformers' `generate` on `rows` utterances (inputs: input_features, or encoder_outputs): greedy from
+    [<|startoftranscript|>, <|notimestamps|>] under the checkpoint's suppress lists, at most MAX_NEW_TOKENS."""
     import torch
-    from transformers import GenerationConfig, WhisperFeatureExtractor
+    from transformers import GenerationConfig
 
     config = model.config
     prompt = [config.decoder_start_token_id, tokenizer.token_to_id("<|notimestamps|>")]
@@ -54,18 +69,10 @@ def transcribe(model, tokenizer, utts: list[Utterance]) -> list[str]:
         pad_token_id=config.eos_token_id, suppress_tokens=config.suppress_tokens,
         begin_suppress_tokens=config.begin_suppress_tokens, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
         num_beams=1)
-    extractor = WhisperFeatureExtractor()  # tiny.en's: 80 mels, 16 kHz, padded to 30 s
-    texts = []
-    for start in range(0, len(utts), BATCH):
-        batch = utts[start:start + BATCH]
-        features = extractor([load_audio(u.path).numpy() for u in batch], sampling_rate=SAMPLE_RATE,
-                             return_tensors="pt").input_features
-        with torch.inference_mode():
-            out = model.generate(features, decoder_input_ids=torch.tensor([prompt] * len(batch)),
-                                 generation_config=generation)
-        # ids below <|endoftext|> are text: drops the prompt, <|endoftext|> and the padding after it
-        texts += [tokenizer.decode([i for i in ids if i < config.eos_token_id]) for ids in out.tolist()]
-    return texts
+    with torch.inference_mode():
+        out = model.generate(**inputs, decoder_input_ids=torch.tensor([prompt] * rows), generation_config=generation)
+    # ids below <|endoftext|> are text: drops the prompt, <|endoftext|> and the padding after it
+    return [tokenizer.decode([i for i in ids if i < config.eos_token_id]) for ids in out.tolist()]
 
 
 def decode(split: str = "test") -> list[dict]:

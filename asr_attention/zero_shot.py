@@ -30,7 +30,7 @@ from torchmetrics.functional.text import word_error_rate
 
 from .data.datamodule import build_datamodule
 from .data.scoring import normalise_for_scoring
-from .decoding import DecodingOptions, transcribe
+from .decoding import DecodingOptions, transcribe, with_token_limit
 from .experiment import convert
 from .backbones.whisper_load import build_whisper
 from .backbones.whisper_tokens import WhisperTextTokenizer
@@ -72,8 +72,8 @@ class ZeroShot:
         self.calibration.setup()
         self.calibration_frames = OmegaConf.load(CONF / "train.yaml").calibration.frames
         self.batches = [move_data_to_device(b, device) for b in self.data.test_dataloader() if b is not None]
-        self.options = DecodingOptions(**{k: tuple(v) if k == "temperatures" else v
-                                          for k, v in self.model_cfg.decoding.items()})
+        self.options = with_token_limit(self.pristine, DecodingOptions(
+            **{k: tuple(v) if k == "temperatures" else v for k, v in self.model_cfg.decoding.items()}))
         self._memories = None
 
     @torch.no_grad()
@@ -94,7 +94,7 @@ class ZeroShot:
             memory = memories[i] if memories is not None else backbone.encode(batch["waves"], batch["wave_lengths"])
             for utt, ref, h in zip(batch["utt_ids"], batch["texts"], transcribe(backbone, memory, self.options)):
                 predictions.append({"utt_id": utt, "ref": ref, "hyp": backbone.tokens.decode(h.tokens),
-                                    "temperature": h.temperature})
+                                    "temperature": h.temperature, "truncated": h.truncated})
         return {"attention": attention, "sites": sites, "predictions": predictions, "seconds": time.time() - start,
                 "fidelity": None if conversion is None else conversion["fidelity"],
                 "measured_cache_bytes": None if conversion is None else conversion["measured_cache_bytes"],

@@ -2,6 +2,9 @@
 and logits), batched = one by one, beam search sharing each utterance's cross cache = beams with their own copies,
 and the preallocated-cache step (eager here, a CUDA graph on a GPU) = the growing-cache one."""
 
+import contextlib
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -209,3 +212,49 @@ def test_cuda_graph_step_equals_eager(variant, compile):
     assert graphed._graph is not None
     other = memory_for(model, 2, seed=2).cuda()
     assert torch.equal(graphed(other), StaticGreedy(backbone, batch=2, max_steps=STEPS)(other))
+
+
+class EagerCapture:
+    """torch.cuda's stream and graph calls on a CPU: what would be captured runs eagerly instead, so a write past
+    a buffer's end fails here as an IndexError (on a GPU it corrupts memory or trips a device-side assert)."""
+
+    def __init__(self, monkeypatch):
+        stream = SimpleNamespace(wait_stream=lambda other: None)
+        monkeypatch.setattr(torch.cuda, "Stream", lambda: stream)
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda: stream)
+        monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+        monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+        monkeypatch.setattr(torch.cuda, "CUDAGraph", SimpleNamespace)
+
+
+@pytest.mark.parametrize("max_steps", [1, 2, 3])
+@pytest.mark.parametrize("variant", VARIANTS)
+@torch.no_grad()
+def test_graph_warm_up_stays_inside_the_buffers(model, variant, max_steps, monkeypatch):
+    """The capture's warm-up and captured steps run after the prompt, where the buffers may have no slot or output
+    column left (prompt + max_steps - 1 slots, max_steps columns): they write the first ones, and the state they
+    change (positions, self caches) is put back, so decoding after a capture emits what it did before."""
+    backbone = backbone_for(model, variant)
+    memory = memory_for(model, 2)
+    static = StaticGreedy(backbone, batch=2, max_steps=max_steps)
+    before = static(memory)
+    state = [t.clone() for t in static._state()]
+    EagerCapture(monkeypatch)
+    with static._static_sites():
+        static._capture()
+    assert all(torch.equal(t, s) for t, s in zip(static._state(), state))
+    static._graph = None  # the stand-in captured nothing to replay
+    assert torch.equal(static(memory), before)
+    assert torch.equal(before, tokens_of(sample(backbone, memory, backbone.new_cache(), max_steps)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("max_steps", [2, 3])
+@torch.no_grad()
+def test_cuda_graph_of_few_steps_equals_eager(max_steps):
+    model = random_whisper("test", torch.device("cuda"), torch.float32, init_std=0.3)
+    backbone = backbone_for(model, "mla")
+    memory = memory_for(model, 2).cuda()
+    graphed = StaticGreedy(backbone, batch=2, max_steps=max_steps, graph=True)
+    assert torch.equal(graphed(memory), StaticGreedy(backbone, batch=2, max_steps=max_steps)(memory))
+    assert graphed._graph is not None

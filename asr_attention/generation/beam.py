@@ -3,9 +3,9 @@
 The cross cache is built once per utterance (batch B) and never copied per beam: when the B*K beam rows attend to
 it, their queries are folded into the query axis, (B*K, T, d) -> (B, K*T, d). Cross-attention puts no mask between
 queries, so that is exactly K separate calls. Self-attention caches are per beam (B*K rows) and follow the beams
-that survive each step. Scores are sums of token log-probabilities; a beam that emitted <|endoftext|> keeps its
-score and only emits <|endoftext|> after; the best beam per utterance is picked by score / length (tokens
-emitted up to and including the first <|endoftext|>)."""
+that survive each step. Scores are sums of token log-probabilities. As in Whisper's own beam search, a hypothesis
+that emits <|endoftext|> leaves the beam for its utterance's finished list (so it never holds a beam that a running
+hypothesis could use), and the best is picked by score / length (text tokens plus <|endoftext|>)."""
 
 from __future__ import annotations
 
@@ -48,46 +48,71 @@ def shared_cross(backbone: Whisper, beams: int):
 
 @dataclass
 class BeamResult:
-    tokens: list[list[int]]  # per utterance: the best beam's tokens before <|endoftext|>
-    scores: Tensor  # (B,) the best beam's sum of log-probabilities
+    tokens: list[list[int]]  # per utterance: the best hypothesis' tokens before <|endoftext|>
+    scores: Tensor  # (B,) the best hypothesis' sum of log-probabilities
     cache: DecoderCache
 
 
 @torch.no_grad()
-def beam_search(backbone: Whisper, memory: Tensor, beams: int, max_tokens: int, share_cross: bool = True) -> BeamResult:
-    """memory (B, frames, d). share_cross=False gives every beam its own copy of the utterance's memory and cross
+def beam_search(backbone: Whisper, memory: Tensor, beams: int, max_tokens: int, share_cross: bool = True,
+                patience: float = 1.0) -> BeamResult:
+    """memory (B, frames, d). Each step, every utterance's `beams` running hypotheses propose their continuations;
+    in order of score, one ending in <|endoftext|> joins the utterance's finished list (as in Whisper's own beam
+    search: it leaves the beam, so `beams` hypotheses keep running), the others fill the beams. An utterance is done
+    with round(beams * patience) finished; at the token limit the running ones count too. The best is chosen by
+    log-probability per token. share_cross=False gives every beam its own copy of the utterance's memory and cross
     cache (the reference the shared path is tested against)."""
-    if beams < 1:
-        raise ValueError(f"beams={beams} must be >= 1")
+    candidates = round(beams * patience)
+    if beams < 1 or candidates < 1:
+        raise ValueError(f"beams={beams}, patience={patience}: need beams >= 1 and round(beams * patience) >= 1")
     t = backbone.tokens
     b, k, device = memory.shape[0], beams, memory.device
     cache = backbone.new_cache()
+    prompt = len(t.prompt)
     seq = torch.tensor(t.prompt, device=device).repeat(b * k, 1)
     scores = torch.full((b, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # the beams start identical: only one may expand at the first step
-    finished = torch.zeros(b * k, dtype=torch.bool, device=device)
-    offsets = torch.arange(b, device=device)[:, None] * k
+    finished = [[] for _ in range(b)]
     with shared_cross(backbone, k) if share_cross else contextlib.nullcontext():
         logits = backbone.decode(seq, memory if share_cross else memory.repeat_interleave(k, 0), cache)[:, -1]
         never, first = suppress_mask(backbone, logits.shape[-1], device)
         for step in range(max_tokens):
             logp = logits.float().masked_fill(first if step == 0 else never, float("-inf")).log_softmax(-1)
-            logp[finished] = float("-inf")
-            logp[finished, t.eot] = 0.0
             vocab = logp.shape[-1]
-            scores, index = (scores.reshape(-1, 1) + logp).view(b, k * vocab).topk(k, dim=-1)
-            rows = (offsets + index // vocab).view(-1)
-            token = (index % vocab).view(-1)
+            # each beam ends at most once, so the best 2k continuations hold k that do not
+            top, index = (scores.reshape(-1, 1) + logp).view(b, k * vocab).topk(2 * k, dim=-1)
+            rows, tokens, kept = [], [], []
+            for u, (row_scores, row_index) in enumerate(zip(top.tolist(), index.tolist())):
+                running = 0
+                for score, i in zip(row_scores, row_index):
+                    row, token = u * k + i // vocab, i % vocab
+                    if token == t.eot:
+                        if len(finished[u]) < candidates and score > float("-inf"):
+                            finished[u].append((seq[row, prompt:].tolist(), score))
+                        continue
+                    rows.append(row)
+                    tokens.append(token)
+                    kept.append(score)
+                    running += 1
+                    if running == k:
+                        break
+            rows = torch.tensor(rows, device=device)
+            token = torch.tensor(tokens, device=device)
             seq = torch.cat((seq.index_select(0, rows), token[:, None]), dim=1)
-            finished = finished.index_select(0, rows) | (token == t.eot)
-            if bool(finished.all()) or step + 1 == max_tokens:
+            scores = torch.tensor(kept, device=device).view(b, k)
+            if all(len(f) >= candidates for f in finished) or step + 1 == max_tokens:
                 break
             for layer in cache.layers:  # self caches follow their beams; the cross caches are per utterance
                 layer.self_attn = Cache({name: v.index_select(0, rows) for name, v in layer.self_attn.items()})
             logits = backbone.decode(token[:, None], None, cache)[:, -1]
-    text = seq[:, len(t.prompt):]
-    lengths = torch.where((text == t.eot).any(1), (text == t.eot).int().argmax(1) + 1, text.shape[1])
-    best = (scores / lengths.view(b, k)).argmax(1)
-    chosen = (torch.arange(b, device=device) * k + best).tolist()
-    out = [row[: row.index(t.eot)] if t.eot in row else row for row in text[chosen].tolist()]
-    return BeamResult(out, scores.gather(1, best[:, None]).squeeze(1), cache)
+    out, best_scores = [], []
+    for u in range(b):
+        hypotheses = [(text, score, len(text) + 1) for text, score in finished[u]]
+        if len(hypotheses) < k:  # the token limit came first: the running hypotheses, best first, fill up
+            order = scores[u].argsort(descending=True).tolist()
+            hypotheses += [(seq[u * k + j, prompt:].tolist(), float(scores[u, j]), seq.shape[1] - prompt)
+                           for j in order[: k - len(hypotheses)]]
+        text, score, _ = max(hypotheses, key=lambda h: h[1] / h[2])
+        out.append(text)
+        best_scores.append(score)
+    return BeamResult(out, torch.tensor(best_scores, device=device), cache)

@@ -201,8 +201,7 @@ class StaticGreedy:
         if memory.shape[0] != self.batch or not 1 <= steps <= self.max_steps:
             raise ValueError(f"memory batch {memory.shape[0]} / steps {steps}: this decoder was built for batch "
                              f"{self.batch} and 1..{self.max_steps} steps")
-        self.position.zero_()
-        self.column.zero_()
+        self._rewind()
         for site in self.self_sites:
             site.reset()
         for cache in self.caches:
@@ -220,20 +219,28 @@ class StaticGreedy:
 
     def _capture(self) -> None:
         """Warm up on a side stream (as CUDA graph capture requires), capture one step, then put back the state
-        the warm-up steps advanced."""
+        the warm-up steps changed. Each of these steps writes the first slot and column: the next free ones may be
+        the buffers' last (prompt + max_steps - 1 slots, max_steps columns), and a replay reads its position from
+        the state, not from the capture."""
         saved = [t.clone() for t in self._state()]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):  # compiles here, if at all
+                self._rewind()
                 self._step()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
+        self._rewind()
         with torch.cuda.graph(graph):
             self._step()
         for t, s in zip(self._state(), saved):
             t.copy_(s)
         self._graph = graph
+
+    def _rewind(self) -> None:
+        self.position.zero_()
+        self.column.zero_()
 
     def _state(self) -> list[Tensor]:
         return [self.position, self.column, self.token] + [t for s in self.self_sites for t in s.buffers.values()]
