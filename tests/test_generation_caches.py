@@ -3,6 +3,7 @@ and logits), batched = one by one, beam search sharing each utterance's cross ca
 and the preallocated-cache step (eager here, a CUDA graph on a GPU) = the growing-cache one."""
 
 import contextlib
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -134,26 +135,33 @@ def test_static_cache_step_equals_dynamic(model, variant):
 
 
 @pytest.mark.parametrize("variant", ["mha", "gqa", "mla"])
-def test_static_step_projects_from_the_variants_own_weights(model, variant):
-    """The step's one stacked Q/K/V (or Q/latent) GEMM holds the variant's weights, not a copy of them: each
-    projection's Parameter becomes a view of the stacked matrix, values unchanged, so a later change to a
-    Parameter is what the step reads."""
-    backbone = backbone_for(model, variant)
-    attn = backbone.decoder.layers[0].self_attn.variant
+def test_the_step_projection_is_stacked_once_from_the_variants_own_weights(model, variant):
+    """A decode step's one Q/K/V (or Q/latent) GEMM reads a matrix stacked when the variant is built, whose slices
+    the variant's Parameters are (the same Parameter objects and values, no second copy): a later change to a
+    Parameter is what the step reads. A move (dtype, device) or a copy gives the Parameters storage of their own:
+    they are stacked again."""
+    attn = backbone_for(model, variant).decoder.layers[0].self_attn.variant
     names = ["q_proj", "kv_down"] if variant == "mla" else ["q_proj", "k_proj", "v_proj"]
     before = {n: getattr(attn, n).weight.detach().clone() for n in names}
     params = {n: getattr(attn, n).weight for n in names}
-    static = StaticGreedy(backbone, batch=2, max_steps=STEPS)
-    (weight, _), sizes = static.self_sites[0].projection, static.self_sites[0].sizes
-    assert sizes[0] == attn.d_model and len(sizes) == len(names)
-    storage = weight.untyped_storage().data_ptr()
-    for n in names:
-        assert getattr(attn, n).weight is params[n]  # the same Parameter objects
-        assert params[n].untyped_storage().data_ptr() == storage
-        assert torch.equal(params[n], before[n])
-    with torch.no_grad():
-        attn.q_proj.weight.mul_(2)
-    assert torch.equal(weight[: attn.d_model], 2 * before["q_proj"])
+
+    def reads_its_parameters(attn):
+        (weight, _), sizes = attn.step_projection
+        assert sizes[0] == attn.d_model and len(sizes) == len(names)
+        for n in names:
+            assert getattr(attn, n).weight.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr()
+            assert torch.equal(getattr(attn, n).weight, before[n].to(weight.dtype))
+        return weight
+
+    copied = copy.deepcopy(attn)
+    for variant_ in (attn, copied, attn.to(torch.float64)):
+        weight = reads_its_parameters(variant_)
+        with torch.no_grad():
+            variant_.q_proj.weight.mul_(2)
+        assert torch.equal(weight[: attn.d_model], 2 * before["q_proj"].to(weight.dtype))
+        with torch.no_grad():
+            variant_.q_proj.weight.div_(2)
+    assert all(getattr(attn, n).weight is params[n] for n in names)  # moved in place, as modules are
 
 
 @pytest.mark.parametrize("variant", ["gqa", "mla"])

@@ -11,107 +11,34 @@ prompt too, so the eager steps and the replayed ones are the same computation. T
 from __future__ import annotations
 
 import contextlib
-import weakref
-from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asr_attention.attention.base import Cache
-from asr_attention.attention.fast_paths import stack_linear
-from asr_attention.attention.gqa import GroupedQueryAttention
-from asr_attention.attention.linear import LinearAttention
-from asr_attention.attention.mla import MultiHeadLatentAttention
-from asr_attention.backbones.whisper import DecoderSelfAttention, LayerCache, Whisper
+from asr_attention.backbones.whisper import LayerCache, Whisper
 from asr_attention.decoding import suppress_mask
 
 
 class StaticSelfAttention(nn.Module):
-    """A decoder self-attention variant over preallocated slots; called like the site it stands in for:
-    (x, cache, use_cache) -> (out, cache), x one token per row."""
+    """A decoder self-attention variant over its preallocated cache (`decode_buffers`, `decode_step`); called like
+    the site it stands in for: (x, cache, use_cache) -> (out, cache), x one token per row."""
 
     def __init__(self, variant: nn.Module, batch: int, slots: int, position: Tensor):
         super().__init__()
         if variant.position != "none":
             raise ValueError(f"static decoding supports absolute positions only, not {variant.position!r}")
         self.variant, self.position = variant, position
-        ref = next(variant.parameters())
-        like = dict(device=ref.device, dtype=ref.dtype)
-        if isinstance(variant, LinearAttention):
-            h, f, hd = variant.num_heads, variant.feature_dim, variant.head_dim
-            # a Cache, as the variant reads it back (a running state, not a cache from memory)
-            self.buffers = Cache({"state": torch.zeros(batch, h, f, hd, **like),
-                                  "normaliser": torch.zeros(batch, h, f, **like)})
-        elif isinstance(variant, MultiHeadLatentAttention):
-            self.buffers = {"latent": torch.zeros(batch, slots, variant.latent_dim, **like)}
-        elif isinstance(variant, GroupedQueryAttention):  # MHA too
-            shape = (batch, variant.kv_heads, slots, variant.head_dim)
-            self.buffers = {"k": torch.zeros(shape, **like), "v": torch.zeros(shape, **like)}
-        else:
-            raise TypeError(f"no static cache for {type(variant).__name__}")
-        self.slots = torch.arange(slots, device=ref.device)
-        if not isinstance(variant, LinearAttention):
-            self.projection, self.sizes = one_projection(variant)
+        self.buffers = variant.decode_buffers(batch, slots)
+        self.slots = torch.arange(slots, device=position.device)
 
     def reset(self) -> None:
-        if isinstance(self.variant, LinearAttention):  # the running sums start empty; slots are masked instead
-            for t in self.buffers.values():
-                t.zero_()
+        """Empty: a running state starts at zero; slots not yet written are masked, so zeroing them is only tidy."""
+        for t in self.buffers.values():
+            t.zero_()
 
     def forward(self, x: Tensor, cache=None, use_cache: bool = True):
-        v, buf = self.variant, self.buffers
-        if isinstance(v, LinearAttention):  # a running state: called as the decoder site calls it
-            out, new = v(**DecoderSelfAttention.inputs(x), cache=buf, use_cache=True)
-            for name, t in buf.items():
-                t.copy_(new[name])
-            return out, buf
-        q, *kept = F.linear(x, *self.projection).split(self.sizes, dim=-1)
-        q = v.split_heads(q)
         keep = (self.slots <= self.position)[None, None, None, :]  # slots written so far, this one included
-        if isinstance(v, MultiHeadLatentAttention):
-            buf["latent"].index_copy_(1, self.position, kept[0])
-            return v.absorbed(q, buf["latent"], buf["latent"], keep, False), buf
-        buf["k"].index_copy_(2, self.position, v.split_heads(kept[0], v.kv_heads))
-        buf["v"].index_copy_(2, self.position, v.split_heads(kept[1], v.kv_heads))
-        out = F.scaled_dot_product_attention(q, buf["k"], buf["v"], attn_mask=keep, scale=v.scale,
-                                             enable_gqa=v.kv_heads != v.num_heads)
-        return v.o_proj(v.merge_heads(out)), buf
-
-
-# variant -> the stacked projection its Parameters are views of: a second decoder on the same variant takes it
-# as it is, since stacking again would move the Parameters off the first decoder's matrix and leave that one stale
-_STACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-Projection = tuple[tuple[Tensor, Tensor | None], list[int]]
-
-
-def one_projection(variant: nn.Module) -> Projection:
-    """Q and what the cache keeps of a token (K and V, or MLA's latent) as one GEMM: at decode time each of the
-    three narrow GEMMs is too small to reach HBM speed, so one wide one is faster. The variant's own weights are
-    re-seated as views of the stacked matrix (same values, same Parameters), so there is no second copy."""
-    if isinstance(variant, MultiHeadLatentAttention):
-        layers = [variant.q_proj, variant.kv_down]
-    else:
-        layers = [variant.q_proj, variant.k_proj, variant.v_proj]
-    kept = _STACKED.get(variant)
-    if kept is None or not all(p.data_ptr() == view.data_ptr() and p.shape == view.shape
-                               for p, view in _slices(layers, kept)):
-        (weight, bias), sizes = stack_linear(*((layer.weight.detach(), layer.bias) for layer in layers))
-        kept = (weight, None if bias is None else bias.detach()), sizes
-        for p, view in _slices(layers, kept):
-            p.data = view
-        _STACKED[variant] = kept
-    return kept
-
-
-def _slices(layers: list[nn.Linear], kept: Projection) -> Iterator[tuple[nn.Parameter, Tensor]]:
-    """(Parameter, its slice of the stacked weight or bias) for every weight and bias of the layers."""
-    (weight, bias), sizes = kept
-    biases = [None] * len(layers) if bias is None else bias.split(sizes)
-    for layer, w, b in zip(layers, weight.split(sizes), biases):
-        yield layer.weight, w
-        if layer.bias is not None:
-            yield layer.bias, b
+        return self.variant.decode_step(x, self.buffers, self.position, keep), self.buffers
 
 
 class StaticCrossAttention(nn.Module):
