@@ -29,8 +29,8 @@ class ScriptedWhisper:
         self.tokens = WhisperTokens(eot=EOT, sot=SOT, no_timestamps=NO_TIMESTAMPS)
         self.decoder = SimpleNamespace(layers=[])  # no cross-attention sites to share
 
-    def new_cache(self) -> DecoderCache:
-        return DecoderCache([LayerCache()])
+    def new_cache(self, beams: int = 1) -> DecoderCache:
+        return DecoderCache([LayerCache()], beams=beams)
 
     def decode(self, tokens, memory, cache):
         layer = cache.layers[0]
