@@ -98,6 +98,15 @@ def test_at_the_token_limit_unfinished_hypotheses_compete_per_token():
     assert result.tokens == [[1, 3]] and result.scores.tolist() == pytest.approx([logp(0.9, 0.9)], abs=1e-5)
 
 
+def test_an_unfinished_hypothesis_is_ranked_by_the_tokens_it_scored():
+    """At the 2-token limit A = [1] has finished (2 tokens scored, <|endoftext|> among them, -1.0) and B = [2, 3]
+    has not (2 tokens, -1.2): A wins per token (-0.5 against -0.6); counting an <|endoftext|> B never emitted
+    (-1.2 / 3) would pick B."""
+    script = {(): {1: 0.5, 2: 0.4}, (1,): {EOT: math.exp(-1.0) / 0.5}, (2,): {3: math.exp(-1.2) / 0.4}}
+    result = run(script, max_tokens=2)
+    assert result.tokens == [[1]] and result.scores.tolist() == pytest.approx([-1.0], abs=1e-5)
+
+
 def test_a_bad_beam_size_or_patience_is_refused():
     with pytest.raises(ValueError, match="patience"):
         run(FINISH_EARLY_OR_LATE, patience=0.1)

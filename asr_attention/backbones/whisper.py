@@ -1,13 +1,15 @@
-"""Whisper (transformers' `WhisperForConditionalGeneration`): three kinds of attention site, one decoder loop.
+"""Whisper (transformers' `WhisperForConditionalGeneration`): three kinds of attention site, one decoder forward.
 
 Where attention lives (transformers 5.17), and who calls it:
   encoder self-attention   model.model.encoder.layers[i].self_attn     HF's encoder layer calls it; a patched one
                            is an `HFAttention` (same call as wav2vec2's: hidden_states, attention_mask=None)
-  decoder self-attention   model.model.decoder.layers[i].self_attn     our decoder loop (`decode`) calls it
-  decoder cross-attention  model.model.decoder.layers[i].encoder_attn  our decoder loop calls it
+  decoder self-attention   model.model.decoder.layers[i].self_attn     our decoder forward (`decode`) calls it
+  decoder cross-attention  model.model.decoder.layers[i].encoder_attn  our decoder forward calls it
 The decoder runs here, not in HF's forward, so that every decoder site keeps its variant's own cache (K/V, grouped
-K/V, a latent, a state) in an explicit per-layer `LayerCache`; at load its sites become MHA variants of the same
-weights (exactly the original: tested against HF's own forward), and converting replaces them.
+K/V, a latent, a state); at load its sites become MHA variants of the same weights (exactly the original: tested
+against HF's own forward), and converting replaces them. `decode` runs each layer's sites through the cache it is
+given: `DecoderCache` here (per-layer caches grown by concatenation), or a preallocated one
+(generation/static_decode.py) that answers the same calls. The decoding loop itself is asr_attention/generation.
 
 Whisper's quirks, handled here and nowhere else: k_proj has no bias (the canonical K bias is None); HF multiplies
 q by head_dim**-0.5 before attention (the canonical score scale, the same product); positions are absolute and

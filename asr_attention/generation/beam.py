@@ -30,9 +30,10 @@ class BeamSearchDecoder(TokenDecoder):
         self.rows_per_utterance, self.eot = beams, eot
         self.scores: Tensor | None = None
         self.finished: list[list[Candidate]] = []
+        self.prompt = 0
 
-    def reset(self, rows: int, device) -> None:
-        k = self.rows_per_utterance
+    def reset(self, rows: int, prompt: int, device) -> None:
+        k, self.prompt = self.rows_per_utterance, prompt
         self.scores = torch.full((rows // k, k), float("-inf"), device=device)
         self.scores[:, 0] = 0.0  # the beams start identical: only one may expand at the first step
         self.finished = [[] for _ in range(rows // k)]
@@ -49,7 +50,7 @@ class BeamSearchDecoder(TokenDecoder):
                 row, token = u * k + i // vocab, i % vocab
                 if token == self.eot:
                     if len(self.finished[u]) < self.candidates and score > float("-inf"):
-                        self.finished[u].append(Candidate(tokens[row].tolist(), score, True))
+                        self.finished[u].append(Candidate(tokens[row, self.prompt:].tolist(), score, True))
                     continue
                 rows.append(row)
                 chosen.append(token)
@@ -65,17 +66,23 @@ class BeamSearchDecoder(TokenDecoder):
     def completed(self) -> bool:
         return all(len(f) >= self.candidates for f in self.finished)
 
-    def finalize(self, tokens: Tensor, prompt: int) -> list[Candidate]:
+    def finalize(self, tokens: Tensor) -> list[Candidate]:
         """The best per utterance by log-probability per token; where fewer than `beams` finished, the running
         hypotheses fill up, best first (their text runs to the token limit)."""
         k = self.rows_per_utterance
         out = []
         for u, finished in enumerate(self.finished):
-            hypotheses = [Candidate(c.tokens[prompt:], c.sum_logprob, True) for c in finished]
+            hypotheses = list(finished)
             for j in self.scores[u].argsort(descending=True).tolist()[: max(k - len(hypotheses), 0)]:
-                hypotheses.append(Candidate(tokens[u * k + j, prompt:].tolist(), float(self.scores[u, j]), False))
-            out.append(max(hypotheses, key=lambda h: h.avg_logprob))
+                text = tokens[u * k + j, self.prompt:].tolist()
+                hypotheses.append(Candidate(text, float(self.scores[u, j]), False))
+            out.append(max(hypotheses, key=per_token))
         return out
+
+
+def per_token(candidate: Candidate) -> float:
+    """Log-probability per token scored: the text, and <|endoftext|> where it was emitted."""
+    return candidate.sum_logprob / (len(candidate.tokens) + candidate.finished)
 
 
 @dataclass

@@ -5,8 +5,8 @@ with its CUDA-graph option, is static_decode.PreallocatedCache.
 
 What the loop asks of each: logits(tokens, memory) (memory starts a new decode: the caches are emptied and the
 cross caches built from it; None continues), reorder(rows) (beams), restart(utterances) (the same utterances
-from the prompt, cross caches kept: the temperature fallback), rows (rows of a restarted cache) and beams (rows per
-utterance sharing its cross caches)."""
+from the prompt, cross caches kept: the temperature fallback), beams (rows per utterance sharing its cross
+caches), and for a restarted one its rows and device."""
 
 from __future__ import annotations
 
@@ -18,9 +18,13 @@ from asr_attention.backbones.whisper import DecoderCache, Whisper
 
 class GrowingCache:
     def __init__(self, backbone: Whisper, beams: int = 1, cache: DecoderCache | None = None):
-        self.backbone, self.beams = backbone, beams
+        self.backbone = backbone
         self.cache = backbone.new_cache(beams) if cache is None else cache
         self.cache.beams = beams
+
+    @property
+    def beams(self) -> int:
+        return self.cache.beams
 
     def logits(self, tokens: Tensor, memory: Tensor | None = None) -> Tensor:
         if memory is not None:
@@ -36,6 +40,10 @@ class GrowingCache:
     @property
     def rows(self) -> int:
         return self.cache.utterances * self.beams
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.model.device
 
     def nbytes(self) -> dict[str, int]:
         return self.cache.nbytes()
@@ -64,3 +72,7 @@ class NoCache:
     @property
     def rows(self) -> int:
         return self.memory.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.memory.device

@@ -85,6 +85,9 @@ def transcribe(backbone: Whisper, memory: Tensor, options: DecodingOptions = Dec
     else:
         first = BeamSearchDecoder(options.beam_size, t.eot, options.patience or 1.0)
     cache = GrowingCache(backbone, first.rows_per_utterance) if cache is None else cache
+    if cache.beams != first.rows_per_utterance:
+        raise ValueError(f"the cache holds {cache.beams} rows per utterance, the decoder feeds "
+                         f"{first.rows_per_utterance} (model.decoding.beam_size={options.beam_size})")
     best = [hypothesis(backbone, c, 0.0) for c in decode(cache, memory, first, t, max_tokens)]
     policy = options.fallback
     generator = torch.Generator(device=memory.device).manual_seed(options.seed)

@@ -16,8 +16,10 @@ class GreedyDecoder(TokenDecoder):
         self.eot, self.temperature, self.generator = eot, temperature, generator
         self.sum_logprob: Tensor | None = None
         self.done: Tensor | None = None
+        self.prompt = 0
 
-    def reset(self, rows: int, device) -> None:
+    def reset(self, rows: int, prompt: int, device) -> None:
+        self.prompt = prompt
         self.sum_logprob = torch.zeros(rows, device=device)
         self.done = torch.zeros(rows, dtype=torch.bool, device=device)
 
@@ -36,6 +38,6 @@ class GreedyDecoder(TokenDecoder):
     def completed(self) -> bool:
         return bool(self.done.all())
 
-    def finalize(self, tokens: Tensor, prompt: int) -> list[Candidate]:
+    def finalize(self, tokens: Tensor) -> list[Candidate]:
         return [Candidate.of(row, logprob, self.eot)
-                for row, logprob in zip(tokens[:, prompt:].tolist(), self.sum_logprob.tolist())]
+                for row, logprob in zip(tokens[:, self.prompt:].tolist(), self.sum_logprob.tolist())]

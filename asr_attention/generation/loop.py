@@ -20,12 +20,13 @@ def decode(cache, memory: Tensor | None, decoder: TokenDecoder, tokens: WhisperT
     (beam search), or None to continue from a restarted cache's cross caches. filters: Whisper's suppress lists
     unless given. -> one Candidate per utterance."""
     rows = memory.shape[0] * cache.beams if memory is not None else cache.rows
-    prompt = torch.tensor(tokens.prompt, device=cache_device(memory, cache)).repeat(rows, 1)
+    prompt = torch.tensor(tokens.prompt, device=memory.device if memory is not None else cache.device)
+    prompt = prompt.repeat(rows, 1)
     logits = cache.logits(prompt, memory)
     if filters is None:
         filters = whisper_filters(tokens, logits.shape[-1], logits.device)
     can_end = not any(f.always_bars(tokens.eot) for f in filters)  # else no row ends early: no host reads
-    decoder.reset(rows, logits.device)
+    decoder.reset(rows, len(tokens.prompt), logits.device)
     seq = prompt
     for step in range(max_tokens):
         for f in filters:
@@ -36,8 +37,4 @@ def decode(cache, memory: Tensor | None, decoder: TokenDecoder, tokens: WhisperT
         if source_rows is not None:
             cache.reorder(source_rows)
         logits = cache.logits(seq[:, -1:])
-    return decoder.finalize(seq, len(tokens.prompt))
-
-
-def cache_device(memory: Tensor | None, cache) -> torch.device:
-    return memory.device if memory is not None else next(cache.backbone.parameters()).device
+    return decoder.finalize(seq)

@@ -126,6 +126,10 @@ class PreallocatedCache:
     def rows(self) -> int:
         return self.batch
 
+    @property
+    def device(self) -> torch.device:
+        return self.position.device
+
     def _capture(self) -> None:
         """Warm up on a side stream (as CUDA graph capture requires), capture one step, then put back the state
         the warm-up steps changed. Each of these steps writes the first slot: the next free one may be the

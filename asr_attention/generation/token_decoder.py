@@ -24,24 +24,22 @@ class Candidate:
         return cls(emitted, sum_logprob, False)
 
     @property
-    def length(self) -> int:
-        """Tokens scored: the text and <|endoftext|> (counted also where the limit came first)."""
-        return len(self.tokens) + 1
-
-    @property
     def avg_logprob(self) -> float:
-        return self.sum_logprob / self.length
+        """Whisper's mean log-probability (what the fallback policy reads): per text token plus one, also where
+        the limit came before <|endoftext|>."""
+        return self.sum_logprob / (len(self.tokens) + 1)
 
 
 class TokenDecoder:
-    """rows_per_utterance: the rows the loop feeds per utterance (beams). Per decode: reset(rows), then each step
-    update(tokens, logits) -> (tokens grown by the chosen token, the rows whose caches the new rows continue or
-    None where each row continues its own); completed() once every utterance is done (a host read: the loop asks
-    only where a row can end); finalize(tokens, prompt) -> one Candidate per utterance."""
+    """rows_per_utterance: the rows the loop feeds per utterance (beams). Per decode: reset(rows, prompt, device)
+    (prompt: the tokens each row starts with), then each step update(tokens, logits) -> (tokens grown by the chosen
+    token, the rows whose caches the new rows continue, or None where each row continues its own); completed()
+    once every utterance is done (a host read: the loop asks only where a row can end); finalize(tokens) -> one
+    Candidate per utterance."""
 
     rows_per_utterance: int
 
-    def reset(self, rows: int, device) -> None:
+    def reset(self, rows: int, prompt: int, device) -> None:
         raise NotImplementedError
 
     def update(self, tokens: Tensor, logits: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -50,5 +48,5 @@ class TokenDecoder:
     def completed(self) -> bool:
         raise NotImplementedError
 
-    def finalize(self, tokens: Tensor, prompt: int) -> list[Candidate]:
+    def finalize(self, tokens: Tensor) -> list[Candidate]:
         raise NotImplementedError
