@@ -98,7 +98,7 @@ def measured_cache_bytes(backbone: Backbone, inputs: list[dict]) -> dict:
 
 def build_module(cfg: DictConfig, backbone: Backbone, tokenizer: CharTokenizer) -> ASRFineTuner:
     if backbone.family == "whisper" and backbone.head == "seq2seq":
-        from .decoding import DecodingOptions
+        from .generation.decoding import DecodingOptions
         from .seq2seq_module import Seq2SeqFineTuner
 
         decoding = DecodingOptions(**{k: tuple(v) if k == "temperatures" else v

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .backbones.whisper import Whisper
-from .decoding import DecodingOptions, transcribe, with_token_limit
+from .generation.decoding import DecodingOptions, transcribe
+from .generation.token_limit import with_token_limit
 from .module import ASRFineTuner
 
 

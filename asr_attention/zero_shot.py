@@ -30,7 +30,8 @@ from torchmetrics.functional.text import word_error_rate
 
 from .data.datamodule import build_datamodule
 from .data.scoring import normalise_for_scoring
-from .decoding import DecodingOptions, transcribe, with_token_limit
+from .generation.decoding import DecodingOptions, transcribe
+from .generation.token_limit import with_token_limit
 from .experiment import convert
 from .backbones.whisper_load import build_whisper
 from .backbones.whisper_tokens import WhisperTextTokenizer

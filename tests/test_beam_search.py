@@ -29,8 +29,8 @@ class ScriptedWhisper:
         self.tokens = WhisperTokens(eot=EOT, sot=SOT, no_timestamps=NO_TIMESTAMPS)
         self.decoder = SimpleNamespace(layers=[])  # no cross-attention sites to share
 
-    def new_cache(self) -> DecoderCache:
-        return DecoderCache([LayerCache()])
+    def new_cache(self, beams: int = 1) -> DecoderCache:
+        return DecoderCache([LayerCache()], beams=beams)
 
     def decode(self, tokens, memory, cache):
         layer = cache.layers[0]
@@ -96,6 +96,15 @@ def test_at_the_token_limit_unfinished_hypotheses_compete_per_token():
     """Nothing finishes within 2 tokens: the best running hypothesis ("1 3", by sum and per token) is chosen."""
     result = run({(): {1: 0.9}, (1,): {3: 0.9, EOT: 0.001}}, max_tokens=2)
     assert result.tokens == [[1, 3]] and result.scores.tolist() == pytest.approx([logp(0.9, 0.9)], abs=1e-5)
+
+
+def test_an_unfinished_hypothesis_is_ranked_by_the_tokens_it_scored():
+    """At the 2-token limit A = [1] has finished (2 tokens scored, <|endoftext|> among them, -1.0) and B = [2, 3]
+    has not (2 tokens, -1.2): A wins per token (-0.5 against -0.6); counting an <|endoftext|> B never emitted
+    (-1.2 / 3) would pick B."""
+    script = {(): {1: 0.5, 2: 0.4}, (1,): {EOT: math.exp(-1.0) / 0.5}, (2,): {3: math.exp(-1.2) / 0.4}}
+    result = run(script, max_tokens=2)
+    assert result.tokens == [[1]] and result.scores.tolist() == pytest.approx([-1.0], abs=1e-5)
 
 
 def test_a_bad_beam_size_or_patience_is_refused():

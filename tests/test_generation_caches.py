@@ -1,17 +1,22 @@
-"""Decoding with every variant's own caches on tiny random Whisper models (fp32, CPU): cached = uncached (tokens
-and logits), batched = one by one, beam search sharing each utterance's cross cache = beams with their own copies,
-and the preallocated-cache step (eager here, a CUDA graph on a GPU) = the growing-cache one."""
+"""Decoding with every variant's own caches on tiny random Whisper models (fp32, CPU), through the one loop over
+each cache object: cached = uncached (tokens and logits), batched = one by one, beam search sharing each
+utterance's cross cache = beams with their own copies, and the preallocated cache (its step eager here, compiled,
+or a CUDA graph on a GPU) = the growing one, for greedy decoding, beam search and the temperature fallback."""
 
 import contextlib
+import copy
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from asr_attention.decoding import sample, suppress_mask
-from asr_attention.generation.beam import beam_search
+from asr_attention.generation.beam import BeamSearchDecoder, beam_search
+from asr_attention.generation.caches import GrowingCache
 from asr_attention.generation.decoders import OursGreedy
-from asr_attention.generation.static_decode import StaticGreedy
+from asr_attention.generation.decoding import sample
+from asr_attention.generation.logit_filters import suppress_mask
+from asr_attention.generation.loop import decode
+from asr_attention.generation.static_decode import PreallocatedCache
 from asr_attention.generation.whisper_sizes import random_whisper
 
 VARIANTS = {
@@ -60,13 +65,32 @@ def tokens_of(hypotheses):
     return torch.tensor([h.tokens for h in hypotheses])
 
 
+def preallocated(backbone, batch, steps=STEPS, **options):
+    """Slots for the prompt and every token but the last (emitted, never fed)."""
+    return PreallocatedCache(backbone, batch, len(backbone.tokens.prompt) + steps - 1, **options)
+
+
+def recording_logits(cache):
+    """cache.logits, each step's result also kept (cloned: a graph replay overwrites its output) in the list
+    returned."""
+    kept, real = [], cache.logits
+
+    def logits(tokens, memory=None):
+        out = real(tokens, memory)
+        kept.append(out.clone())
+        return out
+
+    cache.logits = logits
+    return kept
+
+
 @pytest.mark.parametrize("sites", SITES)
 @pytest.mark.parametrize("variant", VARIANTS)
 @torch.no_grad()
 def test_cached_equals_uncached(model, variant, sites):
     backbone = backbone_for(model, variant, SITES[sites])
     memory = memory_for(model, 2)
-    cached = tokens_of(sample(backbone, memory, backbone.new_cache(), STEPS))
+    cached = tokens_of(sample(backbone, memory, GrowingCache(backbone), STEPS))
     uncached = tokens_of(sample(backbone, memory, None, STEPS))
     assert cached.shape == (2, STEPS) and torch.equal(cached, uncached)
     assert cached.unique().numel() > 4
@@ -79,9 +103,9 @@ def test_cached_equals_uncached(model, variant, sites):
 def test_batched_equals_one_by_one(model, variant):
     backbone = backbone_for(model, variant)
     memory = memory_for(model, 3)
-    batched = tokens_of(sample(backbone, memory, backbone.new_cache(), STEPS))
+    batched = tokens_of(sample(backbone, memory, GrowingCache(backbone), STEPS))
     for row in range(3):
-        alone = tokens_of(sample(backbone, memory[row: row + 1], backbone.new_cache(), STEPS))
+        alone = tokens_of(sample(backbone, memory[row: row + 1], GrowingCache(backbone), STEPS))
         assert torch.equal(batched[row: row + 1], alone), row
 
 
@@ -102,13 +126,13 @@ def test_beam_search_shares_the_cross_cache(model, variant):
     # each score is its tokens' log-probability re-read without caches: the self caches followed their beams
     tokens = torch.tensor(shared.tokens)
     assert tokens.shape == (2, STEPS)
-    never, first = suppress_mask(backbone, model.config.vocab_size, "cpu")
+    never, first = suppress_mask(backbone.tokens, model.config.vocab_size, "cpu")
     logits = uncached_logits(backbone, memory, tokens).float()
     logits[:, 0] = logits[:, 0].masked_fill(first, float("-inf"))
     logits[:, 1:] = logits[:, 1:].masked_fill(never, float("-inf"))
     rescored = logits.log_softmax(-1).gather(2, tokens[..., None]).squeeze(2).sum(1)
     torch.testing.assert_close(shared.scores, rescored, rtol=1e-4, atol=1e-4)
-    greedy = sample(backbone, memory, backbone.new_cache(), STEPS)
+    greedy = sample(backbone, memory, GrowingCache(backbone), STEPS)
     one = beam_search(backbone, memory, beams=1, max_tokens=STEPS)
     assert one.tokens == [h.tokens for h in greedy]
 
@@ -118,63 +142,86 @@ def test_beam_search_shares_the_cross_cache(model, variant):
 def test_static_cache_step_equals_dynamic(model, variant):
     backbone = backbone_for(model, variant)
     memory = memory_for(model, 2)
-    dynamic = tokens_of(sample(backbone, memory, backbone.new_cache(), STEPS))
-    static = StaticGreedy(backbone, batch=2, max_steps=STEPS)
-    static.logits = []
-    assert torch.equal(static(memory), dynamic)
-    torch.testing.assert_close(torch.stack(static.logits, 1), cached_logits(backbone, memory, dynamic),
+    dynamic = tokens_of(sample(backbone, memory, GrowingCache(backbone), STEPS))
+    static = preallocated(backbone, 2)
+    logits = recording_logits(static)
+    assert torch.equal(tokens_of(sample(backbone, memory, static, STEPS)), dynamic)
+    torch.testing.assert_close(torch.stack(logits, 1), cached_logits(backbone, memory, dynamic),
                                rtol=1e-4, atol=1e-4)
     # a second batch of utterances through the same buffers
     other = memory_for(model, 2, seed=2)
-    assert torch.equal(static(other), tokens_of(sample(backbone, other, backbone.new_cache(), STEPS)))
+    assert torch.equal(tokens_of(sample(backbone, other, static, STEPS)),
+                       tokens_of(sample(backbone, other, GrowingCache(backbone), STEPS)))
     # the slots: prompt + steps - 1 tokens per self cache, whatever the variant keeps
     expected = sum(layer.self_attn.variant.cache_bytes(2 + STEPS - 1, 2, torch.float32)
                    for layer in backbone.decoder.layers)
-    assert static.cache_nbytes()["decoder_self"] == expected
+    assert static.nbytes()["decoder_self"] == expected
+    with pytest.raises(ValueError, match="holds 11 slots"):
+        sample(backbone, other, static, STEPS + 1)
+
+
+@pytest.mark.parametrize("variant", ["mha", "mla", "linear"])
+@torch.no_grad()
+def test_beam_search_through_the_preallocated_cache_equals_the_growing_one(model, variant):
+    """The same loop and beam search decoder over either cache object: beams sharing each utterance's cross cache,
+    self caches reordered within the fixed buffers."""
+    backbone = backbone_for(model, variant)
+    memory = memory_for(model, 2)
+    growing = beam_search(backbone, memory, beams=3, max_tokens=STEPS)
+    static = decode(preallocated(backbone, 2 * 3, beams=3), memory, BeamSearchDecoder(3, backbone.tokens.eot),
+                    backbone.tokens, STEPS)
+    assert [c.tokens for c in static] == growing.tokens
+    torch.testing.assert_close(torch.tensor([c.sum_logprob for c in static]), growing.scores, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("variant", ["mha", "gqa", "mla"])
-def test_static_step_projects_from_the_variants_own_weights(model, variant):
-    """The step's one stacked Q/K/V (or Q/latent) GEMM holds the variant's weights, not a copy of them: each
-    projection's Parameter becomes a view of the stacked matrix, values unchanged, so a later change to a
-    Parameter is what the step reads."""
-    backbone = backbone_for(model, variant)
-    attn = backbone.decoder.layers[0].self_attn.variant
+def test_the_step_projection_is_stacked_once_from_the_variants_own_weights(model, variant):
+    """A decode step's one Q/K/V (or Q/latent) GEMM reads a matrix stacked when the variant is built, whose slices
+    the variant's Parameters are (the same Parameter objects and values, no second copy): a later change to a
+    Parameter is what the step reads. A move (dtype, device) or a copy gives the Parameters storage of their own:
+    they are stacked again."""
+    attn = backbone_for(model, variant).decoder.layers[0].self_attn.variant
     names = ["q_proj", "kv_down"] if variant == "mla" else ["q_proj", "k_proj", "v_proj"]
     before = {n: getattr(attn, n).weight.detach().clone() for n in names}
     params = {n: getattr(attn, n).weight for n in names}
-    static = StaticGreedy(backbone, batch=2, max_steps=STEPS)
-    (weight, _), sizes = static.self_sites[0].projection, static.self_sites[0].sizes
-    assert sizes[0] == attn.d_model and len(sizes) == len(names)
-    storage = weight.untyped_storage().data_ptr()
-    for n in names:
-        assert getattr(attn, n).weight is params[n]  # the same Parameter objects
-        assert params[n].untyped_storage().data_ptr() == storage
-        assert torch.equal(params[n], before[n])
-    with torch.no_grad():
-        attn.q_proj.weight.mul_(2)
-    assert torch.equal(weight[: attn.d_model], 2 * before["q_proj"])
+
+    def reads_its_parameters(attn):
+        (weight, _), sizes = attn.step_projection
+        assert sizes[0] == attn.d_model and len(sizes) == len(names)
+        for n in names:
+            assert getattr(attn, n).weight.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr()
+            assert torch.equal(getattr(attn, n).weight, before[n].to(weight.dtype))
+        return weight
+
+    copied = copy.deepcopy(attn)
+    for variant_ in (attn, copied, attn.to(torch.float64)):
+        weight = reads_its_parameters(variant_)
+        with torch.no_grad():
+            variant_.q_proj.weight.mul_(2)
+        assert torch.equal(weight[: attn.d_model], 2 * before["q_proj"].to(weight.dtype))
+        with torch.no_grad():
+            variant_.q_proj.weight.div_(2)
+    assert all(getattr(attn, n).weight is params[n] for n in names)  # moved in place, as modules are
 
 
 @pytest.mark.parametrize("variant", ["gqa", "mla"])
 @torch.no_grad()
-def test_a_second_static_decoder_leaves_the_first_reading_the_weights(variant):
-    """Two static decoders on one backbone share its stacked projections: after a weight changes, both step with
-    the changed weights (the decoding through the growing caches reads them from the Parameters)."""
+def test_a_second_static_cache_leaves_the_first_reading_the_weights(variant):
+    """Two preallocated caches on one backbone step through its variants' stacked projections: after a weight
+    changes, both step with the changed weights (as the growing caches, which read the Parameters)."""
     backbone = backbone_for(random_whisper("test", torch.device("cpu"), torch.float32, init_std=0.3), variant)
     memory = memory_for(backbone.model, 2)
-    first, second = (StaticGreedy(backbone, batch=2, max_steps=STEPS) for _ in range(2))
-    first.logits, second.logits = [], []
-    unchanged = first(memory)
+    first, second = preallocated(backbone, 2), preallocated(backbone, 2)
+    unchanged = tokens_of(sample(backbone, memory, first, STEPS))
     for layer in backbone.decoder.layers:
         layer.self_attn.variant.q_proj.weight.add_(0.2 * torch.randn_like(layer.self_attn.variant.q_proj.weight))
-    tokens = tokens_of(sample(backbone, memory, backbone.new_cache(), STEPS))
+    tokens = tokens_of(sample(backbone, memory, GrowingCache(backbone), STEPS))
     assert not torch.equal(tokens, unchanged)  # the change matters to decoding
     want = cached_logits(backbone, memory, tokens)
-    first.logits = []
-    for decoder in (first, second):
-        assert torch.equal(decoder(memory), tokens)
-        torch.testing.assert_close(torch.stack(decoder.logits, 1), want, rtol=1e-4, atol=1e-4)
+    for cache in (first, second):
+        logits = recording_logits(cache)
+        assert torch.equal(tokens_of(sample(backbone, memory, cache, STEPS)), tokens)
+        torch.testing.assert_close(torch.stack(logits, 1), want, rtol=1e-4, atol=1e-4)
 
 
 @torch.no_grad()
@@ -184,16 +231,16 @@ def test_compiled_step_equals_eager(model):
     torch._dynamo.reset()
     backbone = backbone_for(model, "mla")
     memory, other = memory_for(model, 2), memory_for(model, 2, seed=2)
-    eager = StaticGreedy(backbone, batch=2, max_steps=STEPS)
-    eager.logits = []
-    compiled = StaticGreedy(backbone, batch=2, max_steps=STEPS, compile=True)
-    compiled.logits = []
+    eager, compiled = preallocated(backbone, 2), preallocated(backbone, 2, compile=True)
+    eager_logits, compiled_logits = recording_logits(eager), recording_logits(compiled)
     graphs = torch._dynamo.utils.counters["stats"]
     before = graphs["unique_graphs"]
-    assert torch.equal(compiled(memory), eager(memory))
+    assert torch.equal(tokens_of(sample(backbone, memory, compiled, STEPS)),
+                       tokens_of(sample(backbone, memory, eager, STEPS)))
     assert graphs["unique_graphs"] == before + 1  # compiled once, for every step
-    torch.testing.assert_close(torch.stack(compiled.logits, 1), torch.stack(eager.logits, 1), rtol=1e-4, atol=1e-4)
-    assert torch.equal(compiled(other), eager(other))
+    torch.testing.assert_close(torch.stack(compiled_logits, 1), torch.stack(eager_logits, 1), rtol=1e-4, atol=1e-4)
+    assert torch.equal(tokens_of(sample(backbone, other, compiled, STEPS)),
+                       tokens_of(sample(backbone, other, eager, STEPS)))
     torch._dynamo.reset()
 
 
@@ -206,12 +253,13 @@ def test_cuda_graph_step_equals_eager(variant, compile):
     model = random_whisper("test", torch.device("cuda"), torch.float32, init_std=0.3)
     backbone = backbone_for(model, variant)
     memory = memory_for(model, 2).cuda()
-    eager = StaticGreedy(backbone, batch=2, max_steps=STEPS)(memory)
-    graphed = StaticGreedy(backbone, batch=2, max_steps=STEPS, graph=True, compile=compile)
-    assert torch.equal(graphed(memory), eager)
+    eager = tokens_of(sample(backbone, memory, preallocated(backbone, 2), STEPS))
+    graphed = preallocated(backbone, 2, graph=True, compile=compile)
+    assert torch.equal(tokens_of(sample(backbone, memory, graphed, STEPS)), eager)
     assert graphed._graph is not None
     other = memory_for(model, 2, seed=2).cuda()
-    assert torch.equal(graphed(other), StaticGreedy(backbone, batch=2, max_steps=STEPS)(other))
+    assert torch.equal(tokens_of(sample(backbone, other, graphed, STEPS)),
+                       tokens_of(sample(backbone, other, preallocated(backbone, 2), STEPS)))
 
 
 class EagerCapture:
@@ -231,21 +279,20 @@ class EagerCapture:
 @pytest.mark.parametrize("variant", VARIANTS)
 @torch.no_grad()
 def test_graph_warm_up_stays_inside_the_buffers(model, variant, max_steps, monkeypatch):
-    """The capture's warm-up and captured steps run after the prompt, where the buffers may have no slot or output
-    column left (prompt + max_steps - 1 slots, max_steps columns): they write the first ones, and the state they
-    change (positions, self caches) is put back, so decoding after a capture emits what it did before."""
+    """The capture's warm-up and captured steps run after the prompt, where the buffers may have no slot left
+    (prompt + max_steps - 1 slots): they write the first one, and the state they change (position, self caches)
+    is put back, so decoding after a capture emits what it did before."""
     backbone = backbone_for(model, variant)
     memory = memory_for(model, 2)
-    static = StaticGreedy(backbone, batch=2, max_steps=max_steps)
-    before = static(memory)
+    static = preallocated(backbone, 2, max_steps)
+    before = tokens_of(sample(backbone, memory, static, max_steps))
     state = [t.clone() for t in static._state()]
     EagerCapture(monkeypatch)
-    with static._static_sites():
-        static._capture()
+    static._capture()
     assert all(torch.equal(t, s) for t, s in zip(static._state(), state))
     static._graph = None  # the stand-in captured nothing to replay
-    assert torch.equal(static(memory), before)
-    assert torch.equal(before, tokens_of(sample(backbone, memory, backbone.new_cache(), max_steps)))
+    assert torch.equal(tokens_of(sample(backbone, memory, static, max_steps)), before)
+    assert torch.equal(before, tokens_of(sample(backbone, memory, GrowingCache(backbone), max_steps)))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -255,6 +302,7 @@ def test_cuda_graph_of_few_steps_equals_eager(max_steps):
     model = random_whisper("test", torch.device("cuda"), torch.float32, init_std=0.3)
     backbone = backbone_for(model, "mla")
     memory = memory_for(model, 2).cuda()
-    graphed = StaticGreedy(backbone, batch=2, max_steps=max_steps, graph=True)
-    assert torch.equal(graphed(memory), StaticGreedy(backbone, batch=2, max_steps=max_steps)(memory))
+    graphed = preallocated(backbone, 2, max_steps, graph=True)
+    assert torch.equal(tokens_of(sample(backbone, memory, graphed, max_steps)),
+                       tokens_of(sample(backbone, memory, preallocated(backbone, 2, max_steps), max_steps)))
     assert graphed._graph is not None

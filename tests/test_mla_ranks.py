@@ -11,8 +11,9 @@ import torch
 
 from asr_attention.attention.mla_ranks import kv_spectrum, ranks_by_kind, spread_ranks
 from asr_attention.backbones import calibration_batch, capture_attention_calls, patch_attention, patched_variants
-from asr_attention.decoding import sample
-from asr_attention.generation.static_decode import StaticGreedy
+from asr_attention.generation.caches import GrowingCache
+from asr_attention.generation.decoding import sample
+from asr_attention.generation.static_decode import PreallocatedCache
 
 from test_whisper import D, LAYERS, audio, make, tokens
 
@@ -87,6 +88,7 @@ def test_whisper_spread_by_spectrum_keeps_the_cache_and_loses_less_kv():
     assert errors["spread"] < errors["uniform"], errors
     memory = spread.encode(waves, lengths)
     spread.tokens.suppress_begin = list(range(spread.tokens.eot, 100))  # no early stop: 8 real steps
-    cached = [h.tokens for h in sample(spread, memory, spread.new_cache(), max_tokens=8)]
+    cached = [h.tokens for h in sample(spread, memory, GrowingCache(spread), max_tokens=8)]
     assert cached == [h.tokens for h in sample(spread, memory, None, max_tokens=8)]
-    assert StaticGreedy(spread, batch=3, max_steps=8)(memory).tolist() == cached  # per-layer preallocated widths
+    static = [h.tokens for h in sample(spread, memory, PreallocatedCache(spread, 3, 2 + 8 - 1), max_tokens=8)]
+    assert static == cached  # per-layer preallocated widths

@@ -119,6 +119,7 @@ def test_the_whisper_study_preset_end_to_end_on_cpu(tmp_path):
         assert res["status"] == "completed", res.get("error")
         assert res["code"]["commit"] == head.strip()
         assert [p["step"] for p in res["val_curve"]] == [0, 1] and res["global_step"] == 1
+        assert res["decoding"]["max_tokens"] == 6  # model.decoding.max_tokens=6: below the model's limit, recorded
     # all runs of the study in one W&B group, whichever sweep ran them; named by sites, variant, recipe and seed
     groups = set()
     for job, name in (("0", "whisper-decoder-mha-attention_only-lr3e-05-seed0"),

@@ -13,7 +13,8 @@ from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneratio
 from asr_attention.backbones import build_backbone, patch_attention, patched_variants
 from asr_attention.backbones.whisper_load import random_config
 from asr_attention.backbones.whisper_mel import LogMel
-from asr_attention.decoding import DecodingOptions, sample, transcribe
+from asr_attention.generation.caches import GrowingCache
+from asr_attention.generation.decoding import DecodingOptions, sample, transcribe
 
 D, H, LAYERS, VOCAB = 32, 4, 2, 100
 TINY = dict(family="whisper", source=None, pretrained=False, d_model=D, num_heads=H, num_layers=LAYERS,
@@ -97,7 +98,7 @@ def test_cached_decoding_emits_the_uncached_tokens(variant):
     waves, lengths = audio()
     memory = backbone.encode(waves, lengths)
     backbone.tokens.suppress_begin = list(range(backbone.tokens.eot, VOCAB))  # no early stop: 12 real steps
-    cached = sample(backbone, memory, backbone.new_cache(), max_tokens=12)
+    cached = sample(backbone, memory, GrowingCache(backbone), max_tokens=12)
     uncached = sample(backbone, memory, None, max_tokens=12)
     assert [h.tokens for h in cached] == [h.tokens for h in uncached]
     assert len(cached[0].tokens) >= 1
@@ -132,6 +133,30 @@ def test_fallback_redecodes_only_failing_rows_reusing_cross_caches():
     assert {h.temperature for h in forced} == {1.0}
     again = transcribe(backbone, memory, DecodingOptions(max_tokens=8, logprob_threshold=1.0))
     assert [h.tokens for h in again] == [h.tokens for h in forced]  # seeded
+
+
+@pytest.mark.parametrize("cache", ["growing", "preallocated"])
+def test_fallback_and_beam_search_run_through_either_cache(cache):
+    """The same loop over the growing caches or preallocated ones: the forced fallback (sampling, every row
+    restarted from its cross caches) writes the same tokens; transcribe with beam_size is beam search at
+    temperature 0."""
+    from asr_attention.generation.beam import beam_search
+    from asr_attention.generation.static_decode import PreallocatedCache
+
+    backbone = make()
+    memory = backbone.encode(*audio())
+    options = DecodingOptions(max_tokens=8, logprob_threshold=1.0)
+    loop_cache = None if cache == "growing" else PreallocatedCache(backbone, 3, 2 + 8 - 1)
+    hyps = transcribe(backbone, memory, options, loop_cache)
+    reference = transcribe(backbone, memory, options)
+    assert [(h.tokens, h.temperature) for h in hyps] == [(h.tokens, h.temperature) for h in reference]
+    assert {h.temperature for h in hyps} == {1.0}
+    beams = DecodingOptions(max_tokens=8, beam_size=3, temperatures=(0.0,))
+    loop_cache = None if cache == "growing" else PreallocatedCache(backbone, 3 * 3, 2 + 8 - 1, beams=3)
+    beamed = transcribe(backbone, memory, beams, loop_cache)
+    assert [h.tokens for h in beamed] == beam_search(backbone, memory, 3, 8).tokens
+    with pytest.raises(ValueError, match="model.decoding.beam_size=0"):
+        DecodingOptions(beam_size=0)
 
 
 def test_teacher_forcing_inputs_and_labels():
@@ -476,7 +501,7 @@ def test_the_default_token_limit_is_the_models_positions_less_the_prompt(compose
 
 
 def test_a_limit_below_the_models_warns_and_one_above_is_refused(caplog):
-    from asr_attention.decoding import with_token_limit
+    from asr_attention.generation.token_limit import with_token_limit
 
     backbone = make()
     with caplog.at_level("WARNING"):

@@ -52,7 +52,8 @@ def test_our_decoder_writes_transformers_words(tiny_en):
     from asr_attention.backbones.whisper import Whisper
     from asr_attention.backbones.whisper_tokens import read_tokens
     from asr_attention.data import load_audio
-    from asr_attention.decoding import DecodingOptions, suppress_mask, transcribe as decode
+    from asr_attention.generation.decoding import DecodingOptions, transcribe as decode
+    from asr_attention.generation.logit_filters import suppress_mask
     from asr_attention.whisper_reference import MAX_NEW_TOKENS, generate
 
     model, tokenizer = tiny_en
@@ -68,7 +69,7 @@ def test_our_decoder_writes_transformers_words(tiny_en):
         memory = ours.encode(batch, lengths)
         hyps = decode(ours, memory, DecodingOptions(max_tokens=MAX_NEW_TOKENS, temperatures=(0.0,)))
         first = ours.decode(torch.tensor([ours.tokens.prompt]), memory[:1])[0, -1]
-    never, _ = suppress_mask(ours, first.shape[-1], "cpu")
+    never, _ = suppress_mask(ours.tokens, first.shape[-1], "cpu")
     # the half-second would end at once without begin-suppress
     assert int(first.masked_fill(never, float("-inf")).argmax()) == ours.tokens.eot
     theirs = generate(model, tokenizer, len(waves), encoder_outputs=BaseModelOutput(last_hidden_state=memory))

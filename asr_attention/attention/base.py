@@ -132,6 +132,48 @@ class AttentionVariant(nn.Module):
         """What the K and V projections read: memory (cross-attention), or x, rotated for K under rotary."""
         return (query_input, x) if memory is None else (memory, memory)
 
+    # -- decoding one token at a time over preallocated caches (asr_attention/generation/static_decode.py) -------
+    # The linear layers of x a decode step computes (Q, and what the cache keeps of a token), stacked at
+    # construction into one (weight, bias): at decode time each narrow GEMM is too small to reach HBM speed, one
+    # wide one is faster. Their Parameters are views of the stacked tensors (same values, no second copy), so a
+    # change to a Parameter (training, load_state_dict) is what the step reads; after a move or a copy, which
+    # give each Parameter its own storage again, they are stacked again.
+    step_projections: tuple[str, ...] = ()
+    step_projection: tuple[tuple[Tensor, Tensor | None], list[int]] | None = None
+
+    def stack_step_projection(self) -> None:
+        layers = [getattr(self, name) for name in self.step_projections]
+        with torch.no_grad():
+            (weight, bias), sizes = stack_linear(*((layer.weight, layer.bias) for layer in layers))
+        biases = [None] * len(layers) if bias is None else bias.split(sizes)
+        for layer, w, b in zip(layers, weight.split(sizes), biases):
+            layer.weight.data = w
+            if layer.bias is not None:
+                layer.bias.data = b
+        self.step_projection = (weight, bias), sizes
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if self.step_projections:
+            self.stack_step_projection()
+        return self
+
+    def __setstate__(self, state) -> None:  # copy.deepcopy and unpickling
+        super().__setstate__(state)
+        if self.step_projections:
+            self.stack_step_projection()
+
+    def decode_buffers(self, batch: int, slots: int) -> dict[str, Tensor]:
+        """This site's cache as causal decoder self-attention over `slots` tokens (or its state), preallocated and
+        zeroed, on the variant's device and in its dtype."""
+        raise NotImplementedError(f"{self.name}: no preallocated decoder cache")
+
+    def decode_step(self, x: Tensor, buffers: dict[str, Tensor], position: Tensor, keep: Tensor) -> Tensor:
+        """Causal decoder self-attention of one token per row, x (B, 1, d), at `position` (a 1-element long tensor
+        on the device: a captured CUDA graph reads it at each replay): writes the token's entries into `buffers` in
+        place and attends over the slots that `keep` (1, 1, 1, slots) marks as written, its own included."""
+        raise NotImplementedError(f"{self.name}: no preallocated decoder cache")
+
     # -- fast path: Q, K and V of x from one GEMM ---------------------------------------------------------------
     def kv_projection(self, tokens: int) -> tuple[Tensor, Tensor | None] | None:
         """(weight, bias) mapping x to [K; V] in one GEMM, or None where the variant's K/V side is better left

@@ -74,6 +74,19 @@ class LinearAttention(AttentionVariant):
         kept = Cache({"state": state, "normaliser": normaliser}, from_memory=memory is not None)
         return self.o_proj(out), kept if use_cache or cache is not None else None
 
+    def decode_buffers(self, batch: int, slots: int) -> dict[str, Tensor]:
+        """The running state and normaliser (no slots: their size does not grow)."""
+        h, f, hd = self.num_heads, self.feature_dim, self.head_dim
+        return {"state": self.q_proj.weight.new_zeros(batch, h, f, hd),
+                "normaliser": self.q_proj.weight.new_zeros(batch, h, f)}
+
+    def decode_step(self, x: Tensor, buffers: dict[str, Tensor], position: Tensor, keep: Tensor) -> Tensor:
+        """The token's running-state update (a causal call against the state), written back in place."""
+        out, new = self(x, cache=Cache(buffers), use_cache=True, causal=True)
+        for name, t in buffers.items():
+            t.copy_(new[name])
+        return out
+
     def heads(self, y: Tensor) -> Tensor:
         """(B, T, d) -> (B, T, H, hd), a view."""
         return y.view(y.shape[0], y.shape[1], self.num_heads, self.head_dim)

@@ -58,6 +58,7 @@ def _factor(weight: Tensor, rank: int, whiten: tuple[Tensor, Tensor] | None) -> 
 
 class MultiHeadLatentAttention(SoftmaxAttention):
     name = "mla"
+    step_projections = ("q_proj", "kv_down")
 
     def __init__(self, mha: CanonicalMHA, latent_dim: int, calibration: Tensor | None = None):
         d = mha.d_model
@@ -75,6 +76,7 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         if self.kv_up.bias is not None:
             zeros = mha.v_weight.new_zeros(d)
             self.kv_up.bias.data.copy_(torch.cat((_or(mha.k_bias, zeros), _or(mha.v_bias, zeros))))
+        self.stack_step_projection()
 
     @property
     def latents_per_frame(self) -> int:
@@ -144,6 +146,17 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         if self.kv_up.bias is not None:
             out = out + self.kv_up.bias[d:].view(1, h, 1, hd)
         return self.o_proj(self.merge_heads(out))
+
+    def decode_buffers(self, batch: int, slots: int) -> dict[str, Tensor]:
+        if self.position == "rotary_input":
+            raise NotImplementedError("mla: no preallocated decoder cache under rotary positions (two latents)")
+        return {"latent": self.kv_down.weight.new_zeros(batch, slots, self.latent_dim)}
+
+    def decode_step(self, x: Tensor, buffers: dict[str, Tensor], position: Tensor, keep: Tensor) -> Tensor:
+        (weight, bias), sizes = self.step_projection
+        q, latent = F.linear(x, weight, bias).split(sizes, dim=-1)
+        buffers["latent"].index_copy_(1, position, latent)
+        return self.absorbed(self.split_heads(q), buffers["latent"], buffers["latent"], keep, False)
 
     # -- fast path: K/V straight from x through the merged map, where that is cheaper ---------------------------
     def kv_projection(self, tokens: int) -> tuple[Tensor, Tensor | None] | None:

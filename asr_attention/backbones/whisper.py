@@ -1,13 +1,15 @@
-"""Whisper (transformers' `WhisperForConditionalGeneration`): three kinds of attention site, one decoder loop.
+"""Whisper (transformers' `WhisperForConditionalGeneration`): three kinds of attention site, one decoder forward.
 
 Where attention lives (transformers 5.17), and who calls it:
   encoder self-attention   model.model.encoder.layers[i].self_attn     HF's encoder layer calls it; a patched one
                            is an `HFAttention` (same call as wav2vec2's: hidden_states, attention_mask=None)
-  decoder self-attention   model.model.decoder.layers[i].self_attn     our decoder loop (`decode`) calls it
-  decoder cross-attention  model.model.decoder.layers[i].encoder_attn  our decoder loop calls it
+  decoder self-attention   model.model.decoder.layers[i].self_attn     our decoder forward (`decode`) calls it
+  decoder cross-attention  model.model.decoder.layers[i].encoder_attn  our decoder forward calls it
 The decoder runs here, not in HF's forward, so that every decoder site keeps its variant's own cache (K/V, grouped
-K/V, a latent, a state) in an explicit per-layer `LayerCache`; at load its sites become MHA variants of the same
-weights (exactly the original: tested against HF's own forward), and converting replaces them.
+K/V, a latent, a state); at load its sites become MHA variants of the same weights (exactly the original: tested
+against HF's own forward), and converting replaces them. `decode` runs each layer's sites through the cache it is
+given: `DecoderCache` here (per-layer caches grown by concatenation), or a preallocated one
+(generation/static_decode.py) that answers the same calls. The decoding loop itself is asr_attention/generation.
 
 Whisper's quirks, handled here and nowhere else: k_proj has no bias (the canonical K bias is None); HF multiplies
 q by head_dim**-0.5 before attention (the canonical score scale, the same product); positions are absolute and
@@ -87,25 +89,65 @@ class LayerCache:
     cross: Cache | None = None
 
 
+def cross_per_utterance(site: nn.Module, x: Tensor, memory: Tensor | None, cache: Cache | None,
+                        beams: int) -> tuple[Tensor, Cache]:
+    """A cross-attention call for `beams` consecutive rows per utterance against one memory (or cache) per
+    utterance: the beams' queries are folded into the query axis, (B*K, T, d) -> (B, K*T, d), so the cross cache is
+    built and kept once per utterance, never copied per beam. Cross-attention puts no mask between queries: the
+    same as K separate calls."""
+    rows, t, d = x.shape
+    out, cache = site(x.reshape(rows // beams, beams * t, d), memory, cache, True)
+    return out.reshape(rows, t, d), cache
+
+
 @dataclass
 class DecoderCache:
-    """Every decoder layer's caches and the number of tokens they cover (the next token's position)."""
+    """Every decoder layer's caches, grown by concatenation, and the number of tokens they cover (the next token's
+    position). beams: rows per utterance, which share the utterance's cross caches (`cross_per_utterance`).
+
+    What `Whisper.decode` asks of a cache (a preallocated one, generation/static_decode.py, answers the same):
+    positions(n) indexes the position embeddings of the next n tokens, self_attention / cross_attention run a
+    layer's site against its cache, advance(n) counts the tokens fed."""
 
     layers: list[LayerCache]
     tokens: int = 0
+    beams: int = 1
 
-    def select(self, rows: Tensor) -> "DecoderCache":
-        """The caches of some batch rows, in that order (fallback re-decoding; later, beam search)."""
-        return DecoderCache([LayerCache(_rows(c.self_attn, rows), _rows(c.cross, rows)) for c in self.layers],
-                            self.tokens)
+    def positions(self, n: int) -> slice:
+        return slice(self.tokens, self.tokens + n)
 
-    def restart(self, rows: Tensor) -> "DecoderCache":
-        """Some rows decoded again from the prompt: their cross caches kept (built once per utterance), self
-        caches emptied."""
-        return DecoderCache([LayerCache(None, _rows(c.cross, rows)) for c in self.layers])
+    def self_attention(self, i: int, site: nn.Module, x: Tensor) -> Tensor:
+        layer = self.layers[i]
+        out, layer.self_attn = site(x, layer.self_attn, True)
+        return out
+
+    def cross_attention(self, i: int, site: nn.Module, x: Tensor, memory: Tensor | None) -> Tensor:
+        """memory builds the layer's cross cache while it is empty (the first step) and is ignored after."""
+        layer = self.layers[i]
+        out, layer.cross = cross_per_utterance(site, x, memory if layer.cross is None else None, layer.cross,
+                                               self.beams)
+        return out
+
+    def advance(self, n: int) -> None:
+        self.tokens += n
+
+    def clear(self) -> None:
+        """Empty, for a new batch of utterances."""
+        self.layers = [LayerCache() for _ in self.layers]
+        self.tokens = 0
+
+    def reorder(self, rows: Tensor) -> None:
+        """Self caches follow their rows (beams that survive a step); the cross caches are per utterance."""
+        for layer in self.layers:
+            layer.self_attn = _rows(layer.self_attn, rows)
+
+    def restart(self, utterances: Tensor) -> "DecoderCache":
+        """Some utterances decoded again from the prompt, one row each: their cross caches kept (built once per
+        utterance), self caches empty."""
+        return DecoderCache([LayerCache(None, _rows(c.cross, utterances)) for c in self.layers])
 
     @property
-    def batch_size(self) -> int:
+    def utterances(self) -> int:
         return next(iter(self.layers[0].cross.values())).shape[0]
 
     def nbytes(self) -> dict[str, int]:
@@ -291,41 +333,38 @@ class Whisper(Backbone):
                padding: Tensor | None = None) -> Tensor:
         """Logits (B, T, V) for `tokens` (B, T) given the encoder output.
 
-        cache None: teacher forcing over the whole prefix, nothing kept. A DecoderCache (`new_cache()` to start):
-        `tokens` continue the cached prefix and the cache is updated in place. memory is read while the cross
-        caches are empty (the first step) and ignored after. padding (B, T): teacher forcing's padded positions
-        (`WhisperTokens.padding`), handed to the decoder sites for whoever records them; the logits do not depend
-        on it."""
+        cache None: teacher forcing over the whole prefix, nothing kept. A cache (`new_cache()` to start, or a
+        preallocated one): `tokens` continue the cached prefix and the cache is updated in place. memory is read
+        while the cross caches are empty (the first step) and ignored after. padding (B, T): teacher forcing's
+        padded positions (`WhisperTokens.padding`), handed to the decoder sites for whoever records them; the
+        logits do not depend on it."""
         dec = self.decoder
-        offset = 0 if cache is None else cache.tokens
-        x = dec.embed_tokens(tokens) + dec.embed_positions.weight[offset: offset + tokens.shape[1]]
+        positions = slice(0, tokens.shape[1]) if cache is None else cache.positions(tokens.shape[1])
+        x = dec.embed_tokens(tokens) + dec.embed_positions.weight[positions]
         x = F.dropout(x, dec.dropout, self.training)
         for i, layer in enumerate(dec.layers):
-            x = self._layer(layer, x, memory, None if cache is None else cache.layers[i], padding)
+            x = self._layer(layer, i, x, memory, cache, padding)
         if cache is not None:
-            cache.tokens += tokens.shape[1]
+            cache.advance(tokens.shape[1])
         return self.model.proj_out(dec.layer_norm(x))
 
-    def _layer(self, layer: nn.Module, x: Tensor, memory: Tensor | None, cache: LayerCache | None,
+    def _layer(self, layer: nn.Module, i: int, x: Tensor, memory: Tensor | None, cache: DecoderCache | None,
                padding: Tensor | None = None) -> Tensor:
-        """WhisperDecoderLayer's computation (pre-LayerNorm residual blocks), with our caches."""
-        use_cache = cache is not None
-        marked = {} if padding is None else {"padding": padding}  # generation's stand-in sites take none
-        h, self_cache = layer.self_attn(layer.self_attn_layer_norm(x), cache and cache.self_attn, use_cache, **marked)
+        """WhisperDecoderLayer's computation (pre-LayerNorm residual blocks), through layer i's caches if any."""
+        marked = {} if padding is None else {"padding": padding}  # teacher forcing only: decoding marks none
+        h = layer.self_attn_layer_norm(x)
+        h = layer.self_attn(h, **marked)[0] if cache is None else cache.self_attention(i, layer.self_attn, h)
         x = x + F.dropout(h, layer.dropout, self.training)
-        cross_cache = cache and cache.cross
-        h, new_cross = layer.encoder_attn(layer.encoder_attn_layer_norm(x), memory if cross_cache is None else None,
-                                          cross_cache, use_cache, **marked)
+        h = layer.encoder_attn_layer_norm(x)
+        h = (layer.encoder_attn(h, memory, **marked)[0] if cache is None
+             else cache.cross_attention(i, layer.encoder_attn, h, memory))
         x = x + F.dropout(h, layer.dropout, self.training)
         h = layer.fc2(F.dropout(layer.activation_fn(layer.fc1(layer.final_layer_norm(x))),
                                 layer.activation_dropout, self.training))
-        x = x + F.dropout(h, layer.dropout, self.training)
-        if use_cache:
-            cache.self_attn, cache.cross = self_cache, new_cross
-        return x
+        return x + F.dropout(h, layer.dropout, self.training)
 
-    def new_cache(self) -> DecoderCache:
-        return DecoderCache([LayerCache() for _ in self.decoder.layers])
+    def new_cache(self, beams: int = 1) -> DecoderCache:
+        return DecoderCache([LayerCache() for _ in self.decoder.layers], beams=beams)
 
     def cache_per_site(self, dtype: torch.dtype = torch.float32) -> dict[str, int]:
         """Bytes the decoder caches hold (batch 1, all layers): self-attention per token, cross-attention per

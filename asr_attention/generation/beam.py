@@ -1,49 +1,88 @@
-"""Beam search over the backbone's own caches, each utterance's cross-attention cache shared by its beams.
+"""Beam search: `beams` rows per utterance, as Whisper's own beam search. Scores are sums of token
+log-probabilities. Each step, every running hypothesis proposes its continuations; in order of score, one that
+ends in <|endoftext|> joins its utterance's finished list (it leaves the beam, so it never holds a beam a running
+hypothesis could use), the others fill the beams. An utterance is done with round(beams x patience) finished; at
+the token limit its running hypotheses count too. The best is chosen by score / length (text tokens plus
+<|endoftext|>).
 
-The cross cache is built once per utterance (batch B) and never copied per beam: when the B*K beam rows attend to
-it, their queries are folded into the query axis, (B*K, T, d) -> (B, K*T, d). Cross-attention puts no mask between
-queries, so that is exactly K separate calls. Self-attention caches are per beam (B*K rows) and follow the beams
-that survive each step. Scores are sums of token log-probabilities. As in Whisper's own beam search, a hypothesis
-that emits <|endoftext|> leaves the beam for its utterance's finished list (so it never holds a beam that a running
-hypothesis could use), and the best is picked by score / length (text tokens plus <|endoftext|>)."""
+Each utterance's cross cache is shared by its beams (the cache's `beams`: queries folded into the query axis);
+self caches are per beam and follow the beams that survive each step (the rows `update` returns)."""
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from asr_attention.attention.base import Cache
 from asr_attention.backbones.whisper import DecoderCache, Whisper
-from asr_attention.decoding import suppress_mask
+
+from .caches import GrowingCache
+from .loop import decode
+from .token_decoder import Candidate, TokenDecoder
 
 
-class SharedCrossAttention(nn.Module):
-    """A cross-attention site called with K beam rows per utterance and one cache per utterance."""
+class BeamSearchDecoder(TokenDecoder):
+    def __init__(self, beams: int, eot: int, patience: float = 1.0):
+        self.candidates = round(beams * patience)
+        if beams < 1 or self.candidates < 1:
+            raise ValueError(f"beams={beams}, patience={patience}: need beams >= 1 and round(beams * patience) >= 1")
+        self.rows_per_utterance, self.eot = beams, eot
+        self.scores: Tensor | None = None
+        self.finished: list[list[Candidate]] = []
+        self.prompt = 0
 
-    def __init__(self, site: nn.Module, beams: int):
-        super().__init__()
-        self.site, self.beams = site, beams
+    def reset(self, rows: int, prompt: int, device) -> None:
+        k, self.prompt = self.rows_per_utterance, prompt
+        self.scores = torch.full((rows // k, k), float("-inf"), device=device)
+        self.scores[:, 0] = 0.0  # the beams start identical: only one may expand at the first step
+        self.finished = [[] for _ in range(rows // k)]
 
-    def forward(self, x: Tensor, memory: Tensor | None = None, cache=None, use_cache: bool = False):
-        rows, t, d = x.shape
-        out, cache = self.site(x.reshape(rows // self.beams, self.beams * t, d), memory, cache, use_cache)
-        return out.reshape(rows, t, d), cache
+    def update(self, tokens: Tensor, logits: Tensor) -> tuple[Tensor, Tensor]:
+        (b, k), vocab, device = self.scores.shape, logits.shape[-1], logits.device
+        logprobs = logits.log_softmax(-1)
+        # each beam ends at most once, so the best 2k continuations hold k that do not
+        top, index = (self.scores.reshape(-1, 1) + logprobs).view(b, k * vocab).topk(2 * k, dim=-1)
+        rows, chosen, scores = [], [], []
+        for u, (row_scores, row_index) in enumerate(zip(top.tolist(), index.tolist())):
+            running = 0
+            for score, i in zip(row_scores, row_index):
+                row, token = u * k + i // vocab, i % vocab
+                if token == self.eot:
+                    if len(self.finished[u]) < self.candidates and score > float("-inf"):
+                        self.finished[u].append(Candidate(tokens[row, self.prompt:].tolist(), score, True))
+                    continue
+                rows.append(row)
+                chosen.append(token)
+                scores.append(score)
+                running += 1
+                if running == k:
+                    break
+        rows = torch.tensor(rows, device=device)
+        self.scores = torch.tensor(scores, device=device).view(b, k)
+        chosen = torch.tensor(chosen, device=device)
+        return torch.cat((tokens.index_select(0, rows), chosen[:, None]), dim=1), rows
+
+    def completed(self) -> bool:
+        return all(len(f) >= self.candidates for f in self.finished)
+
+    def finalize(self, tokens: Tensor) -> list[Candidate]:
+        """The best per utterance by log-probability per token; where fewer than `beams` finished, the running
+        hypotheses fill up, best first (their text runs to the token limit)."""
+        k = self.rows_per_utterance
+        out = []
+        for u, finished in enumerate(self.finished):
+            hypotheses = list(finished)
+            for j in self.scores[u].argsort(descending=True).tolist()[: max(k - len(hypotheses), 0)]:
+                text = tokens[u * k + j, self.prompt:].tolist()
+                hypotheses.append(Candidate(text, float(self.scores[u, j]), False))
+            out.append(max(hypotheses, key=per_token))
+        return out
 
 
-@contextlib.contextmanager
-def shared_cross(backbone: Whisper, beams: int):
-    layers = backbone.decoder.layers
-    originals = [layer.encoder_attn for layer in layers]
-    try:
-        for layer, site in zip(layers, originals):
-            layer.encoder_attn = SharedCrossAttention(site, beams)
-        yield
-    finally:
-        for layer, site in zip(layers, originals):
-            layer.encoder_attn = site
+def per_token(candidate: Candidate) -> float:
+    """Log-probability per token scored: the text, and <|endoftext|> where it was emitted."""
+    return candidate.sum_logprob / (len(candidate.tokens) + candidate.finished)
 
 
 @dataclass
@@ -56,63 +95,11 @@ class BeamResult:
 @torch.no_grad()
 def beam_search(backbone: Whisper, memory: Tensor, beams: int, max_tokens: int, share_cross: bool = True,
                 patience: float = 1.0) -> BeamResult:
-    """memory (B, frames, d). Each step, every utterance's `beams` running hypotheses propose their continuations;
-    in order of score, one ending in <|endoftext|> joins the utterance's finished list (as in Whisper's own beam
-    search: it leaves the beam, so `beams` hypotheses keep running), the others fill the beams. An utterance is done
-    with round(beams * patience) finished; at the token limit the running ones count too. The best is chosen by
-    log-probability per token. share_cross=False gives every beam its own copy of the utterance's memory and cross
-    cache (the reference the shared path is tested against)."""
-    candidates = round(beams * patience)
-    if beams < 1 or candidates < 1:
-        raise ValueError(f"beams={beams}, patience={patience}: need beams >= 1 and round(beams * patience) >= 1")
-    t = backbone.tokens
-    b, k, device = memory.shape[0], beams, memory.device
-    cache = backbone.new_cache()
-    prompt = len(t.prompt)
-    seq = torch.tensor(t.prompt, device=device).repeat(b * k, 1)
-    scores = torch.full((b, k), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # the beams start identical: only one may expand at the first step
-    finished = [[] for _ in range(b)]
-    with shared_cross(backbone, k) if share_cross else contextlib.nullcontext():
-        logits = backbone.decode(seq, memory if share_cross else memory.repeat_interleave(k, 0), cache)[:, -1]
-        never, first = suppress_mask(backbone, logits.shape[-1], device)
-        for step in range(max_tokens):
-            logp = logits.float().masked_fill(first if step == 0 else never, float("-inf")).log_softmax(-1)
-            vocab = logp.shape[-1]
-            # each beam ends at most once, so the best 2k continuations hold k that do not
-            top, index = (scores.reshape(-1, 1) + logp).view(b, k * vocab).topk(2 * k, dim=-1)
-            rows, tokens, kept = [], [], []
-            for u, (row_scores, row_index) in enumerate(zip(top.tolist(), index.tolist())):
-                running = 0
-                for score, i in zip(row_scores, row_index):
-                    row, token = u * k + i // vocab, i % vocab
-                    if token == t.eot:
-                        if len(finished[u]) < candidates and score > float("-inf"):
-                            finished[u].append((seq[row, prompt:].tolist(), score))
-                        continue
-                    rows.append(row)
-                    tokens.append(token)
-                    kept.append(score)
-                    running += 1
-                    if running == k:
-                        break
-            rows = torch.tensor(rows, device=device)
-            token = torch.tensor(tokens, device=device)
-            seq = torch.cat((seq.index_select(0, rows), token[:, None]), dim=1)
-            scores = torch.tensor(kept, device=device).view(b, k)
-            if all(len(f) >= candidates for f in finished) or step + 1 == max_tokens:
-                break
-            for layer in cache.layers:  # self caches follow their beams; the cross caches are per utterance
-                layer.self_attn = Cache({name: v.index_select(0, rows) for name, v in layer.self_attn.items()})
-            logits = backbone.decode(token[:, None], None, cache)[:, -1]
-    out, best_scores = [], []
-    for u in range(b):
-        hypotheses = [(text, score, len(text) + 1) for text, score in finished[u]]
-        if len(hypotheses) < k:  # the token limit came first: the running hypotheses, best first, fill up
-            order = scores[u].argsort(descending=True).tolist()
-            hypotheses += [(seq[u * k + j, prompt:].tolist(), float(scores[u, j]), seq.shape[1] - prompt)
-                           for j in order[: k - len(hypotheses)]]
-        text, score, _ = max(hypotheses, key=lambda h: h[1] / h[2])
-        out.append(text)
-        best_scores.append(score)
-    return BeamResult(out, torch.tensor(best_scores, device=device), cache)
+    """memory (B, frames, d) -> the best hypothesis per utterance. share_cross=False gives every beam its own copy
+    of the utterance's memory and cross cache (the reference the shared path is tested against)."""
+    decoder = BeamSearchDecoder(beams, backbone.tokens.eot, patience)
+    cache = GrowingCache(backbone, beams if share_cross else 1)
+    best = decode(cache, memory if share_cross else memory.repeat_interleave(beams, 0), decoder, backbone.tokens,
+                  max_tokens)
+    return BeamResult([c.tokens for c in best], torch.tensor([c.sum_logprob for c in best], device=memory.device),
+                      cache.cache)

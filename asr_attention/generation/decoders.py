@@ -1,6 +1,6 @@
 """The decoders the generation benchmark compares, behind one call: transformers' `generate` (static or dynamic
-cache) and ours (`asr_attention.decoding.sample`, greedy, over a Whisper backbone whose decoder sites run attention
-variants, each keeping its own cache).
+cache) and ours (the decoding loop, loop.py, greedy, over a Whisper backbone whose decoder sites run attention
+variants, each keeping its own cache: growing, or preallocated with the step replayed as a CUDA graph).
 
 Each takes an encoder output and a token count and emits exactly that many tokens per row: both suppress the same
 tokens, <|endoftext|> and every special token after it, so no row stops early. Then each reports the bytes its
@@ -20,9 +20,11 @@ from transformers.modeling_outputs import BaseModelOutput
 from asr_attention.backbones import patch_attention
 from asr_attention.backbones.whisper import Whisper
 from asr_attention.backbones.whisper_tokens import WhisperTokens
-from asr_attention.decoding import sample
 
-from .static_decode import StaticGreedy
+from .caches import GrowingCache
+from .greedy import GreedyDecoder
+from .loop import decode
+from .static_decode import PreallocatedCache
 from .step_bytes import mha_cache_bytes
 from .whisper_sizes import EOT, NO_TIMESTAMPS, PROMPT, SOT
 
@@ -32,8 +34,8 @@ def prompt_ids(batch: int, device: torch.device) -> Tensor:
 
 
 def suppressed(vocab_size: int) -> list[int]:
-    """<|endoftext|> and the special tokens after it: what `decoding.sample` never emits when <|endoftext|> is in
-    the suppress list."""
+    """<|endoftext|> and the special tokens after it: what our loop never emits when <|endoftext|> is in the
+    suppress list."""
     return list(range(EOT, vocab_size))
 
 
@@ -112,8 +114,8 @@ class HFGenerate(Decoder):
 
 
 class OursGreedy(Decoder):
-    """Our decoding loop (`decoding.sample` at temperature 0) on a copy of the model whose decoder sites are
-    converted: attention None keeps MHA (the same weights), else `patch_attention` at `sites`."""
+    """Our decoding loop (greedy, growing caches) on a copy of the model whose decoder sites are converted:
+    attention None keeps MHA (the same weights), else `patch_attention` at `sites`."""
 
     def __init__(self, model: WhisperForConditionalGeneration, attention: Mapping | None,
                  sites: Sequence[str] = ("decoder_self", "cross")):
@@ -137,9 +139,13 @@ class OursGreedy(Decoder):
     @torch.no_grad()
     def __call__(self, memory: Tensor, steps: int) -> Tensor:
         self.cache = None
-        self.cache = self.backbone.new_cache()
-        hypotheses = sample(self.backbone, memory, self.cache, steps)
-        return torch.tensor([h.tokens for h in hypotheses])
+        self.cache = GrowingCache(self.backbone)
+        return self.greedy(memory, steps)
+
+    def greedy(self, memory: Tensor, steps: int) -> Tensor:
+        """Tokens (batch, steps) through self.cache."""
+        candidates = decode(self.cache, memory, GreedyDecoder(EOT), self.backbone.tokens, steps)
+        return torch.tensor([c.tokens for c in candidates])
 
     def cache_nbytes(self) -> dict[str, int]:
         return self.cache.nbytes()
@@ -155,8 +161,8 @@ class OursGreedy(Decoder):
 
 
 class OursStatic(OursGreedy):
-    """Ours with every cache preallocated and, on CUDA, the decode step replayed as a CUDA graph
-    (`StaticGreedy`), compiled first if `compile`; one per batch size, kept between calls (its buffers count in
+    """Ours with every cache preallocated (`PreallocatedCache`) and, on CUDA, the decode step replayed as a CUDA
+    graph, compiled first if `compile`; one per batch size, kept between calls (its buffers count in
     `held_bytes`)."""
 
     def __init__(self, model: WhisperForConditionalGeneration, attention: Mapping | None,
@@ -164,29 +170,32 @@ class OursStatic(OursGreedy):
         super().__init__(model, attention, sites)
         self.max_steps, self.compile = max_steps, compile
         self.graph = torch.cuda.is_available() and next(self.backbone.parameters()).is_cuda
-        self.static: StaticGreedy | None = None
+        self.cache: PreallocatedCache | None = None
 
     @torch.no_grad()
     def __call__(self, memory: Tensor, steps: int) -> Tensor:
-        if self.static is None or self.static.batch != memory.shape[0]:
+        if not 1 <= steps <= self.max_steps:
+            raise ValueError(f"steps={steps}: this decoder holds 1..{self.max_steps} steps")
+        if self.cache is None or self.cache.batch != memory.shape[0]:
             self.drop()  # the previous batch size's buffers, graph and compiled step go first
-            self.static = StaticGreedy(self.backbone, memory.shape[0], self.max_steps, self.graph, self.compile)
-        return self.static(memory, steps)
+            self.cache = PreallocatedCache(self.backbone, memory.shape[0], len(PROMPT) + self.max_steps - 1,
+                                           graph=self.graph, compile=self.compile)
+        return self.greedy(memory, steps)
 
     def cache_nbytes(self) -> dict[str, int]:
-        return self.static.cache_nbytes()
+        return self.cache.nbytes()
 
     def cache_bytes(self, batch: int, tokens: int, frames: int) -> dict[str, int]:
         """The self slots are preallocated for max_steps, whatever the call decoded."""
         return super().cache_bytes(batch, len(PROMPT) + self.max_steps - 1, frames)
 
     def held_bytes(self) -> int:
-        return 0 if self.static is None else sum(self.static.cache_nbytes().values())
+        return 0 if self.cache is None else sum(self.cache.nbytes().values())
 
     def release(self) -> None:
         pass  # the buffers and the captured graph are reused by the next call at this batch size
 
     def drop(self) -> None:
-        self.static = None
+        self.cache = None
         if self.compile:  # each batch size compiles its own step: past dynamo's recompile limit (8) it would fail
             torch._dynamo.reset()

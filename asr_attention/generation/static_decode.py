@@ -1,252 +1,158 @@
-"""Greedy decoding with every cache preallocated, so that a decode step has fixed shapes and addresses and, on a
-GPU, runs as one captured CUDA graph (a step is launch-bound at small batches: a dozen kernels per layer).
+"""Decoding with every cache preallocated, so that a decode step has fixed shapes and addresses and, on a GPU, can
+run as one captured CUDA graph (a step is launch-bound at small batches: a dozen kernels per layer).
 
-The cross caches are built once per batch of utterances from the encoder output by the sites' own variants, then
-copied into fixed buffers. Each self-attention keeps `prompt + steps - 1` token slots per layer, written at the
-step's position -- a device tensor, so a replay reads no host value -- and attends over every slot with those not
-yet written masked out (linear attention keeps its running state instead). Tokens are fed one at a time, the
-prompt too, so the eager steps and the replayed ones are the same computation. The layer computation is
-`Whisper._layer`; only the attention modules it calls are swapped for the static ones while decoding."""
+Each decoder self-attention site keeps its variant's own preallocated cache (`decode_buffers`: `slots` token
+slots, or a running state) and steps through it (`decode_step`), writing at the step's position -- a device
+tensor, so a replay reads no host value -- and attending over the slots written so far. The cross caches are built
+once per batch of utterances from the encoder output by the sites' own variants, then kept in (and later copied
+into) fixed buffers. Tokens are fed one at a time, the prompt too, so the eager steps and the replayed ones are the
+same computation: `Whisper.decode` with this object as its cache. compile: the step through torch.compile first (one
+graph for the whole decoder: each LayerNorm fused with its residual add, each cache write in place); graph: the
+step replayed as a CUDA graph, captured on the first single-token step."""
 
 from __future__ import annotations
 
-import contextlib
-import weakref
-from collections.abc import Iterator
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asr_attention.attention.base import Cache
-from asr_attention.attention.fast_paths import stack_linear
-from asr_attention.attention.gqa import GroupedQueryAttention
-from asr_attention.attention.linear import LinearAttention
-from asr_attention.attention.mla import MultiHeadLatentAttention
-from asr_attention.backbones.whisper import DecoderSelfAttention, LayerCache, Whisper
-from asr_attention.decoding import suppress_mask
+from asr_attention.attention.base import Cache, cache_nbytes
+from asr_attention.backbones.whisper import Whisper, cross_per_utterance
 
 
-class StaticSelfAttention(nn.Module):
-    """A decoder self-attention variant over preallocated slots; called like the site it stands in for:
-    (x, cache, use_cache) -> (out, cache), x one token per row."""
+class PreallocatedCache:
+    """For `batch` rows (`beams` per utterance, sharing its cross caches) and up to `slots` fed tokens (prompt +
+    max_tokens - 1: the last token is emitted, never fed). The loop's cache object (see caches.py), and the cache
+    `Whisper.decode` steps through."""
 
-    def __init__(self, variant: nn.Module, batch: int, slots: int, position: Tensor):
-        super().__init__()
-        if variant.position != "none":
-            raise ValueError(f"static decoding supports absolute positions only, not {variant.position!r}")
-        self.variant, self.position = variant, position
-        ref = next(variant.parameters())
-        like = dict(device=ref.device, dtype=ref.dtype)
-        if isinstance(variant, LinearAttention):
-            h, f, hd = variant.num_heads, variant.feature_dim, variant.head_dim
-            # a Cache, as the variant reads it back (a running state, not a cache from memory)
-            self.buffers = Cache({"state": torch.zeros(batch, h, f, hd, **like),
-                                  "normaliser": torch.zeros(batch, h, f, **like)})
-        elif isinstance(variant, MultiHeadLatentAttention):
-            self.buffers = {"latent": torch.zeros(batch, slots, variant.latent_dim, **like)}
-        elif isinstance(variant, GroupedQueryAttention):  # MHA too
-            shape = (batch, variant.kv_heads, slots, variant.head_dim)
-            self.buffers = {"k": torch.zeros(shape, **like), "v": torch.zeros(shape, **like)}
-        else:
-            raise TypeError(f"no static cache for {type(variant).__name__}")
-        self.slots = torch.arange(slots, device=ref.device)
-        if not isinstance(variant, LinearAttention):
-            self.projection, self.sizes = one_projection(variant)
-
-    def reset(self) -> None:
-        if isinstance(self.variant, LinearAttention):  # the running sums start empty; slots are masked instead
-            for t in self.buffers.values():
-                t.zero_()
-
-    def forward(self, x: Tensor, cache=None, use_cache: bool = True):
-        v, buf = self.variant, self.buffers
-        if isinstance(v, LinearAttention):  # a running state: called as the decoder site calls it
-            out, new = v(**DecoderSelfAttention.inputs(x), cache=buf, use_cache=True)
-            for name, t in buf.items():
-                t.copy_(new[name])
-            return out, buf
-        q, *kept = F.linear(x, *self.projection).split(self.sizes, dim=-1)
-        q = v.split_heads(q)
-        keep = (self.slots <= self.position)[None, None, None, :]  # slots written so far, this one included
-        if isinstance(v, MultiHeadLatentAttention):
-            buf["latent"].index_copy_(1, self.position, kept[0])
-            return v.absorbed(q, buf["latent"], buf["latent"], keep, False), buf
-        buf["k"].index_copy_(2, self.position, v.split_heads(kept[0], v.kv_heads))
-        buf["v"].index_copy_(2, self.position, v.split_heads(kept[1], v.kv_heads))
-        out = F.scaled_dot_product_attention(q, buf["k"], buf["v"], attn_mask=keep, scale=v.scale,
-                                             enable_gqa=v.kv_heads != v.num_heads)
-        return v.o_proj(v.merge_heads(out)), buf
-
-
-# variant -> the stacked projection its Parameters are views of: a second decoder on the same variant takes it
-# as it is, since stacking again would move the Parameters off the first decoder's matrix and leave that one stale
-_STACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-Projection = tuple[tuple[Tensor, Tensor | None], list[int]]
-
-
-def one_projection(variant: nn.Module) -> Projection:
-    """Q and what the cache keeps of a token (K and V, or MLA's latent) as one GEMM: at decode time each of the
-    three narrow GEMMs is too small to reach HBM speed, so one wide one is faster. The variant's own weights are
-    re-seated as views of the stacked matrix (same values, same Parameters), so there is no second copy."""
-    if isinstance(variant, MultiHeadLatentAttention):
-        layers = [variant.q_proj, variant.kv_down]
-    else:
-        layers = [variant.q_proj, variant.k_proj, variant.v_proj]
-    kept = _STACKED.get(variant)
-    if kept is None or not all(p.data_ptr() == view.data_ptr() and p.shape == view.shape
-                               for p, view in _slices(layers, kept)):
-        (weight, bias), sizes = stack_linear(*((layer.weight.detach(), layer.bias) for layer in layers))
-        kept = (weight, None if bias is None else bias.detach()), sizes
-        for p, view in _slices(layers, kept):
-            p.data = view
-        _STACKED[variant] = kept
-    return kept
-
-
-def _slices(layers: list[nn.Linear], kept: Projection) -> Iterator[tuple[nn.Parameter, Tensor]]:
-    """(Parameter, its slice of the stacked weight or bias) for every weight and bias of the layers."""
-    (weight, bias), sizes = kept
-    biases = [None] * len(layers) if bias is None else bias.split(sizes)
-    for layer, w, b in zip(layers, weight.split(sizes), biases):
-        yield layer.weight, w
-        if layer.bias is not None:
-            yield layer.bias, b
-
-
-class StaticCrossAttention(nn.Module):
-    """A cross-attention site whose cache, built from memory by the site itself, lives in fixed buffers."""
-
-    def __init__(self, site: nn.Module):
-        super().__init__()
-        self.site = site
-        self.buffers: dict[str, Tensor] | None = None
-
-    def forward(self, x: Tensor, memory: Tensor | None = None, cache=None, use_cache: bool = True):
-        if memory is None:
-            out, _ = self.site(x, None, self.buffers, True)
-            return out, self.buffers
-        out, built = self.site(x, memory, None, True)
-        if self.buffers is None:
-            self.buffers = built
-        else:
-            for name, t in self.buffers.items():
-                t.copy_(built[name])
-        return out, self.buffers
-
-
-class StaticGreedy:
-    """Greedy decoding of up to `max_steps` tokens for `batch` rows of one backbone, caches preallocated; graph:
-    replay the step as a CUDA graph (captured on the first call); compile: the step through torch.compile first
-    (one graph for the whole decoder: each LayerNorm fused with its residual add, each cache write in place), so a
-    replay launches fewer kernels."""
-
-    def __init__(self, backbone: Whisper, batch: int, max_steps: int, graph: bool = False, compile: bool = False):
+    def __init__(self, backbone: Whisper, batch: int, slots: int, beams: int = 1, graph: bool = False,
+                 compile: bool = False):
         if graph and not torch.cuda.is_available():
             raise RuntimeError("graph=True needs CUDA")
-        self.backbone, self.batch, self.max_steps, self.graph = backbone, batch, max_steps, graph
-        # the decoder alone (token choice and logging stay eager); fullgraph: no part of it left eager unseen
-        self._decode = torch.compile(self._forward, fullgraph=True, dynamic=False) if compile else self._forward
-        device = backbone.model.device
-        self.prompt = torch.tensor(backbone.tokens.prompt, device=device)
-        slots = len(self.prompt) + max_steps - 1  # the last token is emitted, never fed
-        self.position = torch.zeros(1, dtype=torch.long, device=device)
-        self.column = torch.zeros(1, dtype=torch.long, device=device)
-        self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
-        self.out = torch.zeros(batch, max_steps, dtype=torch.long, device=device)
         layers = backbone.decoder.layers
-        self.self_sites = [StaticSelfAttention(layer.self_attn.variant, batch, slots, self.position) for layer in layers]
-        self.cross_sites = [StaticCrossAttention(layer.encoder_attn) for layer in layers]
-        self.caches = [LayerCache() for _ in layers]
-        self.never, self.first = suppress_mask(backbone, backbone.model.config.vocab_size, device)
-        self.logits: list[Tensor] | None = None  # set to [] to keep every step's logits (tests)
+        for layer in layers:
+            if layer.self_attn.variant.position != "none":
+                raise ValueError(f"static decoding supports absolute positions only, not "
+                                 f"{layer.self_attn.variant.position!r}")
+        device = backbone.decoder.embed_tokens.weight.device
+        self.backbone, self.batch, self.beams, self.graph = backbone, batch, beams, graph
+        self.position = torch.zeros(1, dtype=torch.long, device=device)
+        self.slots = torch.arange(slots, device=device)
+        self.fed = 0  # tokens fed (host side): past `slots` a write would land outside the buffers
+        self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.self_buffers = [layer.self_attn.variant.decode_buffers(batch, slots) for layer in layers]
+        self.cross: list[Cache | None] = [None] * len(layers)
+        # the decoder alone (token choice stays eager); fullgraph: no part of it left eager unseen
+        self._step = torch.compile(self._forward, fullgraph=True, dynamic=False) if compile else self._forward
         self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_logits: Tensor | None = None
 
-    @contextlib.contextmanager
-    def _static_sites(self):
-        layers = self.backbone.decoder.layers
-        originals = [(layer.self_attn, layer.encoder_attn) for layer in layers]
-        try:
-            for layer, s, c in zip(layers, self.self_sites, self.cross_sites):
-                layer.self_attn, layer.encoder_attn = s, c
-            yield
-        finally:
-            for layer, (s, c) in zip(layers, originals):
-                layer.self_attn, layer.encoder_attn = s, c
+    # ---- what Whisper.decode asks of a cache -------------------------------------------------------------------
+    def positions(self, n: int) -> Tensor:
+        if n != 1:
+            raise ValueError("a preallocated cache is fed one token at a time")
+        return self.position
+
+    def self_attention(self, i: int, site: nn.Module, x: Tensor) -> Tensor:
+        keep = (self.slots <= self.position)[None, None, None, :]  # slots written so far, this one included
+        return site.variant.decode_step(x, self.self_buffers[i], self.position, keep)
+
+    def cross_attention(self, i: int, site: nn.Module, x: Tensor, memory: Tensor | None) -> Tensor:
+        """memory: build layer i's cross cache from it (into the same buffers as before); None: read it."""
+        if memory is None:
+            return cross_per_utterance(site, x, None, self.cross[i], self.beams)[0]
+        out, built = cross_per_utterance(site, x, memory, None, self.beams)
+        if self.cross[i] is None:
+            self.cross[i] = built
+        else:
+            for name, t in self.cross[i].items():
+                t.copy_(built[name])
+        return out
+
+    def advance(self, n: int) -> None:
+        self.position += n
+
+    # ---- what the decoding loop asks of a cache ----------------------------------------------------------------
+    def logits(self, tokens: Tensor, memory: Tensor | None = None) -> Tensor:
+        """Feed tokens (batch, T) one at a time -> the next-token logits (batch, V), float; memory starts a new
+        decode (positions and self caches emptied, cross caches built from it). Single tokens after the prompt go
+        through the step (compiled, replayed as a CUDA graph, as asked); the returned logits of a replay are the
+        graph's own output: read them before the next step."""
+        if memory is not None:
+            self.reset()
+        if self.fed + tokens.shape[1] > len(self.slots):
+            raise ValueError(f"{self.fed + tokens.shape[1]} tokens fed: this cache holds {len(self.slots)} slots")
+        self.fed += tokens.shape[1]
+        if tokens.shape[1] > 1 or memory is not None:
+            for i in range(tokens.shape[1]):
+                self.token.copy_(tokens[:, i: i + 1])
+                logits = self._forward(memory if i == 0 else None)
+            return logits
+        self.token.copy_(tokens)
+        if not self.graph:
+            return self._step()
+        if self._graph is None:
+            self._capture()
+        self._graph.replay()
+        return self._graph_logits
 
     def _forward(self, memory: Tensor | None = None) -> Tensor:
-        """Feed self.token at self.position -> next-token logits (B, V), float."""
-        dec = self.backbone.decoder
-        x = dec.embed_tokens(self.token) + dec.embed_positions.weight.index_select(0, self.position)
-        for layer, cache in zip(dec.layers, self.caches):
-            x = self.backbone._layer(layer, x, memory, cache)
-        self.position += 1
-        return self.backbone.model.proj_out(dec.layer_norm(x))[:, -1].float()
+        """Feed self.token at self.position -> next-token logits (batch, V), float."""
+        return self.backbone.decode(self.token, memory, self)[:, -1].float()
 
-    def _emit(self, logits: Tensor, banned: Tensor) -> None:
-        if self.logits is not None:
-            self.logits.append(logits.clone())
-        token = logits.masked_fill(banned, float("-inf")).argmax(-1)
-        self.out.index_copy_(1, self.column, token[:, None])
-        self.token.copy_(token[:, None])
-        self.column += 1
+    def reset(self) -> None:
+        """Empty: position 0, self caches zeroed (a running state starts at zero; slots not yet written are masked,
+        so zeroing them is only tidy); the cross caches are rebuilt by the next call with memory."""
+        self.position.zero_()
+        self.fed = 0
+        for buffers in self.self_buffers:
+            for t in buffers.values():
+                t.zero_()
 
-    def _step(self) -> None:
-        self._emit(self._decode(), self.never)
+    def reorder(self, rows: Tensor) -> None:
+        """Self caches follow their rows (beams), copied within the same buffers."""
+        for buffers in self.self_buffers:
+            for t in buffers.values():
+                t.copy_(t.index_select(0, rows))
 
-    @torch.no_grad()
-    def __call__(self, memory: Tensor, steps: int | None = None) -> Tensor:
-        """memory (batch, frames, d) -> tokens (batch, steps)."""
-        steps = self.max_steps if steps is None else steps
-        if memory.shape[0] != self.batch or not 1 <= steps <= self.max_steps:
-            raise ValueError(f"memory batch {memory.shape[0]} / steps {steps}: this decoder was built for batch "
-                             f"{self.batch} and 1..{self.max_steps} steps")
-        self._rewind()
-        for site in self.self_sites:
-            site.reset()
-        for cache in self.caches:
-            cache.cross = None  # rebuilt from this memory (into the same buffers)
-        with self._static_sites():
-            for i, token in enumerate(self.prompt):
-                self.token.fill_(int(token))
-                logits = self._forward(memory if i == 0 else None)
-            self._emit(logits, self.first)
-            if self.graph and steps > 1 and self._graph is None:
-                self._capture()
-            for _ in range(steps - 1):
-                self._graph.replay() if self._graph is not None else self._step()
-        return self.out[:, :steps].clone()
+    def restart(self, utterances: Tensor) -> "PreallocatedCache":
+        """Some utterances decoded again from the prompt, one row each, in a cache of their own (eager): their
+        cross caches kept, self caches empty."""
+        again = PreallocatedCache(self.backbone, len(utterances), len(self.slots))
+        again.cross = [Cache({k: v.index_select(0, utterances) for k, v in c.items()}, from_memory=True)
+                       for c in self.cross]
+        return again
+
+    @property
+    def rows(self) -> int:
+        return self.batch
+
+    @property
+    def device(self) -> torch.device:
+        return self.position.device
 
     def _capture(self) -> None:
         """Warm up on a side stream (as CUDA graph capture requires), capture one step, then put back the state
-        the warm-up steps changed. Each of these steps writes the first slot and column: the next free ones may be
-        the buffers' last (prompt + max_steps - 1 slots, max_steps columns), and a replay reads its position from
-        the state, not from the capture."""
+        the warm-up steps changed. Each of these steps writes the first slot: the next free one may be the
+        buffers' last, and a replay reads its position from the state, not from the capture."""
         saved = [t.clone() for t in self._state()]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):  # compiles here, if at all
-                self._rewind()
+                self.position.zero_()
                 self._step()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        self._rewind()
+        self.position.zero_()
         with torch.cuda.graph(graph):
-            self._step()
+            self._graph_logits = self._step()
         for t, s in zip(self._state(), saved):
             t.copy_(s)
         self._graph = graph
 
-    def _rewind(self) -> None:
-        self.position.zero_()
-        self.column.zero_()
-
     def _state(self) -> list[Tensor]:
-        return [self.position, self.column, self.token] + [t for s in self.self_sites for t in s.buffers.values()]
+        return [self.position, self.token] + [t for buffers in self.self_buffers for t in buffers.values()]
 
-    def cache_nbytes(self) -> dict[str, int]:
-        def total(buffers):
-            return sum(t.numel() * t.element_size() for b in buffers for t in (b or {}).values())
-        return {"decoder_self": total(s.buffers for s in self.self_sites),
-                "cross": total(c.buffers for c in self.cross_sites)}
+    def nbytes(self) -> dict[str, int]:
+        return {"decoder_self": sum(cache_nbytes(b) for b in self.self_buffers),
+                "cross": sum(cache_nbytes(c or {}) for c in self.cross)}
