@@ -7,4 +7,4 @@ import os
 # SB_DISABLE_QUIRKS wins.
 os.environ.setdefault("SB_DISABLE_QUIRKS", "allow_tf32")
 
-from . import resolvers  # noqa: E402,F401  (registers ${pkg:...} before any config is composed)
+from .config import resolvers  # noqa: E402,F401  (registers ${pkg:...} before any config is composed)

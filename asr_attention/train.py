@@ -34,21 +34,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from .backbones import count_parameters
 from .backbones.export import export_backbone
-from .code_version import code_version
-from .config_check import validate
+from .bench.throughput import measure_rtfx
+from .config.errors import UserError
 from .data.corpora import check_splits
 from .data.datamodule import build_datamodule
-from .experiment import (
-    build_datamodule_for, build_module, build_tokenizer_and_backbone, build_trainer, config_summary, convert,
+from .runs.code_version import code_version
+from .runs.identity import RunFolderTaken, fingerprint, stored_run
+from .runs.lock import RunLock, RunLocked
+from .runs.results import Results, summary_table
+from .runs.sweep_failures import record_refused_job
+from .runs.wandb_log import log_results_to_wandb
+from .training.config_check import validate
+from .training.experiment import (
+    build_datamodule_for,
+    build_module,
+    build_tokenizer_and_backbone,
+    build_trainer,
+    config_summary,
+    convert,
 )
-from .results import Results, summary_table
-from .run_identity import RunFolderTaken, fingerprint, stored_run
-from .run_lock import RunLock, RunLocked
-from .sweep_failures import record_refused_job
-from .throughput import measure_rtfx
-from .user_error import UserError
-from .val_curve import ValCurve
-from .wandb_log import log_results_to_wandb
+from .training.val_curve import ValCurve
 
 log = logging.getLogger(__name__)
 

@@ -27,4 +27,4 @@ fit() {  # fit <name> overrides...
 fit ddp trainer=ddp trainer.devices=2 data.batch_size=$B
 fit double trainer=gpu data.batch_size=$((2 * B))
 fit accum trainer=gpu data.batch_size=$B +trainer.accumulate_grad_batches=2
-"$PY" -m asr_attention.ddp_report --commit "$COMMIT" --out "$OUT_DIR/ddp_2gpu" "$WORK"/{ddp,double,accum}
+"$PY" -m asr_attention.reports.ddp --commit "$COMMIT" --out "$OUT_DIR/ddp_2gpu" "$WORK"/{ddp,double,accum}

@@ -3,7 +3,7 @@
 # 16: the study's waves ran 14-19 tiny.en lines on one H200, whose 16 CPU cores were the limit), spread over the
 # machine's GPUs, then the study report over all of them.
 # A line is `NAME OVERRIDES...` ('#' starts a comment); the run folders go under OUT_ROOT/NAME. Re-running
-# resumes unfinished runs and leaves finished ones untouched (asr_attention/run_identity.py).
+# resumes unfinished runs and leaves finished ones untouched (asr_attention/runs/identity.py).
 #   [JOBS=N] bash benchmarks/side_by_side.sh LIST OUT_ROOT [overrides for every line, e.g. trainer=gpu]
 set -u
 list=$1 root=$2 max_jobs=${JOBS:-16}
@@ -21,4 +21,4 @@ while read -r name overrides; do
   i=$((i + 1))
 done < "$list"
 wait
-python -m asr_attention.study_report "$root" --out "$root/report"
+python -m asr_attention.reports.study "$root" --out "$root/report"

@@ -53,7 +53,7 @@ def compose_cfg():
 
 @pytest.fixture
 def run_module():
-    """run_module("asr_attention.kv_cache", "frames=2000") -> CompletedProcess, run from the repo root."""
+    """run_module("asr_attention.reports.kv_cache", "frames=2000") -> CompletedProcess, run from the repo root."""
 
     def _run(module: str, *args: str, check: bool = True):
         proc = subprocess.run(

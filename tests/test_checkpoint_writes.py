@@ -46,7 +46,7 @@ def loader() -> DataLoader:
 @pytest.fixture
 def trainer_for(compose_cfg, tmp_path):
     """trainer_for("trainer.max_epochs=2", ...): the training entry's trainer, writing into tmp_path/checkpoints."""
-    from asr_attention.experiment import build_trainer
+    from asr_attention.training.experiment import build_trainer
 
     def _build(*overrides: str) -> L.Trainer:
         cfg = compose_cfg("train", ["experiment=demo", "model=branchformer", "logger=none", "trainer.max_epochs=1",
@@ -86,7 +86,7 @@ def test_no_last_checkpoint_before_the_first_optimizer_step(trainer_for, monkeyp
 def test_a_non_finite_loss_or_weight_stops_the_run_and_keeps_the_last_finite_checkpoint(trainer_for, tmp_path,
                                                                                          module, message):
     """It used to train on: nan weights, a garbage WER, and a run marked completed."""
-    from asr_attention.finite_training import NonFiniteTraining
+    from asr_attention.training.finite_training import NonFiniteTraining
 
     trainer = trainer_for("trainer.max_epochs=2")
     with pytest.raises(NonFiniteTraining) as err:

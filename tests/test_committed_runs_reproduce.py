@@ -16,9 +16,9 @@ import yaml
 from hydra import compose, initialize
 from omegaconf import OmegaConf, open_dict
 
-import asr_attention.resolvers  # noqa: F401  (registers ${pkg:}, ${floordiv:}, ${sweep_group:})
-from asr_attention.run_identity import COSMETIC, identity
-from asr_attention.study_report import data_seed
+import asr_attention.config.resolvers  # noqa: F401  (registers ${pkg:}, ${floordiv:}, ${sweep_group:})
+from asr_attention.runs.identity import COSMETIC, identity
+from asr_attention.reports.study import data_seed
 
 from test_sweep import REPO
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from asr_attention.config_check import validate
+from asr_attention.training.config_check import validate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_defaults_are_conformer_mha_with_offline_wandb(compose_cfg):
 def test_a_study_preset_groups_its_runs_and_logger_none_turns_wandb_off(compose_cfg, preset, group):
     """The study's W&B group is the top-level `group`, so logger=none leaves no partial logger entry behind (a
     preset's logger.wandb.group once did: Lightning then got a dict for a logger and every run failed)."""
-    from asr_attention.resolvers import sweep_group
+    from asr_attention.config.resolvers import sweep_group
 
     cfg = compose_cfg("train", [f"experiment={preset}"])  # run_name reads hydra's choices: resolved in a run
     assert cfg.group == group and cfg.logger.wandb._target_.endswith("WandbLogger")

@@ -1,7 +1,7 @@
 """The study's cost matrix: a row per variant in reading order, a column per site, 'not run' where nothing ran,
 and the seed count where a cell has fewer than the fullest. SYNTHETIC aggregates."""
 
-from asr_attention.cost_matrix import markdown, points, variant_key
+from asr_attention.reports.cost_matrix import markdown, points, variant_key
 
 
 def agg(variant, sites, cost, sd=0.001, seeds=(0, 1, 2), cut=75.0, wer=0.01, head="seq2seq", chosen=True):

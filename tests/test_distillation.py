@@ -1,4 +1,4 @@
-"""Distillation from the original model (optim.distill_weight, asr_attention/distillation.py): the term is zero for
+"""Distillation from the original model (optim.distill_weight, asr_attention/training/distillation.py): the term is zero for
 an exact conversion and grows as the conversion loses more; it trains the student and never the teacher, which
 stays out of checkpoints; a Lightning fit adds it to the loss; the weight names the recipe (its config
 check is in test_config.py's BAD table)."""
@@ -11,10 +11,10 @@ import torch
 
 from asr_attention.backbones import build_backbone, patch_attention
 from asr_attention.data.text import CharTokenizer
-from asr_attention.module import CTCFineTuner
-from asr_attention.recipe_choice import recipe_label
-from asr_attention.resolvers import recipe_tag
-from asr_attention.seq2seq_module import Seq2SeqFineTuner
+from asr_attention.training.ctc_module import CTCFineTuner
+from asr_attention.reports.recipe_choice import recipe_label
+from asr_attention.config.resolvers import recipe_tag
+from asr_attention.training.seq2seq_module import Seq2SeqFineTuner
 
 from test_whisper import D, TINY, audio, make, tokens
 

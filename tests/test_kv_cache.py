@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from asr_attention.kv_cache import report, torch_dtype
+from asr_attention.reports.kv_cache import report, torch_dtype
 
 # MiB (2^20 B), 1000 frames, batch 1, fp32, all layers: MHA, MLA (latent = d_model), GQA (2 KV heads),
 # linear (elu: state H*hd*hd + normaliser H*hd per layer).
@@ -35,12 +35,12 @@ def test_seed_figures_exactly(compose_cfg, model):
 
 
 def test_cli_prints_seed_table_and_marks_composed_attention(run_module):
-    out = run_module("asr_attention.kv_cache", "model=branchformer", "attention=gqa").stdout
+    out = run_module("asr_attention.reports.kv_cache", "model=branchformer", "attention=gqa").stdout
     assert table(out) == [{"mha": 70.3125, "mla": 35.15625, "*gqa": 17.578125, "linear": 2.28515625}]
 
 
 def test_cli_multirun_prints_one_table_per_model(run_module, tmp_path):
-    out = run_module("asr_attention.kv_cache", "-m", "model=conformer,branchformer",
+    out = run_module("asr_attention.reports.kv_cache", "-m", "model=conformer,branchformer",
                      f"hydra.sweep.dir={tmp_path}").stdout
     assert table(out) == [
         {"*mha": 187.5, "mla": 93.75, "gqa": 23.4375, "linear": 6.09375},

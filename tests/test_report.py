@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from asr_attention.report import collect, main, pareto_front, write_report
+from asr_attention.reports.sweep import collect, main, pareto_front, write_report
 
 MIB = 2**20
 
@@ -105,7 +105,7 @@ def test_report_files_csv_markdown_and_pngs(sweep, tmp_path):
 
 
 def test_cli_writes_into_the_sweep_dir_and_logs_to_an_offline_wandb_run(sweep, capsys):
-    from asr_attention.wandb_log import offline_runs, read_offline_run
+    from asr_attention.runs.wandb_log import offline_runs, read_offline_run
 
     assert main([str(sweep), "--wandb"]) == 0
     assert (sweep / "report.md").exists() and (sweep / "wer_vs_cache.png").exists()

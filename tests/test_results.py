@@ -2,7 +2,7 @@
 
 import json
 
-from asr_attention.results import Results, summary_table
+from asr_attention.runs.results import Results, summary_table
 
 
 def test_updates_accumulate_and_survive_a_restart(tmp_path):
@@ -18,7 +18,7 @@ def test_updates_accumulate_and_survive_a_restart(tmp_path):
 def test_a_corrupt_results_json_is_named_not_a_json_traceback(tmp_path):
     import pytest
 
-    from asr_attention.results import CorruptResults
+    from asr_attention.runs.results import CorruptResults
 
     path = tmp_path / "results.json"
     for text, message in (('{"status": ', "is not valid JSON (line 1 column 12: Expecting value)"),

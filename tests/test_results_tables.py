@@ -12,8 +12,8 @@ import statistics
 from functools import cache
 from pathlib import Path
 
-from asr_attention import cost_matrix, recipe_choice
-from asr_attention.study_report import CONTROL_ATTENTIONS, aggregate, collect
+from asr_attention.reports import cost_matrix, recipe_choice
+from asr_attention.reports.study import CONTROL_ATTENTIONS, aggregate, collect
 
 from markdown_tables import REPO, assert_shown, numbers, shown, table, tables
 
@@ -223,7 +223,7 @@ def test_demo_sweep_table_is_the_committed_report():
 
 
 def test_scoring_table_is_the_committed_transcripts():
-    from asr_attention.whisper_reference import read, wers
+    from asr_attention.bench.whisper_reference import read, wers
 
     measured = wers(read())
     rows = table(SCORING, SCORING_TABLE)

@@ -36,8 +36,8 @@ def results(run_dir: Path) -> dict:
 
 
 def test_identity_leaves_out_only_the_cosmetic_keys(compose_cfg):
-    from asr_attention.experiment import config_summary
-    from asr_attention.run_identity import differences, fingerprint
+    from asr_attention.training.experiment import config_summary
+    from asr_attention.runs.identity import differences, fingerprint
 
     def config(*overrides):
         return config_summary(compose_cfg("train", [*RUN, *overrides]))
@@ -62,8 +62,8 @@ def test_identity_leaves_out_only_the_cosmetic_keys(compose_cfg):
 
 def test_the_seed_is_part_of_a_runs_identity(compose_cfg, tmp_path):
     """Were seed cosmetic, `seed=1` in seed 0's folder would print seed 0's results as its own."""
-    from asr_attention.experiment import config_summary
-    from asr_attention.run_identity import RunFolderTaken, differences, fingerprint, stored_run
+    from asr_attention.training.experiment import config_summary
+    from asr_attention.runs.identity import RunFolderTaken, differences, fingerprint, stored_run
 
     seed0, seed1 = (config_summary(compose_cfg("train", [*RUN, f"seed={s}"])) for s in (0, 1))
     assert fingerprint(seed0) != fingerprint(seed1)
@@ -81,8 +81,8 @@ def stored(folder: Path, config: dict, **fields) -> Path:
 
 
 def test_a_failed_run_of_another_config_is_named_as_failed_and_retrain_replaces_it(compose_cfg, tmp_path):
-    from asr_attention.experiment import config_summary
-    from asr_attention.run_identity import RunFolderTaken
+    from asr_attention.training.experiment import config_summary
+    from asr_attention.runs.identity import RunFolderTaken
     from asr_attention.train import completed_run
 
     old = config_summary(compose_cfg("train", RUN))
@@ -104,7 +104,7 @@ def test_a_failed_run_of_another_config_is_named_as_failed_and_retrain_replaces_
 
 def test_a_corrupt_results_json_refuses_the_folder_naming_the_file(compose_cfg, tmp_path):
     """It used to end in a JSONDecodeError traceback."""
-    from asr_attention.run_identity import RunFolderTaken
+    from asr_attention.runs.identity import RunFolderTaken
     from asr_attention.train import completed_run
 
     run_dir = stored(tmp_path, {}, status="running")
@@ -124,7 +124,7 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
 
     import numpy as np
 
-    from asr_attention.checkpointing import rng_states, set_rng_states
+    from asr_attention.training.checkpointing import rng_states, set_rng_states
 
     torch.save({"rng": rng_states()}, tmp_path / "c.ckpt")
     draws = torch.rand(3), np.random.rand(3), random.random()
@@ -134,7 +134,7 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
 
 
 def test_each_rank_restores_its_own_rng_states_and_another_world_size_takes_rank_0s(caplog):
-    from asr_attention.checkpointing import own_states
+    from asr_attention.training.checkpointing import own_states
 
     per_rank = [{"rank": 0}, {"rank": 1}]
     assert own_states(per_rank, 1, 2) == {"rank": 1} and own_states(per_rank, 0, 2) == {"rank": 0}
@@ -226,7 +226,7 @@ def test_the_same_command_on_a_completed_run_prints_its_summary_and_trains_nothi
 
 
 def test_results_json_holds_the_fingerprint_and_what_setup_counted(reference):
-    from asr_attention.run_identity import fingerprint
+    from asr_attention.runs.identity import fingerprint
 
     stored = results(reference[0])
     assert stored["fingerprint"] == fingerprint(stored["config"])

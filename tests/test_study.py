@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from asr_attention import code_version as code_version_module
-from asr_attention import recipe_choice
-from asr_attention.code_version import code_version
-from asr_attention.config_check import validate
-from asr_attention.resolvers import recipe_tag
-from asr_attention.study_report import (aggregate, collect, decode_cache, goal_met, recovery_curves, sites_label,
+from asr_attention.runs import code_version as code_version_module
+from asr_attention.reports import recipe_choice
+from asr_attention.runs.code_version import code_version
+from asr_attention.training.config_check import validate
+from asr_attention.config.resolvers import recipe_tag
+from asr_attention.reports.study import (aggregate, collect, decode_cache, goal_met, recovery_curves, sites_label,
                                         window_cache, write_report)
-from asr_attention.wandb_log import offline_runs, read_offline_run
+from asr_attention.runs.wandb_log import offline_runs, read_offline_run
 
 from test_sweep import REPO, job_results
 
@@ -316,7 +316,7 @@ def test_report_files_from_synthetic_study(study):
 
 
 def test_study_report_logs_its_table_and_plots_to_an_offline_wandb_run(study):
-    from asr_attention.study_report import main
+    from asr_attention.reports.study import main
 
     assert main([str(study), "--wandb"]) == 0
     (run_dir,) = offline_runs(study)

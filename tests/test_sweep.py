@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from asr_attention.run_lock import RunLock
-from asr_attention.wandb_log import offline_runs, read_offline_run
+from asr_attention.runs.lock import RunLock
+from asr_attention.runs.wandb_log import offline_runs, read_offline_run
 
 REPO = Path(__file__).resolve().parents[1]
 BRANCHFORMER = REPO / "asr_attention" / "pretrained" / "branchformer_an4"

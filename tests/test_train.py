@@ -71,7 +71,7 @@ def test_conversion_calibrates_on_frames_drawn_across_val(compose_cfg, spy):
     """Not the first val batch (the sampler sorts it shortest first: 16 utterances of about 36 frames here): about
     `frames` encoder frames of utterances drawn across the split, which the activation-aware SVD, the fidelity table
     and results.json all see."""
-    from asr_attention import experiment
+    from asr_attention.training import experiment
 
     cfg = compose_cfg("train", ["experiment=demo", "model=branchformer", "attention=mla", "attention.latent_dim=72",
                                 "attention.calibration=activation", "data.num_workers=0"])
@@ -102,7 +102,7 @@ def test_conversion_calibrates_on_frames_drawn_across_val(compose_cfg, spy):
 
 def test_evaluation_runs_the_backbone_once_per_batch(compose_cfg, monkeypatch):
     """The transcripts and the loss of an evaluation batch come from one forward pass."""
-    from asr_attention.experiment import build_datamodule_for, build_module, build_tokenizer_and_backbone
+    from asr_attention.training.experiment import build_datamodule_for, build_module, build_tokenizer_and_backbone
 
     cfg = compose_cfg("train", [*TINY, "attention=native", "data.limit_val=4"])
     tokenizer, backbone = build_tokenizer_and_backbone(cfg)
@@ -119,7 +119,7 @@ def test_evaluation_runs_the_backbone_once_per_batch(compose_cfg, monkeypatch):
 
 
 def test_pretrained_wav2vec2_front_end_is_frozen(compose_cfg):
-    from asr_attention.experiment import build_tokenizer_and_backbone
+    from asr_attention.training.experiment import build_tokenizer_and_backbone
 
     cfg = compose_cfg("train", ["experiment=demo", "model=conformer"])
     tokenizer, backbone = build_tokenizer_and_backbone(cfg)
@@ -132,7 +132,7 @@ def test_pretrained_wav2vec2_front_end_is_frozen(compose_cfg):
 
 
 def test_attention_only_steps_train_just_the_converted_layers(compose_cfg, tmp_path):
-    from asr_attention.experiment import (
+    from asr_attention.training.experiment import (
         build_datamodule_for, build_module, build_tokenizer_and_backbone, build_trainer, convert,
     )
 

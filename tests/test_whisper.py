@@ -11,8 +11,8 @@ import torch
 from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
 from asr_attention.backbones import build_backbone, patch_attention, patched_variants
-from asr_attention.backbones.whisper_load import random_config
-from asr_attention.backbones.whisper_mel import LogMel
+from asr_attention.backbones.whisper.load import random_config
+from asr_attention.backbones.whisper.mel import LogMel
 from asr_attention.generation.caches import GrowingCache
 from asr_attention.generation.decoding import DecodingOptions, sample, transcribe
 
@@ -171,8 +171,8 @@ def test_teacher_forcing_inputs_and_labels():
 @pytest.mark.parametrize("head", ["seq2seq", "ctc"])
 def test_one_fine_tune_step_lowers_the_loss(head):
     from asr_attention.data.text import CharTokenizer
-    from asr_attention.module import CTCFineTuner
-    from asr_attention.seq2seq_module import Seq2SeqFineTuner
+    from asr_attention.training.ctc_module import CTCFineTuner
+    from asr_attention.training.seq2seq_module import Seq2SeqFineTuner
 
     backbone = make(head)
     patch_attention(backbone, {"name": "mla", "latent_dim": D // 2, "sites": "all"})
@@ -200,7 +200,7 @@ def test_attention_only_steps_train_a_new_ctc_head_too():
     through a frozen random head the attention could not learn at all. A head that does not start random (a
     checkpoint's own) stays frozen with the rest."""
     from asr_attention.data.text import CharTokenizer
-    from asr_attention.module import CTCFineTuner
+    from asr_attention.training.ctc_module import CTCFineTuner
 
     backbone = make("ctc")
     patch_attention(backbone, {"name": "mla", "latent_dim": D // 2, "sites": "all"})
@@ -227,7 +227,7 @@ def test_attention_only_steps_train_a_new_ctc_head_too():
 
 def test_head_lr_puts_the_ctc_head_in_its_own_group():
     from asr_attention.data.text import CharTokenizer
-    from asr_attention.module import CTCFineTuner
+    from asr_attention.training.ctc_module import CTCFineTuner
 
     backbone = make("ctc")
     module = CTCFineTuner(backbone, CharTokenizer.from_texts(["AB C"]), lr=1e-4, head_lr=1e-3)
@@ -258,7 +258,7 @@ def collated(folder, waves, lengths, utt_ids):
 
 
 def test_frozen_encoder_output_is_computed_once_per_utterance(monkeypatch, tmp_path):
-    from asr_attention.seq2seq_module import Seq2SeqFineTuner
+    from asr_attention.training.seq2seq_module import Seq2SeqFineTuner
 
     backbone = make()
     backbone.encoder.requires_grad_(False)
@@ -281,7 +281,7 @@ def test_frozen_encoder_output_is_computed_once_per_utterance(monkeypatch, tmp_p
 def test_encoder_store_keys_on_the_audio_not_the_utterance_id(tmp_path):
     """A test utterance whose id a val utterance also has is encoded from its own audio: the stored encoder output
     of the val one is not served for it."""
-    from asr_attention.seq2seq_module import Seq2SeqFineTuner
+    from asr_attention.training.seq2seq_module import Seq2SeqFineTuner
 
     backbone = make()
     backbone.encoder.requires_grad_(False)
@@ -304,7 +304,7 @@ def test_a_training_encoder_is_never_served_from_the_store(trains, tmp_path):
     """With cache_encoder on, an encoder with any trainable parameter (unfrozen, or frozen with its attention
     converted) is run afresh each step, so every such parameter gets a gradient, on the first step and on a
     repeated batch (where a store would answer)."""
-    from asr_attention.seq2seq_module import Seq2SeqFineTuner
+    from asr_attention.training.seq2seq_module import Seq2SeqFineTuner
 
     backbone = make()
     if trains == "converted encoder attention":
@@ -333,8 +333,8 @@ def test_audio_longer_than_the_window_is_bad_audio_of_the_run(tmp_path):
 
     from asr_attention.data import AudioError, Utterance, write_manifest
     from asr_attention.data.text import CharTokenizer
-    from asr_attention.experiment import build_datamodule_for
-    from asr_attention.seq2seq_module import Seq2SeqFineTuner
+    from asr_attention.training.experiment import build_datamodule_for
+    from asr_attention.training.seq2seq_module import Seq2SeqFineTuner
 
     long_arch = {**TINY["arch"], "max_source_positions": 1500}
     assert build_backbone({**TINY, "arch": long_arch, "head": "seq2seq"}, None).max_audio_seconds == 30.0
@@ -366,7 +366,7 @@ def test_spec_augment_masks_spans_within_the_audio_in_training_only():
     is then not cached in training (each step masks afresh)."""
     import numpy as np
 
-    from asr_attention.seq2seq_module import Seq2SeqFineTuner
+    from asr_attention.training.seq2seq_module import Seq2SeqFineTuner
 
     arch = {**TINY["arch"], "apply_spec_augment": True, "mask_time_prob": 0.3, "mask_time_length": 3,
             "mask_feature_prob": 0.3, "mask_feature_length": 2, "mask_feature_min_masks": 1}
@@ -402,7 +402,7 @@ def test_spec_augment_masks_spans_within_the_audio_in_training_only():
 def test_pretrained_whisper_takes_only_spec_augment_fields_from_arch():
     from transformers import WhisperConfig
 
-    from asr_attention.backbones.whisper_load import set_run_time_fields
+    from asr_attention.backbones.whisper.load import set_run_time_fields
 
     config = WhisperConfig()
     set_run_time_fields(config, {"apply_spec_augment": True, "mask_time_prob": 0.1})
@@ -415,7 +415,7 @@ def test_sites_are_validated_naming_the_field():
     backbone = make()
     with pytest.raises(ValueError, match="attention.sites"):
         backbone.select_sites(["decoder"])
-    from asr_attention.config_check import validate_sites
+    from asr_attention.training.config_check import validate_sites
 
     with pytest.raises(ValueError, match="attention.sites"):
         validate_sites({"sites": ["cross"]}, {"family": "hf_wav2vec2"})
@@ -430,7 +430,7 @@ def test_a_ctc_head_keeps_the_encoder_alone():
     """model.head=ctc never runs the decoder: it is dropped (not counted, not converted, no cache figures), and
     a decoder site on a CTC model is an error naming the field, not a conversion of layers that never run."""
     from asr_attention.backbones import count_parameters
-    from asr_attention.config_check import validate_sites
+    from asr_attention.training.config_check import validate_sites
 
     ctc, seq2seq = make("ctc"), make()
     assert ctc.site_kinds == ("encoder",) and ctc.decoder_layers == [] and ctc.cache_per_site() == {}
@@ -447,7 +447,7 @@ def test_a_ctc_head_keeps_the_encoder_alone():
 
 
 def test_kv_cache_report_per_kind_of_site(compose_cfg, run_module):
-    from asr_attention.kv_cache import whisper_sites
+    from asr_attention.reports.kv_cache import whisper_sites
 
     cfg = compose_cfg("kv_cache", ["model=whisper", "frames=1500", "attention=mla", "attention.latent_dim=96"])
     columns = whisper_sites(cfg.model, cfg.attention, 1500, 1, torch.float32)
@@ -458,7 +458,7 @@ def test_kv_cache_report_per_kind_of_site(compose_cfg, run_module):
     assert bytes_of["decoder self /token"]["mla"] / bytes_of["decoder self /token"]["mha"] == 0.125  # -87.5 %
     assert bytes_of["cross /s of audio"]["mha"] == 50 * layers * 2 * d * 4
     assert bytes_of["cross /1500 frames"]["mla"] == 1500 * layers * 96 * 4
-    out = run_module("asr_attention.kv_cache", "model=whisper").stdout
+    out = run_module("asr_attention.reports.kv_cache", "model=whisper").stdout
     assert "decoder self /token" in out and "cross /s of audio" in out and " 12288 (1.000)" in out
 
 
@@ -491,7 +491,7 @@ def test_real_tiny_en_transcribes_an4_test_through_our_decoder():
 def test_the_default_token_limit_is_the_models_positions_less_the_prompt(compose_cfg):
     """model=whisper decodes up to the model's own limit (Whisper's 448 target positions, 32 here, less the
     2-token prompt), not a fixed count that cuts long transcripts."""
-    from asr_attention.experiment import build_module
+    from asr_attention.training.experiment import build_module
 
     cfg = compose_cfg("train", ["model=whisper"])
     assert cfg.model.decoding.max_tokens is None
@@ -514,8 +514,8 @@ def test_a_limit_below_the_models_warns_and_one_above_is_refused(caplog):
 def test_every_utterance_the_token_limit_cuts_is_recorded_in_results(tmp_path):
     """<|endoftext|> suppressed: every utterance reaches the 3-token limit and is listed under the phase that
     decoded it, then in results.json (merged with what it holds, as a resumed run's)."""
-    from asr_attention.results import Results
-    from asr_attention.seq2seq_module import Seq2SeqFineTuner
+    from asr_attention.runs.results import Results
+    from asr_attention.training.seq2seq_module import Seq2SeqFineTuner
     from asr_attention.train import record_truncated
 
     backbone = make()

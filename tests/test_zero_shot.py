@@ -1,4 +1,4 @@
-"""`python -m asr_attention.zero_shot` measures what it is asked to, or says it reuses a stored row (no model
+"""`python -m asr_attention.reports.zero_shot` measures what it is asked to, or says it reuses a stored row (no model
 loads here: a row that would be measured is measured by a stand-in)."""
 
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from asr_attention import zero_shot
+from asr_attention.reports import zero_shot
 
 COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks" / "whisper_zero_shot.json"
 README_COMMAND = {"limit": None, "batch_size": 16, "device": "cuda"}  # `--device cuda`, as the README prints it

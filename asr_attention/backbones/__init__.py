@@ -24,7 +24,7 @@ from .patch import (
 FAMILIES = {
     "hf_wav2vec2": "asr_attention.backbones.hf_wav2vec2.build_hf_wav2vec2",
     "speechbrain_branchformer": "asr_attention.backbones.speechbrain_branchformer.build_speechbrain_branchformer",
-    "whisper": "asr_attention.backbones.whisper_load.build_whisper",
+    "whisper": "asr_attention.backbones.whisper.load.build_whisper",
 }
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from asr_attention.attention import AttentionVariant, CanonicalMHA
-from asr_attention.user_error import UserError
+from asr_attention.config.errors import UserError
 
 DEMO_HINT = "or run the embedded demo offline: `python -m asr_attention.train experiment=demo`"
 

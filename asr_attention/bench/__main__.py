@@ -11,11 +11,11 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from asr_attention import resolvers  # noqa: F401  (registers ${pkg:...})
 from asr_attention.backbones import build_backbone
-from asr_attention.config_check import validate
-from asr_attention.kv_cache import attention_presets
-from asr_attention.results import Results
+from asr_attention.config import resolvers  # noqa: F401  (registers ${pkg:...})
+from asr_attention.reports.kv_cache import attention_presets
+from asr_attention.runs.results import Results
+from asr_attention.training.config_check import validate
 
 from . import measure
 from .report import add_ratios, markdown

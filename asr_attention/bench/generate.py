@@ -33,7 +33,10 @@ import torch
 
 from asr_attention.generation.decoders import HFGenerate, OursGreedy, OursStatic
 from asr_attention.generation.step_bytes import (
-    H200_BYTES_PER_S, decoder_weight_bytes, limit_tokens_per_s, mean_step_bytes,
+    H200_BYTES_PER_S,
+    decoder_weight_bytes,
+    limit_tokens_per_s,
+    mean_step_bytes,
 )
 from asr_attention.generation.whisper_sizes import ENCODER_FRAMES, PROMPT, SIZES, random_whisper
 

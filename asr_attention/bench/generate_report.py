@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from asr_attention.report import table_cell as _f
+from asr_attention.reports.sweep import table_cell as _f
 
 BASELINES = ("hf-static", "hf-dynamic")
 COLOURS = {"hf-static": "black", "hf-dynamic": "grey", "mha": "tab:blue", "mla": "tab:red", "gqa": "tab:green",

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from asr_attention.attention import cache_nbytes, relative_error
 from asr_attention.attention.mha import MultiHeadAttention
 from asr_attention.backbones import Backbone, count_parameters, original_variants, patch_attention, patched_variants
-from asr_attention.bench_layers import time_ms as graph_time_ms
+from asr_attention.bench.layers import time_ms as graph_time_ms
 
 GIB = 2**30
 SAMPLE_RATE = 16000

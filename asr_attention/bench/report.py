@@ -10,7 +10,7 @@ import json
 import re
 from pathlib import Path
 
-from asr_attention.report import table_cell as _f
+from asr_attention.reports.sweep import table_cell as _f
 
 RATIOS = (("rtfx", "rtfx_x"), ("peak_gib", "peak_x"), ("attn_ms", "attn_x"))
 

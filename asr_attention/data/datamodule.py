@@ -33,6 +33,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from ..config.errors import UserError
 from .audio import AudioError, audio_info, check_length
 from .corpora import AN4_VAL_SPEAKERS, _manifest_path, read_corpus
 from .dataset import ASRDataset, BadAudioPolicy, Skipped, collate, warn_skipped
@@ -40,7 +41,6 @@ from .manifest import Utterance, check_unique_ids
 from .resumable import ResumableLoader
 from .sampler import BucketBatchSampler
 from .text import CharTokenizer, OOVPolicy, check_oov_policy
-from ..user_error import UserError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from asr_attention.backbones.whisper import DecoderCache, Whisper
+from asr_attention.backbones.whisper.adapter import DecoderCache, Whisper
 
 from .caches import GrowingCache
 from .loop import decode

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from asr_attention.backbones.whisper import DecoderCache, Whisper
+from asr_attention.backbones.whisper.adapter import DecoderCache, Whisper
 
 
 class GrowingCache:

@@ -18,8 +18,8 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache, StaticCa
 from transformers.modeling_outputs import BaseModelOutput
 
 from asr_attention.backbones import patch_attention
-from asr_attention.backbones.whisper import Whisper
-from asr_attention.backbones.whisper_tokens import WhisperTokens
+from asr_attention.backbones.whisper.adapter import Whisper
+from asr_attention.backbones.whisper.tokens import WhisperTokens
 
 from .caches import GrowingCache
 from .greedy import GreedyDecoder

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from asr_attention.backbones.whisper import Whisper
+from asr_attention.backbones.whisper.adapter import Whisper
 
 from .beam import BeamSearchDecoder
 from .caches import GrowingCache, NoCache

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from asr_attention.backbones.whisper_tokens import WhisperTokens
+from asr_attention.backbones.whisper.tokens import WhisperTokens
 
 
 class LogitFilter:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from asr_attention.backbones.whisper_tokens import WhisperTokens
+from asr_attention.backbones.whisper.tokens import WhisperTokens
 
 from .logit_filters import LogitFilter, whisper_filters
 from .token_decoder import Candidate, TokenDecoder

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from asr_attention.attention.base import Cache, cache_nbytes
-from asr_attention.backbones.whisper import Whisper, cross_per_utterance
+from asr_attention.backbones.whisper.adapter import Whisper, cross_per_utterance
 
 
 class PreallocatedCache:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from asr_attention.backbones.whisper import Whisper
+from asr_attention.backbones.whisper.adapter import Whisper
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ check (torch.equal, a host read), since skipped during capture. Run as `python3 
 import traceback, torch
 from asr_attention.backbones import build_backbone
 from asr_attention.backbones.patch import patch_attention
-from asr_attention.bench_layers import graphed
+from asr_attention.bench.layers import graphed
 arch = dict(intermediate_size=4096, hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
             feat_proj_dropout=0.0, final_dropout=0.0, mask_time_prob=0.0)
 cfg = dict(family="hf_wav2vec2", source="unused", pretrained=False, d_model=1024, num_heads=16, num_layers=2, arch=arch)

@@ -11,7 +11,7 @@ import torch
 from torch.nn.attention.flex_attention import flex_attention
 
 from asr_attention.attention.mla import _few_queries_attention
-from asr_attention.bench_layers import time_ms
+from asr_attention.bench.layers import time_ms
 
 HEADS, LATENT, SCALE = 20, 320, 64 ** -0.5
 torch._dynamo.config.recompile_limit = 64  # every candidate x shape compiles the same `call` anew

@@ -6,7 +6,7 @@ import time
 import torch
 
 from asr_attention.attention.kernels.linear_attention import linear_attention
-from asr_attention.bench_layers import time_ms
+from asr_attention.bench.layers import time_ms
 
 H, HD = 16, 64
 for b, t in ((1, 500), (1, 1000), (1, 2000), (1, 4000), (16, 1000), (1, 15000)):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from asr_attention.attention import build_attention, random_mha
-from asr_attention.bench_layers import time_ms, torch_mha
+from asr_attention.bench.layers import time_ms, torch_mha
 
 torch.backends.cuda.matmul.allow_tf32 = True
 dev, dt = "cuda", torch.bfloat16

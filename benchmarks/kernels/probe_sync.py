@@ -13,7 +13,7 @@ from omegaconf import open_dict
 
 from asr_attention.backbones import build_backbone
 from asr_attention.bench import measure
-from asr_attention.kv_cache import attention_presets
+from asr_attention.reports.kv_cache import attention_presets
 
 dev = torch.device("cuda")
 for overrides, dtype in ((["model=branchformer"], "fp32"), (["model=branchformer"], "bf16")):

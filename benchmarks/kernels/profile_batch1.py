@@ -11,7 +11,7 @@ from omegaconf import open_dict
 
 from asr_attention.backbones import build_backbone
 from asr_attention.bench import measure
-from asr_attention.kv_cache import attention_presets
+from asr_attention.reports.kv_cache import attention_presets
 
 CASES = [("branchformer", ["model=branchformer"], "fp32", ["native", "mha", "gqa"]),
          ("conformer", ["++model.arch.intermediate_size=4096"], "bf16", ["native", "mha", "linear"])]

@@ -4,7 +4,7 @@ CUDA-graph replay time against the two-pass path at the same shape."""
 import torch
 
 import asr_attention.attention.kernels.linear_attention as lin
-from asr_attention.bench_layers import time_ms
+from asr_attention.bench.layers import time_ms
 
 H, HD = 16, 64
 default_tiles = lin._tiles

@@ -3,7 +3,7 @@ Run on the device machine as `python3 benchmarks/kernels/tune_xl_kernel.py`, exa
 import torch, torch.nn.functional as F
 from asr_attention.attention.kernels.xl_attention import xl_attention
 from asr_attention.attention.positions import skewed_scores, key_padding_to_sdpa
-from asr_attention.bench_layers import time_ms
+from asr_attention.bench.layers import time_ms
 torch.manual_seed(0)
 B,H,T,hd=16,16,1000,64
 for dtype in (torch.bfloat16,):

@@ -19,7 +19,7 @@ import torch
 from asr_attention.attention import build_attention
 from asr_attention.attention.mla_ranks import kv_spectrum, spread_ranks
 from asr_attention.backbones import patch
-from asr_attention.zero_shot import ZeroShot, wer
+from asr_attention.reports.zero_shot import ZeroShot, wer
 
 SITES = ["encoder"]
 

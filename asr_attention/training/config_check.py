@@ -6,13 +6,13 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any, get_args
 
-from .attention import VARIANTS
-from .attention.build import CALIBRATIONS
-from .attention.canonical import Position
-from .attention.feature_maps import FEATURE_MAPS
-from .backbones import FAMILIES
-from .backbones.sites import model_site_kinds
-from .user_error import UserError
+from ..attention import VARIANTS
+from ..attention.build import CALIBRATIONS
+from ..attention.canonical import Position
+from ..attention.feature_maps import FEATURE_MAPS
+from ..backbones import FAMILIES
+from ..backbones.sites import model_site_kinds
+from ..config.errors import UserError
 
 # The allowed names are the registries' own: a variant, feature map or family added there is allowed here.
 ATTENTION_NAMES = ("native", *VARIANTS)  # native: the backbone's own module, left unpatched

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torchmetrics.text import CharErrorRate, WordErrorRate
 from transformers import get_cosine_schedule_with_warmup
 
-from .backbones import Backbone
-from .data.scoring import normalise_for_scoring
-from .data.text import CharTokenizer
+from ..backbones import Backbone
+from ..data.scoring import normalise_for_scoring
+from ..data.text import CharTokenizer
 from .distillation import SiteDistillation
 
 

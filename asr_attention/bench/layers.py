@@ -1,7 +1,7 @@
 """Micro-benchmark of one whole attention layer (projections included) per variant, against torch's own
 nn.MultiheadAttention (SDPA fast path) timed in the same process.
 
-    python -m asr_attention.bench_layers --out benchmarks/attention_layers
+    python -m asr_attention.bench.layers --out benchmarks/attention_layers
 
 Writes <out>.json and <out>.md with the card, date and commit. Times are CUDA-graph replays (median of
 repeats), so they measure GPU work rather than Python launch overhead; FLOPs are counted analytically.
@@ -18,7 +18,7 @@ import subprocess
 import torch
 from torch import nn
 
-from .attention import build_attention, random_mha
+from ..attention import build_attention, random_mha
 
 VARIANTS = {
     "mha": {"name": "mha"},

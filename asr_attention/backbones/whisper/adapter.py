@@ -30,11 +30,11 @@ from transformers.models.whisper.modeling_whisper import WhisperAttention
 from asr_attention.attention import AttentionVariant, Cache, CanonicalMHA, cache_nbytes
 from asr_attention.attention.mha import MultiHeadAttention
 
-from . import sites
-from .base import Backbone
-from .hf_attention import HFAttention
-from .whisper_mel import HOP, SAMPLE_RATE, LogMel
-from .whisper_tokens import WhisperTokens
+from .. import sites
+from ..base import Backbone
+from ..hf_attention import HFAttention
+from .mel import HOP, SAMPLE_RATE, LogMel
+from .tokens import WhisperTokens
 
 
 class DecoderSelfAttention(nn.Module):

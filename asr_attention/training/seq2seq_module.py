@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .backbones.whisper import Whisper
-from .generation.decoding import DecodingOptions, transcribe
-from .generation.token_limit import with_token_limit
-from .module import ASRFineTuner
+from ..backbones.whisper.adapter import Whisper
+from ..generation.decoding import DecodingOptions, transcribe
+from ..generation.token_limit import with_token_limit
+from .ctc_module import ASRFineTuner
 
 
 class Seq2SeqFineTuner(ASRFineTuner):

@@ -1,4 +1,4 @@
-"""The comparison report of a sweep: `python -m asr_attention.report <sweep dir> [--out DIR] [--wandb]`.
+"""The comparison report of a sweep: `python -m asr_attention.reports.sweep <sweep dir> [--out DIR] [--wandb]`.
 
 Reads every results.json below the directory and writes, next to them (or into --out):
   report.csv          one row per job, raw values (WER/CER as fractions)
@@ -326,7 +326,7 @@ def report_cli(argv: Sequence[str] | None, prog: str, description: str, write, n
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return report_cli(argv, "python -m asr_attention.report", __doc__.split("\n\n")[0], write_report, "report")
+    return report_cli(argv, "python -m asr_attention.reports.sweep", __doc__.split("\n\n")[0], write_report, "report")
 
 
 if __name__ == "__main__":

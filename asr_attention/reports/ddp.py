@@ -1,6 +1,6 @@
 """Compare a DDP fit with its single-device references (benchmarks/run_ddp_check.sh): one markdown/json table.
 
-    python -m asr_attention.ddp_report --commit <hash> --out benchmarks/ddp_2gpu <ddp_dir> <reference_dir>...
+    python -m asr_attention.reports.ddp --commit <hash> --out benchmarks/ddp_2gpu <ddp_dir> <reference_dir>...
 
 The first run directory is the DDP run; every other row shows its difference from it.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from asr_attention.report import table_cell as cell
+from asr_attention.reports.sweep import table_cell as cell
 
 METRICS = ("test_loss", "test_wer", "test_cer")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import lightning as L
 from torchmetrics import Metric
 
-from .results import Results
+from ..runs.results import Results
 
 
 class ValCurve(L.Callback):

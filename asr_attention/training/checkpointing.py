@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 
-from .data.resumable import ResumableLoader
+from ..data.resumable import ResumableLoader
 
 log = logging.getLogger(__name__)
 

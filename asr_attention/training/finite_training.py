@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.nn.utils import get_total_norm
 
-from .user_error import UserError
+from ..config.errors import UserError
 
 
 class NonFiniteTraining(UserError, FloatingPointError):

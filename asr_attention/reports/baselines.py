@@ -1,9 +1,9 @@
 """Regenerate baselines/<model>_baseline.json: the backbones' architecture facts, computed here.
 
-    python -m asr_attention.baselines           # rebuild the architectures (CPU) and write the files
-    python -m asr_attention.baselines --check   # recompute and exit 1 where a file differs
+    python -m asr_attention.reports.baselines           # rebuild the architectures (CPU) and write the files
+    python -m asr_attention.reports.baselines --check   # recompute and exit 1 where a file differs
 
-Whisper tiny.en's file comes from its real weights (asr_attention/whisper_baseline.py).
+Whisper tiny.en's file comes from its real weights (asr_attention/reports/whisper_baseline.py).
 
 Sizes, parameter counts and frame rates come from building each architecture with random weights (no
 download); batch_size from conf/model; kv_cache_mb from the attention variants' own cache_bytes. The only
@@ -25,10 +25,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from asr_attention.backbones import count_parameters
-from asr_attention.config_check import validate_model
-from asr_attention.kv_cache import CONF, cache_rows
+from asr_attention.reports.kv_cache import CONF, cache_rows
+from asr_attention.training.config_check import validate_model
 
-BASELINES = Path(__file__).resolve().parents[1] / "baselines"
+BASELINES = Path(__file__).resolve().parents[2] / "baselines"
 SAMPLE_RATE = 16000
 KV_FRAMES, KV_BATCH, KV_DTYPE = 1000, 1, torch.float32
 
@@ -156,7 +156,7 @@ def kv_cache_mb(model: dict) -> dict:
     return {"frames": KV_FRAMES, "batch": KV_BATCH, "dtype": "float32", "unit": "MiB (2^20 bytes), all layers",
             "presets": {r.attention: r.options for r in rows}, **{r.attention: r.mib for r in rows},
             "linear_is": "state plus normaliser, constant in frames",
-            "computed_by": "asr_attention.kv_cache.cache_rows: each variant's cache_bytes x num_layers"}
+            "computed_by": "asr_attention.reports.kv_cache.cache_rows: each variant's cache_bytes x num_layers"}
 
 
 def baseline(name: str, built: Built) -> dict:
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare with the committed files, write nothing")
     args = parser.parse_args(argv)
-    from asr_attention.whisper_baseline import load_model, whisper_baseline
+    from asr_attention.reports.whisper_baseline import load_model, whisper_baseline
 
     stale = []
     generated = {name: lambda name=name, card=card: baseline(name, card.build()) for name, card in CARDS.items()}
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             path(name).write_text(text)
             print(f"wrote {path(name)}")
     if stale:
-        print("out of date (run python -m asr_attention.baselines):", *stale, sep="\n  ")
+        print("out of date (run python -m asr_attention.reports.baselines):", *stale, sep="\n  ")
     return 1 if stale else 0
 
 

@@ -1,4 +1,4 @@
-"""The quality study's report: `python -m asr_attention.study_report <sweep dir> [--out DIR] [--wandb]`.
+"""The quality study's report: `python -m asr_attention.reports.study <sweep dir> [--out DIR] [--wandb]`.
 
 Every run is paired with its control: the run whose config is the same but for the attention variant (same
 model and head, sites, seed, data, recipe and steps) and whose attention is MHA (the original weights
@@ -35,11 +35,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..backbones.sites import site_kinds
+from ..runs.identity import identity
 from . import cost_matrix, recipe_choice
-from .backbones.sites import site_kinds
-from .report import (analytic_cache_mib, find_results, log_to_wandb, pareto_front, report_cli, table_cell,
-                     variant_label)
-from .run_identity import identity
+from .sweep import analytic_cache_mib, find_results, log_to_wandb, pareto_front, report_cli, table_cell, variant_label
 
 log = logging.getLogger(__name__)
 
@@ -434,7 +433,7 @@ def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return report_cli(argv, "python -m asr_attention.study_report", __doc__.split("\n\n")[0], write_report, "study")
+    return report_cli(argv, "python -m asr_attention.reports.study", __doc__.split("\n\n")[0], write_report, "study")
 
 
 if __name__ == "__main__":

@@ -14,17 +14,23 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from .attention import cache_nbytes
-from .backbones import (
-    Backbone, build_backbone, calibration_batch, capture_attention_calls, fidelity, kv_input, patch_attention,
+from ..attention import cache_nbytes
+from ..backbones import (
+    Backbone,
+    build_backbone,
+    calibration_batch,
+    capture_attention_calls,
+    fidelity,
+    kv_input,
+    patch_attention,
     patched_variants,
 )
+from ..data.datamodule import ASRDataModule, build_datamodule
+from ..data.text import CharTokenizer
 from .checkpoint_io import AtomicCheckpointIO
 from .checkpointing import LastCheckpoint
-from .data.datamodule import ASRDataModule, build_datamodule
-from .data.text import CharTokenizer
+from .ctc_module import ASRFineTuner, CTCFineTuner
 from .finite_training import StopOnNonFinite
-from .module import ASRFineTuner, CTCFineTuner
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +43,7 @@ def build_tokenizer_and_backbone(cfg: DictConfig, datamodule: ASRDataModule | No
     if cfg.model.get("pretrained", True) and backbone.family == "hf_wav2vec2":
         backbone.model.freeze_feature_encoder()  # the conv front end stays as pretrained (HF's own recipe)
     if backbone.family == "whisper" and backbone.head == "seq2seq":
-        from .backbones.whisper_tokens import WhisperTextTokenizer
+        from ..backbones.whisper.tokens import WhisperTextTokenizer
 
         return WhisperTextTokenizer(backbone.tokens), backbone
     if backbone.vocab is not None and "|" in backbone.vocab:
@@ -98,7 +104,7 @@ def measured_cache_bytes(backbone: Backbone, inputs: list[dict]) -> dict:
 
 def build_module(cfg: DictConfig, backbone: Backbone, tokenizer: CharTokenizer) -> ASRFineTuner:
     if backbone.family == "whisper" and backbone.head == "seq2seq":
-        from .generation.decoding import DecodingOptions
+        from ..generation.decoding import DecodingOptions
         from .seq2seq_module import Seq2SeqFineTuner
 
         decoding = DecodingOptions(**{k: tuple(v) if k == "temperatures" else v

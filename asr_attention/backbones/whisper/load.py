@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from .base import arch_of, check_sizes, hub_error, hub_offline, hub_reachable
-from .whisper import Whisper
-from .whisper_tokens import WhisperTokens, read_tokens
+from ..base import arch_of, check_sizes, hub_error, hub_offline, hub_reachable
+from .adapter import Whisper
+from .tokens import WhisperTokens, read_tokens
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def load_pretrained(model_cfg: Mapping) -> tuple[WhisperForConditionalGeneration
 def load_ctranslate2(folder: Path, model_cfg: Mapping) -> WhisperForConditionalGeneration:
     """The CTranslate2 weights in transformers' layout (fp32 master weights; the file stores fp16, or integers and
     scales where quantised)."""
-    from .whisper_weights import hf_state_dict_from_ct2
+    from .weights import hf_state_dict_from_ct2
 
     config, state = hf_state_dict_from_ct2(folder)
     model = WhisperForConditionalGeneration(config)

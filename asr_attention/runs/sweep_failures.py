@@ -18,7 +18,6 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-
 REFUSED = "refused-job{}.json"
 
 

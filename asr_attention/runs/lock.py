@@ -15,7 +15,7 @@ import socket
 import time
 from pathlib import Path
 
-from .user_error import UserError
+from ..config.errors import UserError
 
 log = logging.getLogger(__name__)
 

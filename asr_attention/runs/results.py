@@ -9,7 +9,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
-from .user_error import UserError
+from ..config.errors import UserError
 
 
 class CorruptResults(UserError, ValueError):

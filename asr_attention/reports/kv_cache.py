@@ -1,7 +1,7 @@
 """KV-cache report: bytes each attention variant keeps per encoder, from the variants' own `cache_bytes`.
 
-    python -m asr_attention.kv_cache model=branchformer frames=2000 dtype=bfloat16
-    python -m asr_attention.kv_cache -m model=conformer,branchformer
+    python -m asr_attention.reports.kv_cache model=branchformer frames=2000 dtype=bfloat16
+    python -m asr_attention.reports.kv_cache -m model=conformer,branchformer
 
 One row per variant at its conf/attention/ preset (MLA's latent_dim follows the model's d_model); the composed
 `attention` (with any overrides, e.g. attention=gqa attention.num_kv_heads=4) replaces its own row and is
@@ -21,9 +21,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from asr_attention.attention import VARIANTS, build_attention, random_mha
-from asr_attention.config_check import validate
+from asr_attention.training.config_check import validate
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 MIB = 2**20
 
 
@@ -137,7 +137,7 @@ def report(cfg: DictConfig) -> list[CacheRow]:
     return cache_rows(cfg.model, cfg.attention, cfg.frames, cfg.batch, torch_dtype(cfg.dtype))
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="kv_cache")
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="kv_cache")
 def main(cfg: DictConfig) -> None:
     rows = report(cfg)
     m = cfg.model

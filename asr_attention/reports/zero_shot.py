@@ -1,8 +1,8 @@
 """Zero-shot WER of Whisper tiny.en on AN4 test, unconverted and under each attention variant on each kind of
 site, no fine-tuning:
 
-    python -m asr_attention.zero_shot                       # the whole table -> benchmarks/whisper_zero_shot.*
-    python -m asr_attention.zero_shot --sites encoder --variants mha,linear --limit 20
+    python -m asr_attention.reports.zero_shot                       # the whole table -> benchmarks/whisper_zero_shot.*
+    python -m asr_attention.reports.zero_shot --sites encoder --variants mha,linear --limit 20
 
 Each row converts a fresh copy of the loaded model (the same `convert` as a training run: calibration and
 fidelity on conf/train.yaml's calibration.frames of AN4 val utterances drawn across the split), then decodes the
@@ -28,15 +28,15 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from omegaconf import OmegaConf
 from torchmetrics.functional.text import word_error_rate
 
-from .data.datamodule import build_datamodule
-from .data.scoring import normalise_for_scoring
-from .generation.decoding import DecodingOptions, transcribe
-from .generation.token_limit import with_token_limit
-from .experiment import convert
-from .backbones.whisper_load import build_whisper
-from .backbones.whisper_tokens import WhisperTextTokenizer
+from ..backbones.whisper.load import build_whisper
+from ..backbones.whisper.tokens import WhisperTextTokenizer
+from ..data.datamodule import build_datamodule
+from ..data.scoring import normalise_for_scoring
+from ..generation.decoding import DecodingOptions, transcribe
+from ..generation.token_limit import with_token_limit
+from ..training.experiment import convert
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 SITES = {"encoder": ["encoder"], "decoder_self": ["decoder_self"], "cross": ["cross"],
          "decoder_self+cross": ["decoder_self", "cross"]}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 OmegaConf.register_new_resolver("pkg", lambda rel: str(PACKAGE_DIR / rel), replace=True)
 OmegaConf.register_new_resolver("floordiv", lambda a, b: int(a) // int(b), replace=True)
@@ -37,7 +37,7 @@ def recipe_tag(attention_only_steps: int | None, max_steps: int | None, lr: floa
     'attention500_then_all-lr0.0001', 'all-lr0.0001-head_lr0.001-specaug_time0.05x10_mel0.1x10',
     'all-lr0.0001-head_lr0.001-distill1.0'): the same rule as the study report's recipe label, so two recipes never
     share a name (and a run folder)."""
-    from .recipe_choice import spec_augment, what_trains
+    from .recipe import spec_augment, what_trains
 
     trains = what_trains(attention_only_steps, max_steps)
     if trains == "attention_then_all":

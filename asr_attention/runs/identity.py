@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .user_error import UserError
+from ..config.errors import UserError
 
 PACKAGE_PATH = re.compile(r"^/.*?/asr_attention/(?=(pretrained|data)/)")  # ${pkg:pretrained/...}, ${pkg:data/...}
 COSMETIC = ("logger", "group", "run_name", "export_dir", "retrain", "checkpoint_every_n_steps",
