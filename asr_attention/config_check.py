@@ -14,7 +14,6 @@ from .backbones import FAMILIES
 ATTENTION_NAMES = ("native", *VARIANTS)  # native: the backbone's own module, left unpatched
 CALIBRATIONS = ("plain", "activation")
 SITE_KINDS = {"whisper": ("encoder", "decoder_self", "cross")}  # other families: encoder self-attention only
-EXPORTABLE = ("hf_wav2vec2", "speechbrain_branchformer")  # backbones/export.py: the formats their loaders read
 DEFAULT_SITES = {"whisper": ("decoder_self", "cross")}  # attention.sites=null: the two caches that exist at inference
 HEADS = {"whisper": ("seq2seq", "ctc")}
 POSITIONS = get_args(Position)
@@ -168,9 +167,3 @@ def validate(cfg: Mapping) -> None:
         _fail("optim.attention_only_steps", steps, "needs a converted attention, not attention=native")
     if "trainer" in cfg:  # a training config (kv_cache and bench compose model and attention only)
         validate_training(cfg)
-    if cfg.get("export_dir") and cfg["attention"]["name"] != "native":
-        # export writes the backbone's own format, which has no place for a converted attention
-        _fail("export_dir", cfg["export_dir"], f"needs attention=native, not attention={cfg['attention']['name']}")
-    if cfg.get("export_dir") and cfg["model"]["family"] not in EXPORTABLE:
-        _fail("export_dir", cfg["export_dir"], f"exports {', '.join(EXPORTABLE)} checkpoints, not "
-                                               f"model.family={cfg['model']['family']}")

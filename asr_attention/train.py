@@ -30,15 +30,16 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from .backbones import count_parameters
-from .backbones.export import export_backbone
 from .code_version import code_version
 from .config_check import validate
+from .converted_model import export
 from .data.corpora import check_splits
 from .experiment import (
     build_datamodule_for, build_module, build_tokenizer_and_backbone, build_trainer, config_summary, convert,
 )
 from .results import Results, summary_table
 from .run_identity import RunFolderTaken, fingerprint, stored_run
+from .run_model import export_run
 from .run_lock import RunLock, RunLocked
 from .sweep_failures import record_refused_job
 from .throughput import measure_rtfx
@@ -87,7 +88,7 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
     )
     if cfg.get("export_dir"):
         module.backbone.to("cpu")
-        results.update(exported_to=str(export_backbone(module.backbone, cfg.export_dir, tokenizer.vocab)))
+        results.update(exported_to=str(export(module.backbone, cfg.export_dir, cfg, tokenizer)))
     # the objective a sweep minimises: model selection on validation; test WER is only reported
     best_val_wer = trainer.checkpoint_callback.best_model_score
     return None if best_val_wer is None else float(best_val_wer)
@@ -114,10 +115,10 @@ def main(cfg: DictConfig) -> float | None:
 def hold_and_run(cfg: DictConfig, run_dir: Path, sweep: bool) -> float | None:
     """Train in run_dir once it is this config's and this process's, or report its completed run."""
     if (done := completed_run(cfg, run_dir)) is not None:  # reads only: a finished run is not even locked
-        return report_completed(done, run_dir)
+        return report_completed(done, run_dir, cfg.get("export_dir"))
     with RunLock(run_dir):
         if (done := completed_run(cfg, run_dir)) is not None:  # it finished while this process started
-            return report_completed(done, run_dir)
+            return report_completed(done, run_dir, cfg.get("export_dir"))
         if cfg.retrain:
             start_over(run_dir)
         record_hydra_config(cfg, run_dir)
@@ -138,9 +139,11 @@ def completed_run(cfg: DictConfig, run_dir: Path) -> dict | None:
     return stored if done and not cfg.retrain else None
 
 
-def report_completed(stored: dict, run_dir: Path) -> float | None:
+def report_completed(stored: dict, run_dir: Path, export_dir: str | None = None) -> float | None:
     print(f"\n{summary_table(stored)}\nresults: {run_dir / 'results.json'}\n"
           "This config's run completed earlier: nothing was trained (retrain=true trains it again).")
+    if export_dir:  # export_dir= added to a finished run's command: its best checkpoint is exported now
+        print(f"exported its best checkpoint to {export_run(run_dir, export_dir)}")
     return stored.get("objective")
 
 

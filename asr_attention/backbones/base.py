@@ -29,6 +29,7 @@ class Backbone(nn.Module):
     frame_ms: float  # duration of one encoder output frame
     vocab: list[str] | None = None  # tokens by id, when the checkpoint ships a vocabulary
     blank_id: int = 0
+    max_seconds: float | None = None  # the longest audio one utterance may hold (Whisper: its 30-s window)
 
     def forward(self, waves: Tensor, wave_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """waves (B, S) at 16 kHz, zero padded; wave_lengths (B,) in samples -> log_probs (B, T, V), lengths (B,)."""

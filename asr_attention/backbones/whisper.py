@@ -31,7 +31,7 @@ from asr_attention.attention.mha import MultiHeadAttention
 from .. import config_check
 from .base import Backbone
 from .hf_wav2vec2 import HFAttention
-from .whisper_mel import HOP, LogMel
+from .whisper_mel import HOP, SAMPLE_RATE, LogMel
 from .whisper_tokens import WhisperTokens
 
 
@@ -162,6 +162,11 @@ class Whisper(Backbone):
         for layer in self.decoder_layers:  # the decoder's sites run through variants from the start
             layer.self_attn = DecoderSelfAttention(MultiHeadAttention(canonical_of(layer.self_attn)))
             layer.encoder_attn = CrossAttention(MultiHeadAttention(canonical_of(layer.encoder_attn)))
+
+    @property
+    def max_seconds(self) -> float:
+        """The window the encoder reads (30 s); longer audio must be split first."""
+        return self.mel.frames * HOP / SAMPLE_RATE
 
     @property
     def encoder(self) -> nn.Module:

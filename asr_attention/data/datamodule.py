@@ -161,14 +161,18 @@ class ASRDataModule(L.LightningDataModule):
                             len(ids), kind.replace("_", " "), ", ".join(ids[:3]))
 
     def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
+        """Reads every split; stage "test" only the test split (evaluate.py: a corpus may have no other)."""
+        parts = ("test",) if stage == "test" else ("train", "val", "test")
+        if all(part in self.datasets for part in parts):
             return
         if self.tokenizer is None:
             raise ValueError("ASRDataModule needs a tokenizer before setup (CharTokenizer.from_texts("
                              "dm.corpus_texts()) or the pretrained head's vocabulary)")
-        val = self._read("val")
-        self.datasets = {"train": self._build("train", self._train_utterances(val)),
-                         "val": self._build("val", val), "test": self._build("test", self._read("test"))}
+        if "train" in parts:
+            val = self._read("val")
+            self.datasets.update(train=self._build("train", self._train_utterances(val)), val=self._build("val", val))
+        if "test" not in self.datasets:
+            self.datasets["test"] = self._build("test", self._read("test"))
         for part, ds in self.datasets.items():
             log.info("%s (%s): %d utterances, %.1f min", part, self.splits[part], len(ds),
                      sum(ds.durations) / 60)
