@@ -12,8 +12,11 @@ The model is the run's (its .hydra/config.yaml, run_model.py), with the weights 
 the converted one before fine-tuning (converted again as the run did: calibrated on the run's own val split).
 Scoring is the run's test step's: the same numbers as its results.json for the same checkpoint and data.
 
-Writes <run folder>/eval/<name>.json (name: --name, else from the data: corpus, test split, limit); the run's
-results.json is never touched. The same command again measures again and replaces that file, saying so.
+Writes <run folder>/eval/<name>.json (name: --name, else from the data: corpus, test split, limit): each phase's
+metrics keyed as results.json keys them (unconverted, before, after: test_wer, test_cer, test_raw_wer, ...), every
+utterance's prediction (predictions: after; before_predictions, unconverted_predictions), the files skipped, the
+checkpoint and data used. The run's results.json is never touched. The same command again measures again and
+replaces that file, saying so.
 """
 
 from __future__ import annotations
@@ -90,15 +93,17 @@ def evaluate(run_dir: Path, overrides: list[str], checkpoint: str = "best", name
               "data": OmegaConf.to_container(cfg.data), "utterances": len(data.datasets["test"])}
     if unconverted:
         report["unconverted"] = test(trainer, module, data, "unconverted_test")
+        report["unconverted_predictions"] = module.last_predictions
     if before:  # converted as the run converted it, from its own val split
         if cfg.attention.name != "native":
             own = run_config(run_dir)
             convert(backbone, cfg.attention, build_datamodule_for(own, tokenizer), own.calibration.frames, own.seed)
-        report["before"] = test(trainer, module.eval(), data, "before_test")
+        report["before"] = test(trainer, module, data, "before_test")
+        report["before_predictions"] = module.last_predictions
     else:
         patch_structure(backbone, cfg.attention, run_latent_dims(run_dir))
     load_weights(backbone, ckpt)
-    report["after"] = test(trainer, module.eval(), data, "test")
+    report["after"] = test(trainer, module, data, "test")
     report.update(predictions=module.last_predictions, skipped_files=data.skipped,
                   transcripts=data.transcripts, duration_mismatches=data.duration_mismatches,
                   code=code_version(), wall_seconds=time.time() - start)

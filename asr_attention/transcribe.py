@@ -12,7 +12,9 @@ The audio: files soundfile reads (mixed to mono and resampled to 16 kHz, as the 
 (.tsv, conf/data/manifest.yaml's format: one line per utterance, printed under its utt_id). Every file is checked
 before the model runs: one that is unreadable, empty, or longer than the model reads (Whisper: 30 s; split it
 first) stops the command with one line naming it. Decoding is the test step's (module.hypotheses), one file at a
-time; --jsonl writes per file: file, utt_id, text, audio_seconds, wall_seconds (the model's time, audio loaded).
+time; --jsonl writes per file: file, text, audio_seconds, wall_seconds (the model's time, the audio loaded
+already), and a manifest line's utt_id and ref. Whisper writes at most model.decoding.max_tokens text tokens (48)
+per utterance: raise it (an override) for long speech.
 """
 
 from __future__ import annotations
@@ -70,9 +72,9 @@ def model_from(source: str | None, overrides: list[str], checkpoint: str) -> ASR
     if source is None and not overrides:
         raise ValueError("name the model first: a run folder, a converted model folder, or model=... attention=...")
     if source is not None and (Path(source) / META).is_file():
-        cfg, tokenizer, backbone = load_converted(source)
         if bad := [o for o in overrides if not o.startswith("model.decoding.")]:
             raise ValueError(f"{bad}: a converted model folder takes model.decoding.* overrides only")
+        cfg, tokenizer, backbone = load_converted(source)
         apply_overrides(cfg, overrides, str(Path(source) / META))
     elif source is not None:
         cfg, tokenizer, backbone = load_run(Path(source), overrides, checkpoint)
@@ -101,10 +103,10 @@ def transcribe(module: ASRFineTuner, audio: list[Audio], device: str, jsonl: Pat
             wave = load_audio(a.path, a.start, a.end).to(device)
             began = time.perf_counter()
             (text,) = module.hypotheses(wave[None], torch.tensor([len(wave)], device=device))
-            row = {"file": a.path, "utt_id": a.key, "text": text, "audio_seconds": len(wave) / SAMPLE_RATE,
+            row = {"file": a.path, "text": text, "audio_seconds": len(wave) / SAMPLE_RATE,
                    "wall_seconds": time.perf_counter() - began}
-            if a.ref is not None:
-                row["ref"] = a.ref
+            if a.ref is not None:  # a manifest's line
+                row.update(utt_id=a.key, ref=a.ref)
             print(f"{a.key}\t{text}", flush=True)
             if sink is not None:
                 sink.write(json.dumps(row) + "\n")
