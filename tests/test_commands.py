@@ -201,7 +201,7 @@ def test_export_loads_back_without_the_run_folder_and_a_finished_run_exports(run
     assert later.keys() == now.keys() and all(torch.equal(later[k], now[k]) for k in now)
 
 
-def test_a_ctc_head_with_its_own_characters_and_per_layer_ranks_round_trips(tmp_path):
+def test_a_ctc_head_with_its_own_characters_and_per_layer_ranks_round_trips(tmp_path, capsys):
     """A tokenizer built from the run's texts (no checkpoint vocabulary) and MLA ranks that differ per layer are
     saved and rebuilt from the folder alone."""
     cfg = OmegaConf.create({
@@ -225,3 +225,7 @@ def test_a_ctc_head_with_its_own_characters_and_per_layer_ranks_round_trips(tmp_
     with torch.no_grad():
         expected, got = backbone.eval()(waves, lengths), loaded(waves, lengths)
     assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
+    # transcribe reads the folder; its text is the greedy CTC decoding of the saved model's output
+    audio = wav(tmp_path / "a.wav", waves[0].numpy())
+    transcribe.main([str(tmp_path), audio])
+    assert capsys.readouterr().out == f"{audio}\t{tokenizer.ctc_decode(*expected)[0]}\n"
