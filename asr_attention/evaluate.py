@@ -10,7 +10,8 @@ The model is the run's (its .hydra/config.yaml, run_model.py), with the weights 
 `data.<field>=...`; only the test split is read) or how it runs (`trainer.accelerator=cpu`,
 `model.decoding.max_tokens=96`), never the model. --unconverted also tests the model before conversion, --before
 the converted one before fine-tuning (converted again as the run did: calibrated on the run's own val split).
-Scoring is the run's test step's: the same numbers as its results.json for the same checkpoint and data.
+Scoring is the run's test step's: the same numbers as its results.json for the same checkpoint and data. A test
+utterance longer than the model reads (Whisper: 30 s) stops it before any test, naming the file.
 
 Writes <run folder>/eval/<name>.json (name: --name, else from the data: corpus, test split, limit): each phase's
 metrics keyed as results.json keys them (unconverted, before, after: test_wer, test_cer, test_raw_wer, ...), every
@@ -88,6 +89,10 @@ def evaluate(run_dir: Path, overrides: list[str], checkpoint: str = "best", name
     module = inference_module(cfg, backbone, tokenizer)
     data = build_datamodule(cfg.data, tokenizer)
     data.setup("test")
+    limit = backbone.max_seconds
+    if limit is not None and (long := [u for u in data.datasets["test"].utterances if u.duration > limit]):
+        raise ValueError(f"{long[0].path}: {long[0].duration:.1f} s of audio; this model reads at most {limit:g} s "
+                         f"per utterance ({len(long)} test utterances are longer: leave them out of the test split)")
     trainer = eval_trainer(cfg)
     report = {"run": str(run_dir), "checkpoint": str(ckpt), "overrides": overrides,
               "data": OmegaConf.to_container(cfg.data), "utterances": len(data.datasets["test"])}

@@ -20,7 +20,7 @@ from asr_attention import evaluate, transcribe
 from asr_attention.backbones import patch_attention, patched_variants
 from asr_attention.converted_model import load_converted, save_converted
 from asr_attention.data.corpora import read_corpus
-from asr_attention.data.manifest import write_manifest
+from asr_attention.data.manifest import Utterance, write_manifest
 from asr_attention.data.text import CharTokenizer
 from asr_attention.experiment import build_tokenizer_and_backbone
 from asr_attention.zero_shot import wer
@@ -39,6 +39,11 @@ def train(*overrides: str) -> str:
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     return proc.stdout
+
+
+def wav(path: Path, samples: np.ndarray, rate: int = 16000) -> str:
+    sf.write(path, samples, rate)
+    return str(path)
 
 
 def digest(path: Path) -> str:
@@ -106,22 +111,21 @@ def one_line_exit(err: pytest.ExceptionInfo) -> str:
 
 
 def test_evaluate_errors_name_the_file_or_field(run, tmp_path):
+    long = wav(tmp_path / "long.wav", np.zeros(31 * 16000, dtype=np.float32))
+    write_manifest([Utterance("long", long, "NO", 31.0, "s")], tmp_path / "long.tsv")
     cases = [([str(tmp_path)], f"{tmp_path} is not a run folder: it lacks .hydra/config.yaml"),
              ([str(run), "data=manifest", f"data.test_split={tmp_path}/none.tsv"],
               f"manifest not found: {tmp_path}/none.tsv"),
              ([str(run), "data.tset_split=x"], "data.tset_split: no such field in"),
              ([str(run), "data=an5"], "data=an5: no conf/data/an5.yaml"),
              ([str(run), "attention.latent_dim=48"], "the checkpoint fixes the model and attention"),
-             ([str(run), "--name", "../x"], "--name '../x': use letters")]
+             ([str(run), "--name", "../x"], "--name '../x': use letters"),
+             ([str(run), "data=manifest", f"data.test_split={tmp_path}/long.tsv"],  # after the model loads
+              f"{long}: 31.0 s of audio; this model reads at most 30 s per utterance (1 test utterances are longer")]
     for argv, expected in cases:
         with pytest.raises(SystemExit) as err:
             evaluate.main(argv)
         assert expected in one_line_exit(err), argv
-
-
-def wav(path: Path, samples: np.ndarray, rate: int = 16000) -> str:
-    sf.write(path, samples, rate)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
