@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default=None, help="the file's name under <run>/eval/ (default: from the data)")
     parser.add_argument("--unconverted", action="store_true", help="also test the model before conversion")
     parser.add_argument("--before", action="store_true", help="also test the converted model before fine-tuning")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may come between the overrides
     try:
         out = evaluate(args.run, args.overrides, args.checkpoint, args.name, args.unconverted, args.before)
     except (ValueError, OSError, AudioError) as err:  # a user's error: one line naming the file or field

@@ -30,6 +30,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 
 from .config_check import validate
 from .converted_model import META, load_converted
@@ -69,8 +70,6 @@ def audio_list(items: list[str]) -> list[Audio]:
 def model_from(source: str | None, overrides: list[str], checkpoint: str) -> ASRFineTuner:
     """A run folder, a converted model's folder (overrides: model.decoding.* only), or (source None)
     conf/train.yaml with overrides, converted now."""
-    if source is None and not overrides:
-        raise ValueError("name the model first: a run folder, a converted model folder, or model=... attention=...")
     if source is not None and (Path(source) / META).is_file():
         if bad := [o for o in overrides if not o.startswith("model.decoding.")]:
             raise ValueError(f"{bad}: a converted model folder takes model.decoding.* overrides only")
@@ -79,8 +78,12 @@ def model_from(source: str | None, overrides: list[str], checkpoint: str) -> ASR
     elif source is not None:
         cfg, tokenizer, backbone = load_run(Path(source), overrides, checkpoint)
     else:
-        with initialize_config_dir(str(CONF), version_base="1.3"):
-            cfg = compose("train", overrides=overrides)
+        try:
+            with initialize_config_dir(str(CONF), version_base="1.3"):
+                cfg = compose("train", overrides=overrides)
+        except HydraException as err:  # e.g. an unknown group option; Hydra's message spans lines
+            message = " ".join(str(err).split()).split(" Config search path")[0]
+            raise ValueError(f"{' '.join(overrides)}: {message}") from None
         validate(cfg)
         L.seed_everything(cfg.seed)
         tokenizer, backbone = build_tokenizer_and_backbone(cfg)
@@ -122,11 +125,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jsonl", type=Path, default=None, help="also write one JSON line per file here")
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="of a run folder")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # options may come between the overrides
     overrides = [i for i in args.inputs if "=" in i and not Path(i).exists()]
     rest = [i for i in args.inputs if i not in overrides]
     source = rest.pop(0) if rest and Path(rest[0]).is_dir() else None
     try:
+        if source is None and not overrides:
+            raise ValueError(f"name the model first: a run folder, a converted model folder, or model=... "
+                             f"attention=... ({args.inputs[0]} is none of them)")
         audio = audio_list(rest)  # an unreadable file fails here, before the model loads
         transcribe(model_from(source, overrides, args.checkpoint), audio, args.device, args.jsonl)
     except (ValueError, OSError, AudioError) as err:  # a user's error: one line naming the file or field

@@ -91,8 +91,8 @@ def test_evaluate_on_a_manifest_replaces_an_earlier_file_saying_so(run, evaluate
     chosen = results(run)["predictions"][1:]
     write_manifest(an4_test([p["utt_id"] for p in chosen]), tmp_path / "mine.tsv")
     before = digest(run / "results.json")
-    evaluate.main([str(run), "data=manifest", f"data.root={tmp_path}", "data.test_split=mine.tsv",
-                   "--name", "an4-test-first2"])
+    evaluate.main([str(run), "data=manifest", "--name", "an4-test-first2", f"data.root={tmp_path}",
+                   "data.test_split=mine.tsv"])
     out = capsys.readouterr().out
     assert f"{evaluated['path']} holds an earlier evaluation: measuring again, it will be replaced" in out
     report = json.loads(evaluated["path"].read_text())
@@ -141,7 +141,7 @@ def test_transcribe_prints_the_runs_predictions_with_timings(run, tmp_path, caps
     stereo = wav(tmp_path / "stereo.wav", np.stack([mono, mono], axis=1))  # mixed to mono, as the datamodule does
     write_manifest([u2], tmp_path / "one.tsv")
     jsonl = tmp_path / "out.jsonl"
-    transcribe.main([str(run), u1.path, stereo, str(tmp_path / "one.tsv"), "--jsonl", str(jsonl)])
+    transcribe.main([str(run), u1.path, "--jsonl", str(jsonl), stereo, str(tmp_path / "one.tsv")])
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"{u1.path}\t{first['hyp']}", f"{stereo}\t{first['hyp']}", f"{u2.utt_id}\t{second['hyp']}"]
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
@@ -169,7 +169,11 @@ def test_transcribe_bad_or_long_audio_is_one_line_naming_the_file(run, run_modul
         assert one_line_exit(err).startswith(f"transcribe: {expected}")
     with pytest.raises(SystemExit) as err:
         transcribe.main([u1.path])
-    assert "name the model first" in one_line_exit(err)
+    assert one_line_exit(err).startswith(f"transcribe: name the model first: a run folder, a converted model "
+                                         f"folder, or model=... attention=... ({u1.path} is none of them)")
+    with pytest.raises(SystemExit) as err:
+        transcribe.main(["model=whisperr", u1.path])
+    assert "model=whisperr: In 'train': Could not find 'model/whisperr'" in one_line_exit(err)
     long = wav(tmp_path / "long.wav", np.zeros(31 * 16000, dtype=np.float32))
     with pytest.raises(ValueError, match=f"^{long}: 31.0 s of audio; this model reads at most 30 s per utterance"):
         transcribe.transcribe(run_module, transcribe.audio_list([u1.path, long]), "cpu")
