@@ -33,7 +33,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from .backbones import count_parameters
-from .backbones.export import export_backbone
 from .bench.throughput import measure_rtfx
 from .config.errors import UserError
 from .data.corpora import check_splits
@@ -45,6 +44,7 @@ from .runs.results import Results, summary_table
 from .runs.sweep_failures import record_refused_job
 from .runs.wandb_log import log_results_to_wandb
 from .training.config_check import validate
+from .training.converted_model import export
 from .training.experiment import (
     build_datamodule_for,
     build_module,
@@ -53,6 +53,7 @@ from .training.experiment import (
     config_summary,
     convert,
 )
+from .training.run_model import export_run
 from .training.val_curve import ValCurve
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
     record_truncated(results, module)
     if cfg.get("export_dir"):
         module.backbone.to("cpu")
-        results.update(exported_to=str(export_backbone(module.backbone, cfg.export_dir, tokenizer.vocab)))
+        results.update(exported_to=str(export(module.backbone, cfg.export_dir, cfg, tokenizer)))
     # the objective a sweep minimises: model selection on validation; test WER is only reported
     best_val_wer = trainer.checkpoint_callback.best_model_score
     return None if best_val_wer is None else float(best_val_wer)
@@ -150,10 +151,10 @@ def train_in_folder(cfg: DictConfig, run_dir: Path, sweep: bool) -> float | None
 def hold_and_run(cfg: DictConfig, run_dir: Path, sweep: bool) -> float | None:
     """Train in run_dir once it is this config's and this process's, or report its completed run."""
     if (done := completed_run(cfg, run_dir)) is not None:  # reads only: a finished run is not even locked
-        return report_completed(done, run_dir)
+        return report_completed(done, run_dir, cfg.get("export_dir"))
     with RunLock(run_dir):
         if (done := completed_run(cfg, run_dir)) is not None:  # it finished while this process started
-            return report_completed(done, run_dir)
+            return report_completed(done, run_dir, cfg.get("export_dir"))
         if cfg.retrain:
             start_over(run_dir)
         record_hydra_config(cfg, run_dir)
@@ -174,9 +175,11 @@ def completed_run(cfg: DictConfig, run_dir: Path) -> dict | None:
     return stored if done and not cfg.retrain else None
 
 
-def report_completed(stored: dict, run_dir: Path) -> float | None:
+def report_completed(stored: dict, run_dir: Path, export_dir: str | None = None) -> float | None:
     print(f"\n{summary_table(stored)}\nresults: {run_dir / 'results.json'}\n"
           "This config's run completed earlier: nothing was trained (retrain=true trains it again).")
+    if export_dir:  # export_dir= added to a finished run's command: its best checkpoint is exported now
+        print(f"exported its best checkpoint to {export_run(run_dir, export_dir)}")
     return stored.get("objective")
 
 

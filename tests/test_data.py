@@ -172,6 +172,17 @@ def test_manifest_round_trip(tmp_path):
     assert back[1] == Utterance("b", str(tmp_path / "rel/b.sph"), "YES", 0.5, "s2", 3.0, 3.5)
 
 
+def test_the_test_stage_reads_the_test_split_alone(tmp_path):
+    """evaluate.py tests on a corpus that may hold no train or val split (here: neither train.tsv nor val.tsv)."""
+    sf.write(tmp_path / "a.wav", sine(0.5), SR)
+    write_manifest([Utterance("a", str(tmp_path / "a.wav"), "HELLO", 0.5, "s1")], tmp_path / "test.tsv")
+    dm = _dm(tmp_path)
+    dm.setup("test")
+    assert list(dm.datasets) == ["test"] and len(dm.datasets["test"]) == 1
+    with pytest.raises(FileNotFoundError, match="manifest not found: .*val.tsv"):
+        dm.setup("fit")  # training still needs its splits
+
+
 def test_datamodule_skips_bad_audio_at_setup(tmp_path):
     corrupt, empty = _manifest_with_bad_files(tmp_path)
     write_manifest([], tmp_path / "other_val.tsv")

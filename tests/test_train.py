@@ -59,14 +59,6 @@ def test_mha_conversion_keeps_the_checkpoint_exactly(tmp_path):
     assert results["after"]["test_wer"] == results["before"]["test_wer"] == pytest.approx(MHA_WER)
 
 
-def test_export_with_a_converted_attention_is_refused_before_any_work(tmp_path):
-    proc = train(tmp_path, "attention=mla", f"export_dir={tmp_path}/x")
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0
-    assert "export_dir" in out and "needs attention=native" in out
-    assert not (tmp_path / "results.json").exists()
-
-
 def test_conversion_calibrates_on_frames_drawn_across_val(compose_cfg, spy):
     """Not the first val batch (the sampler sorts it shortest first: 16 utterances of about 36 frames here): about
     `frames` encoder frames of utterances drawn across the split, which the activation-aware SVD, the fidelity table

@@ -11,6 +11,8 @@ import torch
 
 from .base import Backbone
 
+FAMILIES = ("hf_wav2vec2", "speechbrain_branchformer")  # those with a format of their own, written here
+
 
 def export_backbone(backbone: Backbone, directory: str | Path, vocab: dict[str, int]) -> Path:
     directory = Path(directory)

@@ -30,12 +30,15 @@ def count_parameters(*modules: nn.Module) -> int:
 
 
 def patch_attention(
-    backbone: Backbone, attention_cfg: Mapping, calibration: Sequence[Tensor | None] | None = None
+    backbone: Backbone, attention_cfg: Mapping, calibration: Sequence[Tensor | None] | None = None,
+    latent_dims: Sequence[int] | None = None,
 ) -> dict:
     """Swap every attention site for `build_attention(attention_cfg, canonical)` wrapped in the backbone's call.
 
     calibration: per layer, the K/V projection inputs (N, d) for activation-aware MLA (see `calibration_batch`);
     attention.calibration=activation without it is an error (build_attention).
+    latent_dims: per layer, MLA's rank as an earlier conversion chose it (rebuilding a converted model whose
+    weights are then loaded: run_model.py, converted_model.py); None: attention.rank_allocation decides.
     attention_cfg.sites (optional) picks the kinds of site (encoder, decoder_self, cross); absent: the family's
     default. Returns (and logs) a summary: layers replaced, parameters before/after, analytic cache MiB per 1000 frames.
     """
@@ -48,7 +51,10 @@ def patch_attention(
     before = count_parameters(backbone)
     canonicals = [backbone.to_canonical(original) for _, _, original in sites]
     calibration = calibration or [None] * len(sites)
-    latent_dims = spread_latent_dims(backbone, sites, canonicals, attention_cfg, calibration)
+    if latent_dims is None:
+        latent_dims = spread_latent_dims(backbone, sites, canonicals, attention_cfg, calibration)
+    elif len(latent_dims) != len(sites):
+        raise ValueError(f"latent_dims has {len(latent_dims)} layers, the backbone {len(sites)}")
     variants: list[AttentionVariant] = []
     for i, (parent, name, original) in enumerate(sites):
         cfg = attention_cfg if latent_dims is None else {**attention_cfg, "latent_dim": latent_dims[i]}

@@ -237,12 +237,19 @@ class ASRDataModule(L.LightningDataModule):
                             len(ids), kind.replace("_", " "), ", ".join(ids[:3]))
 
     def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
+        """Reads every split; stage "test" only the test split (evaluate.py: a corpus may have no other)."""
+        parts = ("test",) if stage == "test" else ("train", "val", "test")
+        if all(part in self.datasets for part in parts):
             return
         if self.tokenizer is None:
             raise ValueError("ASRDataModule needs a tokenizer before setup (CharTokenizer.from_texts("
                              "dm.corpus_texts()) or the pretrained head's vocabulary)")
-        self.datasets = {part: self._build(part, utts) for part, utts in self.utterances().items()}
+        if "train" in parts:
+            listed = self.utterances()
+        else:  # a corpus evaluated on may hold a test split alone
+            test = self._read("test")
+            listed = {"test": test if self.limits["test"] is None else test[: self.limits["test"]]}
+        self.datasets.update({part: self._build(part, listed[part]) for part in parts if part not in self.datasets})
         for part, ds in self.datasets.items():
             log.info("%s (%s): %d utterances, %.1f min", part, self.splits[part], len(ds),
                      sum(ds.durations) / 60)

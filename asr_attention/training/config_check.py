@@ -16,7 +16,6 @@ from ..config.errors import UserError
 
 # The allowed names are the registries' own: a variant, feature map or family added there is allowed here.
 ATTENTION_NAMES = ("native", *VARIANTS)  # native: the backbone's own module, left unpatched
-EXPORTABLE = ("hf_wav2vec2", "speechbrain_branchformer")  # backbones/export.py: the formats their loaders read
 HEADS = {"whisper": ("seq2seq", "ctc")}
 POSITIONS = get_args(Position)
 
@@ -175,9 +174,3 @@ def validate(cfg: Mapping) -> None:
     if "trainer" in cfg:  # a training config (kv_cache and bench compose model and attention only)
         validate_training(cfg)
         validate_data_and_calibration(cfg)
-    if cfg.get("export_dir") and cfg["attention"]["name"] != "native":
-        # export writes the backbone's own format, which has no place for a converted attention
-        _fail("export_dir", cfg["export_dir"], f"needs attention=native, not attention={cfg['attention']['name']}")
-    if cfg.get("export_dir") and cfg["model"]["family"] not in EXPORTABLE:
-        _fail("export_dir", cfg["export_dir"], f"exports {', '.join(EXPORTABLE)} checkpoints, not "
-                                               f"model.family={cfg['model']['family']}")

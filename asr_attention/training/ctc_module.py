@@ -51,6 +51,10 @@ class ASRFineTuner(L.LightningModule):
         """The training loss of the batch, and (decode=True) its transcripts."""
         raise NotImplementedError
 
+    def hypotheses(self, waves: torch.Tensor, wave_lengths: torch.Tensor) -> list[str]:
+        """The transcripts of raw 16 kHz waves (B, S), as the test step decodes them (transcribe.py)."""
+        raise NotImplementedError
+
     def on_before_optimizer_step(self, optimizer):
         """attention_only_steps: drop the other parameters' gradients before the step, so AdamW skips them (no
         update, no weight decay, no moments) and gradient clipping sees the attention's alone. Not by switching
@@ -153,6 +157,9 @@ class CTCFineTuner(ASRFineTuner):
             log_probs.float().transpose(0, 1), targets, lengths, batch["target_lengths"],
             blank=self.tokenizer.blank_id, zero_infinity=True,
         )
+
+    def hypotheses(self, waves, wave_lengths):
+        return self.tokenizer.ctc_decode(*self(waves, wave_lengths))
 
     def loss_and_hyps(self, batch, decode: bool):
         log_probs, lengths = self(batch["waves"], batch["wave_lengths"])  # one forward for both

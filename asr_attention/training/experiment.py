@@ -35,10 +35,11 @@ from .finite_training import StopOnNonFinite
 log = logging.getLogger(__name__)
 
 
-def build_tokenizer_and_backbone(cfg: DictConfig, datamodule: ASRDataModule | None = None
-                                 ) -> tuple[CharTokenizer, Backbone]:
+def build_tokenizer_and_backbone(cfg: DictConfig, datamodule: ASRDataModule | None = None,
+                                 saved: CharTokenizer | None = None) -> tuple[CharTokenizer, Backbone]:
     """Reuse the checkpoint's CTC vocabulary and head when it has one; else characters of the training texts (of
-    `datamodule`'s listing when given, else a fresh one's)."""
+    `datamodule`'s listing when given, else a fresh one's), or `saved`: the tokenizer a converted model was saved
+    with (converted_model.py)."""
     backbone = build_backbone(cfg.model)
     if cfg.model.get("pretrained", True) and backbone.family == "hf_wav2vec2":
         backbone.model.freeze_feature_encoder()  # the conv front end stays as pretrained (HF's own recipe)
@@ -52,8 +53,10 @@ def build_tokenizer_and_backbone(cfg: DictConfig, datamodule: ASRDataModule | No
     if backbone.vocab is not None:  # e.g. SpeechBrain's BPE head: this framework decodes characters
         log.warning("the checkpoint's %d-token head is not a character vocabulary: replaced by a new character "
                     "CTC head trained from scratch", len(backbone.vocab))
-    texts = (datamodule or build_datamodule(cfg.data, None)).corpus_texts()
-    tokenizer = CharTokenizer.from_texts(texts, oov=cfg.data.oov)
+    tokenizer = saved
+    if tokenizer is None:
+        tokenizer = CharTokenizer.from_texts((datamodule or build_datamodule(cfg.data, None)).corpus_texts(),
+                                             oov=cfg.data.oov)
     backbone.reset_head(len(tokenizer))
     return tokenizer, backbone
 
@@ -86,6 +89,14 @@ def convert(backbone: Backbone, attention_cfg: DictConfig, datamodule: ASRDataMo
     summary["measured_cache_bytes"] = measured_cache_bytes(backbone, captured[0].inputs)  # in eval: no dropout draws
     backbone.train()
     return summary
+
+
+def patch_structure(backbone: Backbone, attention_cfg: DictConfig, latent_dims: list[int] | None = None) -> None:
+    """What `convert` builds, without its calibration, for weights loaded next (run_model.py, converted_model.py):
+    each selected site gets the variant, MLA at the per-layer ranks the conversion chose (latent_dims; None:
+    attention.latent_dim everywhere)."""
+    if attention_cfg.name != "native":
+        patch_attention(backbone, attention_cfg, latent_dims=latent_dims if attention_cfg.name == "mla" else None)
 
 
 def measured_cache_bytes(backbone: Backbone, inputs: list[dict]) -> dict:

@@ -40,6 +40,9 @@ class Seq2SeqFineTuner(ASRFineTuner):
         memory = self.backbone.encode(waves, wave_lengths)
         return [self.backbone.tokens.decode(h.tokens) for h in transcribe(self.backbone, memory, self.decoding)]
 
+    def hypotheses(self, waves: Tensor, wave_lengths: Tensor) -> list[str]:
+        return self(waves, wave_lengths)
+
     def encoder_key(self) -> tuple | None:
         """None while the encoder's output can change (training it, or dropout or SpecAugment on); else what
         identifies its weights."""
