@@ -107,7 +107,7 @@ def evaluate(run_dir: Path, overrides: list[str], checkpoint: str = "best", name
     if before:  # converted as the run converted it, from its own val split
         if cfg.attention.name != "native":
             own = run_config(run_dir)
-            convert(backbone, cfg.attention, build_datamodule_for(own, tokenizer), own.calibration.frames, own.seed)
+            convert(backbone, cfg.attention, build_datamodule_for(own, tokenizer, backbone), own.calibration.frames, own.seed)
         report["before"] = test(trainer, module, data, "before_test")
         report["before_predictions"] = module.last_predictions
     else:

@@ -88,7 +88,7 @@ def model_from(source: str | None, overrides: list[str], checkpoint: str) -> ASR
         L.seed_everything(cfg.seed)
         tokenizer, backbone = build_tokenizer_and_backbone(cfg)
         if cfg.attention.name != "native":
-            convert(backbone, cfg.attention, build_datamodule_for(cfg, tokenizer), cfg.calibration.frames, cfg.seed)
+            convert(backbone, cfg.attention, build_datamodule_for(cfg, tokenizer, backbone), cfg.calibration.frames, cfg.seed)
     return inference_module(cfg, backbone, tokenizer)
 
 

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 
 from ..backbones import Backbone, patched_variants
 from ..backbones.export import FAMILIES as OWN_FORMATS
@@ -55,7 +55,9 @@ def save_converted(backbone: Backbone, directory: str | Path, cfg: DictConfig, t
     source = meta["model"].get("source")
     if source is not None and Path(source).exists():  # a local checkpoint: found from wherever it is loaded
         meta["model"]["source"] = str(Path(source).resolve())
-    save_model(backbone, str(directory / WEIGHTS))  # shared tensors (Whisper's tied embedding) stored once
+    # Each tensor on its own: a decoder site's Q/K/V Parameters are views of one stacked matrix (and Whisper ties
+    # its embedding and output layer), which safetensors refuses to store as shared storage.
+    save_file({k: t.detach().contiguous().clone() for k, t in backbone.state_dict().items()}, str(directory / WEIGHTS))
     (directory / META).write_text(json.dumps(meta, indent=1))
     return directory
 
@@ -72,5 +74,5 @@ def load_converted(directory: str | Path) -> tuple[DictConfig, object, Backbone]
     saved = CharTokenizer(**meta["tokenizer"]) if meta["tokenizer"] else None
     tokenizer, backbone = build_tokenizer_and_backbone(cfg, saved=saved)
     patch_structure(backbone, cfg.attention, meta["latent_dims"])
-    load_model(backbone, str(directory / WEIGHTS), strict=True)
+    backbone.load_state_dict(load_file(str(directory / WEIGHTS)), strict=True)  # copies into the stacked views
     return cfg, tokenizer, backbone.eval()

@@ -95,8 +95,10 @@ def patch_structure(backbone: Backbone, attention_cfg: DictConfig, latent_dims: 
     """What `convert` builds, without its calibration, for weights loaded next (run_model.py, converted_model.py):
     each selected site gets the variant, MLA at the per-layer ranks the conversion chose (latent_dims; None:
     attention.latent_dim everywhere)."""
-    if attention_cfg.name != "native":
-        patch_attention(backbone, attention_cfg, latent_dims=latent_dims if attention_cfg.name == "mla" else None)
+    if attention_cfg.name == "mla":  # the factors are overwritten by the loaded weights: plain SVD builds the shapes
+        patch_attention(backbone, OmegaConf.merge(attention_cfg, {"calibration": "plain"}), latent_dims=latent_dims)
+    elif attention_cfg.name != "native":
+        patch_attention(backbone, attention_cfg)
 
 
 def measured_cache_bytes(backbone: Backbone, inputs: list[dict]) -> dict:
