@@ -125,3 +125,43 @@ def test_cpu_ddp_killed_mid_epoch_resumes_with_every_ranks_rng_bit_identical(tmp
     results = [json.loads((d / "results.json").read_text()) for d in (victim_dir, tmp_path / "reference")]
     assert results[0]["global_step"] == results[1]["global_step"] == 2 * steps_per_epoch
     assert results[0]["after"] == results[1]["after"]
+
+
+# Whisper tiny.en as the quality study fine-tunes it (experiment=quality_whisper: decoder self + cross, attention
+# only; study/variant=mla_d4_act: MLA r = d/4, activation-aware), with the encoder frozen and served from the
+# encoder-output store, and the distillation teacher on. tiny.en has no dropout and SpecAugment is off, so no draw
+# differs between the ranks. The recipe's own lr (3e-5, AdamW, no warmup here) moves every trainable weight by about
+# lr a step: far above the tolerance, so a step that differs shows.
+WHISPER = ["experiment=quality_whisper", "study/variant=mla_d4_act", "logger=none", "data.limit_train=8",
+           "data.limit_val=2", "data.limit_test=2", "data.num_workers=0", "data.batch_size=2",
+           "+data.eval_batch_size=2", "trainer.max_steps=4", "optim.warmup_steps=0", "optim.distill_weight=0.5"]
+
+
+@NEEDS_GLOO
+def test_cpu_ddp_whisper_seq2seq_with_encoder_store_and_teacher_matches_accumulation(tmp_path):
+    """Whisper's seq2seq path under DDP: 2 ranks x batch 2 against one process with batch 2 and
+    accumulate_grad_batches=2 (the same batches per optimizer step, see the module docstring). 8 utterances: 2
+    steps an epoch, so the second epoch (reshuffled, each rank's shard new) reads the encoder-output store too.
+    Both must end on the same weights and test WER; the teacher (not a submodule) is in no checkpoint."""
+    procs = [train_process.start(tmp_path / "ddp", [*WHISPER, *DDP]),
+             train_process.start(tmp_path / "accum", [*WHISPER, "trainer=cpu", "+trainer.accumulate_grad_batches=2"])]
+    out = finish(procs[0])
+    finish(procs[1])
+    assert "train: rank 0 of 2 takes 2 of the batches" in out  # each epoch: 4 batches of 2, 2 per rank
+    assert "train: rank 1 of 2 takes 2 of the batches" in out
+    res = {k: json.loads((tmp_path / k / "results.json").read_text()) for k in ("ddp", "accum")}
+    ddp, accum = res["ddp"], res["accum"]
+    assert ddp["status"] == accum["status"] == "completed"
+    assert ddp["global_step"] == accum["global_step"] == 4
+    assert ddp["before"] == pytest.approx(accum["before"], rel=1e-5)  # same conversion (calibrated on val alike)
+    assert ddp["after"]["test_loss"] != pytest.approx(ddp["before"]["test_loss"], rel=1e-3)  # the weights moved
+    assert ddp["after"]["test_loss"] == pytest.approx(accum["after"]["test_loss"], rel=1e-4)
+    for metric in ("test_wer", "test_cer"):
+        assert ddp["after"][metric] == pytest.approx(accum["after"][metric], abs=1e-6)
+    weights = {k: torch.load(tmp_path / k / "checkpoints" / "last.ckpt", map_location="cpu",
+                             weights_only=True)["state_dict"] for k in ("ddp", "accum")}
+    assert weights["ddp"].keys() == weights["accum"].keys()
+    assert not any("teacher" in n or "distillation" in n for n in weights["ddp"])
+    assert any(".variant.kv_down." in n for n in weights["ddp"])  # the converted MLA sites are saved
+    for name, value in weights["ddp"].items():
+        torch.testing.assert_close(value, weights["accum"][name], rtol=1e-4, atol=1e-6, msg=name)
