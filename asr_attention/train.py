@@ -46,6 +46,7 @@ from .run_identity import RunFolderTaken, fingerprint, stored_run
 from .run_lock import RunLock, RunLocked
 from .sweep_failures import record_refused_job
 from .throughput import measure_rtfx
+from .training_speed import TrainingSpeed
 from .user_error import UserError
 from .val_curve import ValCurve
 from .wandb_log import log_results_to_wandb
@@ -63,7 +64,7 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
     datamodule.check_not_empty()  # of the utterances whose audio could be read
     results.update(transcripts=datamodule.transcripts, duration_mismatches=datamodule.duration_mismatches)
     module = build_module(cfg, backbone, tokenizer)
-    trainer = build_trainer(cfg, run_dir, callbacks=(ValCurve(results),))
+    trainer = build_trainer(cfg, run_dir, callbacks=(ValCurve(results), TrainingSpeed(results)))
     if cfg.get("test_unconverted") and results.get("unconverted") is None:  # the original model's WER first
         module.test_prefix = "unconverted_test"
         (unconverted,) = trainer.test(module, datamodule=datamodule)

@@ -1,7 +1,8 @@
-"""DDP end to end on CPU (gloo, 2 processes) on the shipped tiny Branchformer: the bucket sampler shards the
-training batches across ranks, so 2 ranks x batch 4 take the same optimizer steps as one process.
+"""DDP end to end on CPU (gloo, 2 processes) on the shipped tiny Branchformer, the HF conformer and Whisper tiny.en's
+seq2seq fine-tuning: the bucket sampler shards the training batches across ranks, so 2 ranks x batch B take the
+same optimizer steps as one process.
 
-Exact reference: one process, batch 4, accumulate_grad_batches=2. Its step k consumes batches 2k and 2k+1 of
+Exact reference: one process, batch B, accumulate_grad_batches=2. Its step k consumes batches 2k and 2k+1 of
 the seeded order, which are exactly rank 0's and rank 1's k-th batches under DDP (rank r takes r, r+2, ...), and
 DDP averages the two ranks' gradients as accumulation averages the two micro-batches: same result up to float
 summation order. Doubled batch (one process, batch 8): the same utterances per epoch but grouped differently
@@ -12,13 +13,16 @@ A DDP run killed mid-epoch resumes on every rank's own RNG states, to the uninte
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import train_process
 from train_process import finish
 
-from asr_attention import ddp_report
+from asr_attention import ddp_report, training_speed
+from asr_attention.results import Results
+from asr_attention.training_speed import TrainingSpeed
 
 COMMON = ["experiment=demo", "data.limit_train=32", "data.limit_val=8", "data.limit_test=8", "data.num_workers=0",
           "+data.eval_batch_size=8", "trainer.max_epochs=1", "optim.warmup_steps=0", "logger=none"]
@@ -71,6 +75,7 @@ def test_cpu_ddp_two_ranks_match_one_process(tmp_path):
     assert [(r["run"], r["strategy"], r["global_step"]) for r in rows] == [
         ("ddp", "ddp", 4), ("accum", "auto", 4), ("double", "auto", 4)]
     assert rows[1]["test_loss_rel_diff"] <= 1e-4 and rows[1]["test_wer_abs_diff"] <= 1e-6
+    assert [r.get("weights_agree") for r in rows] == [None, True, False]  # accumulation: the same weights
     assert rows[2]["test_loss_rel_diff"] == pytest.approx(
         abs(double["after"]["test_loss"] - ddp["after"]["test_loss"]) / ddp["after"]["test_loss"])
     assert "| ddp | ddp | 2 | 4 | 1 | 4 |" in (tmp_path / "report.md").read_text()
@@ -132,27 +137,32 @@ def test_cpu_ddp_killed_mid_epoch_resumes_with_every_ranks_rng_bit_identical(tmp
 # encoder-output store, and the distillation teacher on. tiny.en has no dropout and SpecAugment is off, so no draw
 # differs between the ranks. The recipe's own lr (3e-5, AdamW, no warmup here) moves every trainable weight by about
 # lr a step: far above the tolerance, so a step that differs shows.
-WHISPER = ["experiment=quality_whisper", "study/variant=mla_d4_act", "logger=none", "data.limit_train=8",
+WHISPER = ["experiment=quality_whisper", "study/variant=mla_d4_act", "logger=none", "data.limit_train=4",
            "data.limit_val=2", "data.limit_test=2", "data.num_workers=0", "data.batch_size=2",
-           "+data.eval_batch_size=2", "trainer.max_steps=4", "optim.warmup_steps=0", "optim.distill_weight=0.5"]
+           "+data.eval_batch_size=2", "trainer.max_steps=2", "optim.warmup_steps=0", "optim.distill_weight=0.5"]
 
 
 @NEEDS_GLOO
 def test_cpu_ddp_whisper_seq2seq_with_encoder_store_and_teacher_matches_accumulation(tmp_path):
     """Whisper's seq2seq path under DDP: 2 ranks x batch 2 against one process with batch 2 and
-    accumulate_grad_batches=2 (the same batches per optimizer step, see the module docstring). 8 utterances: 2
-    steps an epoch, so the second epoch (reshuffled, each rank's shard new) reads the encoder-output store too.
-    Both must end on the same weights and test WER; the teacher (not a submodule) is in no checkpoint."""
-    procs = [train_process.start(tmp_path / "ddp", [*WHISPER, *DDP]),
-             train_process.start(tmp_path / "accum", [*WHISPER, "trainer=cpu", "+trainer.accumulate_grad_batches=2"])]
+    accumulate_grad_batches=2 (the same batches per optimizer step, see the module docstring). 4 utterances: 1 step
+    an epoch, so the second epoch (reshuffled, each rank's shard new) reads the encoder-output store too. A val pass
+    after every step: Lightning counts val_check_interval in training batches, so accumulating over 2 needs twice the
+    interval to validate (and choose the best checkpoint) at the same steps.
+    Both must end on the same weights, val curve (steps 0, 1, 2) and test WER; the teacher (not a submodule) is in no
+    checkpoint. The report of benchmarks/run_ddp_whisper_check.sh says so from the two run dirs, with the training
+    speed per device (one rank trains half the utterances)."""
+    procs = [train_process.start(tmp_path / "ddp", [*WHISPER, *DDP, "trainer.val_check_interval=1"]),
+             train_process.start(tmp_path / "accum", [*WHISPER, "trainer=cpu", "+trainer.accumulate_grad_batches=2",
+                                                      "trainer.val_check_interval=2"])]
     out = finish(procs[0])
     finish(procs[1])
-    assert "train: rank 0 of 2 takes 2 of the batches" in out  # each epoch: 4 batches of 2, 2 per rank
-    assert "train: rank 1 of 2 takes 2 of the batches" in out
+    assert "train: rank 0 of 2 takes 1 of the batches" in out  # each epoch: 2 batches of 2, 1 per rank
+    assert "train: rank 1 of 2 takes 1 of the batches" in out
     res = {k: json.loads((tmp_path / k / "results.json").read_text()) for k in ("ddp", "accum")}
     ddp, accum = res["ddp"], res["accum"]
     assert ddp["status"] == accum["status"] == "completed"
-    assert ddp["global_step"] == accum["global_step"] == 4
+    assert ddp["global_step"] == accum["global_step"] == 2
     assert ddp["before"] == pytest.approx(accum["before"], rel=1e-5)  # same conversion (calibrated on val alike)
     assert ddp["after"]["test_loss"] != pytest.approx(ddp["before"]["test_loss"], rel=1e-3)  # the weights moved
     assert ddp["after"]["test_loss"] == pytest.approx(accum["after"]["test_loss"], rel=1e-4)
@@ -165,3 +175,42 @@ def test_cpu_ddp_whisper_seq2seq_with_encoder_store_and_teacher_matches_accumula
     assert any(".variant.kv_down." in n for n in weights["ddp"])  # the converted MLA sites are saved
     for name, value in weights["ddp"].items():
         torch.testing.assert_close(value, weights["accum"][name], rtol=1e-4, atol=1e-6, msg=name)
+    assert [p["step"] for p in ddp["val_curve"]] == [p["step"] for p in accum["val_curve"]] == [0, 1, 2]
+    for ours, theirs in zip(ddp["val_curve"], accum["val_curve"]):
+        assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
+        assert ours["val_wer"] == pytest.approx(theirs["val_wer"], abs=1e-6)
+    assert ddp_report.main(["--out", str(tmp_path / "report"), str(tmp_path / "ddp"), str(tmp_path / "accum")]) == 0
+    ddp_row, accum_row = json.loads((tmp_path / "report.json").read_text())["runs"]
+    assert accum_row["weights_agree"] is True and accum_row["weights_max_abs_diff"] <= 1e-6
+    assert accum_row["val_points"] == 3 and accum_row["val_loss_max_rel_diff"] <= 1e-4
+    assert (ddp["training_speed"]["steps"], ddp["training_speed"]["utterances"]) == (2, 4)  # rank 0's 2 x 1 x 2
+    assert (accum["training_speed"]["steps"], accum["training_speed"]["utterances"]) == (2, 8)
+    assert ddp_row["utterances_per_second"] == pytest.approx(4 / ddp["training_speed"]["seconds"])
+
+
+def test_training_speed_counts_this_devices_batches_without_val_passes_and_adds_up_on_resume(tmp_path, monkeypatch):
+    """results.json training_speed: fit's training seconds (its val passes taken out), steps, and the utterances and
+    audio of this process's batches; a resumed run's fit adds to the earlier attempt's figures."""
+    clock = iter([100.0, 130.0, 135.0, 160.0,  # fit 1: start, val from 130 to 135, end at 160
+                  200.0, 210.0])               # fit 2 (resumed at step 3): start, end
+    monkeypatch.setattr(training_speed.time, "perf_counter", lambda: next(clock))
+    results = Results(tmp_path / "results.json")
+    speed, module = TrainingSpeed(results), SimpleNamespace(device=torch.device("cpu"))
+    batch = {"utt_ids": ["a", "b"], "wave_lengths": torch.tensor([16000, 8000])}  # 1.5 s of audio
+    trainer = SimpleNamespace(global_step=0, sanity_checking=False)
+    speed.on_train_start(trainer, module)
+    for _ in range(3):
+        speed.on_train_batch_end(trainer, module, None, batch, 0)
+    speed.on_validation_start(trainer, module)
+    speed.on_validation_end(trainer, module)
+    trainer.global_step = 3
+    speed.on_train_end(trainer, module)
+    assert results.get("training_speed") == {"seconds": 55.0, "validation_seconds": 5.0, "steps": 3,
+                                             "utterances": 6, "audio_seconds": 4.5}
+    speed.on_train_start(trainer, module)
+    speed.on_train_batch_end(trainer, module, None, batch, 0)
+    speed.on_train_batch_end(trainer, module, None, None, 1)  # a batch of unreadable files only
+    trainer.global_step = 4
+    speed.on_train_end(trainer, module)
+    assert json.loads((tmp_path / "results.json").read_text())["training_speed"] == {
+        "seconds": 65.0, "validation_seconds": 5.0, "steps": 4, "utterances": 8, "audio_seconds": 6.0}
