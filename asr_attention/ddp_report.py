@@ -2,6 +2,7 @@
 markdown/json table.
 
     python -m asr_attention.ddp_report --commit <hash> --out benchmarks/ddp_2gpu <ddp_dir> <reference_dir>...
+    python -m asr_attention.ddp_report ... --eval so762 ...   # + each run's <run>/eval/so762.json test WER
 
 The first run directory is the DDP run; every other row shows its difference from it: test metrics, the val curve
 (val loss and WER at every val pass, the same function of the weights on every rank; a train-loss curve is one
@@ -83,6 +84,20 @@ def curve_differences(curve: list[dict], reference: list[dict]) -> dict:
             "val_wer_max_abs_diff": max(abs(p["val_wer"] - r["val_wer"]) for p, r in both)}
 
 
+def add_evaluations(rows: list[dict], run_dirs: list[Path], names: list[str]) -> None:
+    """Each run's WER on other test sets (asr_attention.evaluate's <run>/eval/<name>.json, its fine-tuned model:
+    "after"), and each reference's difference from the DDP run's; blank where a run has no such file."""
+    for row, run_dir in zip(rows, run_dirs):
+        for name in names:
+            path = run_dir / "eval" / f"{name}.json"
+            row[f"{name}_wer"] = json.loads(path.read_text())["after"]["test_wer"] if path.exists() else None
+    for name in names:
+        ddp = rows[0][f"{name}_wer"]
+        for row in rows[1:]:
+            if None not in (ddp, row[f"{name}_wer"]):
+                row[f"{name}_wer_abs_diff"] = abs(row[f"{name}_wer"] - ddp)
+
+
 def add_differences(rows: list[dict], weights: list[dict | None]) -> None:
     """Against the DDP row: each reference's relative test-loss and absolute WER/CER difference, its val curve's
     and its final weights' differences."""
@@ -99,6 +114,7 @@ def add_differences(rows: list[dict], weights: list[dict | None]) -> None:
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
+    evals = meta.get("evaluations", [])
     lines = [f"# DDP check: {meta['devices']} x {meta['card']}", "",
              f"torch {meta['torch']}, CUDA {meta['cuda']}, NCCL {meta['nccl']}, {meta['date']}, commit "
              f"{meta['commit']}. First row: the DDP fit; the others show their difference from it. Speed: per "
@@ -107,9 +123,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "| run | strategy | devices | batch / device | accumulate | steps | test loss | test WER | test CER "
              "| loss rel. diff | WER diff | CER diff | val loss max rel. diff | val WER max diff | weights max abs. "
              "diff | weights max rel. diff | weights agree | nodes | utt/s per device | audio s/s per device "
-             "| train s | wall s |",
+             "| train s | wall s |" + "".join(f" {n} WER | {n} WER diff |" for n in evals),
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:"
-             "|---:|"]
+             "|---:|" + "---:|---:|" * len(evals)]
     for r in rows:
         agree = {True: "yes", False: "no"}.get(r.get("weights_agree"), "")
         lines.append(f"| {r['run']} | {r['strategy']} | {r['devices']} | {r['batch_per_device']} | "
@@ -121,7 +137,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
                      f"{cell(r.get('weights_max_abs_diff'), '.2e')} | {cell(r.get('weights_max_rel_diff'), '.2e')} | "
                      f"{agree} | {r['num_nodes']} | {cell(r['utterances_per_second'], '.1f')} | "
                      f"{cell(r['audio_seconds_per_second'], '.1f')} | {cell(r['train_seconds'], '.0f')} | "
-                     f"{cell(r['wall_seconds'], '.0f')} |")
+                     f"{cell(r['wall_seconds'], '.0f')} |" + "".join(
+                         f" {cell(r[f'{n}_wer'], '.4f')} | {cell(r.get(f'{n}_wer_abs_diff'), '.4f')} |" for n in evals))
     return "\n".join(lines) + "\n"
 
 
@@ -138,11 +155,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commit", default="unknown")
     parser.add_argument("--out", required=True, type=Path, help="path without suffix: writes .md and .json")
+    parser.add_argument("--eval", action="append", default=[], metavar="NAME",
+                        help="also each run's test WER in <run>/eval/NAME.json (asr_attention.evaluate --name NAME)")
     parser.add_argument("runs", nargs="+", type=Path, help="run directories holding results.json, DDP first")
     args = parser.parse_args(argv)
     rows = [load_run(d) for d in args.runs]
     add_differences(rows, [final_weights(d) for d in args.runs])
-    meta = {**machine(), "torch": torch.__version__, "date": datetime.date.today().isoformat(), "commit": args.commit}
+    add_evaluations(rows, args.runs, args.eval)
+    meta = {**machine(), "torch": torch.__version__, "date": datetime.date.today().isoformat(), "commit": args.commit,
+            "evaluations": args.eval}
     text = markdown(rows, meta)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(text)

@@ -12,11 +12,15 @@ A DDP run killed mid-epoch resumes on every rank's own RNG states, to the uninte
 """
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 import train_process
 from train_process import finish
 
@@ -214,3 +218,72 @@ def test_training_speed_counts_this_devices_batches_without_val_passes_and_adds_
     speed.on_train_end(trainer, module)
     assert json.loads((tmp_path / "results.json").read_text())["training_speed"] == {
         "seconds": 65.0, "validation_seconds": 5.0, "steps": 4, "utterances": 8, "audio_seconds": 6.0}
+
+
+def fake_run(run_dir: Path, weights: dict, curve: list[tuple], strategy: str, accumulate: int = 1,
+             so762_wer: float | None = None) -> None:
+    """A run folder as train.py leaves it, with what ddp_report reads: results.json, last.ckpt, eval/<name>.json."""
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.save({"state_dict": weights}, run_dir / "checkpoints" / "last.ckpt")
+    trainer = {"strategy": strategy, "devices": 2 if strategy == "ddp" else 1, "accumulate_grad_batches": accumulate}
+    (run_dir / "results.json").write_text(json.dumps({
+        "status": "completed", "config": {"trainer": trainer, "data": {"batch_size": 4}}, "global_step": 1000,
+        "wall_seconds": 600, "after": {"test_loss": 0.5, "test_wer": 0.1, "test_cer": 0.05},
+        "val_curve": [{"step": s, "val_loss": loss, "val_wer": wer} for s, loss, wer in curve],
+        "training_speed": {"seconds": 100.0, "steps": 1000, "utterances": 4000, "audio_seconds": 12000.0}}))
+    if so762_wer is not None:
+        (run_dir / "eval").mkdir()
+        (run_dir / "eval" / "so762.json").write_text(json.dumps({"after": {"test_wer": so762_wer}}))
+
+
+def test_ddp_report_compares_val_curves_final_weights_and_other_test_sets(tmp_path):
+    """Against the DDP row: the val curve over the steps both validated, every final weight (BatchNorm statistics
+    left out) with the CPU test's tolerance, the WER on another test set (where evaluated); speed per device."""
+    w = torch.tensor([1.0, -2.0, 0.0])
+    fake_run(tmp_path / "ddp", {"w": w, "bn.running_mean": torch.zeros(2)}, [(0, 1.0, 0.5), (200, 0.8, 0.3)], "ddp",
+             so762_wer=0.40)
+    fake_run(tmp_path / "accum", {"w": w * (1 + 5e-5), "bn.running_mean": torch.ones(2)},
+             [(0, 1.0, 0.5), (100, 0.9, 0.4), (200, 0.8 * (1 + 2e-5), 0.3)], "auto", accumulate=2, so762_wer=0.42)
+    fake_run(tmp_path / "double", {"w": w + torch.tensor([0.0, 0.0, 1e-5]), "bn.running_mean": torch.zeros(2)},
+             [(0, 1.0, 0.5)], "auto")
+    assert ddp_report.main(["--out", str(tmp_path / "report"), "--eval", "so762",
+                            *(str(tmp_path / k) for k in ("ddp", "accum", "double"))]) == 0
+    ddp, accum, double = json.loads((tmp_path / "report.json").read_text())["runs"]
+    assert accum["weights_agree"] is True  # within rtol 1e-4; the BatchNorm statistics differ and are left out
+    assert accum["weights_max_abs_diff"] == pytest.approx(1e-4, rel=0.01)
+    assert accum["weights_max_rel_diff"] == pytest.approx(5e-5, rel=0.01)
+    assert double["weights_agree"] is False  # 1e-5 off a weight of 0: above atol 1e-6
+    assert (accum["val_points"], double["val_points"]) == (2, 1)
+    assert accum["val_loss_max_rel_diff"] == pytest.approx(2e-5, rel=0.01) and accum["val_wer_max_abs_diff"] == 0
+    assert (ddp["so762_wer"], accum["so762_wer"], double["so762_wer"]) == (0.40, 0.42, None)
+    assert accum["so762_wer_abs_diff"] == pytest.approx(0.02) and "so762_wer_abs_diff" not in double
+    assert ddp["utterances_per_second"] == 40.0 and ddp["audio_seconds_per_second"] == 120.0
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    assert len({line.count("|") for line in table}) == 1  # header, rule and every row have the same cells
+    assert table[0].endswith("| so762 WER | so762 WER diff |")
+    assert table[3].startswith("| accum | auto | 1 | 4 | 2 | 1000 |") and "| yes |" in table[3]
+
+
+def test_the_2gpu_whisper_check_script_composes_paired_runs(tmp_path):
+    """benchmarks/run_ddp_whisper_check.sh with CFG_JOB=1 prints each run's composed config (--cfg job) instead of
+    training: the DDP run and its one-GPU reference differ only in how the global batch of 8 is made (2 ranks x 4,
+    or 4 accumulated twice) and in val_check_interval, which Lightning counts in batches (so: every 200 steps both)."""
+    env = {**os.environ, "CFG_JOB": "1", "PYTHON": sys.executable, "DDP_WORK": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(["bash", "benchmarks/run_ddp_whisper_check.sh"], cwd=train_process.REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    _, ddp_yaml, accum_yaml = proc.stdout.split("=== ")
+    ddp, accum = (OmegaConf.create(text.split("\n", 1)[1]) for text in (ddp_yaml, accum_yaml))
+    assert (ddp.trainer.strategy, ddp.trainer.devices, ddp.trainer.val_check_interval) == ("ddp", 2, 200)
+    assert "accumulate_grad_batches" not in ddp.trainer
+    assert (accum.trainer.devices, accum.trainer.accumulate_grad_batches,
+            accum.trainer.val_check_interval) == (1, 2, 400)
+    for cfg in (ddp, accum):
+        assert cfg.trainer.precision == "32-true" and cfg.trainer.max_steps == 1000 and cfg.data.batch_size == 4
+        assert cfg.model.name == "whisper" and cfg.model.freeze_encoder and cfg.model.cache_encoder
+        assert (cfg.attention.name, cfg.attention.calibration, list(cfg.attention.sites)) == (
+            "mla", "activation", ["decoder_self", "cross"])
+        assert cfg.attention.latent_dim == cfg.model.d_model // 4 == 96
+    ddp, accum = (OmegaConf.to_container(cfg) for cfg in (ddp, accum))  # unresolved: run_name reads hydra's state
+    assert ddp.pop("trainer") != accum.pop("trainer") and ddp == accum
