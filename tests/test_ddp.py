@@ -20,8 +20,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 import train_process
+from omegaconf import OmegaConf
 from train_process import finish
 
 from asr_attention import ddp_report, training_speed
