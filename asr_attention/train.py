@@ -54,6 +54,7 @@ from .training.experiment import (
     convert,
 )
 from .training.run_model import export_run
+from .training.training_speed import TrainingSpeed
 from .training.val_curve import ValCurve
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
     datamodule.check_not_empty()  # of the utterances whose audio could be read
     results.update(transcripts=datamodule.transcripts, duration_mismatches=datamodule.duration_mismatches)
     module = build_module(cfg, backbone, tokenizer)
-    trainer = build_trainer(cfg, run_dir, callbacks=(ValCurve(results),))
+    trainer = build_trainer(cfg, run_dir, callbacks=(ValCurve(results), TrainingSpeed(results)))
     if cfg.get("test_unconverted") and results.get("unconverted") is None:  # the original model's WER first
         module.test_prefix = "unconverted_test"
         (unconverted,) = trainer.test(module, datamodule=datamodule)

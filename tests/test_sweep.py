@@ -198,6 +198,46 @@ def test_launcher_and_ddp_presets_compose(compose_cfg):
     assert cfg.hydra.job.chdir is False and cfg.hydra.run.dir == f"outputs/{cfg.run_name}"  # fixed: no timestamp
 
 
+# The quality study's Whisper run of issue 33 on a cluster: 2 nodes x 4 GPUs, one DDP job.
+CLUSTER_DDP = ["hydra/launcher=slurm", "experiment=quality_whisper_1k", "study/variant=mla_d4_act", "trainer=ddp",
+               "trainer.num_nodes=2", "trainer.devices=4"]
+
+
+@SUBMITIT
+def test_slurm_job_asks_for_the_nodes_gpus_and_tasks_the_ddp_trainer_runs(compose_cfg, tmp_path, monkeypatch):
+    """Lightning under SLURM spawns no ranks: SLURM must start trainer.devices tasks (one per GPU) on each of
+    trainer.num_nodes nodes, or Lightning stops on the mismatch once the job runs. The sbatch script submitit writes
+    for the composed launcher asks for exactly that (launched with submitit's map_array stubbed: nothing is
+    submitted, and a stand-in srun on PATH, which submitit looks for)."""
+    from hydra.utils import instantiate
+    from submitit import AutoExecutor
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    cfg = compose_cfg("train", [*CLUSTER_DDP, f"hydra.sweep.dir={tmp_path}"], return_hydra_config=True)
+    assert (cfg.trainer.strategy, cfg.trainer.num_nodes, cfg.trainer.devices) == ("ddp", 2, 4)
+    launcher_cfg = cfg.hydra.launcher
+    assert (launcher_cfg.nodes, launcher_cfg.gpus_per_node, launcher_cfg.tasks_per_node) == (2, 4, 4)
+    srun = tmp_path / "bin" / "srun"
+    srun.parent.mkdir()
+    srun.write_text("#!/bin/sh\nexit 0\n")
+    srun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{srun.parent}{os.pathsep}{os.environ['PATH']}")
+    executors = []
+
+    def record_instead_of_submitting(executor, fn, *args):
+        executors.append(executor)
+        return []
+
+    monkeypatch.setattr(AutoExecutor, "map_array", record_instead_of_submitting)
+    launcher = instantiate(launcher_cfg)
+    launcher.setup(hydra_context=None, task_function=None, config=cfg)
+    assert launcher.launch([["seed=0"]], initial_job_idx=0) == []
+    sbatch = _make_sbatch_string(command="python -m asr_attention.train", folder=tmp_path,
+                                 **executors[0]._executor.parameters)
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4"):
+        assert line in sbatch.splitlines(), sbatch
+
+
 @SUBMITIT
 def test_one_job_through_submitit_local_executor(tmp_path):
     out = sweep(tmp_path, "attention=gqa", "hydra/launcher=local", "logger=none", timeout=400)
