@@ -7,11 +7,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_PYTHON = """#!/usr/bin/env bash
-# -c: the GPU count; -m asr_attention.train: one sweep line (half a second); -m ...study_report: the report
+# -c: the GPU count; -m asr_attention.train: one sweep line (half a second); -m asr_attention.reports.study: the report
 case "$*" in
   -c*) echo 1 ;;
   *asr_attention.train*) echo "start $(date +%s.%N)" >> "$EVENTS"; sleep 0.5; echo "end $(date +%s.%N)" >> "$EVENTS" ;;
-  *study_report*) echo "report $(date +%s.%N) $*" >> "$EVENTS" ;;
+  *reports.study*) echo "report $(date +%s.%N) $*" >> "$EVENTS" ;;
 esac
 """
 

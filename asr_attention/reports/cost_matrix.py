@@ -1,7 +1,7 @@
 """A study at a glance: per model and head, one row per variant and one column per site; each cell the cost after
 fine-tuning (test WER points against the paired control, mean ± sample std over seeds) and the decode-cache cut
 over one window. The control row gives the control's own WER. A cell with fewer seeds than the fullest says so.
-Reads the study report's aggregates (`study_report.aggregate`) at the recipe chosen on val."""
+Reads the study report's aggregates (`study.aggregate`) at the recipe chosen on val."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def cell(a: Mapping, full_seeds: int, control: bool) -> str:
 
 def markdown(aggs: Sequence[Mapping], controls: Sequence[str]) -> list[str]:
     """One table per (model, head) that ran more than one site, from the chosen recipe's aggregates; `controls`:
-    the variants that are controls (study_report.CONTROL_ATTENTIONS)."""
+    the variants that are controls (study.CONTROL_ATTENTIONS)."""
     chosen = [a for a in aggs if a["chosen"]]
     lines = []
     for model, head in sorted({(a["model"], a["head"]) for a in chosen}):

@@ -304,7 +304,7 @@ def open_report_run(sweep_dir: Path, out: Path | None, project: str, entity: str
 
 
 def report_cli(argv: Sequence[str] | None, prog: str, description: str, write, name: str) -> int:
-    """The command line of a sweep report (this one, study_report): `write(sweep_dir, out)` -> {kind: path}."""
+    """The command line of a sweep report (this one, reports/study.py): `write(sweep_dir, out)` -> {kind: path}."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("sweep_dir", type=Path, help="a sweep's directory, e.g. multirun/2026-11-28/04-07-46")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep dir)")
