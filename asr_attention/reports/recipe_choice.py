@@ -28,7 +28,19 @@ def recipe_label(config: Mapping) -> str:
     encoder = "" if frozen is None else "; encoder frozen" if frozen else "; encoder trained"
     head = "" if optim.get("head_lr") is None else f", head lr {optim['head_lr']}"
     distill = "" if optim.get("distill_weight") is None else f"; distilled x {optim['distill_weight']}"
-    return f"lr {optim.get('lr')}{head}, {train}{encoder}{spec_augment_label(model.get('arch') or {})}{distill}"
+    return (f"lr {optim.get('lr')}{head}, {train}{encoder}{spec_augment_label(model.get('arch') or {})}{distill}"
+            f"{output_distillation_label(optim)}")
+
+
+def output_distillation_label(optim: Mapping) -> str:
+    """'; KL x 1.0 (T 1.0), no CE, on the original's transcripts', or '' (cross-entropy on the transcripts alone)."""
+    kl, ce, text = optim.get("kl_weight"), optim.get("ce_weight"), optim.get("distill_text")
+    parts = [f"KL x {kl} (T {optim.get('kl_temperature', 1.0)})"] if kl else []
+    if ce is not None and ce != 1.0:
+        parts.append("no CE" if ce == 0 else f"CE x {ce}")
+    if text == "teacher":
+        parts.append("on the original's transcripts")
+    return "; " + ", ".join(parts) if parts else ""
 
 
 def spec_augment_label(arch: Mapping) -> str:
@@ -43,7 +55,7 @@ def best_val_wer(val_curve: Sequence[Mapping]) -> float | None:
     return min(values) if values else None
 
 
-def compare(rows: Sequence[Mapping]) -> dict[tuple, dict]:
+def compare(rows: Sequence[Mapping], score=lambda r: best_val_wer(r.get("val_curve") or [])) -> dict[tuple, dict]:
     """{(model, head, sites): {"table": {recipe: {variant: mean best val WER}}, "common": [variants], "seeds":
     [seeds], "mean": {recipe: mean over the common cells}, "chosen": recipe, "rule": "head to head" or "common
     cells" or "none", "versus": {other recipe: {"cells": n, "mean": its mean, "chosen_mean": the chosen's
@@ -51,7 +63,7 @@ def compare(rows: Sequence[Mapping]) -> dict[tuple, dict]:
     empty). "chosen" is None where no recipe wins every head to head and no cell is common: nothing is chosen."""
     cells: dict[tuple, dict[str, dict[tuple, float]]] = {}
     for r in rows:
-        best = best_val_wer(r.get("val_curve") or [])
+        best = score(r)  # lower is better: by default the best val WER
         if r.get("status") == "completed" and best is not None:
             group = cells.setdefault((r["model"], r["head"], r["sites"]), {})
             # the batch order is part of the cell: a seed re-run with its own order is not the shared-order run
@@ -94,12 +106,12 @@ def head_to_head_winner(by_recipe: Mapping[str, Mapping[tuple, float]]) -> str |
     return None
 
 
-def markdown(choices: Mapping[tuple, Mapping]) -> list[str]:
+def markdown(choices: Mapping[tuple, Mapping], score_name: str = "Best val WER") -> list[str]:
     """The val-only comparison as markdown lines (empty when no group ran more than one recipe)."""
     if not choices:
         return []
     lines = ["## Recipe choice (validation only)", "",
-             "Best val WER % over the fine-tune (mean over seeds), per recipe and variant, on the variants and "
+             f"{score_name} % over the fine-tune (mean over seeds), per recipe and variant, on the variants and "
              "seeds that every recipe ran. The chosen recipe beats every other one head to head, on the cells the "
              "two ran (second table); where none does, it has the lowest mean in the first. Test WER is not used.",
              ""]
