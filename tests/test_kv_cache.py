@@ -93,3 +93,20 @@ def test_native_attention_reports_as_mha(compose_cfg):
     rows = report(compose_cfg("kv_cache", ["attention=native"]))
     assert [(r.attention, r.chosen) for r in rows] == [("mha", True), ("gqa", False), ("mla", False), ("linear", False)]
     assert rows[0].mib == 187.5
+
+
+def test_whisper_base_decoder_caches_per_token_and_per_window(run_module):
+    """model=whisper_base (d 512, 8 heads, 6 decoder layers), fp32, batch 1: decoder self-attention per token and
+    cross-attention per 30-s window (1500 encoder frames), all layers, as the arithmetic says: MHA keeps K and V
+    (2d), MLA at r = d/4 its latent (r), GQA with 2 of 8 K/V heads 2 x 2 x head_dim."""
+    d, heads, layers, fp32, window = 512, 8, 6, 4, 1500
+    per_token = {"mha": 2 * layers * d * fp32, "*mla": layers * (d // 4) * fp32,
+                 "gqa": 2 * layers * 2 * (d // heads) * fp32}
+    out = run_module("asr_attention.reports.kv_cache", "model=whisper_base", "attention=mla",
+                     f"attention.latent_dim={d // 4}", f"frames={window}").stdout
+    assert "model=whisper-base: 6 + 6 layers, d_model=512, 8 heads" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split()[:1] in (["mha"], ["*mla"], ["gqa"])}
+    for name, token_bytes in per_token.items():
+        numbers = [int(w) for w in rows[name].split() if w.isdigit()]
+        assert numbers == [token_bytes, 50 * token_bytes, window * token_bytes], name  # per token, second, window
+    assert per_token["*mla"] / per_token["mha"] == 0.125 and per_token["gqa"] / per_token["mha"] == 0.25

