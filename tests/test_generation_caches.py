@@ -381,7 +381,8 @@ def test_the_pool_keeps_a_cache_per_shape_follows_in_place_updates_and_drops_mov
     """One cache per batch shape, reused by later batches of that shape (its graph captured once). An optimizer
     step writes the weights in place: the same cache decodes what the changed weights give. A move (`.to()`) or a
     converted site gives the decoder other tensors: the pool drops its caches and builds new ones. A copy of the
-    backbone starts with an empty pool of its own."""
+    backbone starts with an empty pool of its own. Inference mode gets caches of its own (its tensors take no
+    in-place write outside it)."""
     backbone = backbone_for(random_whisper("test", torch.device("cpu"), torch.float32, init_std=0.3), "mha")
     pool = cache_pool(backbone)
     memory, other, last = memory_for(backbone.model, 3), memory_for(backbone.model, 3, seed=2), memory_for(
@@ -416,6 +417,10 @@ def test_the_pool_keeps_a_cache_per_shape_follows_in_place_updates_and_drops_mov
     for batch in (1, 2, 3, 4, 5):  # past its capacity the least recently used cache goes
         transcribed(backbone, memory_for(backbone.model, batch), True)
     assert len(pool) == pool.capacity == 4 and {k[0] for k in pool.caches} == {2, 3, 4, 5}
+    with torch.inference_mode():  # Lightning's val and test steps: inference tensors, a cache of their own
+        same_hypotheses(transcribed(backbone, memory, True), transcribed(backbone, memory, False))
+    assert [k[-1] for k in pool.caches] == [False, False, False, True]
+    same_hypotheses(transcribed(backbone, memory, True), transcribed(backbone, memory, False))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

@@ -6,8 +6,8 @@ preallocated cache everywhere (its step eager on a CPU or in train mode, the sam
 caches. compile: the step through torch.compile before the capture (tens of seconds per batch shape).
 
 A graph is captured once per cache, so the caches live on in a `CachePool` on the backbone, one per (rows, beams,
-slots, encoder frames, autocast dtype, graph, compile): the batches of an epoch share one, the smaller last batch
-has its own. A replay reads every weight at the address it had at capture: training's optimizer steps and
+slots, encoder frames, autocast dtype, graph, compile, inference mode): the batches of an epoch share one, the
+smaller last batch has its own. A replay reads every weight at the address it had at capture: training's optimizer steps and
 load_state_dict write the Parameters in place, so replays follow them; a move (`.to()`), a converted site or any
 Parameter replaced changes the weights' fingerprint, and the pool then drops every cache (and its graph) before
 building new ones."""
@@ -91,7 +91,10 @@ class CachePool:
             self.clear()
             self.weights = WeightsFingerprint(backbone)
         dtype = autocast_dtype(memory.device.type)
-        key = (memory.shape[0] * beams, beams, slots, memory.shape[1], dtype, graph, compile)
+        # inference mode (Lightning's val and test steps) makes inference tensors, which no in-place write outside
+        # it may touch: a cache made there serves there only
+        key = (memory.shape[0] * beams, beams, slots, memory.shape[1], dtype, graph, compile,
+               torch.is_inference_mode_enabled())
         cache = self.caches.pop(key, None)
         if cache is None:
             while len(self.caches) >= self.capacity:
