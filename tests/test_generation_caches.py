@@ -434,17 +434,19 @@ def test_transcribe_on_a_gpu_replays_a_graph_equal_to_the_growing_caches(variant
     model = random_whisper("test", torch.device("cuda"), torch.float32, init_std=0.3)
     backbone = backbone_for(model, variant).eval()
     memory = memory_for(model, 3).cuda()
-    same_hypotheses(transcribed(backbone, memory, "auto", **MODES[mode]),
-                    transcribed(backbone, memory, False, **MODES[mode]))
+    before = transcribed(backbone, memory, False, **MODES[mode])
+    same_hypotheses(transcribed(backbone, memory, "auto", **MODES[mode]), before)
     (cache,) = cache_pool(backbone).caches.values()
     graph = cache._graph
     assert cache.graph and graph is not None
+    torch.manual_seed(0)
     for layer in backbone.decoder.layers:
         w = layer.self_attn.variant.o_proj.weight
         w.add_(0.3 * torch.randn_like(w))
-    same_hypotheses(transcribed(backbone, memory, "auto", **MODES[mode]),
-                    transcribed(backbone, memory, False, **MODES[mode]))
-    assert cache_pool(backbone).caches[next(iter(cache_pool(backbone).caches))]._graph is graph
+    after = transcribed(backbone, memory, False, **MODES[mode])
+    assert [h.tokens for h in after] != [h.tokens for h in before]  # the change matters to decoding
+    same_hypotheses(transcribed(backbone, memory, "auto", **MODES[mode]), after)
+    assert list(cache_pool(backbone).caches.values()) == [cache] and cache._graph is graph  # replayed, not rebuilt
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -458,13 +460,17 @@ def test_a_graph_captured_under_autocast_reads_the_weights_not_a_cast_copy(varia
     for p in backbone.parameters():
         p.requires_grad_(True)  # autocast caches casts of leaf tensors that require grad only
     memory = memory_for(model, 2).cuda()
+    decoded = []
     for change in (False, True):
         if change:
+            torch.manual_seed(0)
             for layer in backbone.decoder.layers:
-                layer.fc1.weight.mul_(1.5)
+                layer.fc1.weight.add_(0.5 * torch.randn_like(layer.fc1.weight))
         with torch.autocast("cuda", dtype=torch.bfloat16):
             graphed = transcribed(backbone, memory, "auto")
             eager = sample(backbone, memory, preallocated(backbone, 2, dtype=torch.bfloat16), STEPS)
         assert [h.tokens for h in graphed] == [h.tokens for h in eager]
+        decoded.append([h.tokens for h in graphed])
+    assert decoded[0] != decoded[1]  # the change matters to decoding
     (cache,) = cache_pool(backbone).caches.values()
     assert cache._graph is not None and cache.dtype == torch.bfloat16
