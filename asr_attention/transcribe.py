@@ -11,10 +11,14 @@ conf/train.yaml, converted now as a training run converts (calibrated on its dat
 The audio: files soundfile reads (mixed to mono and resampled to 16 kHz, as the datamodule does), or manifests
 (.tsv, conf/data/manifest.yaml's format: one line per utterance, printed under its utt_id). Every file is checked
 before the model runs: one that is unreadable, empty, or longer than the model reads (Whisper: 30 s; split it
-first) stops the command with one line naming it. Decoding is the test step's (module.hypotheses), one file at a
-time; --jsonl writes per file: file, text, audio_seconds, wall_seconds (the model's time, the audio loaded
-already), and a manifest line's utt_id and ref. Whisper writes at most model.decoding.max_tokens text tokens (48)
-per utterance: raise it (an override) for long speech.
+first) stops the command with one line naming it. Decoding is the test step's (module.hypotheses), --batch-size
+files at a time in the order given (on a GPU, Whisper decodes through preallocated caches and a CUDA graph kept
+between batches: model.decoding.fast, docs/speed.md). Whisper's greedy transcripts do not depend on the batch (each
+utterance is padded to its own 30-s window); a CTC model's can, where its front end normalises over the padded
+batch, as in the test step's batches. --jsonl writes per file: file, text, audio_seconds, wall_seconds (its share,
+by audio seconds, of its batch's time: the model's, the audio loaded already; RTFx = audio_seconds / wall_seconds),
+batch_wall_seconds, batch_files, and a manifest line's utt_id and ref. Whisper writes at most
+model.decoding.max_tokens text tokens (48) per utterance: raise it (an override) for long speech.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 
-from .data.audio import SAMPLE_RATE, AudioError, audio_info, load_audio
+from .data.audio import SAMPLE_RATE, AudioError, audio_info, load_audio, pad_waves
 from .data.manifest import read_manifest
 from .training.config_check import validate
 from .training.converted_model import META, load_converted
@@ -93,7 +97,10 @@ def model_from(source: str | None, overrides: list[str], checkpoint: str) -> ASR
 
 
 @torch.no_grad()
-def transcribe(module: ASRFineTuner, audio: list[Audio], device: str, jsonl: Path | None = None) -> list[dict]:
+def transcribe(module: ASRFineTuner, audio: list[Audio], device: str, jsonl: Path | None = None,
+               batch_size: int = 16) -> list[dict]:
+    if batch_size < 1:
+        raise ValueError(f"--batch-size {batch_size}: must be >= 1")
     limit = module.backbone.max_audio_seconds
     for a in audio:  # all checked before any is transcribed
         if limit is not None and a.seconds > limit:
@@ -102,19 +109,24 @@ def transcribe(module: ASRFineTuner, audio: list[Audio], device: str, jsonl: Pat
     module.to(device)
     rows = []
     with open(jsonl, "w") if jsonl else nullcontext() as sink:
-        for a in audio:
-            wave = load_audio(a.path, a.start, a.end).to(device)
+        for start in range(0, len(audio), batch_size):
+            batch = audio[start: start + batch_size]
+            waves, lengths = pad_waves([load_audio(a.path, a.start, a.end) for a in batch])
             began = time.perf_counter()
-            (text,) = module.hypotheses(wave[None], torch.tensor([len(wave)], device=device))
-            row = {"file": a.path, "text": text, "audio_seconds": len(wave) / SAMPLE_RATE,
-                   "wall_seconds": time.perf_counter() - began}
-            if a.ref is not None:  # a manifest's line
-                row.update(utt_id=a.key, ref=a.ref)
-            print(f"{a.key}\t{text}", flush=True)
-            if sink is not None:
-                sink.write(json.dumps(row) + "\n")
-                sink.flush()
-            rows.append(row)
+            texts = module.hypotheses(waves.to(device), lengths.to(device))
+            wall = time.perf_counter() - began
+            seconds = lengths / SAMPLE_RATE
+            for a, text, s in zip(batch, texts, seconds.tolist()):
+                row = {"file": a.path, "text": text, "audio_seconds": s,
+                       "wall_seconds": wall * s / float(seconds.sum()), "batch_wall_seconds": wall,
+                       "batch_files": len(batch)}
+                if a.ref is not None:  # a manifest's line
+                    row.update(utt_id=a.key, ref=a.ref)
+                print(f"{a.key}\t{text}", flush=True)
+                if sink is not None:
+                    sink.write(json.dumps(row) + "\n")
+                    sink.flush()
+                rows.append(row)
     return rows
 
 
@@ -125,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jsonl", type=Path, default=None, help="also write one JSON line per file here")
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="of a run folder")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=16, help="files decoded together (default 16)")
     args = parser.parse_intermixed_args(argv)  # options may come between the overrides
     overrides = [i for i in args.inputs if "=" in i and not Path(i).exists()]
     rest = [i for i in args.inputs if i not in overrides]
@@ -133,8 +146,10 @@ def main(argv: list[str] | None = None) -> None:
         if source is None and not overrides:
             raise ValueError(f"name the model first: a run folder, a converted model folder, or model=... "
                              f"attention=... ({args.inputs[0]} is none of them)")
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size {args.batch_size}: must be >= 1")
         audio = audio_list(rest)  # an unreadable file fails here, before the model loads
-        transcribe(model_from(source, overrides, args.checkpoint), audio, args.device, args.jsonl)
+        transcribe(model_from(source, overrides, args.checkpoint), audio, args.device, args.jsonl, args.batch_size)
     except (ValueError, OSError, AudioError) as err:  # a user's error: one line naming the file or field
         sys.exit(f"transcribe: {err}")
 

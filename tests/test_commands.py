@@ -27,8 +27,8 @@ from asr_attention.reports.zero_shot import wer
 
 REPO = Path(__file__).resolve().parents[1]
 # warmup 0: the one step changes the weights (at a small lr: the model stays as good as converted). Greedy alone:
-# the fallback's sampling draws for an utterance depend on which others share its batch (transcribe reads one
-# file at a time), greedy's tokens do not.
+# the fallback's sampling draws for an utterance depend on which others share its batch (transcribe's batches are
+# not the test step's), greedy's tokens do not.
 MODEL = ["experiment=whisper_demo", "model.decoding.temperatures=[0.0]", "data.limit_val=2"]
 RUN = [*MODEL, "data.limit_train=8", "data.limit_test=2", "optim.warmup_steps=0", "optim.lr=1e-5"]
 

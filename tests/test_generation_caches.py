@@ -1,7 +1,8 @@
 """Decoding with every variant's own caches on tiny random Whisper models (fp32, CPU), through the one loop over
 each cache object: cached = uncached (tokens and logits), batched = one by one, beam search sharing each
 utterance's cross cache = beams with their own copies, and the preallocated cache (its step eager here, compiled,
-or a CUDA graph on a GPU) = the growing one, for greedy decoding, beam search and the temperature fallback."""
+or a CUDA graph on a GPU) = the growing one, for greedy decoding, beam search and the temperature fallback; and
+`transcribe`'s fast path, which keeps preallocated caches between batches."""
 
 import contextlib
 import copy
@@ -10,10 +11,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from asr_attention.backbones import patch_attention
 from asr_attention.generation.beam import BeamSearchDecoder, beam_search
 from asr_attention.generation.caches import GrowingCache
 from asr_attention.generation.decoders import OursGreedy
-from asr_attention.generation.decoding import sample
+from asr_attention.generation.decoding import DecodingOptions, sample, transcribe
+from asr_attention.generation.fast_path import cache_pool, loop_cache
 from asr_attention.generation.logit_filters import suppress_mask
 from asr_attention.generation.loop import decode
 from asr_attention.generation.static_decode import PreallocatedCache
@@ -306,3 +309,168 @@ def test_cuda_graph_of_few_steps_equals_eager(max_steps):
     assert torch.equal(tokens_of(sample(backbone, memory, graphed, max_steps)),
                        tokens_of(sample(backbone, memory, preallocated(backbone, 2, max_steps), max_steps)))
     assert graphed._graph is not None
+
+
+# ---- the fast path: transcribe through pooled preallocated caches (generation/fast_path.py) ----------------------
+MODES = {"greedy": {}, "beam": {"beam_size": 3},
+         # every hypothesis is below a log-probability threshold of 0: each utterance is sampled again at 0.5
+         "fallback": {"logprob_threshold": 0.0, "temperatures": (0.0, 0.5)}}
+
+
+def transcribed(backbone, memory, fast, **options):
+    options = {"temperatures": (0.0,), **options}
+    return transcribe(backbone, memory, DecodingOptions(max_tokens=STEPS, fast=fast, **options))
+
+
+def same_hypotheses(ours, reference):
+    assert [h.tokens for h in ours] == [h.tokens for h in reference]
+    assert [h.temperature for h in ours] == [h.temperature for h in reference]
+    assert [h.truncated for h in ours] == [h.truncated for h in reference]
+    torch.testing.assert_close(torch.tensor([h.avg_logprob for h in ours]),
+                               torch.tensor([h.avg_logprob for h in reference]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("variant", ["mha", "mla", "linear"])
+@torch.no_grad()
+def test_transcribe_through_the_pooled_preallocated_cache_equals_the_growing_one(model, variant, mode):
+    """fast=true on a CPU: the preallocated cache, its step eager; the same hypotheses as growing caches (fast=false),
+    for greedy decoding, beam search and the temperature fallback (whose retries restart from the pooled cache)."""
+    backbone = backbone_for(model, variant)
+    memory = memory_for(model, 3)
+    ours, reference = transcribed(backbone, memory, True, **MODES[mode]), transcribed(backbone, memory, False,
+                                                                                        **MODES[mode])
+    same_hypotheses(ours, reference)
+    assert len({tuple(h.tokens) for h in ours}) == 3  # three different transcripts
+    if mode == "fallback":
+        assert {h.temperature for h in ours} == {0.5}
+    (cache,) = cache_pool(backbone).caches.values()
+    assert isinstance(cache, PreallocatedCache) and not cache.graph and cache.beams == (3 if mode == "beam" else 1)
+    assert len(cache.slots) == len(backbone.tokens.prompt) + STEPS - 1
+
+
+@pytest.mark.parametrize("variant", ["mha", "gqa", "linear"])
+@torch.no_grad()
+def test_the_preallocated_cache_keeps_the_autocast_dtype(model, variant):
+    """Under autocast (a bf16-mixed trainer's test step) the step writes bf16 entries: the self caches are bf16, and
+    decoding equals the growing caches' under the same autocast. (MLA's step attends in latent space, its growing
+    cache over expanded K/V: in bf16 the two round differently, so its tokens may part.)"""
+    backbone = backbone_for(model, variant)
+    memory = memory_for(model, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        same_hypotheses(transcribed(backbone, memory, True), transcribed(backbone, memory, False))
+    (cache,) = cache_pool(backbone).caches.values()
+    assert {t.dtype for buffers in cache.self_buffers for t in buffers.values()} == {torch.bfloat16}
+
+
+def test_fast_settings_and_where_auto_takes_the_fast_path(model):
+    assert [DecodingOptions(fast=v).fast for v in ("auto", "on", "off", "true", "False", True, False)] == [
+        "auto", True, False, True, False, True, False]
+    with pytest.raises(ValueError, match="model.decoding.fast='fastest': expected auto"):
+        DecodingOptions(fast="fastest")
+    backbone = backbone_for(model, "mha").eval()
+    memory = memory_for(model, 2)
+    assert isinstance(loop_cache(backbone, memory, 1, STEPS, "auto"), GrowingCache)  # auto on a CPU: growing
+    assert isinstance(loop_cache(backbone, memory, 1, STEPS, False), GrowingCache)
+    cache = loop_cache(backbone, memory, 2, STEPS, True)
+    assert isinstance(cache, PreallocatedCache) and not cache.graph and (cache.batch, cache.beams) == (4, 2)
+
+
+@torch.no_grad()
+def test_the_pool_keeps_a_cache_per_shape_follows_in_place_updates_and_drops_moved_weights():
+    """One cache per batch shape, reused by later batches of that shape (its graph captured once). An optimizer
+    step writes the weights in place: the same cache decodes what the changed weights give. A move (`.to()`) or a
+    converted site gives the decoder other tensors: the pool drops its caches and builds new ones. A copy of the
+    backbone starts with an empty pool of its own. Inference mode gets caches of its own (its tensors take no
+    in-place write outside it)."""
+    backbone = backbone_for(random_whisper("test", torch.device("cpu"), torch.float32, init_std=0.3), "mha")
+    pool = cache_pool(backbone)
+    memory, other, last = memory_for(backbone.model, 3), memory_for(backbone.model, 3, seed=2), memory_for(
+        backbone.model, 2, seed=3)
+    transcribed(backbone, memory, True)
+    first = next(iter(pool.caches.values()))
+    same_hypotheses(transcribed(backbone, other, True), transcribed(backbone, other, False))
+    transcribed(backbone, last, True)  # a smaller last batch: a cache of its own
+    assert pool.built == 2 and len(pool) == 2 and first in pool.caches.values()
+
+    params = [p for p in backbone.decoder.parameters()]
+    before = transcribed(backbone, memory, False)
+    optimizer = torch.optim.AdamW(params, lr=0.05)
+    with torch.enable_grad():
+        backbone.decode(prompt(backbone, 3), memory).float().square().mean().backward()
+    optimizer.step()
+    after = transcribed(backbone, memory, False)
+    assert [h.tokens for h in after] != [h.tokens for h in before]  # the step changed what is decoded
+    same_hypotheses(transcribed(backbone, memory, True), after)
+    assert pool.built == 2 and first in pool.caches.values()  # the same cache, the same buffers
+
+    copied = copy.deepcopy(backbone)
+    assert len(cache_pool(copied)) == 0 and len(pool) == 2
+
+    backbone.to(torch.float64)  # new storage for every weight: every cache is dropped
+    same_hypotheses(transcribed(backbone, memory.double(), True), transcribed(backbone, memory.double(), False))
+    assert pool.built == 3 and len(pool) == 1 and first not in pool.caches.values()
+    backbone.to(torch.float32)
+    patch_attention(backbone, {"name": "gqa", "num_kv_heads": 2, "sites": ["decoder_self"]})
+    same_hypotheses(transcribed(backbone, memory, True), transcribed(backbone, memory, False))
+    assert pool.built == 4 and len(pool) == 1
+    for batch in (1, 2, 3, 4, 5):  # past its capacity the least recently used cache goes
+        transcribed(backbone, memory_for(backbone.model, batch), True)
+    assert len(pool) == pool.capacity == 4 and {k[0] for k in pool.caches} == {2, 3, 4, 5}
+    with torch.inference_mode():  # Lightning's val and test steps: inference tensors, a cache of their own
+        same_hypotheses(transcribed(backbone, memory, True), transcribed(backbone, memory, False))
+    assert [k[-1] for k in pool.caches] == [False, False, False, True]
+    same_hypotheses(transcribed(backbone, memory, True), transcribed(backbone, memory, False))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("variant", VARIANTS)
+@torch.no_grad()
+def test_transcribe_on_a_gpu_replays_a_graph_equal_to_the_growing_caches(variant, mode):
+    """fast=auto on CUDA: a pooled preallocated cache whose step is a captured CUDA graph; the same hypotheses as the
+    growing caches, and after an in-place weight change (a training step between val passes) the same graph
+    replays the changed weights."""
+    model = random_whisper("test", torch.device("cuda"), torch.float32, init_std=0.3)
+    backbone = backbone_for(model, variant).eval()
+    memory = memory_for(model, 3).cuda()
+    before = transcribed(backbone, memory, False, **MODES[mode])
+    same_hypotheses(transcribed(backbone, memory, "auto", **MODES[mode]), before)
+    (cache,) = cache_pool(backbone).caches.values()
+    graph = cache._graph
+    assert cache.graph and graph is not None
+    torch.manual_seed(0)
+    for layer in backbone.decoder.layers:
+        w = layer.self_attn.variant.o_proj.weight
+        w.add_(0.3 * torch.randn_like(w))
+    after = transcribed(backbone, memory, False, **MODES[mode])
+    assert [h.tokens for h in after] != [h.tokens for h in before]  # the change matters to decoding
+    same_hypotheses(transcribed(backbone, memory, "auto", **MODES[mode]), after)
+    assert list(cache_pool(backbone).caches.values()) == [cache] and cache._graph is graph  # replayed, not rebuilt
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("variant", ["mha", "mla"])
+@torch.no_grad()
+def test_a_graph_captured_under_autocast_reads_the_weights_not_a_cast_copy(variant):
+    """bf16 autocast with its weight-cast cache on (Lightning's bf16-mixed): the graph, captured with that cache off,
+    equals the eager preallocated step under the same autocast, before and after an in-place weight change."""
+    model = random_whisper("test", torch.device("cuda"), torch.float32, init_std=0.3)
+    backbone = backbone_for(model, variant).eval()
+    for p in backbone.parameters():
+        p.requires_grad_(True)  # autocast caches casts of leaf tensors that require grad only
+    memory = memory_for(model, 2).cuda()
+    decoded = []
+    for change in (False, True):
+        if change:
+            torch.manual_seed(0)
+            for layer in backbone.decoder.layers:
+                layer.fc1.weight.add_(0.5 * torch.randn_like(layer.fc1.weight))
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            graphed = transcribed(backbone, memory, "auto")
+            eager = sample(backbone, memory, preallocated(backbone, 2, dtype=torch.bfloat16), STEPS)
+        assert [h.tokens for h in graphed] == [h.tokens for h in eager]
+        decoded.append([h.tokens for h in graphed])
+    assert decoded[0] != decoded[1]  # the change matters to decoding
+    (cache,) = cache_pool(backbone).caches.values()
+    assert cache._graph is not None and cache.dtype == torch.bfloat16

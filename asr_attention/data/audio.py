@@ -84,3 +84,12 @@ def audio_digest(wave: torch.Tensor) -> str:
     """What identifies a loaded waveform: a hash of its samples (cheap next to reading the file). The encoder-output
     store keys on it, so an utterance is never given the stored output of other audio that shares its utt_id."""
     return hashlib.blake2b(wave.contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def pad_waves(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-D waves -> (B, longest) zero-padded float32 and their lengths (B,), as the datamodule's batches."""
+    lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+    out = torch.zeros(len(waves), int(lengths.max()) if waves else 0)
+    for i, w in enumerate(waves):
+        out[i, : len(w)] = w
+    return out, lengths

@@ -4,8 +4,9 @@ zero-shot table score) and `sample` (one pass, greedy or at a temperature).
 transcribe decodes a batch together with greedy decoding, or beam search where `beam_size` is set, then applies
 Whisper's temperature fallback (fallback.py): the utterances whose text loops or is improbable are decoded again
 by sampling at the next temperature, seeded, their cross caches reused (`restart`). All of it runs through the one
-loop (loop.py) over a cache object: growing by default, or one the caller passes (a preallocated one,
-static_decode.py, with its CUDA-graph option)."""
+loop (loop.py) over a cache object: the one the caller passes, else as `fast` says (fast_path.py): on a GPU by
+default a preallocated one (static_decode.py) whose step replays a CUDA graph, kept between batches; growing caches
+on a CPU."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from torch import Tensor
 from asr_attention.backbones.whisper.adapter import Whisper
 
 from .beam import BeamSearchDecoder
-from .caches import GrowingCache, NoCache
+from .caches import NoCache
 from .fallback import TemperatureFallback, compression_ratio
+from .fast_path import fast_setting, loop_cache
 from .greedy import GreedyDecoder
 from .loop import decode
 from .token_decoder import Candidate
@@ -34,8 +36,11 @@ class DecodingOptions:
     beam_size: int | None = None  # None: greedy at temperature 0; else beam search with these beams
     patience: float | None = None  # beam search: stop at round(beam_size x patience) finished (None: 1)
     seed: int = 0
+    fast: str | bool = "auto"  # auto: preallocated caches + CUDA graph on a GPU; true: preallocated; false: growing
+    compile: bool = False  # the fast path's step through torch.compile (tens of seconds per batch shape)
 
     def __post_init__(self):
+        self.fast = fast_setting(self.fast)
         if self.beam_size is not None and (self.beam_size < 1 or round(self.beam_size * (self.patience or 1)) < 1):
             raise ValueError(f"model.decoding.beam_size={self.beam_size}, patience={self.patience}: need beam_size "
                              ">= 1 (or null: greedy) and round(beam_size x patience) >= 1")
@@ -77,14 +82,16 @@ def sample(backbone: Whisper, memory: Tensor | None, cache, max_tokens: int, tem
 def transcribe(backbone: Whisper, memory: Tensor, options: DecodingOptions = DecodingOptions(),
                cache=None) -> list[Hypothesis]:
     """Greedy (or beam search) first; the utterances the fallback policy rejects again at each higher temperature.
-    cache: the loop's cache object (default: a growing one; with beam_size, its beams must be beam_size)."""
+    cache: the loop's cache object (with beam_size, its beams must be beam_size); None: as options.fast says
+    (fast_path.loop_cache: on a GPU a pooled preallocated cache replaying a CUDA graph, else a growing one)."""
     max_tokens = token_limit(backbone, options.max_tokens)
     t = backbone.tokens
     if options.beam_size is None:
         first = GreedyDecoder(t.eot)
     else:
         first = BeamSearchDecoder(options.beam_size, t.eot, options.patience or 1.0)
-    cache = GrowingCache(backbone, first.rows_per_utterance) if cache is None else cache
+    if cache is None:
+        cache = loop_cache(backbone, memory, first.rows_per_utterance, max_tokens, options.fast, options.compile)
     if cache.beams != first.rows_per_utterance:
         raise ValueError(f"the cache holds {cache.beams} rows per utterance, the decoder feeds "
                          f"{first.rows_per_utterance} (model.decoding.beam_size={options.beam_size})")

