@@ -1,8 +1,12 @@
-"""Zero-shot WER of Whisper tiny.en on AN4 test, unconverted and under each attention variant on each kind of
-site, no fine-tuning:
+"""Zero-shot WER of a Whisper model (tiny.en: model=whisper; base: whisper_base) on AN4 test or the out-of-domain
+set (speechocean762), unconverted and under each attention variant on each kind of site, no fine-tuning:
 
     python -m asr_attention.reports.zero_shot                       # the whole table -> benchmarks/whisper_zero_shot.*
     python -m asr_attention.reports.zero_shot --sites encoder --variants mha,linear --limit 20
+    python -m asr_attention.reports.zero_shot --model whisper_base --set speechocean762 \
+        --out benchmarks/zero_shot/whisper_base_speechocean762.json
+
+AN4 is scored with the project's normaliser, speechocean762 with Whisper's English one (data/normalisers.py).
 
 Each row converts a fresh copy of the loaded model (the same `convert` as a training run: calibration and
 fidelity on conf/train.yaml's calibration.frames of AN4 val utterances drawn across the split), then decodes the
@@ -25,13 +29,15 @@ from pathlib import Path
 
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torchmetrics.functional.text import word_error_rate
 
 from ..backbones.whisper.load import build_whisper
 from ..backbones.whisper.tokens import WhisperTextTokenizer
+from ..data.corpora import OOD_SETS
 from ..data.datamodule import build_datamodule
-from ..data.scoring import normalise_for_scoring
+from ..data.normalisers import scoring_normaliser
 from ..generation.decoding import DecodingOptions, transcribe
 from ..generation.token_limit import with_token_limit
 from ..training.experiment import convert
@@ -41,10 +47,11 @@ SITES = {"encoder": ["encoder"], "decoder_self": ["decoder_self"], "cross": ["cr
          "decoder_self+cross": ["decoder_self", "cross"]}
 
 
-def variants(d: int) -> dict[str, dict]:
-    """The table's columns: mha; gqa with 1, 2, 3 KV heads; mla at d, d/2, d/4, plain and activation-aware; linear."""
+def variants(d: int, heads: int = 6) -> dict[str, dict]:
+    """The table's rows: mha; gqa with 1-4 KV heads (those dividing the heads); mla at d, d/2, d/4, plain and
+    activation-aware; linear."""
     out = {"mha": {"name": "mha"}}
-    out.update({f"gqa g={g}": {"name": "gqa", "num_kv_heads": g} for g in (1, 2, 3)})
+    out.update({f"gqa g={g}": {"name": "gqa", "num_kv_heads": g} for g in (1, 2, 3, 4) if heads % g == 0 and g < heads})
     for r, label in ((d, "d"), (d // 2, "d/2"), (d // 4, "d/4")):
         for calibration in ("plain", "activation"):
             out[f"mla r={label} {calibration}"] = {"name": "mla", "latent_dim": r, "calibration": calibration}
@@ -52,22 +59,36 @@ def variants(d: int) -> dict[str, dict]:
     return out
 
 
-def wer(rows: list[dict], normalised: bool) -> float:
-    """Normalised: references uncased, Whisper's hypotheses cased (see data/scoring.py)."""
+def wer(rows: list[dict], normalised: bool, normaliser: str = "an4") -> float:
+    """Normalised: references uncased, Whisper's hypotheses cased (see data/normalisers.py)."""
     if not normalised:
         return float(word_error_rate([r["hyp"] for r in rows], [r["ref"] for r in rows]))
-    return float(word_error_rate([normalise_for_scoring(r["hyp"], cased=True) for r in rows],
-                                 [normalise_for_scoring(r["ref"]) for r in rows]))
+    norm = scoring_normaliser(normaliser)
+    return float(word_error_rate([norm(r["hyp"], cased=True) for r in rows], [norm(r["ref"]) for r in rows]))
+
+
+def model_config(name: str):
+    """conf/model/<name>.yaml as a training run composes it (whisper_base inherits whisper)."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("train", overrides=[f"model={name}"]).model
+
+
+def test_data(test_set: str, tokenizer, batch_size: int, limit: int | None):
+    """AN4 test, or an out-of-domain set's one split."""
+    data = dict(corpus=test_set, batch_size=batch_size, num_workers=0, limit_test=limit)
+    if test_set != "an4":
+        data.update(root=None, test_split="test")
+    return build_datamodule(data, tokenizer)
 
 
 class ZeroShot:
-    def __init__(self, limit: int | None, batch_size: int, device: str):
-        self.model_cfg = OmegaConf.load(CONF / "model" / "whisper.yaml")
+    def __init__(self, limit: int | None, batch_size: int, device: str, model: str = "whisper",
+                 test_set: str = "an4"):
+        self.model_cfg = model_config(model)
         self.pristine = build_whisper(self.model_cfg).eval().to(device)
         self.tokenizer = WhisperTextTokenizer(self.pristine.tokens)
-        self.data = build_datamodule(dict(corpus="an4", batch_size=batch_size, num_workers=0, limit_test=limit),
-                                     self.tokenizer)
-        self.data.setup()
+        self.data = test_data(test_set, self.tokenizer, batch_size, limit)
+        self.data.setup("test")
         # calibration and fidelity: as a training run's (conf/train.yaml calibration.frames, drawn across AN4 val)
         self.calibration = build_datamodule(dict(corpus="an4", batch_size=8, num_workers=0), self.tokenizer)
         self.calibration.setup()
@@ -102,13 +123,21 @@ class ZeroShot:
                 "latent_dims": None if conversion is None else conversion.get("latent_dims")}
 
 
+def normaliser_of(row: dict) -> str:
+    """The scoring normaliser of a row's test set (rows from before --set existed are AN4's)."""
+    return (row.get("measured_with") or {}).get("normaliser", "an4")
+
+
 def table(results: dict) -> str:
     """Markdown: normalised WER % per variant (rows) and kind of site (columns), raw WER of the unconverted row."""
     base = results.get("unconverted")
     lines = []
     if base:
-        lines.append(f"unconverted tiny.en: WER {100 * wer(base['predictions'], True):.1f} % normalised, "
-                     f"{100 * wer(base['predictions'], False):.1f} % raw ({len(base['predictions'])} utterances)\n")
+        measured = base.get("measured_with") or {}
+        lines.append(f"unconverted {measured.get('model', 'whisper')} on {measured.get('set', 'an4')}: WER "
+                     f"{100 * wer(base['predictions'], True, normaliser_of(base)):.1f} % normalised "
+                     f"({normaliser_of(base)}), {100 * wer(base['predictions'], False):.1f} % raw "
+                     f"({len(base['predictions'])} utterances)\n")
     names = list(dict.fromkeys(k.split(" @ ")[0] for k in results if k != "unconverted"))
     lines.append("| variant | " + " | ".join(SITES) + " |")
     lines.append("|---|" + "---:|" * len(SITES))
@@ -116,14 +145,18 @@ def table(results: dict) -> str:
         cells = []
         for site in SITES:
             row = results.get(f"{name} @ {site}")
-            cells.append("—" if row is None else f"{100 * wer(row['predictions'], True):.1f}")
+            cells.append("—" if row is None else f"{100 * wer(row['predictions'], True, normaliser_of(row)):.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def measured_with(args: argparse.Namespace) -> dict:
-    """What a row's numbers depend on besides the code: which utterances, how they are batched, on what."""
-    return {"limit": args.limit, "batch_size": args.batch_size, "device": torch.device(args.device).type}
+    """What a row's numbers depend on besides the code: which model and utterances, how they are batched, on what
+    and how scored. (Rows of the first table, tiny.en on AN4, recorded no model, set or normaliser: the defaults.)"""
+    wanted = {"limit": args.limit, "batch_size": args.batch_size, "device": torch.device(args.device).type}
+    if (args.model, args.set) != ("whisper", "an4"):
+        wanted.update(model=args.model, set=args.set, normaliser=OOD_SETS.get(args.set, "an4"))
+    return wanted
 
 
 def stored_rows(out: Path, wanted: dict, fresh: bool) -> dict:
@@ -141,9 +174,11 @@ def stored_rows(out: Path, wanted: dict, fresh: bool) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="benchmarks/whisper_zero_shot.json")
+    parser.add_argument("--model", default="whisper", help="conf/model name: whisper (tiny.en) or whisper_base")
+    parser.add_argument("--set", default="an4", choices=["an4", *OOD_SETS], help="the test set")
     parser.add_argument("--sites", default=",".join(SITES), help=f"comma-separated, of {list(SITES)}")
     parser.add_argument("--variants", default=None, help="comma-separated names (default: all); see variants()")
-    parser.add_argument("--limit", type=int, default=None, help="first N AN4 test utterances")
+    parser.add_argument("--limit", type=int, default=None, help="first N test utterances")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--fresh", action="store_true",
@@ -152,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out, wanted = Path(args.out), measured_with(args)
     results = stored_rows(out, wanted, args.fresh)
-    chosen = variants(OmegaConf.load(CONF / "model" / "whisper.yaml").d_model)
+    model_cfg = model_config(args.model)
+    chosen = variants(model_cfg.d_model, model_cfg.num_heads)
     if args.variants:
         unknown = [v for v in args.variants.split(",") if v not in chosen]
         if unknown:
@@ -166,14 +202,14 @@ def main(argv: list[str] | None = None) -> None:
     zs = None  # the model loads only if a row is to be measured
     for key, attention, sites in jobs:
         if key in results:
-            print(f"{key}: WER {100 * wer(results[key]['predictions'], True):.1f} % (reused: stored in {out}, "
+            print(f"{key}: WER {100 * wer(results[key]['predictions'], True, normaliser_of(results[key])):.1f} % (reused: stored in {out}, "
                   f"measured with {json.dumps(wanted)}; --fresh measures it again)", flush=True)
             continue
-        zs = zs or ZeroShot(args.limit, args.batch_size, args.device)
+        zs = zs or ZeroShot(args.limit, args.batch_size, args.device, args.model, args.set)
         results[key] = {**zs.run(attention, sites), "measured_with": wanted}
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1))
-        print(f"{key}: WER {100 * wer(results[key]['predictions'], True):.1f} % "
+        print(f"{key}: WER {100 * wer(results[key]['predictions'], True, normaliser_of(results[key])):.1f} % "
               f"({results[key]['seconds']:.0f} s)", flush=True)
     out.with_suffix(".md").write_text(table(results) + "\n")
     print(table(results))
