@@ -51,6 +51,17 @@ def test_committed_an4_test_transcripts_score_as_reported():
                                        abs=0.005)
 
 
+def test_committed_base_an4_test_transcripts_score_as_reported():
+    """Whisper base through transformers' `generate` (python -m asr_attention.bench.whisper_reference --model
+    whisper_base --decode): all of AN4 test, scored as docs/whisper.md says."""
+    from asr_attention.bench.whisper_reference import tsv_of
+
+    rows = read(tsv_of("base"))
+    assert len(rows) == 130 and {r["utt_id"] for r in rows} == {u.utt_id for u in read_an4("test")}
+    assert wers(rows) == pytest.approx({"raw": 99.87, "case_and_punctuation": 54.85, "scoring_normaliser": 4.17},
+                                       abs=0.005)
+
+
 # What both decoders write for the half-second clip and the two utterances below. tiny.en spells as AN4 says; base
 # makes up words for the half-second (Whisper's known habit on near-silence).
 WRITTEN = {"tiny.en": ["around", "Erase CQQF7", "May 2nd, 1965."],
