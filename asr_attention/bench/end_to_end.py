@@ -28,12 +28,14 @@ import gc
 import json
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from asr_attention.data import load_audio, read_an4, read_manifest
+from asr_attention.generation.token_limit import token_limit
 from asr_attention.reports.zero_shot import wer
 
 from .e2e_pipelines import HFPipeline, OursPipeline
@@ -214,6 +216,7 @@ class Bench:
                     row |= measure(pipeline, subset, batch, self.device)
                 except Exception as err:  # noqa: BLE001 -- a row that cannot run is recorded; the others still run
                     row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+                    traceback.print_exc()
                     self.log(f"{model} {decoder} {data.name} batch {batch}: {row['error']}")
                 finally:
                     pipeline.release()
@@ -281,8 +284,6 @@ class Bench:
         return self.data
 
     def pipeline(self, backbone) -> OursPipeline:
-        from asr_attention.generation.token_limit import token_limit
-
         return OursPipeline(backbone, token_limit(backbone, self.args.max_tokens), self.args.fast, self.args.compile)
 
 
