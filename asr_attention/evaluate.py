@@ -39,7 +39,7 @@ from .data.corpora import check_split
 from .data.datamodule import ASRDataModule, build_datamodule
 from .runs.code_version import code_version
 from .training.ctc_module import ASRFineTuner
-from .training.experiment import build_datamodule_for, convert, patch_structure
+from .training.experiment import build_datamodule_for, calibration_args, convert, patch_structure
 from .training.run_model import (
     checkpoint_file,
     inference_module,
@@ -107,7 +107,7 @@ def evaluate(run_dir: Path, overrides: list[str], checkpoint: str = "best", name
     if before:  # converted as the run converted it, from its own val split
         if cfg.attention.name != "native":
             own = run_config(run_dir)
-            convert(backbone, cfg.attention, build_datamodule_for(own, tokenizer, backbone), own.calibration.frames, own.seed)
+            convert(backbone, cfg.attention, build_datamodule_for(own, tokenizer, backbone), **calibration_args(own))
         report["before"] = test(trainer, module, data, "before_test")
         report["before_predictions"] = module.last_predictions
     else:

@@ -50,6 +50,7 @@ from .training.experiment import (
     build_module,
     build_tokenizer_and_backbone,
     build_trainer,
+    calibration_args,
     config_summary,
     convert,
 )
@@ -78,7 +79,7 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
                        parameters_unconverted=count_parameters(backbone))
         record_truncated(results, module)
     if cfg.attention.name != "native":
-        results.update(conversion=convert(backbone, cfg.attention, datamodule, cfg.calibration.frames, cfg.seed))
+        results.update(conversion=convert(backbone, cfg.attention, datamodule, **calibration_args(cfg)))
     results.update(vocab_size=len(tokenizer), parameters=count_parameters(backbone))
     if per_site := getattr(backbone, "cache_per_site", dict)():  # Whisper's decoder caches (none with CTC)
         results.update(cache_per_site=per_site)

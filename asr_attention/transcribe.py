@@ -41,7 +41,7 @@ from .data.manifest import read_manifest
 from .training.config_check import validate
 from .training.converted_model import META, load_converted
 from .training.ctc_module import ASRFineTuner
-from .training.experiment import build_datamodule_for, build_tokenizer_and_backbone, convert
+from .training.experiment import build_datamodule_for, build_tokenizer_and_backbone, calibration_args, convert
 from .training.run_model import CONF, apply_overrides, inference_module, load_run
 
 
@@ -92,7 +92,7 @@ def model_from(source: str | None, overrides: list[str], checkpoint: str) -> ASR
         L.seed_everything(cfg.seed)
         tokenizer, backbone = build_tokenizer_and_backbone(cfg)
         if cfg.attention.name != "native":
-            convert(backbone, cfg.attention, build_datamodule_for(cfg, tokenizer, backbone), cfg.calibration.frames, cfg.seed)
+            convert(backbone, cfg.attention, build_datamodule_for(cfg, tokenizer, backbone), **calibration_args(cfg))
     return inference_module(cfg, backbone, tokenizer)
 
 

@@ -117,6 +117,18 @@ BAD = [  # overrides, the start of the message (field=value), a word of what is 
     (["optim.distill_weight=0"], "optim.distill_weight=0", "number > 0"),
     (["optim.distill_weight=-1.0"], "optim.distill_weight=-1.0", "number > 0"),
     (["optim.distill_weight=x"], "optim.distill_weight='x'", "number > 0"),
+    # retention knobs (seq2seq_module.py): numbers, the text, and what a CTC head cannot do
+    (["model=whisper", "optim.kl_weight=-1"], "optim.kl_weight=-1", "finite number >= 0"),
+    (["model=whisper", "optim.kl_weight=inf"], "optim.kl_weight=inf", "finite number >= 0"),
+    (["model=whisper", "optim.kl_weight=1", "optim.kl_temperature=0"], "optim.kl_temperature=0", "number > 0"),
+    (["model=whisper", "optim.ce_weight=-0.5"], "optim.ce_weight=-0.5", "finite number >= 0"),
+    (["model=whisper", "optim.ce_weight=0"], "optim.ce_weight=0", "nothing to train"),
+    (["model=whisper", "optim.ce_weight=0", "optim.kl_weight=0"], "optim.ce_weight=0", "nothing to train"),
+    (["model=whisper", "optim.distill_text=labels"], "optim.distill_text='labels'", "reference, teacher"),
+    (["optim.kl_weight=1"], "optim.kl_weight=1", "needs Whisper's decoder (model.head=seq2seq)"),
+    (["model=whisper", "model.head=ctc", "optim.kl_weight=1"], "optim.kl_weight=1", "model.head=seq2seq"),
+    (["model=whisper", "model.head=ctc", "optim.distill_text=teacher"], "optim.distill_text='teacher'",
+     "model.head=seq2seq"),
     (["checkpoint_every_n_steps=0"], "checkpoint_every_n_steps=0", "(or null: epoch ends only)"),
     # inf passed `lr > 0`: one step made every weight nan and the run "completed"
     (["optim.lr=inf"], "optim.lr=inf", "finite number > 0"),
@@ -125,6 +137,10 @@ BAD = [  # overrides, the start of the message (field=value), a word of what is 
     (["data.limit_train=0"], "data.limit_train=0", "the train split must not be empty"),
     (["data.limit_test=0"], "data.limit_test=0", "the test split must not be empty"),
     (["calibration.frames=-5"], "calibration.frames=-5", "integer >= 1"),
+    (["calibration.split=test"], "calibration.split='test'", "val, train"),
+    (["model=whisper", "calibration.text=labels"], "calibration.text='labels'", "reference, teacher"),
+    (["calibration.text=teacher"], "calibration.text='teacher'", "model.head=seq2seq"),
+    (["calibration.utterances=0"], "calibration.utterances=0", "integer >= 1"),
 ]
 
 
@@ -147,6 +163,10 @@ def test_each_bad_value_is_a_clear_error(compose_cfg, overrides, field_value, al
     ["model=whisper", "attention=native", "export_dir=/tmp/x"],
     ["trainer.max_epochs=1", "+trainer.max_steps=-1", "trainer.devices=auto", "+trainer.limit_train_batches=0.5",
      "checkpoint_every_n_steps=null", "optim.warmup_steps=0"],
+    ["model=whisper", "optim.ce_weight=0", "optim.kl_weight=1", "optim.kl_temperature=0.5",
+     "optim.distill_text=teacher", "calibration.split=train", "calibration.text=teacher", "calibration.utterances=1"],
+    ["model=whisper", "optim.ce_weight=0", "optim.distill_weight=1"],
+    ["model=whisper", "model.head=ctc", "optim.kl_weight=0"],
 ])
 def test_boundary_values_pass(compose_cfg, overrides):
     validate(compose_cfg("train", overrides))

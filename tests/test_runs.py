@@ -60,6 +60,28 @@ def test_identity_leaves_out_only_the_cosmetic_keys(compose_cfg):
                                         "${pkg}/pretrained/conformer_an4"]
 
 
+def test_keys_added_at_their_old_behaviour_keep_an_older_runs_identity(compose_cfg, tmp_path):
+    """A run made before optim.kl_weight & co. and calibration.split & co. existed (its stored config lacks them) is
+    the same run as today's config at their defaults: same fingerprint, resumed, not refused; another value is
+    another run, named."""
+    from asr_attention.training.experiment import config_summary
+    from asr_attention.runs.identity import ADDED_DEFAULTS, RunFolderTaken, differences, fingerprint, stored_run
+
+    today = config_summary(compose_cfg("train", RUN))
+    older = json.loads(json.dumps(today))
+    for dotted in ADDED_DEFAULTS:
+        group, key = dotted.split(".")
+        assert today[group][key] == ADDED_DEFAULTS[dotted]  # conf/train.yaml's default is the recorded one
+        del older[group][key]
+    assert fingerprint(older) == fingerprint(today) and differences(older, today) == []
+    (tmp_path / "results.json").write_text(json.dumps({"status": "completed", "config": older}))
+    assert stored_run(tmp_path, today, "run")["status"] == "completed"
+    other = config_summary(compose_cfg("train", [*RUN, "calibration.split=train"]))
+    assert differences(older, other) == ["calibration.split: (absent) -> train"]
+    with pytest.raises(RunFolderTaken, match="It differs in: calibration.split: \\(absent\\) -> train"):
+        stored_run(tmp_path, other, "run")
+
+
 def test_the_seed_is_part_of_a_runs_identity(compose_cfg, tmp_path):
     """Were seed cosmetic, `seed=1` in seed 0's folder would print seed 0's results as its own."""
     from asr_attention.training.experiment import config_summary

@@ -38,7 +38,8 @@ def test_train_converts_finetunes_and_writes_results(tmp_path):
     assert conv["attention"] == "gqa" and conv["layers_replaced"] == 4
     # 2 of 4 K/V heads, mean-pooled: far from the original layers, yet not unrelated to them
     assert len(conv["fidelity"]) == 4 and all(0.3 < row["relative_error"] < 0.9 for row in conv["fidelity"])
-    assert conv["calibration_data"] == {"split": "val", "utterances": 8, "frames": 617, "requested_frames": 8192}
+    assert conv["calibration_data"] == {"split": "val", "text": "reference", "utterances": 8, "frames": 617,
+                                        "requested_frames": 8192}
     # the measured cache of the patched layers equals the analytic figure for the same frames and batch
     assert conv["measured_cache_bytes"]["measured"] == conv["measured_cache_bytes"]["analytic"] > 0
     # 4 layers x 2 KV heads x 36 head dims x 2 (K, V) x 1000 frames x 4 bytes

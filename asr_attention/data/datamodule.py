@@ -286,15 +286,15 @@ class ASRDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
 
-    def spread_dataloader(self, part: str, seconds: float, seed: int) -> DataLoader:
-        """Utterances drawn at random across a split (seeded) until they hold `seconds` of audio (or the whole
-        split), in evaluation batches: unlike the split's first batch, which the sampler sorts shortest first,
-        they span its lengths and speakers."""
+    def spread_dataloader(self, part: str, seconds: float, seed: int, count: int | None = None) -> DataLoader:
+        """Utterances drawn at random across a split (seeded) until they hold `seconds` of audio, or (count) until
+        there are `count` of them (or the whole split), in evaluation batches: unlike the split's first batch,
+        which the sampler sorts shortest first, they span its lengths and speakers."""
         order = list(range(len(self.datasets[part])))
         random.Random(seed).shuffle(order)
         durations, chosen, total = self.datasets[part].durations, [], 0.0
         for i in order:
-            if total >= seconds:
+            if (total >= seconds) if count is None else (len(chosen) >= count):
                 break
             chosen.append(i)
             total += durations[i]

@@ -4,7 +4,9 @@ run failed and retrain=true asks to replace it).
 A run's identity is its resolved config minus the keys that cannot change its numbers (`COSMETIC`: where logs
 and exports go, the folder's name and W&B group, checkpoint frequency, loader worker count, logging cadence, the
 retrain flag). Everything else counts, including every key added later, and trainer.max_epochs: the learning-rate
-schedule spans the whole run, so training longer is a new run. A path to a file the package ships (${pkg:...},
+schedule spans the whole run, so training longer is a new run. A key added with a default that does what runs did
+before it existed (`ADDED_DEFAULTS`) counts only when set to another value: at its default, a config has the
+identity and fingerprint of one written before the key. A path to a file the package ships (${pkg:...},
 e.g. the demo checkpoints) counts relative to the package: the same run in a checkout moved elsewhere is the
 same. The fingerprint is a hash of that identity; results.json stores it beside the config, and the check below
 recomputes both sides from the stored config, so a run folder made before a key became cosmetic is judged by
@@ -25,6 +27,11 @@ from ..config.errors import UserError
 PACKAGE_PATH = re.compile(r"^/.*?/asr_attention/(?=(pretrained|data)/)")  # ${pkg:pretrained/...}, ${pkg:data/...}
 COSMETIC = ("logger", "group", "run_name", "export_dir", "retrain", "checkpoint_every_n_steps",
             "data.num_workers", "trainer.log_every_n_steps")
+# dotted key -> the value that reproduces the runs made before the key was added
+ADDED_DEFAULTS = {
+    "optim.kl_weight": None, "optim.kl_temperature": 1.0, "optim.ce_weight": 1.0, "optim.distill_text": "reference",
+    "calibration.split": "val", "calibration.text": "reference", "calibration.utterances": None,
+}
 _ABSENT = "(absent)"
 
 
@@ -36,13 +43,23 @@ def identity(config: dict) -> dict:
     """The result-determining part of a resolved config (a plain dict, as results.json stores it)."""
     kept = json.loads(json.dumps(copy.deepcopy(config), default=str))  # the form results.json holds
     for dotted in COSMETIC:
-        *parents, key = dotted.split(".")
-        node = kept
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
+        node, key = _parent(kept, dotted)
         if isinstance(node, dict):
             node.pop(key, None)
+    for dotted, default in ADDED_DEFAULTS.items():
+        node, key = _parent(kept, dotted)
+        if isinstance(node, dict) and key in node and node[key] == default:
+            del node[key]
     return _package_relative(kept)
+
+
+def _parent(tree: dict, dotted: str) -> tuple[Any, str]:
+    """(the node holding the dotted key's last part, or None; that part)."""
+    *parents, key = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node, key
 
 
 def _package_relative(tree: Any) -> Any:

@@ -160,8 +160,34 @@ def validate_training(cfg: Mapping) -> None:
             _fail("optim.head_lr", optim["head_lr"], "needs a CTC head (model.head=ctc), or null")
     if optim.get("distill_weight") is not None:
         _number_at_least(optim["distill_weight"], "optim.distill_weight", 0, strict=True)
+    validate_retention(optim, cfg.get("model") or {})
     if cfg.get("checkpoint_every_n_steps") is not None:
         _int_at_least(cfg["checkpoint_every_n_steps"], "checkpoint_every_n_steps", 1, " (or null: epoch ends only)")
+
+
+def _seq2seq(model: Mapping) -> bool:
+    return model.get("family") == "whisper" and model.get("head") == "seq2seq"
+
+
+def validate_retention(optim: Mapping, model: Mapping) -> None:
+    """optim.kl_weight / kl_temperature / ce_weight / distill_text (seq2seq_module.py); a key absent (a config
+    written before it) has the default that reproduces the behaviour before it."""
+    kl = optim.get("kl_weight")
+    if kl is not None:
+        _number_at_least(kl, "optim.kl_weight", 0)
+    _number_at_least(optim.get("kl_temperature", 1.0), "optim.kl_temperature", 0, strict=True)
+    _number_at_least(optim.get("ce_weight", 1.0), "optim.ce_weight", 0)
+    text = _choice({"distill_text": optim.get("distill_text", "reference")}, "optim", "distill_text",
+                   ("reference", "teacher"))
+    if kl and not _seq2seq(model):
+        _fail("optim.kl_weight", kl, "KL at the decoder output needs Whisper's decoder (model.head=seq2seq); "
+              "null or 0 for a CTC head")
+    if text == "teacher" and not _seq2seq(model):
+        _fail("optim.distill_text", text, "the teacher's transcripts need Whisper's decoder (model.head=seq2seq); "
+              "reference for a CTC head")
+    if optim.get("ce_weight", 1.0) == 0 and not kl and optim.get("distill_weight") is None:
+        _fail("optim.ce_weight", 0, "with no optim.kl_weight or optim.distill_weight there is nothing to train: "
+              "set one of them, or ce_weight > 0")
 
 
 def validate_data_and_calibration(cfg: Mapping) -> None:
@@ -172,8 +198,18 @@ def validate_data_and_calibration(cfg: Mapping) -> None:
             _int_at_least(data[f"limit_{part}"], f"data.limit_{part}", 1,
                           f" (or null: the whole split); the {part} split must not be empty")
     if "calibration" in cfg:
-        _int_at_least((cfg["calibration"] or {}).get("frames"), "calibration.frames", 1,
-                      " (encoder frames of val audio that conversion calibrates on)")
+        calibration = cfg["calibration"] or {}
+        _int_at_least(calibration.get("frames"), "calibration.frames", 1,
+                      " (encoder frames of audio that conversion calibrates on)")
+        _choice({"split": calibration.get("split", "val")}, "calibration", "split", ("val", "train"))
+        text = _choice({"text": calibration.get("text", "reference")}, "calibration", "text",
+                       ("reference", "teacher"))
+        if text == "teacher" and not _seq2seq(cfg.get("model") or {}):
+            _fail("calibration.text", text, "the teacher's transcripts need Whisper's decoder (model.head=seq2seq); "
+                  "reference otherwise")
+        if calibration.get("utterances") is not None:
+            _int_at_least(calibration["utterances"], "calibration.utterances", 1,
+                          " (or null: as many as calibration.frames asks)")
 
 
 def validate(cfg: Mapping) -> None:

@@ -13,6 +13,7 @@ from ..backbones import Backbone
 from ..data.scoring import normalise_for_scoring
 from ..data.text import CharTokenizer
 from .distillation import SiteDistillation
+from .teacher import Teacher
 
 
 class ASRFineTuner(L.LightningModule):
@@ -29,17 +30,30 @@ class ASRFineTuner(L.LightningModule):
     is not frozen.
     distill_weight: add this times the distillation term (distillation.py: each attention site's output against
     the unconverted model's) to the training loss; None: off. Build the module before converting the backbone:
-    the teacher is copied from it here."""
+    the teacher (teacher.py, one frozen copy for every term that reads it) is copied from it here.
+    ce_weight: the weight of the transcript loss (Whisper's cross-entropy; a CTC head's CTC loss); 0: none.
+    kl_weight, kl_temperature, distill_text: Whisper's decoder only (seq2seq_module.py): KL at the decoder output,
+    and which text teacher-forces training ("reference" or the teacher's own transcripts, "teacher").
+    The training loss is the weighted sum of the terms, each logged as train_<term> (train_ce or train_ctc,
+    train_kl, train_distill), the sum as train_loss."""
+
+    transcript_term = "ctc"  # the name the head's own transcript loss is logged under
 
     def __init__(self, backbone: Backbone, lr: float = 1e-4, weight_decay: float = 0.01, warmup_steps: int = 100,
-                 attention_only_steps: int = 0, head_lr: float | None = None, distill_weight: float | None = None):
+                 attention_only_steps: int = 0, head_lr: float | None = None, distill_weight: float | None = None,
+                 ce_weight: float = 1.0, kl_weight: float | None = None, kl_temperature: float = 1.0,
+                 distill_text: str = "reference"):
         super().__init__()
         self.backbone = backbone
         self.cased_hypotheses = False
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.attention_only_steps, self.head_lr = attention_only_steps, head_lr
         self.distill_weight = distill_weight
-        self.distillation = None if distill_weight is None else SiteDistillation(backbone)
+        self.kl_weight, self.kl_temperature, self.distill_text = kl_weight or 0.0, kl_temperature, distill_text
+        self.term_weights = {self.transcript_term: ce_weight, "kl": self.kl_weight, "distill": distill_weight}
+        needs_teacher = distill_weight is not None or self.kl_weight > 0 or distill_text == "teacher"
+        self.teacher = Teacher(backbone) if needs_teacher else None  # not a submodule (teacher.py)
+        self.distillation = None if distill_weight is None else SiteDistillation(self.teacher.model)
         self.metrics = torch.nn.ModuleDict(
             {f"{split}_{kind}{name}": cls() for split in ("val", "test") for kind in ("", "raw_")
              for name, cls in (("wer", WordErrorRate), ("cer", CharErrorRate))}
@@ -67,21 +81,27 @@ class ASRFineTuner(L.LightningModule):
                 if ".variant." not in name and id(p) not in fresh:
                     p.grad = None
 
-    def training_step(self, batch, batch_idx):
+    def training_terms(self, batch) -> dict[str, torch.Tensor]:
+        """The batch's loss terms by name (transcript_term, and "distill" where on), before weighting."""
         if self.distillation is None:
+            return {self.transcript_term: self.loss_and_hyps(batch, decode=False)[0]}
+        self.distillation.clear()
+        with self.distillation.recording(self.backbone):
             loss, _ = self.loss_and_hyps(batch, decode=False)
-        else:
-            with self.distillation.recording(self.backbone):
-                loss, _ = self.loss_and_hyps(batch, decode=False)
-            distill = self.distillation.loss(self.backbone, batch["waves"], batch["wave_lengths"], batch["targets"])
-            self.log("train_distill", distill, batch_size=len(batch["utt_ids"]))
-            loss = loss + self.distill_weight * distill
+        distill = self.distillation.loss(self.backbone, batch["waves"], batch["wave_lengths"], batch["targets"])
+        return {self.transcript_term: loss, "distill": distill}
+
+    def training_step(self, batch, batch_idx):
+        terms = self.training_terms(batch)
+        loss = sum(self.term_weights[name] * value for name, value in terms.items())
+        for name, value in terms.items():
+            self.log(f"train_{name}", value, batch_size=len(batch["utt_ids"]))
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["utt_ids"]))
         return loss
 
     def on_fit_start(self):
-        if self.distillation is not None:  # not a submodule, so Lightning does not move it
-            self.distillation.to(self.device)
+        if self.teacher is not None:  # not a submodule, so Lightning does not move it
+            self.teacher.to(self.device)
 
     def evaluate(self, batch, split: str):
         if batch is None:  # every file of the batch was unreadable (the datamodule recorded them)
@@ -145,6 +165,10 @@ class CTCFineTuner(ASRFineTuner):
     """CTC fine-tuning of a (patched) backbone's encoder and CTC head; greedy CTC decoding."""
 
     def __init__(self, backbone: Backbone, tokenizer: CharTokenizer, **optim):
+        for key, off in (("kl_weight", (None, 0)), ("distill_text", ("reference",))):
+            if optim.get(key, off[0]) not in off:  # before the teacher is copied
+                raise ValueError(f"optim.{key}={optim[key]!r} needs Whisper's decoder (model.head=seq2seq); "
+                                 f"a CTC head takes {off[0]!r}")
         super().__init__(backbone, **optim)
         self.tokenizer = tokenizer
 

@@ -1,9 +1,8 @@
 """Distillation from the original model (optim.distill_weight): while fine-tuning, each attention site's output is
 pulled towards what the unconverted model's same site returns on the same batch.
 
-The teacher is a frozen copy of the backbone taken before conversion, in eval mode (no dropout), kept outside the
-LightningModule's submodules: it is never saved in a checkpoint (a resumed run rebuilds it from the pretrained
-weights, as the first start did) and DDP never sees it. Per site the loss is ||student - teacher||^2 / ||teacher||^2
+The teacher is the frozen copy of the backbone taken before conversion (teacher.py: eval mode, never checkpointed,
+shared with the other retention terms). Per site the loss is ||student - teacher||^2 / ||teacher||^2
 over the rows that are not padding (in Whisper's decoder, teacher forcing's padded positions are left out); the term
 is its mean over the sites, scale-free, so one weight suits every backbone. Each model feeds its own sites (the
 student's drift from earlier layers counts), which is layer-wise feature distillation, not layer-local attention
@@ -12,7 +11,6 @@ transfer.
 
 from __future__ import annotations
 
-import copy
 from contextlib import contextmanager
 
 import torch
@@ -23,41 +21,50 @@ from ..backbones.patch import valid_frames
 
 
 class SiteDistillation:
-    def __init__(self, backbone: Backbone):
-        self.teacher = copy.deepcopy(backbone).eval().requires_grad_(False)
-        self.student_outputs: list[tuple[Tensor, Tensor | None]] = []  # filled while `recording`, emptied by `loss`
+    """teacher: the frozen unconverted backbone (teacher.py's Teacher.model). The student's and the teacher's site
+    outputs are appended while `recording` / `recording_teacher` (each may be entered more than once in a step:
+    encoder, then decoder), and `compare` turns them into the term and empties both lists."""
 
-    def to(self, device: torch.device) -> SiteDistillation:
-        self.teacher.to(device)
-        return self
+    def __init__(self, teacher: Backbone):
+        self.teacher = teacher
+        self.student_outputs: list[tuple[Tensor, Tensor | None]] = []
+        self.teacher_outputs: list[tuple[Tensor, Tensor | None]] = []
+
+    def clear(self) -> None:
+        self.student_outputs, self.teacher_outputs = [], []
 
     @contextmanager
     def recording(self, student: Backbone):
         """Within: every call of the student's attention sites is recorded, output (B, T, d) and padding mask."""
-        self.student_outputs = []
         with _record_sites(student, self.student_outputs):
             yield
 
-    @torch.no_grad()
-    def _teacher_outputs(self, student: Backbone, waves: Tensor, wave_lengths: Tensor,
-                         targets: Tensor | None) -> list[tuple[Tensor, Tensor | None]]:
-        outputs: list = []
-        names = site_names(student)
-        with _record_sites(self.teacher, outputs, [self.teacher.get_submodule(n) for n in names]):
-            self.teacher.calibration_pass(waves, wave_lengths, targets)
-        return outputs
+    @contextmanager
+    def recording_teacher(self, student: Backbone):
+        """Within: every call of the teacher's sites that the student converted (the same names) is recorded."""
+        modules = [self.teacher.get_submodule(n) for n in site_names(student)]
+        with _record_sites(self.teacher, self.teacher_outputs, modules):
+            yield
 
     def loss(self, student: Backbone, waves: Tensor, wave_lengths: Tensor, targets: Tensor | None = None) -> Tensor:
-        """The mean relative squared error over the sites the student called while `recording`."""
-        teacher = self._teacher_outputs(student, waves, wave_lengths, targets)
-        if len(teacher) != len(self.student_outputs):
-            raise RuntimeError(f"distillation: the student called {len(self.student_outputs)} attention sites, "
+        """The term over the sites the student called while `recording`, against one teacher pass over the batch
+        (its encoder, and its decoder teacher-forced on targets)."""
+        self.teacher_outputs = []
+        with torch.no_grad(), self.recording_teacher(student):
+            self.teacher.calibration_pass(waves, wave_lengths, targets)
+        return self.compare()
+
+    def compare(self) -> Tensor:
+        """The mean relative squared error over the recorded sites, student against teacher; both lists emptied."""
+        student, teacher = self.student_outputs, self.teacher_outputs
+        self.clear()
+        if len(teacher) != len(student):
+            raise RuntimeError(f"distillation: the student called {len(student)} attention sites, "
                                f"the teacher {len(teacher)}")
         errors = []
-        for (s, pad), (t, _) in zip(self.student_outputs, teacher):
+        for (s, pad), (t, _) in zip(student, teacher):
             s, t = valid_frames(s, pad), valid_frames(t.to(s.dtype), pad)
             errors.append((s - t).float().pow(2).sum() / t.float().pow(2).sum().clamp_min(1e-12))
-        self.student_outputs = []
         return torch.stack(errors).mean()
 
 

@@ -61,27 +61,58 @@ def build_tokenizer_and_backbone(cfg: DictConfig, datamodule: ASRDataModule | No
     return tokenizer, backbone
 
 
+def calibration_args(cfg: DictConfig) -> dict:
+    """convert's calibration arguments from a run's config (`calibration:` and the seed; Whisper's decoding options
+    for calibration.text=teacher). A key absent (a config written before it) has today's default."""
+    calibration = cfg.calibration
+    args = {"frames": calibration.frames, "seed": cfg.seed, "split": calibration.get("split", "val"),
+            "text": calibration.get("text", "reference"), "utterances": calibration.get("utterances")}
+    if args["text"] == "teacher":
+        args["decoding"] = decoding_options(cfg.model)
+    return args
+
+
 def convert(backbone: Backbone, attention_cfg: DictConfig, datamodule: ASRDataModule, frames: int,
-            seed: int = 0) -> dict:
+            seed: int = 0, split: str = "val", text: str = "reference", utterances: int | None = None,
+            decoding=None) -> dict:
     """Patch every attention layer. What conversion sees (MLA's activation-aware SVD, the fidelity table, the
-    measured cache) comes from the unpatched backbone's layers on about `frames` encoder frames of val utterances
-    drawn across the split (config `calibration.frames`); the summary records what was used."""
+    measured cache) comes from the unpatched backbone's layers on utterances of `split` (config `calibration`)
+    drawn at random (seed) across it: `utterances` of them, or (None) until they hold about `frames` encoder frames.
+    Whisper's decoder sites are teacher-forced on `text`: "reference" (the transcripts) or "teacher" (what the
+    unpatched model itself writes for that audio, decoded with `decoding`). The summary records what was used."""
     backbone.select_sites(attention_cfg.get("sites"))
-    loader = datamodule.spread_dataloader("val", seconds=frames * backbone.frame_ms / 1000, seed=seed)
-    captured, utterances = [], 0
+    if split not in ("val", "train"):
+        raise ValueError(f"calibration.split={split!r} is not allowed: expected val or train")
+    loader = datamodule.spread_dataloader(split, seconds=frames * backbone.frame_ms / 1000, seed=seed,
+                                          count=utterances)
+    kinds = [backbone.site_kind(parent, name) for parent, name, _ in backbone.attention_sites()]
+    reads_text = any(kind != "encoder" for kind in kinds)  # a decoder is teacher-forced
+    captured, waves_seen, tokens = [], [], 0
     for batch in loader:
         batch = datamodule.on_before_batch_transfer(batch, 0)  # records unreadable files; None if none was read
-        if batch is not None:
-            captured.append(capture_attention_calls(backbone, batch["waves"], batch["wave_lengths"],
-                                                    batch["targets"]))
-            utterances += len(batch["utt_ids"])
+        if batch is None:
+            continue
+        targets = calibration_text(backbone, batch, text, decoding) if reads_text else batch["targets"]
+        if reads_text:
+            tokens += int((~backbone.tokens.padding(targets)).sum())
+        captured.append(capture_attention_calls(backbone, batch["waves"], batch["wave_lengths"], targets))
+        waves_seen.append(batch["wave_lengths"])
     if not captured:
-        raise ValueError(f"calibration: no readable utterance in the val split ({datamodule.splits['val']})")
+        raise ValueError(f"calibration: no readable utterance in the {split} split ({datamodule.splits[split]})")
     calibration = [torch.cat(layer) for layer in zip(*(calibration_batch(capture) for capture in captured))]
-    used = {"split": "val", "utterances": utterances, "frames": len(calibration[0]), "requested_frames": frames}
-    if used["frames"] < frames:
-        log.warning("calibration: the val split holds %d frames, fewer than calibration.frames=%d; using all of it",
-                    used["frames"], frames)
+    lengths = torch.cat(waves_seen)
+    used = {"split": split, "text": text, "utterances": len(lengths),
+            "frames": encoder_frames(backbone, kinds, calibration, lengths), "requested_frames": frames}
+    if reads_text:
+        used["tokens"] = tokens  # decoder positions teacher-forced (prompt and text), over every utterance
+    if utterances is not None:
+        used["requested_utterances"] = utterances
+        if used["utterances"] < utterances:
+            log.warning("calibration: the %s split holds %d readable utterances, fewer than calibration.utterances="
+                        "%d; using all of it", split, used["utterances"], utterances)
+    elif used["frames"] < frames:
+        log.warning("calibration: the %s split holds %d encoder frames of audio, fewer than calibration.frames=%d; "
+                    "using all of it", split, used["frames"], frames)
     activation_aware = attention_cfg.get("calibration") == "activation"
     summary = patch_attention(backbone, attention_cfg, calibration if activation_aware else None)
     summary["calibration_data"] = used
@@ -89,6 +120,37 @@ def convert(backbone: Backbone, attention_cfg: DictConfig, datamodule: ASRDataMo
     summary["measured_cache_bytes"] = measured_cache_bytes(backbone, captured[0].inputs)  # in eval: no dropout draws
     backbone.train()
     return summary
+
+
+def calibration_text(backbone: Backbone, batch: dict, text: str, decoding) -> torch.Tensor:
+    """The token ids that teacher-force the decoder sites: the batch's targets, or the unpatched model's own
+    transcripts of its audio."""
+    if text == "reference":
+        return batch["targets"]
+    if text != "teacher":
+        raise ValueError(f"calibration.text={text!r} is not allowed: expected reference or teacher")
+    from ..generation.token_limit import with_token_limit
+    from .teacher_text import as_targets, transcript_ids
+
+    if decoding is None:
+        raise ValueError("calibration.text=teacher needs the model's decoding options (calibration_args)")
+    device = next(backbone.parameters()).device
+    with torch.no_grad():
+        was_training = backbone.training
+        memory = backbone.eval().encode(batch["waves"].to(device), batch["wave_lengths"].to(device))
+        backbone.train(was_training)
+        ids = transcript_ids(backbone, memory, with_token_limit(backbone, decoding))
+    return as_targets(ids)
+
+
+def encoder_frames(backbone: Backbone, kinds: list[str], calibration: list[torch.Tensor],
+                   wave_lengths: torch.Tensor) -> int:
+    """Encoder frames calibrated on: the rows of the first site where it is an encoder site, else the frames the
+    audio holds (decoder sites count tokens: results record those as `tokens`)."""
+    if kinds[0] == "encoder":
+        return len(calibration[0])
+    samples_per_frame = 16 * backbone.frame_ms  # 16 kHz audio
+    return int(torch.ceil(wave_lengths / samples_per_frame).sum())
 
 
 def patch_structure(backbone: Backbone, attention_cfg: DictConfig, latent_dims: list[int] | None = None) -> None:
@@ -115,14 +177,20 @@ def measured_cache_bytes(backbone: Backbone, inputs: list[dict]) -> dict:
     return {"frames": frames, "batch": batch, "measured": measured, "analytic": analytic}
 
 
+def decoding_options(model_cfg: DictConfig):
+    """Whisper's DecodingOptions from model.decoding."""
+    from ..generation.decoding import DecodingOptions
+
+    return DecodingOptions(**{k: tuple(v) if k == "temperatures" else v
+                              for k, v in model_cfg.get("decoding", {}).items()})
+
+
 def build_module(cfg: DictConfig, backbone: Backbone, tokenizer: CharTokenizer) -> ASRFineTuner:
     if backbone.family == "whisper" and backbone.head == "seq2seq":
-        from ..generation.decoding import DecodingOptions
         from .seq2seq_module import Seq2SeqFineTuner
 
-        decoding = DecodingOptions(**{k: tuple(v) if k == "temperatures" else v
-                                      for k, v in cfg.model.get("decoding", {}).items()})
-        return Seq2SeqFineTuner(backbone, decoding, cfg.model.get("cache_encoder", True), **cfg.optim)
+        return Seq2SeqFineTuner(backbone, decoding_options(cfg.model), cfg.model.get("cache_encoder", True),
+                                **cfg.optim)
     return CTCFineTuner(backbone, tokenizer, **cfg.optim)
 
 
