@@ -78,6 +78,9 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
         results.update(unconverted={k.removeprefix("unconverted_"): v for k, v in unconverted.items()},
                        parameters_unconverted=count_parameters(backbone))
         record_truncated(results, module)
+    if hasattr(module, "agreement") and cfg.attention.name != "native":  # the original's val transcripts, first
+        module.agreement.record(backbone, (datamodule.on_before_batch_transfer(b, 0) for b in
+                                           datamodule.val_dataloader()), module.decoding, accelerator_device(cfg))
     if cfg.attention.name != "native":
         results.update(conversion=convert(backbone, cfg.attention, datamodule, **calibration_args(cfg)))
     results.update(vocab_size=len(tokenizer), parameters=count_parameters(backbone))
@@ -110,6 +113,12 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
     # the objective a sweep minimises: model selection on validation; test WER is only reported
     best_val_wer = trainer.checkpoint_callback.best_model_score
     return None if best_val_wer is None else float(best_val_wer)
+
+
+def accelerator_device(cfg: DictConfig) -> torch.device:
+    """Where the trainer will run the module: a GPU where the config asks for one and there is one."""
+    wanted = str(cfg.trainer.get("accelerator", "auto"))
+    return torch.device("cuda" if wanted in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu")
 
 
 def record_truncated(results: Results, module: L.LightningModule) -> None:

@@ -22,11 +22,13 @@ from torch import Tensor
 from transformers.models.whisper.modeling_whisper import WhisperAttention
 
 from ..backbones.whisper.adapter import Whisper
+from ..data.normalisers import scoring_normaliser
 from ..generation.decoding import DecodingOptions, transcribe
 from ..generation.token_limit import with_token_limit
 from .ctc_module import ASRFineTuner
 from .output_distillation import decoder_kl
 from .teacher_text import TeacherTranscripts, transcript_ids
+from .val_agreement import ValAgreement
 
 
 class Seq2SeqFineTuner(ASRFineTuner):
@@ -46,6 +48,7 @@ class Seq2SeqFineTuner(ASRFineTuner):
         self._memories: dict[tuple[str, str], Tensor] = {}  # (utt_id, audio id) -> encoder output
         self._memories_key: tuple | None = None
         self.teacher_text = TeacherTranscripts() if self.distill_text == "teacher" else None
+        self.agreement = ValAgreement()  # val_agreement_wer, once train.py recorded the original's transcripts
 
     def forward(self, waves: Tensor, wave_lengths: Tensor) -> list[str]:
         """Recognition end to end (what the throughput figure times): encode, then decode with the cache."""
@@ -94,11 +97,20 @@ class Seq2SeqFineTuner(ASRFineTuner):
         cut = {u for u, h in zip(batch["utt_ids"], hypotheses) if h.truncated}
         if cut:
             self.truncated.setdefault(self._phase, set()).update(cut)
-        return loss, [self.backbone.tokens.decode(h.tokens) for h in hypotheses]
+        texts = [self.backbone.tokens.decode(h.tokens) for h in hypotheses]
+        if self._phase == "val":
+            self.agreement.update(batch, texts)
+        return loss, texts
 
     def evaluate(self, batch, split: str):
         self._phase = self._prefix(split)  # where loss_and_hyps records the utterances it cut
         super().evaluate(batch, split)
+
+    def on_validation_epoch_end(self):
+        super().on_validation_epoch_end()
+        agreement = self.agreement.compute(scoring_normaliser(self.scoring))
+        if agreement is not None:
+            self.log("val_agreement_wer", agreement)
 
     # ---- training ------------------------------------------------------------------------------------------
     def training_terms(self, batch) -> dict[str, Tensor]:
