@@ -13,11 +13,21 @@ the converted one before fine-tuning (converted again as the run did: calibrated
 Scoring is the run's test step's: the same numbers as its results.json for the same checkpoint and data. A test
 utterance longer than the model reads (Whisper: 30 s) stops it before any test, naming the file.
 
-Writes <run folder>/eval/<name>.json (name: --name, else from the data: corpus, test split, limit): each phase's
-metrics keyed as results.json keys them (unconverted, before, after: test_wer, test_cer, test_raw_wer, ...), every
-utterance's prediction (predictions: after; before_predictions, unconverted_predictions), the files skipped, the
-checkpoint and data used. The run's results.json is never touched. The same command again measures again and
-replaces that file, saying so.
+Out of domain: --ood tests on the run's out-of-domain set (model.ood_test; +model.ood_test=speechocean762 for a
+run from before that field existed) instead, its first data.limit_ood utterances, scored with the set's normaliser
+as the run scored it (results.json: ood), each phase under the run's seeded RNG, so the numbers are the run's.
+--scoring picks the normaliser for any data (an4, the default; english: Whisper's, data/normalisers.py):
+
+    python -m asr_attention.evaluate outputs/whisper-mla --ood --unconverted --before
+    python -m asr_attention.evaluate outputs/whisper-mla data=manifest data.root=/data/mine data.test_split=test.tsv \
+        --scoring english
+
+Writes <run folder>/eval/<name>.json (name: --name, else from the data: corpus, test split, limit, and the
+normaliser unless an4): each phase's metrics keyed as results.json keys them (unconverted, before, after:
+test_wer, test_cer, test_raw_wer, ...), every utterance's prediction (predictions: after; before_predictions,
+unconverted_predictions), the files skipped, the checkpoint, data and normaliser (scoring; set: the
+out-of-domain set's name) used. The run's results.json is never touched. The same command again measures again
+and replaces that file, saying so.
 """
 
 from __future__ import annotations
@@ -35,11 +45,13 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from .data.audio import AudioError
-from .data.corpora import check_split
+from .data.corpora import OOD_SETS, check_split
 from .data.datamodule import ASRDataModule, build_datamodule
+from .data.normalisers import NORMALISERS, scoring_normaliser
 from .runs.code_version import code_version
 from .training.ctc_module import ASRFineTuner
 from .training.experiment import build_datamodule_for, calibration_args, convert, patch_structure
+from .training.ood import ood_data_config, ood_set, own_rng
 from .training.run_model import (
     checkpoint_file,
     inference_module,
@@ -50,8 +62,9 @@ from .training.run_model import (
 )
 
 
-def eval_name(data: DictConfig) -> str:
-    """e.g. an4-test, librispeech-test-other, manifest-mine-test (a manifest's folder and file), + -first20."""
+def eval_name(data: DictConfig, scoring: str = "an4") -> str:
+    """e.g. an4-test, librispeech-test-other, manifest-mine-test (a manifest's folder and file), + -first20, +
+    -english (a normaliser other than an4)."""
     split = data.test_split
     parts = [data.corpus]
     if data.corpus == "manifest":
@@ -60,7 +73,23 @@ def eval_name(data: DictConfig) -> str:
     parts.append(split)
     if data.get("limit_test"):
         parts.append(f"first{data.limit_test}")
+    if scoring != "an4":
+        parts.append(scoring)
     return re.sub(r"[^\w.+-]+", "_", "-".join(parts))
+
+
+def evaluation_data(cfg: DictConfig, ood: bool) -> tuple[DictConfig, str | None]:
+    """The data node evaluated on, and the out-of-domain set's name (None: the run's data, overrides applied)."""
+    if not ood:
+        return cfg.data, None
+    name = ood_set(cfg.model)
+    if name is None:
+        example = next(iter(OOD_SETS))
+        raise ValueError(f"--ood: this run's model.ood_test is null or absent; name the set: model.ood_test={example} "
+                         f"(+model.ood_test={example} for a run from before the field existed)")
+    if name not in OOD_SETS:
+        raise ValueError(f"model.ood_test={name!r} is not allowed: expected one of {', '.join(OOD_SETS)}")
+    return OmegaConf.create(ood_data_config(cfg.data, name)), name
 
 
 def eval_trainer(cfg: DictConfig) -> L.Trainer:
@@ -70,20 +99,32 @@ def eval_trainer(cfg: DictConfig) -> L.Trainer:
                                    callbacks=[], enable_checkpointing=False)
 
 
-def test(trainer: L.Trainer, module: ASRFineTuner, data: ASRDataModule, prefix: str) -> dict:
-    """The test step's metrics, keyed as results.json keys them (test_wer, test_cer, ...)."""
+def test(trainer: L.Trainer, module: ASRFineTuner, data: ASRDataModule, prefix: str,
+         seed: int | None = None) -> dict:
+    """The test step's metrics, keyed as results.json keys them (test_wer, test_cer, ...). seed: under a torch RNG
+    of its own, seeded so, as a run tests out of domain (training/ood.py)."""
     module.test_prefix = prefix
-    (metrics,) = trainer.test(module, datamodule=data)
+    if seed is None:
+        (metrics,) = trainer.test(module, datamodule=data)
+    else:
+        with own_rng(seed):
+            (metrics,) = trainer.test(module, datamodule=data)
     return {"test" + k.removeprefix(prefix): v for k, v in metrics.items()}
 
 
 def evaluate(run_dir: Path, overrides: list[str], checkpoint: str = "best", name: str | None = None,
-             unconverted: bool = False, before: bool = False) -> Path:
+             unconverted: bool = False, before: bool = False, ood: bool = False,
+             scoring: str | None = None) -> Path:
+    """ood: test on the run's model.ood_test set instead of its data. scoring: the normaliser's name (None: the
+    out-of-domain set's with ood, else an4)."""
     start = time.time()
     cfg = run_config(run_dir, overrides)
-    check_split(cfg.data.corpus, cfg.data.root, cfg.data.test_split)  # before any model loads
+    data_cfg, ood = evaluation_data(cfg, ood)
+    scoring = scoring or (OOD_SETS[ood] if ood else "an4")
+    scoring_normaliser(scoring, "--scoring")
+    check_split(data_cfg.corpus, data_cfg.root, data_cfg.test_split)  # before any model loads
     ckpt = checkpoint_file(run_dir, checkpoint)
-    name = name or eval_name(cfg.data)
+    name = name or eval_name(data_cfg, scoring)
     if not re.fullmatch(r"[\w.+-]+", name):
         raise ValueError(f"--name {name!r}: use letters, digits and . _ + - only")
     out = run_dir / "eval" / f"{name}.json"
@@ -92,7 +133,8 @@ def evaluate(run_dir: Path, overrides: list[str], checkpoint: str = "best", name
     L.seed_everything(cfg.seed, workers=True)  # as the run: the same decoding fallback draws
     tokenizer, backbone = unconverted_model(run_dir, cfg)
     module = inference_module(cfg, backbone, tokenizer)
-    data = build_datamodule(cfg.data, tokenizer)
+    module.scoring = scoring
+    data = build_datamodule(data_cfg, tokenizer)
     data.setup("test")
     limit = backbone.max_audio_seconds
     if limit is not None and (long := [u for u in data.datasets["test"].utterances if u.duration > limit]):
@@ -100,20 +142,23 @@ def evaluate(run_dir: Path, overrides: list[str], checkpoint: str = "best", name
                          f"per utterance ({len(long)} test utterances are longer: leave them out of the test split)")
     trainer = eval_trainer(cfg)
     report = {"run": str(run_dir), "checkpoint": str(ckpt), "overrides": overrides,
-              "data": OmegaConf.to_container(cfg.data), "utterances": len(data.datasets["test"])}
+              "data": OmegaConf.to_container(data_cfg), "scoring": scoring, "utterances": len(data.datasets["test"])}
+    seed = cfg.seed if ood else None  # out of domain: each phase under its own seeded RNG, as the run tested it
+    if ood:
+        report["set"] = ood
     if unconverted:
-        report["unconverted"] = test(trainer, module, data, "unconverted_test")
+        report["unconverted"] = test(trainer, module, data, "unconverted_test", seed)
         report["unconverted_predictions"] = module.last_predictions
     if before:  # converted as the run converted it, from its own val split
         if cfg.attention.name != "native":
             own = run_config(run_dir)
             convert(backbone, cfg.attention, build_datamodule_for(own, tokenizer, backbone), **calibration_args(own))
-        report["before"] = test(trainer, module, data, "before_test")
+        report["before"] = test(trainer, module, data, "before_test", seed)
         report["before_predictions"] = module.last_predictions
     else:
         patch_structure(backbone, cfg.attention, run_latent_dims(run_dir))
     load_weights(backbone, ckpt)
-    report["after"] = test(trainer, module, data, "test")
+    report["after"] = test(trainer, module, data, "test", seed)
     report.update(predictions=module.last_predictions, skipped_files=data.skipped,
                   transcripts=data.transcripts, duration_mismatches=data.duration_mismatches,
                   code=code_version(), wall_seconds=time.time() - start)
@@ -126,8 +171,9 @@ def evaluate(run_dir: Path, overrides: list[str], checkpoint: str = "best", name
 
 def summary(report: dict) -> str:
     rows = [(phase, report[phase]) for phase in ("unconverted", "before", "after") if phase in report]
+    scoring = report.get("scoring", "an4")
     return "\n".join(f"{phase:<12} WER {100 * m['test_wer']:.1f} %  CER {100 * m['test_cer']:.1f} %"
-                     for phase, m in rows) + f"\n({report['utterances']} utterances)"
+                     for phase, m in rows) + f"\n({report['utterances']} utterances, {scoring} normaliser)"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -139,9 +185,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default=None, help="the file's name under <run>/eval/ (default: from the data)")
     parser.add_argument("--unconverted", action="store_true", help="also test the model before conversion")
     parser.add_argument("--before", action="store_true", help="also test the converted model before fine-tuning")
+    parser.add_argument("--ood", action="store_true",
+                        help="test on the run's out-of-domain set (model.ood_test) instead of its data; "
+                             "data.limit_ood keeps the first N utterances")
+    parser.add_argument("--scoring", choices=tuple(NORMALISERS), default=None,
+                        help="the scoring normaliser (default: the out-of-domain set's with --ood, else an4)")
     args = parser.parse_intermixed_args(argv)  # options may come between the overrides
     try:
-        out = evaluate(args.run, args.overrides, args.checkpoint, args.name, args.unconverted, args.before)
+        out = evaluate(args.run, args.overrides, args.checkpoint, args.name, args.unconverted, args.before,
+                       args.ood, args.scoring)
     except (ValueError, OSError, AudioError) as err:  # a user's error: one line naming the file or field
         sys.exit(f"evaluate: {err}")
     print(f"\n{summary(json.loads(out.read_text()))}\nwrote {out}")

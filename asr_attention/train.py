@@ -1,5 +1,6 @@
 """`python -m asr_attention.train model=… attention=…`: convert a pretrained backbone's attention, measure
-zero-shot WER, fine-tune with CTC, test, and write results.json in the run directory.
+zero-shot WER, fine-tune with CTC, test, and write results.json in the run directory. A model that names an
+out-of-domain set (model.ood_test: Whisper's) is tested on it too, beside each test (training/ood.py).
 
 The run directory (outputs/<run_name>, default <model>-<attention>) belongs to one config (run_identity.py):
 - the same command again resumes a killed or failed run from checkpoints/last.ckpt; once the run has completed,
@@ -45,6 +46,7 @@ from .runs.sweep_failures import record_refused_job
 from .runs.wandb_log import log_results_to_wandb
 from .training.config_check import validate
 from .training.converted_model import export
+from .training.ood import OODTest, check_ood_split
 from .training.experiment import (
     build_datamodule_for,
     build_module,
@@ -71,12 +73,17 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
     datamodule.check_not_empty()  # of the utterances whose audio could be read
     results.update(transcripts=datamodule.transcripts, duration_mismatches=datamodule.duration_mismatches)
     module = build_module(cfg, backbone, tokenizer)
+    ood = OODTest.for_run(cfg, tokenizer, backbone, results)  # None: the model names no out-of-domain set
+    results.update(scoring={"test": module.scoring, **({"ood": ood.normaliser} if ood else {})})
     trainer = build_trainer(cfg, run_dir, callbacks=(ValCurve(results), TrainingSpeed(results)))
     if cfg.get("test_unconverted") and results.get("unconverted") is None:  # the original model's WER first
         module.test_prefix = "unconverted_test"
         (unconverted,) = trainer.test(module, datamodule=datamodule)
         results.update(unconverted={k.removeprefix("unconverted_"): v for k, v in unconverted.items()},
                        parameters_unconverted=count_parameters(backbone))
+        record_truncated(results, module)
+    if cfg.get("test_unconverted") and ood:
+        ood.test(trainer, module, "unconverted")
         record_truncated(results, module)
     if hasattr(module, "agreement") and cfg.attention.name != "native":  # the original's val transcripts, first
         module.agreement.record(backbone, (datamodule.on_before_batch_transfer(b, 0) for b in
@@ -94,6 +101,9 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
         (before,) = trainer.test(module, datamodule=datamodule)
         results.update(before={k.removeprefix("before_"): v for k, v in before.items()})
         record_truncated(results, module)
+    if ood:
+        ood.test(trainer, module, "before")
+        record_truncated(results, module)
     module.test_prefix = "test"
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
     best = trainer.checkpoint_callback.best_model_path or None
@@ -104,9 +114,12 @@ def run(cfg: DictConfig, run_dir: Path, results: Results) -> float | None:
         after=after, best_checkpoint=best, global_step=trainer.global_step,
         predictions=module.last_predictions[:20], skipped_files=datamodule.skipped,
         throughput=measure_rtfx(module, batch["waves"].to(device), batch["wave_lengths"].to(device)),
-        wall_seconds=results.get("wall_seconds", 0) + time.time() - start,
     )
     record_truncated(results, module)
+    if ood:  # the best checkpoint's weights (chosen on val_wer alone)
+        ood.test(trainer, module, "after", ckpt_path=best)
+        record_truncated(results, module)
+    results.update(wall_seconds=results.get("wall_seconds", 0) + time.time() - start)
     if cfg.get("export_dir"):
         module.backbone.to("cpu")
         results.update(exported_to=str(export(module.backbone, cfg.export_dir, cfg, tokenizer)))
@@ -176,6 +189,7 @@ def hold_and_run(cfg: DictConfig, run_dir: Path, sweep: bool) -> float | None:
 def check_config(cfg: DictConfig) -> None:
     validate(cfg)
     check_splits(cfg.data)
+    check_ood_split(cfg.model)
 
 
 def completed_run(cfg: DictConfig, run_dir: Path) -> dict | None:

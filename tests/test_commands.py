@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jiwer
 import numpy as np
 import pytest
 import soundfile as sf
@@ -20,17 +21,19 @@ from asr_attention import evaluate, transcribe
 from asr_attention.backbones import patch_attention, patched_variants
 from asr_attention.training.converted_model import load_converted, save_converted
 from asr_attention.data.corpora import read_corpus
+from asr_attention.data.normalisers import scoring_normaliser
 from asr_attention.data.manifest import Utterance, write_manifest
 from asr_attention.data.text import CharTokenizer
 from asr_attention.training.experiment import build_tokenizer_and_backbone
 from asr_attention.reports.zero_shot import wer
+from asr_attention.runs.results import summary_table
 
 REPO = Path(__file__).resolve().parents[1]
 # warmup 0: the one step changes the weights (at a small lr: the model stays as good as converted). Greedy alone:
 # the fallback's sampling draws for an utterance depend on which others share its batch (transcribe's batches are
 # not the test step's), greedy's tokens do not.
 MODEL = ["experiment=whisper_demo", "model.decoding.temperatures=[0.0]", "data.limit_val=2"]
-RUN = [*MODEL, "data.limit_train=8", "data.limit_test=2", "optim.warmup_steps=0", "optim.lr=1e-5"]
+RUN = [*MODEL, "data.limit_train=8", "data.limit_test=2", "data.limit_ood=2", "optim.warmup_steps=0", "optim.lr=1e-5"]
 
 
 def train(*overrides: str) -> str:
@@ -82,6 +85,37 @@ def test_evaluate_measures_what_the_runs_own_test_measured(run, evaluated):
     assert evaluated["digests"][0] == evaluated["digests"][1]  # results.json untouched
 
 
+def test_the_run_tested_out_of_domain_with_whispers_english_normaliser(run):
+    """model.ood_test=speechocean762 (Whisper's default) beside each AN4 test: unconverted, before, after."""
+    stored = results(run)
+    ood = stored["ood"]
+    assert stored["scoring"] == {"test": "an4", "ood": "english"}
+    assert (ood["set"], ood["normaliser"], ood["utterances"]) == ("speechocean762", "english", 2)
+    assert ood["skipped_files"] == []
+    metrics = {"test_wer", "test_cer", "test_raw_wer", "test_raw_cer", "test_loss"}
+    assert all(set(ood[phase]) == metrics for phase in ("unconverted", "before", "after"))
+    first = [u.utt_id for u in read_corpus("speechocean762", None, "test")[:2]]  # data.limit_ood=2
+    assert sorted(p["utt_id"] for p in ood["predictions"]) == sorted(first)
+    # the after phase's WER is the english-normalised one of its predictions (the raw one counts case and marks)
+    english = scoring_normaliser("english")
+    refs, hyps = ([english(p[side]) for p in ood["predictions"]] for side in ("ref", "hyp"))
+    assert ood["after"]["test_wer"] == pytest.approx(jiwer.wer(refs, hyps))
+    assert ood["after"]["test_raw_wer"] > ood["after"]["test_wer"]
+    table = summary_table(stored)
+    assert "out-of-domain test" in table and "speechocean762: 2 utterances, english normaliser" in table
+    row = next(line for line in table.splitlines() if line.startswith("OOD WER before -> after fine-tuning"))
+    assert row.endswith(f"  {100 * ood['before']['test_wer']:.1f} % -> {100 * ood['after']['test_wer']:.1f} %")
+
+
+def test_evaluate_ood_measures_what_the_run_measured_out_of_domain(run, capsys):
+    evaluate.main([str(run), "--ood"])
+    assert "(2 utterances, english normaliser)" in capsys.readouterr().out
+    report = json.loads((run / "eval" / "speechocean762-test-first2-english.json").read_text())
+    assert (report["set"], report["scoring"], report["utterances"]) == ("speechocean762", "english", 2)
+    assert report["after"] == results(run)["ood"]["after"]
+    assert report["predictions"] == results(run)["ood"]["predictions"]
+
+
 def an4_test(ids: list[str]) -> list:
     by_id = {u.utt_id: u for u in read_corpus("an4", None, "test")}
     return [by_id[i] for i in ids]
@@ -120,6 +154,10 @@ def test_evaluate_errors_name_the_file_or_field(run, tmp_path):
              ([str(run), "data=an5"], "data=an5: no conf/data/an5.yaml"),
              ([str(run), "attention.latent_dim=48"], "the checkpoint fixes the model and attention"),
              ([str(run), "--name", "../x"], "--name '../x': use letters"),
+             ([str(run), "--ood", "model.ood_test=null"], "--ood: this run's model.ood_test is null or absent; name "
+              "the set: model.ood_test=speechocean762 (+model.ood_test=speechocean762 for a run from before"),
+             ([str(run), "--ood", "model.ood_test=an4"], "model.ood_test='an4' is not allowed: expected one of "
+              "speechocean762"),
              ([str(run), "data=manifest", f"data.test_split={tmp_path}/long.tsv"],  # after the model loads
               f"{long}: 31.0 s of audio; this model reads at most 30 s per utterance (1 test utterances are longer")]
     for argv, expected in cases:

@@ -16,10 +16,12 @@ SEED_MODELS = {
     "conformer": dict(
         name="conformer", family="hf_wav2vec2", source="facebook/wav2vec2-large-960h", pretrained=True,
         d_model=1024, num_heads=16, num_layers=24, batch_size=16, frame_ms=20, position="none", arch={"intermediate_size": 4096},
+        ood_test=None,  # no out-of-domain test set (Whisper's is speechocean762)
     ),
     "branchformer": dict(
         name="branchformer", family="speechbrain_branchformer", source="speechbrain/asr-branchformer-large-tedlium2",
         pretrained=True, d_model=512, num_heads=8, num_layers=18, batch_size=1, frame_ms=40, position="xl", arch={},
+        ood_test=None,
     ),
 }
 SEED_ATTENTION = {  # per model: mla's latent_dim follows d_model; sites=None: the family's default sites
@@ -136,6 +138,10 @@ BAD = [  # overrides, the start of the message (field=value), a word of what is 
     # an empty split trained 0 steps (or measured nothing) and the run "completed"
     (["data.limit_train=0"], "data.limit_train=0", "the train split must not be empty"),
     (["data.limit_test=0"], "data.limit_test=0", "the test split must not be empty"),
+    (["data.limit_ood=0"], "data.limit_ood=0", "integer >= 1 (or null: the whole set)"),
+    # the out-of-domain set a model is also tested on: one of the evaluation-only corpora, or none
+    (["model=whisper", "model.ood_test=librispeech"], "model.ood_test='librispeech'",
+     "expected null (no out-of-domain test) or one of speechocean762"),
     (["calibration.frames=-5"], "calibration.frames=-5", "integer >= 1"),
     (["calibration.split=test"], "calibration.split='test'", "val, train"),
     (["model=whisper", "calibration.text=labels"], "calibration.text='labels'", "reference, teacher"),
@@ -161,6 +167,7 @@ def test_each_bad_value_is_a_clear_error(compose_cfg, overrides, field_value, al
     ["attention=linear", "attention.feature_map=hedgehog"],
     ["attention=mla", "export_dir=/tmp/x"],  # a converted model exports as converted_model.py's folder
     ["model=whisper", "attention=native", "export_dir=/tmp/x"],
+    ["model=whisper", "model.ood_test=null", "data.limit_ood=1"],
     ["trainer.max_epochs=1", "+trainer.max_steps=-1", "trainer.devices=auto", "+trainer.limit_train_batches=0.5",
      "checkpoint_every_n_steps=null", "optim.warmup_steps=0"],
     ["model=whisper", "optim.ce_weight=0", "optim.kl_weight=1", "optim.kl_temperature=0.5",

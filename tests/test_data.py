@@ -69,6 +69,20 @@ def test_one_real_an4_batch():
         assert (batch["waves"][k, int(batch["wave_lengths"][k]):] == 0).all()
 
 
+# ---- speechocean762 (the out-of-domain evaluation set) -------------------------------------------------------
+def test_speechocean762_is_vendored_as_one_test_split_of_600_utterances():
+    from asr_attention.data.corpora import check_split, read_corpus
+
+    utts = read_corpus("speechocean762", None, "test")  # root null: the copy inside the package
+    assert (len(utts), len({u.speaker for u in utts})) == (600, 125)
+    assert (utts[0].utt_id, utts[0].text, utts[0].speaker) == ("so762-0001-000010011", "WE CALL IT BEAR", "0001")
+    assert "LET'S GO TO THE RESTROOM" in {u.text for u in utts}  # prompts keep their apostrophes
+    assert sf.info(utts[0].path).samplerate == SR and sum(u.duration for u in utts) == pytest.approx(2424.2, abs=0.1)
+    for split in ("train", "val"):  # an evaluation set only: nothing to train, validate or calibrate on
+        with pytest.raises(ValueError, match=rf"split '{split}': allowed \('test',\) \(an evaluation set only"):
+            check_split("speechocean762", None, split)
+
+
 # ---- LibriSpeech and TED-LIUM 2 layouts ----------------------------------------------------------------------
 def test_librispeech_reader(tmp_path):
     chap = tmp_path / "dev-clean" / "84" / "121123"

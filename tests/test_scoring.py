@@ -1,8 +1,10 @@
-"""The scoring normaliser: AN4's spelling and Whisper's meet in one canonical form; different words stay apart."""
+"""The scoring normalisers: AN4's spelling and Whisper's meet in one canonical form ("an4"), a read prompt and a
+cased sentence in Whisper's ("english"); different words stay apart."""
 
 import pytest
 
 from asr_attention.data import read_an4
+from asr_attention.data.normalisers import scoring_normaliser
 from asr_attention.data.scoring import DIGIT_WORDS, normalise_for_scoring, words_to_digits
 
 PAIRS = [  # (AN4 reference, what Whisper tiny.en wrote for it: benchmarks/whisper_tiny_en_an4_test.tsv)
@@ -68,3 +70,40 @@ def test_every_an4_transcript_normalises_to_an4_words_and_is_a_fixed_point():
         assert normalise_for_scoring(canonical) == canonical, u.utt_id
     # references that say their digits one by one are left as they are
     assert normalise_for_scoring("SIX FIVE FIVE EIGHT SEVEN FOUR ZERO") == "SIX FIVE FIVE EIGHT SEVEN FOUR ZERO"
+
+
+# ---- "english": Whisper's standard English normaliser, for the out-of-domain sentences (speechocean762) ---------
+SENTENCES = [  # (a speechocean762 prompt, a cased, punctuated transcript of it)
+    ("LET'S GO TO THE RESTROOM", "Let's go to the restroom."),  # case, apostrophe, full stop
+    ("THE COLOUR OF THE SKY", "The color of the sky!"),  # British and American spelling (english.json)
+    ("I HAVE TWENTY FIVE APPLES", "I have 25 apples."),  # numbers spelled out and in digits
+    ("MISTER SMITH IS HERE", "Mr. Smith is here,"),
+]
+
+
+@pytest.mark.parametrize("prompt, transcript", SENTENCES)
+def test_a_prompt_and_its_transcript_meet_under_the_english_normaliser(prompt, transcript):
+    english = scoring_normaliser("english")
+    assert english(prompt) == english(transcript, cased=True)
+
+
+def test_the_english_normaliser_is_whispers_with_its_spelling_map():
+    english = scoring_normaliser("english")
+    assert english("LET'S GO TO THE RESTROOM") == english("Let's go to the restroom.") == "let us go to the restroom"
+    assert english("colour") == english("color") == "color"  # only with whisper-normalizer's english.json
+    for a, b in [("WE CALL IT BEAR", "We call it bare."), ("FIFTEEN", "fifty"), ("HE'S HERE", "He is hear")]:
+        assert english(a) != english(b), (a, b)
+    assert scoring_normaliser("an4") is normalise_for_scoring
+
+
+def test_a_missing_spelling_map_is_an_error_naming_the_file(monkeypatch):
+    from asr_attention.data import sentence_scoring
+
+    monkeypatch.setattr(sentence_scoring, "SPELLING_FILE", "normalizers/missing.json")
+    with pytest.raises(FileNotFoundError, match=r"normalizers/missing.json: Whisper's English spelling map is missing"):
+        sentence_scoring.spelling_map()
+
+
+def test_an_unknown_normaliser_is_named():
+    with pytest.raises(ValueError, match=r"^--scoring='an5' is not allowed: expected one of an4, english$"):
+        scoring_normaliser("an5", "--scoring")

@@ -49,6 +49,8 @@ def test_train_converts_finetunes_and_writes_results(tmp_path):
     assert results["after"]["test_wer"] < 0.5  # one small step (lr 5e-4) keeps the model close to the converted one
     assert results["throughput"]["rtfx"] > 0
     assert "WER before -> after fine-tuning" in out
+    # model.ood_test=null (every model but Whisper): no out-of-domain test, nothing recorded or printed for one
+    assert "ood" not in results and results["scoring"] == {"test": "an4"} and "OOD" not in out
 
 
 def test_mha_conversion_keeps_the_checkpoint_exactly(tmp_path):

@@ -55,7 +55,8 @@ class ASRDataModule(L.LightningDataModule):
     """Train/val/test over one corpus. Batches are dicts: waves (B, S), wave_lengths (B,), targets (B, L)
     (padded with -100), target_lengths (B,), utt_ids, texts (normalised references).
 
-    corpus: an4 | librispeech | tedlium2 | manifest; root: its folder (None = the vendored AN4).
+    corpus: an4 | librispeech | tedlium2 | manifest | speechocean762 (test only); root: its folder (None = the
+    vendored copy of AN4 or speechocean762).
     Splits: AN4 train/val/test; LibriSpeech subset names (train-clean-100, dev-clean, test-clean, '+' joins);
     TED-LIUM 2 train/dev/test; manifest: TSV paths. Speakers of the val split are removed from train (AN4's
     val is carved out of its train split), so val and train never share a speaker.
@@ -313,15 +314,17 @@ class ASRDataModule(L.LightningDataModule):
 def build_datamodule(cfg: Mapping[str, Any], tokenizer: CharTokenizer | None,
                      max_audio_seconds: float | None = None) -> ASRDataModule:
     """From the Hydra `data` node (corpus, root, train/val/test_split, batch_size, num_workers, max_duration,
-    on_bad_audio, oov, and optionally max_batch_seconds, eval_batch_size, limit_*, val_speakers, seed,
-    validate_audio, pin_memory; `name` stands for corpus if corpus is absent; sample_rate must be 16000).
+    on_bad_audio, oov, and optionally max_batch_seconds, eval_batch_size, limit_* (limit_ood is not this
+    datamodule's), val_speakers, seed, validate_audio, pin_memory; `name` stands for corpus if corpus is absent;
+    sample_rate must be 16000).
     Unknown fields are an error naming them, so a typo cannot silently fall back to a default.
     max_audio_seconds: the model's limit (Backbone.max_audio_seconds), not a data field."""
     allowed = {"corpus", "root", "train_split", "val_split", "test_split", "batch_size", "num_workers",
                "max_duration", "on_bad_audio", "oov", "max_batch_seconds", "eval_batch_size", "limit_train",
-               "limit_val", "limit_test", "val_speakers", "validate_audio", "seed", "pin_memory"}
+               "limit_val", "limit_test", "limit_ood", "val_speakers", "validate_audio", "seed", "pin_memory"}
     cfg = dict(cfg)
     cfg.pop("_target_", None)
+    cfg.pop("limit_ood", None)  # the out-of-domain set's limit: its own datamodule's limit_test (training/ood.py)
     name = cfg.pop("name", None)  # the config group's label; the corpus when `corpus` is not given
     cfg.setdefault("corpus", name or "an4")
     sample_rate = cfg.pop("sample_rate", 16_000)

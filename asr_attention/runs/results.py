@@ -66,20 +66,36 @@ def cache_rows(data: dict) -> list[tuple[str, str]]:
                                ("cross cache per second of audio", "cross_per_second"))]
 
 
+def _pct(d: dict, key: str) -> str:
+    return f"{100 * d[key]:.1f} %" if key in d else "-"
+
+
+def wer_rows(phases: dict, label: str = "") -> list[tuple[str, str]]:
+    """WER unconverted (if measured), WER and CER before -> after fine-tuning, of one test set's phases."""
+    before, after = phases.get("before") or {}, phases.get("after") or {}
+    rows = [(f"{label}WER unconverted", _pct(phases["unconverted"], "test_wer"))] if phases.get("unconverted") else []
+    return rows + [(f"{label}{kind} before -> after fine-tuning",
+                    f"{_pct(before, f'test_{kind.lower()}')} -> {_pct(after, f'test_{kind.lower()}')}")
+                   for kind in ("WER", "CER")]
+
+
+def ood_rows(data: dict) -> list[tuple[str, str]]:
+    """The out-of-domain set's rows (training/ood.py), when the run has one."""
+    ood = data.get("ood")
+    if not ood:
+        return []
+    return [("out-of-domain test", f"{ood.get('set')}: {ood.get('utterances')} utterances, "
+                                   f"{ood.get('normaliser')} normaliser"), *wer_rows(ood, "OOD ")]
+
+
 def summary_table(data: dict) -> str:
-    """The lines a run prints at its end: WER/CER before and after fine-tuning, cache, throughput."""
+    """The lines a run prints at its end: WER/CER before and after fine-tuning (on its test split, then on its
+    out-of-domain set), cache, throughput."""
     cfg = data.get("config", {})
-    before, after = data.get("before") or {}, data.get("after") or {}
-
-    def pct(d: dict, key: str) -> str:
-        return f"{100 * d[key]:.1f} %" if key in d else "-"
-
     rows = [("model / attention", f"{cfg.get('model', {}).get('name')} / {cfg.get('attention', {}).get('name')}")]
-    if data.get("unconverted"):
-        rows.append(("WER unconverted", pct(data["unconverted"], "test_wer")))
     rows += [
-        ("WER before -> after fine-tuning", f"{pct(before, 'test_wer')} -> {pct(after, 'test_wer')}"),
-        ("CER before -> after fine-tuning", f"{pct(before, 'test_cer')} -> {pct(after, 'test_cer')}"),
+        *wer_rows(data),
+        *ood_rows(data),
         *cache_rows(data),
         ("parameters", f"{data.get('parameters', 0):,}" + (f" (unconverted {data['parameters_unconverted']:,})"
                                                            if "parameters_unconverted" in data else "")),

@@ -26,11 +26,15 @@ SCALARS = ("status", "error", "parameters", "vocab_size", "global_step", "wall_s
 
 
 def results_summary(results: Mapping) -> dict[str, Any]:
-    """The flat W&B summary of a results.json: scalars, before/*, after/*, throughput/*, conversion/*,
-    cache/* (analytic and measured bytes, MiB per 1000 frames) and fidelity/* (mean and max relative error)."""
+    """The flat W&B summary of a results.json: scalars, before/*, after/*, throughput/*, ood/<phase>/* (the
+    out-of-domain set's), conversion/*, cache/* (analytic and measured bytes, MiB per 1000 frames) and fidelity/*
+    (mean and max relative error)."""
     out: dict[str, Any] = {k: results[k] for k in SCALARS if results.get(k) is not None}
-    for section in SECTIONS:
-        for k, v in (results.get(section) or {}).items():
+    ood = results.get("ood") or {}
+    sections = [(section, results.get(section)) for section in SECTIONS]
+    sections += [(f"ood/{phase}", ood.get(phase)) for phase in ("unconverted", "before", "after")]
+    for section, values in sections:
+        for k, v in (values or {}).items():
             if isinstance(v, (int, float, str, bool)):
                 out[f"{section}/{k}"] = v
     conversion = results.get("conversion") or {}

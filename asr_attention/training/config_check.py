@@ -14,6 +14,7 @@ from ..backbones import FAMILIES
 from ..backbones.sites import model_site_kinds
 from ..backbones.whisper.packages import DEFAULT_SIZE, SIZES
 from ..config.errors import UserError
+from ..data.corpora import OOD_SETS
 
 # The allowed names are the registries' own: a variant, feature map or family added there is allowed here.
 ATTENTION_NAMES = ("native", *VARIANTS)  # native: the backbone's own module, left unpatched
@@ -62,6 +63,9 @@ def validate_model(model: Mapping) -> None:
         _fail("model.num_heads", h, f"must divide model.d_model={d} (allowed: {_divisors(d)})")
     if model["family"] in HEADS:
         _choice(model, "model", "head", HEADS[model["family"]])
+    ood = model.get("ood_test")
+    if ood is not None and ood not in OOD_SETS:
+        _fail("model.ood_test", ood, "expected null (no out-of-domain test) or one of " + ", ".join(OOD_SETS))
     if model["family"] == "whisper":
         validate_packaged_size(model)
 
@@ -197,6 +201,9 @@ def validate_data_and_calibration(cfg: Mapping) -> None:
         if data.get(f"limit_{part}") is not None:
             _int_at_least(data[f"limit_{part}"], f"data.limit_{part}", 1,
                           f" (or null: the whole split); the {part} split must not be empty")
+    if data.get("limit_ood") is not None:
+        _int_at_least(data["limit_ood"], "data.limit_ood", 1,
+                      " (or null: the whole set); model.ood_test=null tests on no out-of-domain set")
     if "calibration" in cfg:
         calibration = cfg["calibration"] or {}
         _int_at_least(calibration.get("frames"), "calibration.frames", 1,

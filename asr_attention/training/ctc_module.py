@@ -10,7 +10,7 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 from transformers import get_cosine_schedule_with_warmup
 
 from ..backbones import Backbone
-from ..data.scoring import normalise_for_scoring
+from ..data.normalisers import scoring_normaliser
 from ..data.text import CharTokenizer
 from .distillation import SiteDistillation
 from .teacher import Teacher
@@ -19,9 +19,11 @@ from .teacher import Teacher
 class ASRFineTuner(L.LightningModule):
     """What every head shares. A subclass gives `loss_and_hyps(batch, decode)`.
 
-    Scoring: WER/CER on the texts after `normalise_for_scoring` (both sides, every model: "CQQF7" and
-    "C Q Q F SEVEN" are the same words) are `{split}_wer` / `_cer`; on the raw texts, `{split}_raw_wer` / `_cer`.
-    cased_hypotheses: the head writes in upper and lower case (Whisper), so capital runs are spelled letters.
+    Scoring: WER/CER on the texts after the `scoring` normaliser (data/normalisers.py; both sides, every model:
+    under "an4", "CQQF7" and "C Q Q F SEVEN" are the same words) are `{split}_wer` / `_cer`; on the raw texts,
+    `{split}_raw_wer` / `_cer`. scoring: "an4" (default) or "english" (Whisper's, while train.py tests out of
+    domain). cased_hypotheses: the head writes in upper and lower case (Whisper), so capital runs are spelled
+    letters.
     lr / weight_decay / warmup_steps: AdamW with linear warmup then cosine decay over the whole run.
     head_lr: the CTC output layer's lr (None: lr); a head that starts random can learn faster than the
     pretrained layers under it.
@@ -46,6 +48,7 @@ class ASRFineTuner(L.LightningModule):
         super().__init__()
         self.backbone = backbone
         self.cased_hypotheses = False
+        self.scoring = "an4"  # the normaliser's name (data/normalisers.py)
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.attention_only_steps, self.head_lr = attention_only_steps, head_lr
         self.distill_weight = distill_weight
@@ -108,8 +111,9 @@ class ASRFineTuner(L.LightningModule):
             return
         loss, hyps = self.loss_and_hyps(batch, decode=True)
         refs = batch["texts"]
-        scored_hyps = [normalise_for_scoring(t, cased=self.cased_hypotheses) for t in hyps]
-        scored_refs = [normalise_for_scoring(t) for t in refs]
+        normalise = scoring_normaliser(self.scoring)
+        scored_hyps = [normalise(t, cased=self.cased_hypotheses) for t in hyps]
+        scored_refs = [normalise(t) for t in refs]
         for name in ("wer", "cer"):
             self.metrics[f"{split}_{name}"].update(scored_hyps, scored_refs)
             self.metrics[f"{split}_raw_{name}"].update(hyps, refs)
