@@ -1,6 +1,7 @@
 """What a user runs on a trained run: evaluate (any test data), transcribe (files, manifests), export_dir= (a
 converted model that loads back without its run folder). On a Whisper demo run trained here: tiny.en, decoder
-self- and cross-attention converted to MLA at d/4, one fine-tuning step on 8 AN4 utterances, on the CPU."""
+self- and cross-attention converted to MLA at d/4, calibrated on the unconverted model's own transcripts, one
+label-free fine-tuning step on 8 AN4 utterances (KL to the unconverted model on its transcripts), on the CPU."""
 
 import hashlib
 import json
@@ -31,9 +32,14 @@ from asr_attention.runs.results import summary_table
 REPO = Path(__file__).resolve().parents[1]
 # warmup 0: the one step changes the weights (at a small lr: the model stays as good as converted). Greedy alone:
 # the fallback's sampling draws for an utterance depend on which others share its batch (transcribe's batches are
-# not the test step's), greedy's tokens do not.
-MODEL = ["experiment=whisper_demo", "model.decoding.temperatures=[0.0]", "data.limit_val=2"]
-RUN = [*MODEL, "data.limit_train=8", "data.limit_test=2", "data.limit_ood=2", "optim.warmup_steps=0", "optim.lr=1e-5"]
+# not the test step's), greedy's tokens do not. calibration.text=teacher and the label-free recipe (issue 31) ride
+# along: evaluate --before and transcribe's fresh conversion must then convert as the run did. A model calibrated on
+# 2 utterances is fragile: greedy text that loops would run to the model's 446 tokens, so 24 (AN4's longest
+# reference is 16) bounds each decode.
+MODEL = ["experiment=whisper_demo", "model.decoding.temperatures=[0.0]", "model.decoding.max_tokens=24",
+         "data.limit_val=2", "calibration.text=teacher"]
+RUN = [*MODEL, "data.limit_train=8", "data.limit_test=2", "data.limit_ood=2", "optim.warmup_steps=0", "optim.lr=1e-5",
+       "optim.kl_weight=1", "optim.ce_weight=0", "optim.distill_text=teacher", "trainer.log_every_n_steps=1"]
 
 
 def train(*overrides: str) -> str:
@@ -57,7 +63,8 @@ def digest(path: Path) -> str:
 def run(tmp_path_factory) -> Path:
     """The run folder; its training command also exported the model to <root>/in_run."""
     root = tmp_path_factory.mktemp("whisper_run")
-    train(f"hydra.run.dir={root / 'run'}", f"export_dir={root / 'in_run'}")
+    train(f"hydra.run.dir={root / 'run'}", f"export_dir={root / 'in_run'}",  # + each step's terms in a CSV file
+          "+logger.csv._target_=lightning.pytorch.loggers.CSVLogger", f"+logger.csv.save_dir={root / 'run'}")
     return root / "run"
 
 
@@ -114,6 +121,19 @@ def test_evaluate_ood_measures_what_the_run_measured_out_of_domain(run, capsys):
     assert (report["set"], report["scoring"], report["utterances"]) == ("speechocean762", "english", 2)
     assert report["after"] == results(run)["ood"]["after"]
     assert report["predictions"] == results(run)["ood"]["predictions"]
+
+
+def test_the_run_calibrated_and_trained_on_the_teachers_text(run):
+    """Conversion teacher-forced the decoder on tiny.en's own transcripts of the 2 val utterances (Whisper's
+    spelling: a token count of its own), and the step's loss was the KL alone (ce_weight 0), each term logged."""
+    import csv
+
+    used = results(run)["conversion"]["calibration_data"]
+    assert used["text"] == "teacher" and used["split"] == "val" and used["utterances"] == 2 and used["tokens"] > 4
+    (metrics,) = run.glob("lightning_logs/version_*/metrics.csv")
+    (step,) = [r for r in csv.DictReader(metrics.open()) if r["train_loss"]]
+    assert float(step["train_kl"]) > 1e-4 and float(step["train_ce"]) > 0
+    assert float(step["train_loss"]) == pytest.approx(float(step["train_kl"]))
 
 
 def an4_test(ids: list[str]) -> list:
@@ -221,6 +241,7 @@ def test_transcribe_bad_or_long_audio_is_one_line_naming_the_file(run, run_modul
 @torch.no_grad()
 def decoder_outputs(backbone, utterances) -> tuple[torch.Tensor, list[list[int]]]:
     from asr_attention.data.audio import load_audio
+    from asr_attention.generation.decoding import DecodingOptions
     from asr_attention.generation.decoding import transcribe as decode
 
     waves = [load_audio(u.path) for u in utterances]
@@ -228,7 +249,8 @@ def decoder_outputs(backbone, utterances) -> tuple[torch.Tensor, list[list[int]]
     batch = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
     memory = backbone.encode(batch, lengths)
     prompt = torch.tensor(backbone.tokens.prompt).repeat(len(waves), 1)
-    return backbone.decode(prompt, memory), [h.tokens for h in decode(backbone, memory)]
+    greedy = DecodingOptions(max_tokens=24, temperatures=(0.0,))  # as MODEL decodes: a looping text stops at 24
+    return backbone.decode(prompt, memory), [h.tokens for h in decode(backbone, memory, greedy)]
 
 
 def test_export_loads_back_without_the_run_folder_and_a_finished_run_exports(run, run_module):

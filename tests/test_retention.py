@@ -78,11 +78,12 @@ def test_the_kl_term_is_t_squared_times_the_softened_kl_per_labelled_position():
     student, teacher = torch.randn(2, 5, 11, generator=g), torch.randn(2, 5, 11, generator=g)
     labels = torch.tensor([[IGNORE, 3, 4, 1, IGNORE], [IGNORE, 2, IGNORE, IGNORE, IGNORE]])
     for t in (1.0, 2.0, 0.5):
-        assert decoder_kl(student, teacher, labels, t).item() == pytest.approx(reference_kl(student, teacher, labels, t),
-                                                                               rel=1e-5)
+        expected = reference_kl(student, teacher, labels, t)
+        assert decoder_kl(student, teacher, labels, t).item() == pytest.approx(expected, rel=1e-5)
     # what stands at an unlabelled position plays no part
     noisy = student.masked_fill((labels == IGNORE)[..., None], 1e3)
-    assert decoder_kl(noisy, teacher, labels, 2.0).item() == pytest.approx(decoder_kl(student, teacher, labels, 2.0).item())
+    clean = decoder_kl(student, teacher, labels, 2.0).item()
+    assert decoder_kl(noisy, teacher, labels, 2.0).item() == pytest.approx(clean)
     # hot limit: T^2 KL -> half the variance over the vocabulary of the logit difference, independent of T
     keep = labels != IGNORE
     half_variance = 0.5 * (teacher - student)[keep].double().var(dim=-1, unbiased=False).mean().item()
@@ -161,6 +162,31 @@ def test_a_ctc_head_refuses_the_decoder_terms():
             CTCFineTuner(make("ctc"), CharTokenizer.from_texts(["AB C"]), **optim)
     module = CTCFineTuner(make("ctc"), CharTokenizer.from_texts(["AB C"]), kl_weight=0)
     assert module.teacher is None  # nothing reads a teacher: none is copied
+
+
+def test_the_retention_knobs_name_the_recipe_only_away_from_their_defaults():
+    """Run names (${recipe_tag:...} in the study presets) and the study report's recipe label name each knob set
+    away from its default, so a KL run never shares a folder or a recipe row with a plain one; at the defaults
+    both read as before the knobs existed."""
+    from asr_attention.config.resolvers import recipe_tag
+    from asr_attention.reports.recipe_choice import recipe_label
+
+    defaults = {"kl_weight": None, "kl_temperature": 1.0, "ce_weight": 1.0, "distill_text": "reference"}
+    plain = {"optim": {"lr": 3e-5, "attention_only_steps": 10**9, **defaults}, "trainer": {"max_steps": 1000},
+             "calibration": {"frames": 8192, "split": "val", "text": "reference", "utterances": None}}
+    assert recipe_label(plain) == "lr 3e-05, attention only"
+    assert recipe_tag(10**9, 1000, 3e-5, None, None, None, plain["optim"], plain["calibration"]) == \
+        "attention_only-lr3e-05"
+    kl = {**plain, "optim": {**plain["optim"], "kl_weight": 1.0, "kl_temperature": 2.0, "ce_weight": 0.0,
+                             "distill_text": "teacher"},
+          "calibration": {**plain["calibration"], "text": "teacher", "utterances": 64}}
+    assert recipe_label(kl) == ("lr 3e-05, attention only; kl_weight 1.0; kl_temperature 2.0; ce_weight 0.0; "
+                                "distill_text teacher; calibration.text teacher; calibration.utterances 64")
+    assert recipe_tag(10**9, 1000, 3e-5, None, None, None, kl["optim"], kl["calibration"]) == (
+        "attention_only-lr3e-05-kl_weight1.0-kl_temperature2.0-ce_weight0.0-distill_text_teacher-calib_text_teacher"
+        "-calib_utterances64")
+    off = {**plain, "optim": {**plain["optim"], "kl_weight": 0, "kl_temperature": 2.0}}  # KL off: T says nothing
+    assert recipe_label(off) == recipe_label(plain)
 
 
 @pytest.fixture(scope="module")

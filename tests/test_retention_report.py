@@ -53,7 +53,7 @@ def sweep(tmp_path):
 def test_the_recipe_is_chosen_on_val_wer_plus_agreement_never_on_the_out_of_domain_set(sweep):
     rows = collect(sweep)
     (choice,) = choose(rows).values()
-    assert "KL x 1.0" in choice["chosen"] and "no CE" in choice["chosen"]
+    assert "kl_weight 1.0" in choice["chosen"] and "ce_weight 0.0" in choice["chosen"]
     # the kept checkpoint is step 500's (lowest val WER), not step 1000's perfect agreement
     kl = next(r for r in rows if r["job"] == "kl-mla-0")
     assert kl["retention_score"] == pytest.approx(0.030 + 0.05)
@@ -68,12 +68,12 @@ def test_the_recipe_is_chosen_on_val_wer_plus_agreement_never_on_the_out_of_doma
 
 def test_each_run_faces_the_original_out_of_domain_and_its_control_on_an4(sweep):
     aggs = aggregate(collect(sweep), {})
-    mla_kl = next(a for a in aggs if not a["control"] and "KL" in a["recipe"])
+    mla_kl = next(a for a in aggs if not a["control"] and "kl_weight" in a["recipe"])
     assert mla_kl["cut_window"] == pytest.approx(87.5)
     assert mla_kl["ood_vs_original"] == pytest.approx((0.380 + 0.384) / 2 - 0.378)
     assert mla_kl["test_vs_control"] == pytest.approx((0.022 + 0.024) / 2 - 0.020)
     assert mla_kl["goal"] is True  # +0.4 OOD point, +0.3 AN4 point: within both bounds
-    mla_ce = next(a for a in aggs if not a["control"] and "KL" not in a["recipe"])
+    mla_ce = next(a for a in aggs if not a["control"] and "kl_weight" not in a["recipe"])
     assert mla_ce["goal"] is False  # +85 points out of domain
     assert all(a["goal"] is None for a in aggs if a["control"])
 

@@ -31,13 +31,15 @@ OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
 
 
 def recipe_tag(attention_only_steps: int | None, max_steps: int | None, lr: float, head_lr: float | None = None,
-               arch=None, distill_weight: float | None = None) -> str:
+               arch=None, distill_weight: float | None = None, optim=None, calibration=None) -> str:
     """${recipe_tag:${optim.attention_only_steps},${trainer.max_steps},${optim.lr},${optim.head_lr},${model.arch},
-    ${optim.distill_weight}}: what a run fine-tunes and at which lrs, for its name (e.g. 'attention_only-lr3e-05',
-    'attention500_then_all-lr0.0001', 'all-lr0.0001-head_lr0.001-specaug_time0.05x10_mel0.1x10',
-    'all-lr0.0001-head_lr0.001-distill1.0'): the same rule as the study report's recipe label, so two recipes never
-    share a name (and a run folder)."""
-    from .recipe import spec_augment, what_trains
+    ${optim.distill_weight},${optim},${calibration}}: what a run fine-tunes and at which lrs, for its name (e.g.
+    'attention_only-lr3e-05', 'attention500_then_all-lr0.0001',
+    'all-lr0.0001-head_lr0.001-specaug_time0.05x10_mel0.1x10', 'all-lr0.0001-head_lr0.001-distill1.0',
+    'attention_only-lr3e-05-kl_weight1.0-ce_weight0.0-distill_text_teacher'; optim and calibration: for the retention
+    knobs away from their defaults): the same rule as the study report's recipe label, so two recipes never share a
+    name (and a run folder)."""
+    from .recipe import retention, spec_augment, what_trains
 
     trains = what_trains(attention_only_steps, max_steps)
     if trains == "attention_then_all":
@@ -45,7 +47,9 @@ def recipe_tag(attention_only_steps: int | None, max_steps: int | None, lr: floa
     axes = spec_augment(arch or {})
     return (f"{trains}-lr{lr}" + ("" if head_lr is None else f"-head_lr{head_lr}")
             + ("-specaug_" + "_".join(f"{a}{p}x{n}" for a, (p, n) in axes.items()) if axes else "")
-            + ("" if distill_weight is None else f"-distill{distill_weight}"))
+            + ("" if distill_weight is None else f"-distill{distill_weight}")
+            + "".join(f"-{key.replace('calibration.', 'calib_')}{'_' if isinstance(value, str) else ''}{value}"
+                      for key, value in retention(optim, calibration).items()))
 
 
 OmegaConf.register_new_resolver("recipe_tag", recipe_tag, replace=True)

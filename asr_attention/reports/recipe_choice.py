@@ -14,12 +14,13 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, Sequence
 
-from ..config.recipe import spec_augment, what_trains
+from ..config.recipe import retention, spec_augment, what_trains
 
 
 def recipe_label(config: Mapping) -> str:
     """'lr 0.0003, attention only; encoder frozen', 'lr 0.0001, attention 500 steps, then all', 'lr 3e-05, head
-    lr 0.001, all from step 0; encoder trained; distilled x 1.0', ..."""
+    lr 0.001, all from step 0; encoder trained; distilled x 1.0', '...; kl_weight 1.0; ce_weight 0.0;
+    distill_text teacher; calibration.text teacher' (the retention knobs away from their defaults)..."""
     optim, trainer, model = (config.get(k) or {} for k in ("optim", "trainer", "model"))
     first = optim.get("attention_only_steps")
     train = {"all": "all from step 0", "attention_only": "attention only",
@@ -28,19 +29,9 @@ def recipe_label(config: Mapping) -> str:
     encoder = "" if frozen is None else "; encoder frozen" if frozen else "; encoder trained"
     head = "" if optim.get("head_lr") is None else f", head lr {optim['head_lr']}"
     distill = "" if optim.get("distill_weight") is None else f"; distilled x {optim['distill_weight']}"
+    kept = "".join(f"; {key} {value}" for key, value in retention(optim, config.get("calibration")).items())
     return (f"lr {optim.get('lr')}{head}, {train}{encoder}{spec_augment_label(model.get('arch') or {})}{distill}"
-            f"{output_distillation_label(optim)}")
-
-
-def output_distillation_label(optim: Mapping) -> str:
-    """'; KL x 1.0 (T 1.0), no CE, on the original's transcripts', or '' (cross-entropy on the transcripts alone)."""
-    kl, ce, text = optim.get("kl_weight"), optim.get("ce_weight"), optim.get("distill_text")
-    parts = [f"KL x {kl} (T {optim.get('kl_temperature', 1.0)})"] if kl else []
-    if ce is not None and ce != 1.0:
-        parts.append("no CE" if ce == 0 else f"CE x {ce}")
-    if text == "teacher":
-        parts.append("on the original's transcripts")
-    return "; " + ", ".join(parts) if parts else ""
+            f"{kept}")
 
 
 def spec_augment_label(arch: Mapping) -> str:
