@@ -46,7 +46,8 @@ def best_val_wer(val_curve: Sequence[Mapping]) -> float | None:
     return min(values) if values else None
 
 
-def compare(rows: Sequence[Mapping], score=lambda r: best_val_wer(r.get("val_curve") or [])) -> dict[tuple, dict]:
+def compare(rows: Sequence[Mapping], score=lambda r: best_val_wer(r.get("val_curve") or []),
+            completed_only: bool = True) -> dict[tuple, dict]:
     """{(model, head, sites): {"table": {recipe: {variant: mean best val WER}}, "common": [variants], "seeds":
     [seeds], "mean": {recipe: mean over the common cells}, "chosen": recipe, "rule": "head to head" or "common
     cells" or "none", "versus": {other recipe: {"cells": n, "mean": its mean, "chosen_mean": the chosen's
@@ -55,7 +56,7 @@ def compare(rows: Sequence[Mapping], score=lambda r: best_val_wer(r.get("val_cur
     cells: dict[tuple, dict[str, dict[tuple, float]]] = {}
     for r in rows:
         best = score(r)  # lower is better: by default the best val WER
-        if r.get("status") == "completed" and best is not None:
+        if (r.get("status") == "completed" or not completed_only) and best is not None:
             group = cells.setdefault((r["model"], r["head"], r["sites"]), {})
             # the batch order is part of the cell: a seed re-run with its own order is not the shared-order run
             group.setdefault(r["recipe"], {})[(r["variant"], r["seed"], r.get("data_seed", 0))] = best

@@ -69,7 +69,8 @@ def collect(sweep_dir: str | Path) -> list[dict]:
                    ood_wer_original=_phase_wer(ood, "unconverted", "test_wer"),
                    ood_wer_zero_shot=_phase_wer(ood, "before", "test_wer"),
                    ood_wer_after=_phase_wer(ood, "after", "test_wer"),
-                   retention_score=retention_score(row["val_curve"]))
+                   retention_score=retention_score(row["val_curve"]),
+                   trained=fine_tuned_to_the_end(results))
         rows.append(row)
     pair_with_controls(rows)
     controls = {r["job"]: r for r in rows}
@@ -82,26 +83,35 @@ def collect(sweep_dir: str | Path) -> list[dict]:
     return rows
 
 
+def fine_tuned_to_the_end(results: Mapping) -> bool:
+    """Its last val pass came at trainer.max_steps: the fine-tune ran its course (whatever its tests did)."""
+    curve, steps = results.get("val_curve") or [], ((results.get("config") or {}).get("trainer") or {}).get("max_steps")
+    return bool(curve) and steps is not None and curve[-1].get("step", 0) >= steps
+
+
 def _difference(a: float | None, b: float | None) -> float | None:
     return a - b if a is not None and b is not None else None
 
 
 def choose(rows: Sequence[dict]) -> dict[tuple, dict]:
-    """recipe_choice.compare over the runs' retention scores (val only)."""
-    return recipe_choice.compare(rows, score=lambda r: r["retention_score"])
+    """recipe_choice.compare over the runs' retention scores (val only). A run whose fine-tuning ended but whose
+    tests were cut short (status running) counts: the choice reads its val record alone."""
+    trained = [r for r in rows if r["status"] == "completed" or r["trained"]]
+    return recipe_choice.compare(trained, score=lambda r: r["retention_score"], completed_only=False)
 
 
 def aggregate(rows: Sequence[dict], choices: Mapping[tuple, Mapping]) -> list[dict]:
     """Per model, sites, recipe and variant: means and sample sds over seeds."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r["status"] == "completed":
+        if r["status"] != "failed":  # a run cut short keeps the phases it measured; the others stay blank
             groups.setdefault((r["model"], r["sites"], r["recipe"], r["variant"]), []).append(r)
     out = []
     for (model, sites, recipe, variant), runs in groups.items():
         choice = choices.get((model, runs[0]["head"], sites))
         agg = {"model": model, "sites": sites, "recipe": recipe, "variant": variant,
                "control": runs[0]["attention"] in CONTROL_ATTENTIONS, "seeds": sorted(r["seed"] for r in runs),
+               "completed": sum(r["status"] == "completed" for r in runs),
                "chosen": choice is None or choice["chosen"] == recipe, "cut_window": runs[0]["cut_window"],
                "cache_window": runs[0]["cache_window"], "runs": runs}
         for key in ("wer_original", "wer_zero_shot", "wer_after", "test_vs_control", "ood_wer_original",
@@ -129,14 +139,14 @@ def _pct(mean: float | None, sd: float | None = None, sign: bool = False) -> str
 
 
 def summary_table(aggs: Sequence[dict]) -> list[str]:
-    header = ["model", "recipe", "variant", "seeds", "cut window %", "AN4 original", "AN4 after", "AN4 vs control",
+    header = ["model", "recipe", "variant", "seeds (completed)", "cut window %", "AN4 original", "AN4 after", "AN4 vs control",
               "OOD original", "OOD zero-shot", "OOD after", "OOD vs original", "goal"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for a in aggs:
-        goal = {True: "met", False: "missed", None: ""}[a["goal"]]
+        goal = {True: "met", False: "missed", None: "" if a["control"] else "not measured"}[a["goal"]]
         lines.append("| " + " | ".join([
             a["model"], a["recipe"] + (" (chosen)" if a["chosen"] else ""), a["variant"],
-            ",".join(map(str, a["seeds"])), table_cell(a["cut_window"], ".1f"),
+            ",".join(map(str, a["seeds"])) + f" ({a['completed']})", table_cell(a["cut_window"], ".1f"),
             _pct(a["wer_original"]), _pct(a["wer_after"], a["wer_after_sd"]),
             _pct(a["test_vs_control"], a["test_vs_control_sd"], sign=True), _pct(a["ood_wer_original"]),
             _pct(a["ood_wer_zero_shot"], a["ood_wer_zero_shot_sd"]), _pct(a["ood_wer_after"], a["ood_wer_after_sd"]),
