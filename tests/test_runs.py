@@ -255,3 +255,16 @@ def test_results_json_holds_the_fingerprint_and_what_setup_counted(reference):
     none = {"train": [], "val": [], "test": []}
     assert stored["transcripts"] == {"empty": none, "changed_by_oov_drop": none}  # AN4 fits the demo's vocabulary
     assert stored["duration_mismatches"] == []
+
+
+def test_the_out_of_domain_test_keys_leave_a_runs_identity_alone():
+    """A Whisper run made before model.ood_test / data.limit_ood existed is the same run as today's default (the
+    out-of-domain phases add results, change none); another set or limit does not make another run either."""
+    from asr_attention.runs.identity import fingerprint
+
+    before = {"model": {"name": "whisper", "d_model": 384}, "data": {"corpus": "an4", "limit_test": None}, "seed": 0}
+    today = {"model": {**before["model"], "ood_test": "speechocean762"}, "data": {**before["data"], "limit_ood": None},
+             "seed": 0}
+    limited = {**today, "data": {**today["data"], "limit_ood": 16}}
+    assert fingerprint(before) == fingerprint(today) == fingerprint(limited)
+    assert fingerprint({**today, "seed": 1}) != fingerprint(today)

@@ -25,8 +25,10 @@ from typing import Any
 from ..config.errors import UserError
 
 PACKAGE_PATH = re.compile(r"^/.*?/asr_attention/(?=(pretrained|data)/)")  # ${pkg:pretrained/...}, ${pkg:data/...}
+# the out-of-domain test (model.ood_test, data.limit_ood) adds results and changes none of the run's own (its phases
+# run under their own RNG, training/ood.py): runs from before it keep their folders
 COSMETIC = ("logger", "group", "run_name", "export_dir", "retrain", "checkpoint_every_n_steps",
-            "data.num_workers", "trainer.log_every_n_steps")
+            "data.num_workers", "trainer.log_every_n_steps", "model.ood_test", "data.limit_ood")
 # dotted key -> the value that reproduces the runs made before the key was added
 ADDED_DEFAULTS = {
     "optim.kl_weight": None, "optim.kl_temperature": 1.0, "optim.ce_weight": 1.0, "optim.distill_text": "reference",
