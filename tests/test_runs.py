@@ -268,3 +268,20 @@ def test_the_out_of_domain_test_keys_leave_a_runs_identity_alone():
     limited = {**today, "data": {**today["data"], "limit_ood": 16}}
     assert fingerprint(before) == fingerprint(today) == fingerprint(limited)
     assert fingerprint({**today, "seed": 1}) != fingerprint(today)
+
+
+def test_a_stored_config_with_hydra_values_resolves_from_the_runs_hydra_yaml(tmp_path):
+    """Study runs name themselves from the sweep's choices (${hydra:runtime.choices...}): evaluate and transcribe
+    read those from the run's .hydra/hydra.yaml, as Hydra held them; without that file the error names it."""
+    import shutil
+
+    from asr_attention.training.run_model import run_config
+
+    committed = Path(__file__).resolve().parents[1] / "benchmarks/quality/retention/runs/whisper_retain_kl_mha_s1/0"
+    cfg = run_config(committed)
+    assert cfg.run_name == "whisper-retain_kl-decoder-mha-seed1"
+    run = tmp_path / "run"
+    shutil.copytree(committed / ".hydra", run / ".hydra")
+    (run / ".hydra" / "hydra.yaml").unlink()
+    with pytest.raises(FileNotFoundError, match="hydra.yaml is missing"):
+        run_config(run)

@@ -10,6 +10,7 @@ texts comes from the run's own data, whatever the overrides say.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from .experiment import build_module, build_tokenizer_and_backbone, patch_struct
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 RUN_CONFIG = Path(".hydra") / "config.yaml"
+HYDRA_CONFIG = Path(".hydra") / "hydra.yaml"
 
 
 def run_config(run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
@@ -35,9 +37,35 @@ def run_config(run_dir: Path, overrides: Sequence[str] = ()) -> DictConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder: it lacks {RUN_CONFIG} "
                                 "(python -m asr_attention.train writes it)")
-    cfg = OmegaConf.load(path)
+    cfg = with_hydra_values(OmegaConf.load(path), Path(run_dir) / HYDRA_CONFIG)
     apply_overrides(cfg, overrides, str(path))
     return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+
+
+HYDRA_VALUE = re.compile(r"\$\{hydra:([^}]+)\}")
+
+
+def with_hydra_values(cfg: DictConfig, hydra_yaml: Path) -> DictConfig:
+    """The stored config with each ${hydra:...} (a run name built from the sweep's choices, a W&B folder) replaced by
+    what Hydra held when the run started (its .hydra/hydra.yaml): outside a Hydra app nothing else can resolve it."""
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    if "${hydra:" not in json.dumps(tree):
+        return cfg
+    if not hydra_yaml.is_file():
+        raise FileNotFoundError(f"{hydra_yaml.parent.parent}'s config reads Hydra's run-time values (${{hydra:...}}) "
+                                f"but {hydra_yaml} is missing")
+    held = OmegaConf.load(hydra_yaml).hydra
+
+    def fill(node):
+        if isinstance(node, dict):
+            return {k: fill(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [fill(v) for v in node]
+        if isinstance(node, str):
+            return HYDRA_VALUE.sub(lambda m: str(OmegaConf.select(held, m.group(1))), node)
+        return node
+
+    return OmegaConf.create(fill(tree))
 
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str], where: str) -> None:
