@@ -31,7 +31,7 @@ from typing import Any
 from . import recipe_choice
 from .study import CONTROL_ATTENTIONS, WINDOW_S, WINDOW_TOKENS, _mean_sd, _pyplot, _reduction, pair_with_controls
 from .study import run_row
-from .sweep import find_results, table_cell
+from .sweep import read_results, table_cell
 
 GOAL_CUT_PCT, GOAL_OOD_PTS, GOAL_TEST_PTS = 75.0, 1.0, 0.5
 
@@ -57,11 +57,7 @@ def collect(sweep_dir: str | Path) -> list[dict]:
     """study.py's rows (paired with their controls), each with its out-of-domain and unconverted WERs."""
     sweep_dir = Path(sweep_dir)
     rows = []
-    for path in find_results(sweep_dir):
-        try:
-            results = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: not a readable results.json ({type(err).__name__}: {err})") from err
+    for path, results in read_results(sweep_dir):
         row = run_row(path, sweep_dir, results)
         ood = results.get("ood") or {}
         row.update(ood_set=ood.get("set"), ood_normaliser=ood.get("normaliser"), ood_utterances=ood.get("utterances"),

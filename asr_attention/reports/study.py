@@ -38,7 +38,7 @@ from typing import Any
 from ..backbones.sites import site_kinds
 from ..runs.identity import identity
 from . import cost_matrix, recipe_choice
-from .sweep import analytic_cache_mib, find_results, log_to_wandb, pareto_front, report_cli, table_cell, variant_label
+from .sweep import analytic_cache_mib, log_to_wandb, read_results, pareto_front, report_cli, table_cell, variant_label
 
 log = logging.getLogger(__name__)
 
@@ -166,13 +166,7 @@ def supersede_shared_order(rows: list[dict]) -> None:
 
 def collect(sweep_dir: str | Path) -> list[dict]:
     sweep_dir = Path(sweep_dir)
-    rows = []
-    for path in find_results(sweep_dir):
-        try:
-            results = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: not a readable results.json ({type(err).__name__}: {err})") from err
-        rows.append(run_row(path, sweep_dir, results))
+    rows = [run_row(path, sweep_dir, results) for path, results in read_results(sweep_dir)]
     pair_with_controls(rows)
     supersede_shared_order(rows)
     return rows

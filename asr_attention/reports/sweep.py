@@ -42,6 +42,18 @@ def find_results(sweep_dir: str | Path) -> list[Path]:
     return sorted(Path(sweep_dir).rglob("results.json"), key=key)
 
 
+def read_results(sweep_dir: str | Path) -> list[tuple[Path, dict]]:
+    """(path, results) of every results.json below the directory (find_results' order); an unreadable one raises
+    ValueError naming it (the sweep table instead lists it as a row of its own)."""
+    out = []
+    for path in find_results(sweep_dir):
+        try:
+            out.append((path, json.loads(path.read_text())))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: not a readable results.json ({type(err).__name__}: {err})") from err
+    return out
+
+
 def variant_label(attention: Mapping) -> str:
     """The attention with the knob that sets its cache: 'mla r=144', 'mla r=96 act spread', 'gqa kv=2', 'mha'."""
     name = attention.get("name", "?")
