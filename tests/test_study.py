@@ -97,7 +97,7 @@ def test_code_version_environment_then_git(monkeypatch, tmp_path):
 TINY_WHISPER = ["trainer=cpu", "seed=0", "study/variant=mha,mla_d4_act", "data.limit_train=2", "data.limit_val=1",
                 "data.limit_test=2", "data.num_workers=0", "model.batch_size=2", "trainer.max_steps=1",
                 "trainer.val_check_interval=1", "trainer.log_every_n_steps=1", "optim.warmup_steps=0",
-                "model.decoding.max_tokens=6", "model.decoding.temperatures=[0.0]"]
+                "model.decoding.max_tokens=6", "model.decoding.temperatures=[0.0]", "data.limit_ood=2"]
 
 
 def test_the_whisper_study_preset_end_to_end_on_cpu(tmp_path):
