@@ -17,7 +17,8 @@ class StandIn:
     """ZeroShot without Whisper: every row transcribes one utterance right."""
     built = []
 
-    def __init__(self, limit, batch_size, device):
+    def __init__(self, limit, batch_size, device, model="whisper", test_set="an4"):
+        assert (model, test_set) == ("whisper", "an4")  # the committed table's: tiny.en on AN4 test
         StandIn.built.append((limit, batch_size, device))
 
     def run(self, attention, sites):
