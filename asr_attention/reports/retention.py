@@ -31,7 +31,7 @@ from typing import Any
 from . import recipe_choice
 from .study import CONTROL_ATTENTIONS, WINDOW_S, WINDOW_TOKENS, _mean_sd, _pyplot, _reduction, pair_with_controls
 from .study import run_row
-from .sweep import read_results, table_cell
+from .sweep import read_results, report_rows, table_cell
 
 GOAL_CUT_PCT, GOAL_OOD_PTS, GOAL_TEST_PTS = 75.0, 1.0, 0.5
 
@@ -198,12 +198,7 @@ def plot(aggs: Sequence[dict], path: Path) -> Path:
 
 
 def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    sweep_dir = Path(sweep_dir)
-    out = Path(out_dir) if out_dir else sweep_dir
-    out.mkdir(parents=True, exist_ok=True)
-    rows = collect(sweep_dir)
-    if not rows:
-        raise FileNotFoundError(f"no results.json below {sweep_dir}")
+    sweep_dir, out, rows = report_rows(sweep_dir, out_dir, collect)
     choices = choose(rows)
     aggs = aggregate(rows, choices)
     paths = {"md": out / "retention.md", "json": out / "retention.json", "png": out / "retention.png"}

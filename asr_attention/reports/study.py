@@ -38,7 +38,7 @@ from typing import Any
 from ..backbones.sites import site_kinds
 from ..runs.identity import identity
 from . import cost_matrix, recipe_choice
-from .sweep import analytic_cache_mib, log_to_wandb, read_results, pareto_front, report_cli, table_cell, variant_label
+from .sweep import analytic_cache_mib, log_to_wandb, read_results, report_rows, pareto_front, report_cli, table_cell, variant_label
 
 log = logging.getLogger(__name__)
 
@@ -375,12 +375,7 @@ def batch_order_note(rows: Sequence[dict]) -> list[str]:
 
 
 def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    sweep_dir = Path(sweep_dir)
-    out = Path(out_dir) if out_dir else sweep_dir
-    out.mkdir(parents=True, exist_ok=True)
-    rows = collect(sweep_dir)
-    if not rows:
-        raise FileNotFoundError(f"no results.json below {sweep_dir}")
+    sweep_dir, out, rows = report_rows(sweep_dir, out_dir, collect)
     choices = recipe_choice.compare(rows)
     aggs = aggregate(rows, choices)
     paths = {"csv": out / "study_runs.csv", "md": out / "study.md"}

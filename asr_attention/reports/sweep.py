@@ -54,6 +54,18 @@ def read_results(sweep_dir: str | Path) -> list[tuple[Path, dict]]:
     return out
 
 
+def report_rows(sweep_dir: str | Path, out_dir: str | Path | None, collect) -> tuple[Path, Path, list[dict]]:
+    """(sweep dir, the report's folder, made; default the sweep dir) and collect(sweep dir)'s rows, none raising
+    FileNotFoundError: what every report of a sweep starts with."""
+    sweep_dir = Path(sweep_dir)
+    out = Path(out_dir) if out_dir else sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    rows = collect(sweep_dir)
+    if not rows:
+        raise FileNotFoundError(f"no results.json below {sweep_dir}")
+    return sweep_dir, out, rows
+
+
 def variant_label(attention: Mapping) -> str:
     """The attention with the knob that sets its cache: 'mla r=144', 'mla r=96 act spread', 'gqa kv=2', 'mha'."""
     name = attention.get("name", "?")
@@ -261,12 +273,7 @@ def plot_throughput(rows: Sequence[dict], path: Path) -> Path:
 
 def write_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Write report.csv, report.md and the two PNGs; returns their paths (and logs to W&B if a run is active)."""
-    sweep_dir = Path(sweep_dir)
-    out = Path(out_dir) if out_dir else sweep_dir
-    out.mkdir(parents=True, exist_ok=True)
-    rows = collect(sweep_dir)
-    if not rows:
-        raise FileNotFoundError(f"no results.json below {sweep_dir}")
+    sweep_dir, out, rows = report_rows(sweep_dir, out_dir, collect)
     front = front_rows(rows)
     paths = {"csv": out / "report.csv", "md": out / "report.md",
              "wer_vs_cache": out / "wer_vs_cache.png", "throughput": out / "throughput.png"}
