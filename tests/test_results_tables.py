@@ -32,8 +32,10 @@ WHISPER_200 = ("| variant (decoder self + cross) | decode cache cut | WER zero-s
 DEMO_SWEEP = ("| model | attention | WER before → after % | CER before → after % | cache MiB / 1000 frames | "
               "cache saved |")
 SCORING_TABLE = "| scoring | WER % |"
+RETENTION = ("| model | decoder self + cross | cache cut | AN4 after % | vs control | speechocean762: original → after % | "
+             "vs original | goal |")
 CHECKED = {HEADLINE, GOAL_ROWS, COST_MATRIX, CTC, DISTILL, ENCODERS, ZERO_SHOT, WHISPER_200, DEMO_SWEEP,
-           SCORING_TABLE}
+           SCORING_TABLE, RETENTION}
 
 # The README's wording of where a headline row converted -> the study report's (model, head, sites)
 HEADLINE_SITES = {"Whisper tiny.en: decoder self + cross": ("whisper", "seq2seq", "decoder_self+cross"),
@@ -233,3 +235,33 @@ def test_scoring_table_is_the_committed_transcripts():
     assert [row["scoring"] for row in rows] == list(keys)
     for row in rows:
         assert_shown([measured[keys[row["scoring"]]]], row["WER %"], row["scoring"])
+
+
+def test_retention_table_is_the_committed_report():
+    """The README's retention rows: the retention report's aggregates at the chosen recipe (reports/retention.py over
+    benchmarks/quality/retention/runs), one row each, the goal verdict included."""
+    report = json.loads((REPO / "benchmarks/quality/retention/retention.json").read_text())
+    aggs = {(a["model"], a["variant"]): a for a in report["aggregates"] if a["chosen"]}
+    rows = table(README, RETENTION)
+    assert len(rows) == len(aggs)
+    for row in rows:
+        model = {"Whisper tiny.en": "whisper", "Whisper base": "whisper-base"}[row["model"]]
+        cell = row["decoder self + cross"]
+        variant = "mha" if cell == "mha (control)" else f"mla r={numbers(cell.split(',')[0])[0]} act"
+        assert ("activation-aware" in cell) == variant.endswith(" act"), cell
+        a = aggs[(model, variant)]
+        label = f"{model} {variant}"
+        assert_shown([a["cut_window"]], row["cache cut"], label)
+        assert row["goal"] == {True: "met", False: "missed", None: "" if a["control"] else "not measured"}[a["goal"]]
+        ood = row["speechocean762: original → after %"]
+        if a["wer_after"] is None:
+            assert row["AN4 after %"] == "not measured" and ood.endswith("not measured"), label
+            assert_shown([100 * a["ood_wer_original"]], ood, label)
+            continue
+        assert_shown([100 * a["wer_after"], 100 * a["wer_after_sd"]], row["AN4 after %"], label)
+        if a["control"]:
+            assert row["vs control"] == "", label
+        else:
+            assert_shown([100 * a["test_vs_control"], 100 * a["test_vs_control_sd"]], row["vs control"], label)
+        assert_shown([100 * a["ood_wer_original"], 100 * a["ood_wer_after"], 100 * a["ood_wer_after_sd"]], ood, label)
+        assert_shown([100 * a["ood_vs_original"], 100 * a["ood_vs_original_sd"]], row["vs original"], label)

@@ -26,7 +26,9 @@ COMPILED = ("| decoder | batch | run | tokens/s | x baseline | of its HBM limit 
             "cache MiB (self + cross) | cache x MHA |")
 EARLIER = ("| decoder (batch 64) | tokens/s | x baseline | of its HBM limit | ms/token | cache MiB (self + cross) | "
            "cache x MHA |")
-CHECKED = {HEADLINE, KV_CACHE, LAYER, ENCODERS, RELPOS, LONG_FORM, COMPILED, EARLIER}
+END_TO_END = ("| model | decoder | AN4 RTFx (x transformers) | speechocean762 RTFx (x transformers) | "
+              "transcripts ≠ transformers' |")
+CHECKED = {HEADLINE, KV_CACHE, LAYER, ENCODERS, RELPOS, LONG_FORM, COMPILED, EARLIER, END_TO_END}
 
 RUN_INDEX = "| run | files | date | commit | what it measured |"
 REPORT = ("| size | decoder | batch | tokens/s | x baseline | limit tokens/s | of limit | TTFT ms | ms/token | "
@@ -216,3 +218,30 @@ def test_long_form_table_is_the_committed_benchmark():
         assert_shown([long["native"]["peak_gib"]], row["native"], label)
         for column, variant in (("patched MHA", "mha"), ("linear attention", "linear")):
             assert_shown([long[variant]["peak_gib"], long[variant]["rtfx_x"]], row[column], f"{label} {variant}")
+
+
+def test_end_to_end_table_is_the_committed_benchmark():
+    """The README's end-to-end rows (batch 64): transformers' faster path per model and set, ours (MHA) with its ratio
+    to it and the transcripts that differ from transformers'."""
+    run = json.loads((REPO / "benchmarks/end_to_end/H100_598148b.json").read_text())
+    assert run["meta"]["card"] == "NVIDIA H100 80GB HBM3"
+    rows64 = [r for r in run["rows"] if r["batch"] == 64 and "rtfx" in r]
+    models = {"Whisper tiny.en": "whisper", "Whisper base": "whisper_base"}
+    sets = {"AN4 RTFx (x transformers)": "an4", "speechocean762 RTFx (x transformers)": "speechocean762"}
+    rows = table(README, END_TO_END)
+    assert [(r["model"], r["decoder"]) for r in rows] == [(m, d) for m in models
+                                                          for d in ("transformers (faster path)", "ours, mha")]
+    for row in rows:
+        model = models[row["model"]]
+        differ = []
+        for column, name in sets.items():
+            hf = max(r["rtfx"] for r in rows64 if (r["model"], r["set"]) == (model, name)
+                     and r["decoder"].startswith("hf-"))
+            if row["decoder"] == "transformers (faster path)":
+                assert_shown([hf], row[column], f"{model} {name}")
+                continue
+            ours = next(r for r in rows64 if (r["model"], r["set"], r["decoder"]) == (model, name, "mha"))
+            assert_shown([ours["rtfx"], ours["rtfx"] / hf], row[column], f"{model} {name}")
+            differ.append(ours["differ_from_hf"])
+        cell = row["transcripts ≠ transformers'"]
+        assert cell == ("" if row["decoder"] == "transformers (faster path)" else " / ".join(map(str, differ)))

@@ -165,6 +165,8 @@ def plot(aggs: Sequence[dict], path: Path) -> Path:
     """WER after fine-tuning against one window's decode cache, AN4 test and the out-of-domain set side by side,
     one colour per model size; dashed: each size's unconverted original."""
     plt = _pyplot()
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
     chosen = [a for a in aggs if a["chosen"] and a["cache_window"] is not None]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     colors = dict(zip(sorted({a["model"] for a in chosen}), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
@@ -185,6 +187,9 @@ def plot(aggs: Sequence[dict], path: Path) -> Path:
                            label=f"{model} unconverted")
             ax.scatter([], [], color=color, label=model)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # plain MiB at 1-2-5 steps, not 3x10^0
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(f"decode cache per window, MiB ({WINDOW_S} s cross + {WINDOW_TOKENS} tokens self, fp32)")
         ax.set_ylabel("WER % after fine-tuning (mean ± sd over seeds)")
         ax.set_title(title, fontsize=10)
