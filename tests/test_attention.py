@@ -314,3 +314,22 @@ def test_kernels_refuse_a_padding_mask_that_is_not_bool(dtype):
     heads = qkv.transpose(1, 2)
     with pytest.raises(TypeError, match="bool"):
         xl_attention(heads, heads, heads, torch.randn(31, 2, 16), torch.zeros(2, 16), torch.zeros(2, 16), mask, 0.25)
+
+
+def test_activation_aware_mla_from_streamed_second_moment_equals_from_the_rows():
+    """convert() adds each batch's K/V inputs into a SecondMoment instead of concatenating them: its d rows must give
+    the same conversion as the rows themselves."""
+    from asr_attention.attention.mla import SecondMoment
+
+    mha, _ = reference("none")
+    calib = anisotropic_activations(600)
+    moment = SecondMoment()
+    for part in calib.split([250, 7, 343]):
+        moment.add(part)
+    assert moment.count == 600 and moment.rows().shape == (D, D)
+    cfg = {"name": "mla", "latent_dim": 16, "calibration": "activation"}
+    direct, streamed = build_attention(cfg, mha, calib), build_attention(cfg, mha, moment.rows())
+    for name, tensor in direct.state_dict().items():
+        torch.testing.assert_close(streamed.state_dict()[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    plain = build_attention({"name": "mla", "latent_dim": 16}, mha)
+    assert not torch.allclose(plain.state_dict()["kv_down.weight"], direct.state_dict()["kv_down.weight"], atol=1e-3)

@@ -74,11 +74,15 @@ def test_conversion_calibrates_on_frames_drawn_across_val(compose_cfg, spy):
     datamodule = experiment.build_datamodule_for(cfg, tokenizer, backbone)
     captures = spy(experiment, "capture_attention_calls")
     patches = spy(experiment, "patch_attention")
+    added = spy(experiment.SecondMoment, "add")
     conversion = experiment.convert(backbone, cfg.attention, datamodule, frames=2000, seed=0)
     used = conversion["calibration_data"]
     seconds = torch.cat([args[2] for args, _ in captures]) / 16000
     (args, _), = patches
-    assert len(args[2][0]) == used["frames"]  # the SVD's calibration rows are the recorded frames
+    # the SVD's calibration is the recorded frames' second moment (the first site's, added batch by batch)
+    first = added[0][0][0]
+    assert sum(len(x) for (moment, x), _ in added if moment is first) == first.count == used["frames"]
+    torch.testing.assert_close(args[2][0], first.rows())
     assert used["utterances"] == len(seconds) and used["requested_frames"] == 2000
     # drawn until 80 s of audio (2000 frames of 40 ms) were taken: the frames follow (one per 40 ms of audio)
     assert seconds.sum() >= 80 > seconds.sum() - seconds.max()

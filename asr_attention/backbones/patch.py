@@ -35,7 +35,8 @@ def patch_attention(
 ) -> dict:
     """Swap every attention site for `build_attention(attention_cfg, canonical)` wrapped in the backbone's call.
 
-    calibration: per layer, the K/V projection inputs (N, d) for activation-aware MLA (see `calibration_batch`);
+    calibration: per layer, the K/V projection inputs (N, d) for activation-aware MLA (see `calibration_batch`), or
+    any rows with their second moment (`SecondMoment.rows`: what `convert` passes);
     attention.calibration=activation without it is an error (build_attention).
     latent_dims: per layer, MLA's rank as an earlier conversion chose it (rebuilding a converted model whose
     weights are then loaded: run_model.py, converted_model.py); None: attention.rank_allocation decides.

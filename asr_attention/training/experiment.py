@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from ..attention import cache_nbytes
+from ..attention.mla import SecondMoment
 from ..backbones import (
     Backbone,
     build_backbone,
@@ -99,10 +100,13 @@ def convert(backbone: Backbone, attention_cfg: DictConfig, datamodule: ASRDataMo
         waves_seen.append(batch["wave_lengths"])
     if not captured:
         raise ValueError(f"calibration: no readable utterance in the {split} split ({datamodule.splits[split]})")
-    calibration = [torch.cat(layer) for layer in zip(*(calibration_batch(capture) for capture in captured))]
+    moments = [SecondMoment() for _ in kinds]
+    for capture in captured:
+        for moment, rows in zip(moments, calibration_batch(capture)):
+            moment.add(rows)
     lengths = torch.cat(waves_seen)
     used = {"split": split, "text": text, "utterances": len(lengths),
-            "frames": encoder_frames(backbone, kinds, calibration, lengths), "requested_frames": frames}
+            "frames": encoder_frames(backbone, kinds, moments[0].count, lengths), "requested_frames": frames}
     if reads_text:
         used["tokens"] = tokens  # decoder positions teacher-forced (prompt and text), over every utterance
     if utterances is not None:
@@ -114,7 +118,7 @@ def convert(backbone: Backbone, attention_cfg: DictConfig, datamodule: ASRDataMo
         log.warning("calibration: the %s split holds %d encoder frames of audio, fewer than calibration.frames=%d; "
                     "using all of it", split, used["frames"], frames)
     activation_aware = attention_cfg.get("calibration") == "activation"
-    summary = patch_attention(backbone, attention_cfg, calibration if activation_aware else None)
+    summary = patch_attention(backbone, attention_cfg, [m.rows() for m in moments] if activation_aware else None)
     summary["calibration_data"] = used
     summary["fidelity"] = fidelity([v.eval() for v in patched_variants(backbone)], captured)
     summary["measured_cache_bytes"] = measured_cache_bytes(backbone, captured[0].inputs)  # in eval: no dropout draws
@@ -143,12 +147,11 @@ def calibration_text(backbone: Backbone, batch: dict, text: str, decoding) -> to
     return as_targets(ids)
 
 
-def encoder_frames(backbone: Backbone, kinds: list[str], calibration: list[torch.Tensor],
-                   wave_lengths: torch.Tensor) -> int:
+def encoder_frames(backbone: Backbone, kinds: list[str], first_site_rows: int, wave_lengths: torch.Tensor) -> int:
     """Encoder frames calibrated on: the rows of the first site where it is an encoder site, else the frames the
     audio holds (decoder sites count tokens: results record those as `tokens`)."""
     if kinds[0] == "encoder":
-        return len(calibration[0])
+        return first_site_rows
     samples_per_frame = 16 * backbone.frame_ms  # 16 kHz audio
     return int(torch.ceil(wave_lengths / samples_per_frame).sum())
 
