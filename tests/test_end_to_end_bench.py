@@ -30,10 +30,14 @@ def test_the_benchmark_writes_every_field_and_our_mha_writes_transformers_texts(
         assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["wall_s"]) and r["tokens"] >= 2 * batch
         assert r["shapes"] == [batch] and r["warmup_s"] > 0 and r["truncated"] == 0
         assert r["wer"] == 0.0  # 'Rub out G-M-E-F-39.', 'Erase CQQF7' score as their references
+        stages = ("features", "encoder + decoding", "text") if decoder.startswith("hf-") else \
+            ("features + encoder", "decoding", "text")
+        assert tuple(r["stages_s"]) == stages and all(s > 0 for s in r["stages_s"].values()), r["stages_s"]
     assert rows[("mha", 1)]["differ_from_hf"] == rows[("mha", 2)]["differ_from_hf"] == 0
     assert rows[("mha", 2)]["differing"] == []
     table = (tmp_path / "cpu_abc1234.md").read_text()
     assert "| whisper | an4 | mha | 2 | 2 |" in table and "transformers 5." in table
+    assert "features + encoder " in table and " / decoding " in table
     assert (tmp_path / "cpu_abc1234.png").stat().st_size > 0
 
 

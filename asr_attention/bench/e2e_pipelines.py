@@ -26,6 +26,9 @@ from asr_attention.generation.fast_path import release_caches
 
 
 class OursPipeline:
+    # the stages a call runs, in order (the benchmark's split pass times each)
+    STAGES = ("features + encoder", "decoding", "text")
+
     def __init__(self, backbone: Whisper, max_tokens: int, fast="auto", compile: bool = False):
         self.backbone = backbone
         self.options = DecodingOptions(max_tokens=max_tokens, temperatures=(0.0,), fast=fast, compile=compile)
@@ -34,12 +37,24 @@ class OursPipeline:
     def device(self) -> torch.device:
         return self.backbone.model.device
 
+    def stages(self):
+        return self.encode, self.decode, self.text
+
     @torch.no_grad()
-    def __call__(self, waves: list[Tensor]) -> list[tuple[str, int, bool]]:
+    def encode(self, waves: list[Tensor]) -> Tensor:
         padded, lengths = pad_waves(waves)
-        memory = self.backbone.encode(padded.to(self.device), lengths.to(self.device))
+        return self.backbone.encode(padded.to(self.device), lengths.to(self.device))
+
+    @torch.no_grad()
+    def decode(self, memory: Tensor) -> list:
+        return transcribe(self.backbone, memory, self.options)
+
+    def text(self, hypotheses: list) -> list[tuple[str, int, bool]]:
         return [(self.backbone.tokens.decode(h.tokens), len(h.tokens) + (not h.truncated), not h.truncated)
-                for h in transcribe(self.backbone, memory, self.options)]
+                for h in hypotheses]
+
+    def __call__(self, waves: list[Tensor]) -> list[tuple[str, int, bool]]:
+        return self.text(self.decode(self.encode(waves)))
 
     def release(self) -> None:
         """The pooled caches and their graphs (the next batch size captures its own)."""
@@ -48,6 +63,7 @@ class OursPipeline:
 
 class HFPipeline:
     """cache: "static" (transformers compiles the decode step on the first call of each batch shape) or "dynamic"."""
+    STAGES = ("features", "encoder + decoding", "text")
 
     def __init__(self, model: WhisperForConditionalGeneration, tokens: WhisperTokens, max_tokens: int, cache: str):
         if cache not in ("static", "dynamic"):
@@ -65,16 +81,27 @@ class HFPipeline:
     def device(self) -> torch.device:
         return self.model.device
 
+    def stages(self):
+        return self.features, self.generate, self.text
+
+    def features(self, waves: list[Tensor]) -> Tensor:
+        return self.extractor([w.numpy() for w in waves], sampling_rate=SAMPLE_RATE, return_tensors="pt",
+                              device=self.device.type).input_features
+
     @torch.no_grad()
-    def __call__(self, waves: list[Tensor]) -> list[tuple[str, int, bool]]:
-        features = self.extractor([w.numpy() for w in waves], sampling_rate=SAMPLE_RATE, return_tensors="pt",
-                                  device=self.device.type).input_features
-        prompt = torch.tensor(self.tokens.prompt, device=self.device).repeat(len(waves), 1)
+    def generate(self, features: Tensor) -> Tensor:
+        prompt = torch.tensor(self.tokens.prompt, device=self.device).repeat(len(features), 1)
         out = GenerationMixin.generate(self.model, features.to(self.device, self.model.dtype),
                                        decoder_input_ids=prompt, generation_config=self.generation)
+        return out[:, prompt.shape[1]:]
+
+    def text(self, tokens: Tensor) -> list[tuple[str, int, bool]]:
         eot = self.tokens.eot
         return [(self.tokens.decode(row), row.index(eot) + 1 if eot in row else len(row), eot in row)
-                for row in out[:, prompt.shape[1]:].tolist()]
+                for row in tokens.tolist()]
+
+    def __call__(self, waves: list[Tensor]) -> list[tuple[str, int, bool]]:
+        return self.text(self.generate(self.features(waves)))
 
     def release(self) -> None:
         pass  # transformers keeps its compiled step; a new static cache is made per call

@@ -15,7 +15,9 @@ rules and token limit on both sides (asr_attention/bench/e2e_pipelines.py).
 
 Before each row, every batch shape it will use (the batch size, and the smaller last batch) runs once untimed:
 transformers compiles its static step per shape, our fast path captures a CUDA graph per shape; that time is
-reported as warmup_s. Batch 1 reads the first --limit-batch1 utterances of each set. The JSON is rewritten after
+reported as warmup_s. After the timed pass a split pass runs the set again with each stage timed on its own
+(stages_s: ours features + encoder / decoding / text, transformers' features / encoder + decoding / text; the
+encoders are the same computation, so ours minus transformers' first two stages isolates decoding). Batch 1 reads the first --limit-batch1 utterances of each set. The JSON is rewritten after
 every row (a run cut short keeps what it measured), with the Markdown table and the plot beside it
 (end_to_end_report.py). Runs on a CPU too (tests: tiny.en, two utterances, `--hf dynamic`).
 """
@@ -172,7 +174,22 @@ def measure(pipeline, data: TestSet, batch: int, device: torch.device) -> dict:
            "wer": 100 * wer([{"hyp": h, "ref": r} for h, r in zip(texts, data.refs)], normalised=True)}
     if device.type == "cuda":
         row["peak_gib"] = torch.cuda.max_memory_allocated(device) / GIB
-    return row | {"texts": texts}
+    return row | {"stages_s": split_pass(pipeline, data, batch, device), "texts": texts}
+
+
+def split_pass(pipeline, data: TestSet, batch: int, device: torch.device) -> dict[str, float]:
+    """Where the time goes: the whole set again, each stage of the pipeline timed on its own (synchronised around
+    it, so the sum runs a little over the timed pass's wall time)."""
+    split = dict.fromkeys(pipeline.STAGES, 0.0)
+    for start in range(0, len(data.waves), batch):
+        out = data.waves[start: start + batch]
+        for name, stage in zip(pipeline.STAGES, pipeline.stages()):
+            sync(device)
+            began = time.perf_counter()
+            out = stage(out)
+            sync(device)
+            split[name] += time.perf_counter() - began
+    return split
 
 
 class Bench:

@@ -24,21 +24,27 @@ def _cell(value, fmt: str) -> str:
     return "" if value is None else format(value, fmt)
 
 
+def split(row: dict) -> str:
+    """'features + encoder 0.21 / decoding 1.52 / text 0.01' (a split pass's seconds per stage; runs before it had
+    none)."""
+    return " / ".join(f"{name} {seconds:.2f}" for name, seconds in row.get("stages_s", {}).items())
+
+
 def table(data: dict) -> list[str]:
     rows, best = data["rows"], best_hf(data["rows"])
     lines = ["| model | set | decoder | batch | utts | RTFx | x hf | tokens/s | peak GiB | warm-up s | differ from hf "
-             "| WER % | cut |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| WER % | cut | split s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         head = f"| {r['model']} | {r['set']} | {r['decoder']} | {r['batch']} |"
         if "error" in r:
-            lines.append(head + f" {r['error']} |" + " |" * 8)
+            lines.append(head + f" {r['error']} |" + " |" * 9)
             continue
         base = best.get((r["model"], r["set"], r["batch"]))
         lines.append(head + " | ".join([
             f" {r['utterances']}", f"{r['rtfx']:,.1f}", _cell(base and r["rtfx"] / base, ".2f"),
             f"{r['tokens_per_s']:,.0f}", _cell(r.get("peak_gib"), ".2f"), f"{r['warmup_s']:.1f}",
-            _cell(r.get("differ_from_hf"), "d"), f"{r['wer']:.2f}", f"{r['truncated']}"]) + " |")
+            _cell(r.get("differ_from_hf"), "d"), f"{r['wer']:.2f}", f"{r['truncated']}", split(r)]) + " |")
     return lines
 
 
@@ -57,7 +63,8 @@ def markdown(data: dict) -> str:
         "capture). x hf: RTFx over the faster of hf-static and hf-dynamic at the same model, set and batch. differ "
         "from hf: utterances whose text is not transformers' (static cache) at the same batch. WER: the scoring "
         "normaliser. cut: utterances the token limit cut. Peak: torch.cuda.max_memory_allocated during the timed "
-        "pass (the model's weights included).", "",
+        "pass (the model's weights included). split s: a second pass over the set with each stage timed on its own "
+        "(synchronised around it).", "",
         *table(data), ""])
 
 
