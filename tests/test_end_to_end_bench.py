@@ -47,3 +47,13 @@ def test_the_speechocean762_set_reads_a_manifest_and_a_missing_one_is_named(tmp_
     assert data.utt_ids == [read_an4("test")[0].utt_id] and len(data.waves) == 1 and data.seconds[0] > 0
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'none.tsv'}: no speechocean762 manifest"):
         end_to_end.read_set("speechocean762", tmp_path / "none.tsv", limit=None)
+
+
+def test_a_run_without_its_checkpoint_is_refused_before_anything_is_measured(tmp_path, capsys):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        end_to_end.main(["--models", "whisper", "--run", str(tmp_path / "run"), "--device", "cpu",
+                         "--out", str(tmp_path / "out")])
+    assert f"--run {tmp_path / 'run'}: {tmp_path / 'run' / 'checkpoints'}: expected one best-*.ckpt, found none" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

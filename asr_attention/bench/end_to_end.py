@@ -331,6 +331,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if any(b < 1 for b in args.batches) or args.limit_batch1 < 1 or (args.limit is not None and args.limit < 1):
         p.error("--batches, --limit-batch1 and --limit must be >= 1")
+    from asr_attention.training.run_model import checkpoint_file
+
+    for run in args.run:  # before any row is measured, not after the last (a stopped run keeps no checkpoint)
+        try:
+            checkpoint_file(Path(run))
+        except FileNotFoundError as err:
+            p.error(f"--run {run}: {err}")
     return args
 
 
