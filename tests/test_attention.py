@@ -316,17 +316,18 @@ def test_kernels_refuse_a_padding_mask_that_is_not_bool(dtype):
         xl_attention(heads, heads, heads, torch.randn(31, 2, 16), torch.zeros(2, 16), torch.zeros(2, 16), mask, 0.25)
 
 
-def test_activation_aware_mla_from_streamed_second_moment_equals_from_the_rows():
+@pytest.mark.parametrize("rows", [600, D // 2])  # D // 2: fewer rows than d (a few decoder tokens): C is singular
+def test_activation_aware_mla_from_streamed_second_moment_equals_from_the_rows(rows):
     """convert() adds each batch's K/V inputs into a SecondMoment instead of concatenating them: its d rows must give
     the same conversion as the rows themselves."""
     from asr_attention.attention.mla import SecondMoment
 
     mha, _ = reference("none")
-    calib = anisotropic_activations(600)
+    calib = anisotropic_activations(rows)
     moment = SecondMoment()
-    for part in calib.split([250, 7, 343]):
+    for part in calib.split([rows // 3, 7, rows - rows // 3 - 7]):
         moment.add(part)
-    assert moment.count == 600 and moment.rows().shape == (D, D)
+    assert moment.count == rows and moment.rows().shape == (D, D)
     cfg = {"name": "mla", "latent_dim": 16, "calibration": "activation"}
     direct, streamed = build_attention(cfg, mha, calib), build_attention(cfg, mha, moment.rows())
     for name, tensor in direct.state_dict().items():
