@@ -28,6 +28,7 @@ from ..generation.token_limit import with_token_limit
 from .ctc_module import ASRFineTuner
 from .output_distillation import decoder_kl
 from .teacher_text import TeacherTranscripts, transcript_ids
+from .utterance_store import fill_missing, utterance_keys
 from .val_agreement import ValAgreement
 
 
@@ -73,18 +74,16 @@ class Seq2SeqFineTuner(ASRFineTuner):
             return self.backbone.encode(batch["waves"], batch["wave_lengths"])
         if key != self._memories_key:
             self._memories, self._memories_key = {}, key
-        if "audio_ids" not in batch:
-            raise ValueError("model.cache_encoder=true needs batch['audio_ids'] (data/dataset.py's collate adds "
-                             "them) to tell stored encoder outputs apart; or set model.cache_encoder=false")
-        keys = list(zip(batch["utt_ids"], batch["audio_ids"]))
-        missing = [i for i, k in enumerate(keys) if k not in self._memories]
-        if missing:
-            rows = torch.tensor(missing, device=batch["waves"].device)
-            with torch.no_grad():
-                out = self.backbone.encode(batch["waves"][rows], batch["wave_lengths"][rows])
-            for i, m in zip(missing, out):
-                self._memories[keys[i]] = m.cpu()
+        keys = utterance_keys(batch, "model.cache_encoder=true",
+                              "to tell stored encoder outputs apart; or set model.cache_encoder=false")
+        fill_missing(self._memories, keys, lambda rows: self._encode_rows(batch, rows))
         return torch.stack([self._memories[k] for k in keys]).to(batch["waves"].device)
+
+    @torch.no_grad()
+    def _encode_rows(self, batch, rows: list[int]) -> list[Tensor]:
+        """The encoder's output for those rows of the batch, each on the CPU (the store holds every utterance)."""
+        index = torch.tensor(rows, device=batch["waves"].device)
+        return [m.cpu() for m in self.backbone.encode(batch["waves"][index], batch["wave_lengths"][index])]
 
     def loss_and_hyps(self, batch, decode: bool):
         memory = self.memory(batch)

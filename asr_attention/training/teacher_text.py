@@ -4,7 +4,7 @@ decoding options) by the teacher, so fine-tuning needs no transcripts ("label-fr
 the original model itself goes through.
 
 A transcript is decoded once per utterance and kept, found by utt_id and audio id as the encoder-output store in
-seq2seq_module.py finds its entries; the store travels in the run's checkpoints, so a resumed run teacher-forces the
+seq2seq_module.py finds its entries (utterance_store.py); the store travels in the run's checkpoints, so a resumed run teacher-forces the
 same tokens (a transcript that the temperature fallback sampled depends on the batch it was decoded in). One that the
 token limit cut has no <|endoftext|>; teacher forcing still ends it there.
 """
@@ -20,6 +20,7 @@ from torch.nn.utils.rnn import pad_sequence
 from ..backbones.whisper.adapter import Whisper
 from ..backbones.whisper.tokens import IGNORE
 from ..generation.decoding import DecodingOptions, transcribe
+from .utterance_store import fill_missing, utterance_keys
 
 
 def transcript_ids(teacher: Whisper, memory: Tensor, decoding: DecodingOptions) -> list[list[int]]:
@@ -49,15 +50,8 @@ class TeacherTranscripts:
 
     def targets(self, batch: dict, decode: Callable[[list[int]], list[list[int]]]) -> Tensor:
         """The batch's teacher transcripts as `targets` (B, L); decode(rows) transcribes the rows not stored yet."""
-        if "audio_ids" not in batch:
-            raise ValueError("optim.distill_text=teacher needs batch['audio_ids'] (data/dataset.py's collate adds "
-                             "them) to keep each utterance's teacher transcript")
-        keys = list(zip(batch["utt_ids"], batch["audio_ids"]))
-        missing = [i for i, k in enumerate(keys) if k not in self.store]
-        if missing:
-            for i, ids in zip(missing, decode(missing)):
-                self.store[keys[i]] = list(ids)
-            self.decoded += len(missing)
+        keys = utterance_keys(batch, "optim.distill_text=teacher", "to keep each utterance's teacher transcript")
+        self.decoded += len(fill_missing(self.store, keys, lambda rows: [list(ids) for ids in decode(rows)]))
         return as_targets([self.store[k] for k in keys], batch["waves"].device)
 
     def state(self) -> list[list]:
