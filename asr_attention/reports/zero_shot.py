@@ -38,9 +38,9 @@ from ..backbones.whisper.tokens import WhisperTextTokenizer
 from ..data.corpora import OOD_SETS
 from ..data.datamodule import build_datamodule
 from ..data.normalisers import scoring_normaliser
-from ..generation.decoding import DecodingOptions, transcribe
+from ..generation.decoding import transcribe
 from ..generation.token_limit import with_token_limit
-from ..training.experiment import convert
+from ..training.experiment import convert, decoding_options
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 SITES = {"encoder": ["encoder"], "decoder_self": ["decoder_self"], "cross": ["cross"],
@@ -94,8 +94,7 @@ class ZeroShot:
         self.calibration.setup()
         self.calibration_frames = OmegaConf.load(CONF / "train.yaml").calibration.frames
         self.batches = [move_data_to_device(b, device) for b in self.data.test_dataloader() if b is not None]
-        self.options = with_token_limit(self.pristine, DecodingOptions(
-            **{k: tuple(v) if k == "temperatures" else v for k, v in self.model_cfg.decoding.items()}))
+        self.options = with_token_limit(self.pristine, decoding_options(self.model_cfg))
         self._memories = None
 
     @torch.no_grad()
