@@ -46,12 +46,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from .data.audio import AudioError
 from .data.corpora import OOD_SETS, check_split
-from .data.datamodule import ASRDataModule, build_datamodule
+from .data.datamodule import build_datamodule
 from .data.normalisers import NORMALISERS, scoring_normaliser
 from .runs.code_version import code_version
-from .training.ctc_module import ASRFineTuner
 from .training.experiment import build_datamodule_for, calibration_args, convert, patch_structure
-from .training.ood import ood_data_config, ood_set, own_rng
+from .training.ood import ood_data_config, ood_set, score_on
 from .training.run_model import (
     checkpoint_file,
     inference_module,
@@ -99,19 +98,6 @@ def eval_trainer(cfg: DictConfig) -> L.Trainer:
                                    callbacks=[], enable_checkpointing=False)
 
 
-def test(trainer: L.Trainer, module: ASRFineTuner, data: ASRDataModule, prefix: str,
-         seed: int | None = None) -> dict:
-    """The test step's metrics, keyed as results.json keys them (test_wer, test_cer, ...). seed: under a torch RNG
-    of its own, seeded so, as a run tests out of domain (training/ood.py)."""
-    module.test_prefix = prefix
-    if seed is None:
-        (metrics,) = trainer.test(module, datamodule=data)
-    else:
-        with own_rng(seed):
-            (metrics,) = trainer.test(module, datamodule=data)
-    return {"test" + k.removeprefix(prefix): v for k, v in metrics.items()}
-
-
 def evaluate(run_dir: Path, overrides: list[str], checkpoint: str = "best", name: str | None = None,
              unconverted: bool = False, before: bool = False, ood: bool = False,
              scoring: str | None = None) -> Path:
@@ -133,7 +119,6 @@ def evaluate(run_dir: Path, overrides: list[str], checkpoint: str = "best", name
     L.seed_everything(cfg.seed, workers=True)  # as the run: the same decoding fallback draws
     tokenizer, backbone = unconverted_model(run_dir, cfg)
     module = inference_module(cfg, backbone, tokenizer)
-    module.scoring = scoring
     data = build_datamodule(data_cfg, tokenizer)
     data.setup("test")
     limit = backbone.max_audio_seconds
@@ -147,18 +132,18 @@ def evaluate(run_dir: Path, overrides: list[str], checkpoint: str = "best", name
     if ood:
         report["set"] = ood
     if unconverted:
-        report["unconverted"] = test(trainer, module, data, "unconverted_test", seed)
+        report["unconverted"] = score_on(trainer, module, data, "unconverted_test", scoring, seed)
         report["unconverted_predictions"] = module.last_predictions
     if before:  # converted as the run converted it, from its own val split
         if cfg.attention.name != "native":
             own = run_config(run_dir)
             convert(backbone, cfg.attention, build_datamodule_for(own, tokenizer, backbone), **calibration_args(own))
-        report["before"] = test(trainer, module, data, "before_test", seed)
+        report["before"] = score_on(trainer, module, data, "before_test", scoring, seed)
         report["before_predictions"] = module.last_predictions
     else:
         patch_structure(backbone, cfg.attention, run_latent_dims(run_dir))
     load_weights(backbone, ckpt)
-    report["after"] = test(trainer, module, data, "test", seed)
+    report["after"] = score_on(trainer, module, data, "test", scoring, seed)
     report.update(predictions=module.last_predictions, skipped_files=data.skipped,
                   transcripts=data.transcripts, duration_mismatches=data.duration_mismatches,
                   code=code_version(), wall_seconds=time.time() - start)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import lightning as L
@@ -78,13 +78,14 @@ def own_rng(seed: int) -> Iterator[None]:
 
 
 def score_on(trainer: L.Trainer, module: ASRFineTuner, datamodule: ASRDataModule, prefix: str, scoring: str,
-             seed: int, ckpt_path: str | None = None) -> dict[str, float]:
-    """One test pass over `datamodule`, scored with `scoring`, under its own RNG; the metrics keyed test_wer, ...
-    The module's scoring and test prefix are restored after."""
+             seed: int | None, ckpt_path: str | None = None) -> dict[str, float]:
+    """One test pass over `datamodule`, scored with `scoring`, under its own RNG seeded `seed` (None: the process's
+    RNG, as a run's own test); the metrics keyed test_wer, ... The module's scoring and test prefix are restored
+    after (evaluate.py reads its predictions, which stay)."""
     kept = module.scoring, module.test_prefix
     module.scoring, module.test_prefix = scoring, prefix
     try:
-        with own_rng(seed):
+        with own_rng(seed) if seed is not None else nullcontext():
             (metrics,) = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:
         module.scoring, module.test_prefix = kept
