@@ -82,8 +82,7 @@ class Seq2SeqFineTuner(ASRFineTuner):
     @torch.no_grad()
     def _encode_rows(self, batch, rows: list[int]) -> list[Tensor]:
         """The encoder's output for those rows of the batch, each on the CPU (the store holds every utterance)."""
-        index = torch.tensor(rows, device=batch["waves"].device)
-        return [m.cpu() for m in self.backbone.encode(batch["waves"][index], batch["wave_lengths"][index])]
+        return [m.cpu() for m in self.backbone.encode(*audio_rows(batch, rows))]
 
     def loss_and_hyps(self, batch, decode: bool):
         memory = self.memory(batch)
@@ -148,13 +147,9 @@ class Seq2SeqFineTuner(ASRFineTuner):
         """The teacher's encoder output for the batch (or its `rows`), its sites recorded where distilling."""
         if self.teacher_reuses_memory():
             return (memory if rows is None else memory[rows]).detach()
-        waves, lengths = batch["waves"], batch["wave_lengths"]
-        if rows is not None:
-            index = torch.tensor(rows, device=waves.device)
-            waves, lengths = waves[index], lengths[index]
         dist = self.distillation if rows is None else None  # a transcript's encoding is not a distilled call
         with dist.recording_teacher(self.backbone) if dist is not None else nullcontext():
-            return self.teacher.model.encode(waves, lengths)
+            return self.teacher.model.encode(*audio_rows(batch, rows))
 
     def _training_targets(self, batch, memory: Tensor, teacher_memory: Tensor | None) -> Tensor:
         """The text that teacher-forces this step: the batch's targets, or the teacher's transcripts (decoded once
@@ -175,3 +170,12 @@ class Seq2SeqFineTuner(ASRFineTuner):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.teacher_text is not None and "teacher_transcripts" in checkpoint:
             self.teacher_text.load(checkpoint["teacher_transcripts"])
+
+
+def audio_rows(batch: dict, rows: list[int] | None) -> tuple[Tensor, Tensor]:
+    """The batch's waves and wave_lengths, or those of its `rows` (None: every row)."""
+    waves, lengths = batch["waves"], batch["wave_lengths"]
+    if rows is None:
+        return waves, lengths
+    index = torch.tensor(rows, device=waves.device)
+    return waves[index], lengths[index]
