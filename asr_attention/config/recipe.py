@@ -25,24 +25,26 @@ def spec_augment(arch: Mapping) -> dict[str, tuple[float, int]]:
             for name, axis in (("time", "time"), ("mel", "feature")) if field[f"mask_{axis}_prob"]}
 
 
-# The retention knobs (docs/whisper.md), each with the default that runs made before it had: only a value away
-# from it names a recipe, so earlier runs keep their labels and names.
-RETENTION_DEFAULTS = {
-    ("optim", "kl_weight"): None, ("optim", "kl_temperature"): 1.0, ("optim", "ce_weight"): 1.0,
-    ("optim", "distill_text"): "reference", ("calibration", "split"): "val", ("calibration", "text"): "reference",
-    ("calibration", "utterances"): None,
-}
+# The retention knobs (docs/whisper.md) are the keys added to optim and calibration after the first runs, each
+# with the default those runs had (runs/identity.ADDED_DEFAULTS): only a value away from it names a recipe, so
+# earlier runs keep their labels and names.
+RECIPE_GROUPS = ("optim", "calibration")
 
 
 def retention(optim: Mapping | None, calibration: Mapping | None) -> dict[str, object]:
     """{"kl_weight": 1.0, "calibration.text": "teacher", ...}: the retention knobs a config sets away from their
     defaults (a kl_temperature only where the KL is on)."""
+    from ..runs.identity import ADDED_DEFAULTS
+
     groups = {"optim": optim or {}, "calibration": calibration or {}}
     out = {}
-    for (group, key), default in RETENTION_DEFAULTS.items():
+    for dotted, default in ADDED_DEFAULTS.items():
+        group, key = dotted.split(".")
+        if group not in RECIPE_GROUPS:
+            continue
         value = groups[group].get(key, default)
         if value != default and not (key == "kl_weight" and value == 0):
-            out[key if group == "optim" else f"{group}.{key}"] = value
+            out[key if group == "optim" else dotted] = value
     if "kl_weight" not in out:
         out.pop("kl_temperature", None)
     return out
