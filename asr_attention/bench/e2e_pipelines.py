@@ -26,9 +26,6 @@ from asr_attention.generation.fast_path import release_caches
 
 
 class OursPipeline:
-    # the stages a call runs, in order (the benchmark's split pass times each)
-    STAGES = ("features + encoder", "decoding", "text")
-
     def __init__(self, backbone: Whisper, max_tokens: int, fast="auto", compile: bool = False):
         self.backbone = backbone
         self.options = DecodingOptions(max_tokens=max_tokens, temperatures=(0.0,), fast=fast, compile=compile)
@@ -37,8 +34,9 @@ class OursPipeline:
     def device(self) -> torch.device:
         return self.backbone.model.device
 
-    def stages(self):
-        return self.encode, self.decode, self.text
+    def stages(self) -> dict:
+        """What a call runs, in order, by name (the benchmark's split pass times each)."""
+        return {"features + encoder": self.encode, "decoding": self.decode, "text": self.text}
 
     @torch.no_grad()
     def encode(self, waves: list[Tensor]) -> Tensor:
@@ -63,7 +61,6 @@ class OursPipeline:
 
 class HFPipeline:
     """cache: "static" (transformers compiles the decode step on the first call of each batch shape) or "dynamic"."""
-    STAGES = ("features", "encoder + decoding", "text")
 
     def __init__(self, model: WhisperForConditionalGeneration, tokens: WhisperTokens, max_tokens: int, cache: str):
         if cache not in ("static", "dynamic"):
@@ -81,8 +78,8 @@ class HFPipeline:
     def device(self) -> torch.device:
         return self.model.device
 
-    def stages(self):
-        return self.features, self.generate, self.text
+    def stages(self) -> dict:
+        return {"features": self.features, "encoder + decoding": self.generate, "text": self.text}
 
     def features(self, waves: list[Tensor]) -> Tensor:
         return self.extractor([w.numpy() for w in waves], sampling_rate=SAMPLE_RATE, return_tensors="pt",

@@ -180,10 +180,11 @@ def measure(pipeline, data: TestSet, batch: int, device: torch.device) -> dict:
 def split_pass(pipeline, data: TestSet, batch: int, device: torch.device) -> dict[str, float]:
     """Where the time goes: the whole set again, each stage of the pipeline timed on its own (synchronised around
     it, so the sum runs a little over the timed pass's wall time)."""
-    split = dict.fromkeys(pipeline.STAGES, 0.0)
+    stages = pipeline.stages()
+    split = dict.fromkeys(stages, 0.0)
     for start in range(0, len(data.waves), batch):
         out = data.waves[start: start + batch]
-        for name, stage in zip(pipeline.STAGES, pipeline.stages()):
+        for name, stage in stages.items():
             sync(device)
             began = time.perf_counter()
             out = stage(out)
