@@ -19,12 +19,12 @@ CACHE = {"mha": {"decoder_self_per_token": 12288, "cross_per_second": 614400},
 
 
 def synthetic_run(sweep: Path, job: str, attention: dict, recipe: str, seed: int, *, an4: float, ood: float,
-                  val: float, agreement: float, original=(0.025, 0.378)) -> None:
+                  val: float, agreement: float, original=(0.025, 0.378), steps: int = 1000) -> None:
     """A Whisper run's results.json with SYNTHETIC numbers: AN4 test and the out-of-domain phases."""
     res = {"status": "completed", "code": {"commit": "c0ffee", "dirty": False}, "global_step": 1000,
            "config": {"model": {"name": "whisper", "family": "whisper", "head": "seq2seq", "d_model": 384},
                       "attention": attention, "seed": seed, "optim": RECIPES[recipe], "data": {"seed": seed},
-                      "run_name": job},
+                      "run_name": job, "trainer": {"max_steps": steps}},
            "unconverted": {"test_wer": original[0]}, "before": {"test_wer": 0.4}, "after": {"test_wer": an4},
            "cache_per_site": CACHE[attention["name"]],
            "val_curve": [{"step": 0, "val_wer": 0.5, "val_agreement_wer": 0.9},
@@ -89,3 +89,16 @@ def test_report_files(sweep, tmp_path, capsys):
     assert main([str(sweep), "--choose"]) == 0
     line = capsys.readouterr().out.strip().split("\t")
     assert line[0] == "whisper" and line[-1].startswith("kl-")
+
+
+def test_runs_of_one_recipe_for_other_step_counts_are_other_rows_not_more_seeds(sweep):
+    """A 2,000-step run beside 1,000-step ones (same recipe, variant and seed): its own aggregate, paired with a
+    2,000-step control, never averaged in as another seed."""
+    synthetic_run(sweep, "kl-mha-long", MHA, "kl", 0, an4=0.030, ood=0.390, val=0.02, agreement=0.01, steps=2000)
+    synthetic_run(sweep, "kl-mla-long", MLA, "kl", 0, an4=0.040, ood=0.500, val=0.03, agreement=0.05, steps=2000)
+    aggs = aggregate(collect(sweep), {})
+    long = next(a for a in aggs if not a["control"] and a["recipe"].endswith("; 2000 steps"))
+    assert long["seeds"] == [0] and long["ood_wer_after"] == pytest.approx(0.500)
+    assert long["test_vs_control"] == pytest.approx(0.040 - 0.030)
+    short = next(a for a in aggs if not a["control"] and "kl_weight" in a["recipe"] and a["recipe"].endswith("; 1000 steps"))
+    assert short["seeds"] == [0, 1] and short["ood_wer_after"] == pytest.approx((0.380 + 0.384) / 2)

@@ -59,6 +59,8 @@ def collect(sweep_dir: str | Path) -> list[dict]:
     rows = []
     for path, results in read_results(sweep_dir):
         row = run_row(path, sweep_dir, results)
+        steps = max_steps(results)  # part of the recipe: 600 and 2,000 steps of it are not seeds of one cell
+        row["recipe"] += "" if steps is None else f"; {steps} steps"
         ood = results.get("ood") or {}
         row.update(ood_set=ood.get("set"), ood_normaliser=ood.get("normaliser"), ood_utterances=ood.get("utterances"),
                    wer_original=_phase_wer(results, "unconverted", "test_wer"),
@@ -79,9 +81,13 @@ def collect(sweep_dir: str | Path) -> list[dict]:
     return rows
 
 
+def max_steps(results: Mapping) -> int | None:
+    return ((results.get("config") or {}).get("trainer") or {}).get("max_steps")
+
+
 def fine_tuned_to_the_end(results: Mapping) -> bool:
     """Its last val pass came at trainer.max_steps: the fine-tune ran its course (whatever its tests did)."""
-    curve, steps = results.get("val_curve") or [], ((results.get("config") or {}).get("trainer") or {}).get("max_steps")
+    curve, steps = results.get("val_curve") or [], max_steps(results)
     return bool(curve) and steps is not None and curve[-1].get("step", 0) >= steps
 
 
