@@ -26,7 +26,7 @@ COMPILED = ("| decoder | batch | run | tokens/s | x baseline | of its HBM limit 
             "cache MiB (self + cross) | cache x MHA |")
 EARLIER = ("| decoder (batch 64) | tokens/s | x baseline | of its HBM limit | ms/token | cache MiB (self + cross) | "
            "cache x MHA |")
-END_TO_END = ("| model | decoder | AN4 RTFx (x transformers) | speechocean762 RTFx (x transformers) | "
+END_TO_END = ("| run | model | decoder | AN4 RTFx (x transformers) | speechocean762 RTFx (x transformers) | "
               "transcripts ≠ transformers' |")
 CHECKED = {HEADLINE, KV_CACHE, LAYER, ENCODERS, RELPOS, LONG_FORM, COMPILED, EARLIER, END_TO_END}
 
@@ -221,27 +221,32 @@ def test_long_form_table_is_the_committed_benchmark():
 
 
 def test_end_to_end_table_is_the_committed_benchmark():
-    """The README's end-to-end rows (batch 64): transformers' faster path per model and set, ours (MHA) with its ratio
-    to it and the transcripts that differ from transformers'."""
-    run = json.loads((REPO / "benchmarks/end_to_end/H100_598148b.json").read_text())
-    assert run["meta"]["card"] == "NVIDIA H100 80GB HBM3"
-    rows64 = [r for r in run["rows"] if r["batch"] == 64 and "rtfx" in r]
+    """The README's end-to-end rows (batch 64), per run (benchmarks/end_to_end/H100_<run>.json): transformers' faster
+    path per model and set, ours (MHA) with its ratio to it and the transcripts that differ from transformers'."""
     models = {"Whisper tiny.en": "whisper", "Whisper base": "whisper_base"}
     sets = {"AN4 RTFx (x transformers)": "an4", "speechocean762 RTFx (x transformers)": "speechocean762"}
     rows = table(README, END_TO_END)
-    assert [(r["model"], r["decoder"]) for r in rows] == [(m, d) for m in models
-                                                          for d in ("transformers (faster path)", "ours, mha")]
-    for row in rows:
-        model = models[row["model"]]
-        differ = []
-        for column, name in sets.items():
-            hf = max(r["rtfx"] for r in rows64 if (r["model"], r["set"]) == (model, name)
-                     and r["decoder"].startswith("hf-"))
-            if row["decoder"] == "transformers (faster path)":
-                assert_shown([hf], row[column], f"{model} {name}")
-                continue
-            ours = next(r for r in rows64 if (r["model"], r["set"], r["decoder"]) == (model, name, "mha"))
-            assert_shown([ours["rtfx"], ours["rtfx"] / hf], row[column], f"{model} {name}")
-            differ.append(ours["differ_from_hf"])
-        cell = row["transcripts ≠ transformers'"]
-        assert cell == ("" if row["decoder"] == "transformers (faster path)" else " / ".join(map(str, differ)))
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    assert len(runs) >= 2, "every committed end-to-end run on the H100 has its rows"
+    for name in runs:
+        run = json.loads((REPO / f"benchmarks/end_to_end/H100_{name}.json").read_text())
+        assert run["meta"]["card"] == "NVIDIA H100 80GB HBM3"
+        rows64 = [r for r in run["rows"] if r["batch"] == 64 and "rtfx" in r]
+        mine = [r for r in rows if r["run"] == name]
+        measured = [m for m in models if any(r["model"] == models[m] and r["decoder"] == "mha" for r in rows64)]
+        assert [(r["model"], r["decoder"]) for r in mine] == [(m, d) for m in measured
+                                                              for d in ("transformers (faster path)", "ours, mha")]
+        for row in mine:
+            model = models[row["model"]]
+            differ = []
+            for column, set_name in sets.items():
+                hf = max(r["rtfx"] for r in rows64 if (r["model"], r["set"]) == (model, set_name)
+                         and r["decoder"].startswith("hf-"))
+                if row["decoder"] == "transformers (faster path)":
+                    assert_shown([hf], row[column], f"{name} {model} {set_name}")
+                    continue
+                ours = next(r for r in rows64 if (r["model"], r["set"], r["decoder"]) == (model, set_name, "mha"))
+                assert_shown([ours["rtfx"], ours["rtfx"] / hf], row[column], f"{name} {model} {set_name}")
+                differ.append(ours["differ_from_hf"])
+            cell = row["transcripts ≠ transformers'"]
+            assert cell == ("" if row["decoder"] == "transformers (faster path)" else " / ".join(map(str, differ)))
