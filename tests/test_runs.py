@@ -80,6 +80,12 @@ def test_keys_added_at_their_old_behaviour_keep_an_older_runs_identity(compose_c
     assert differences(older, other) == ["calibration.split: (absent) -> train"]
     with pytest.raises(RunFolderTaken, match="It differs in: calibration.split: \\(absent\\) -> train"):
         stored_run(tmp_path, other, "run")
+    # and what such an older config runs with (calibration, the checks) is the defaults: read where they live
+    from asr_attention.runs.identity import setting
+    from asr_attention.training.experiment import calibration_args
+    assert {key: setting(older, f"calibration.{key}") for key in ("split", "text", "utterances")} == \
+        {key: calibration_args(compose_cfg("train", RUN))[key] for key in ("split", "text", "utterances")}
+    assert setting(other, "calibration.split") == "train"
 
 
 def test_the_seed_is_part_of_a_runs_identity(compose_cfg, tmp_path):

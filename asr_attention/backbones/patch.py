@@ -19,6 +19,7 @@ from asr_attention.attention.mla_ranks import kv_spectrum, ranks_by_kind
 from asr_attention.attention.mha import MultiHeadAttention
 
 from .base import Backbone
+from .eval_mode import eval_mode
 
 log = logging.getLogger(__name__)
 MIB = 2**20
@@ -146,14 +147,12 @@ def capture_attention_calls(backbone: Backbone, waves: Tensor, wave_lengths: Ten
     device = next(backbone.parameters()).device  # the batch goes where the weights are (a loader yields on CPU)
     waves, wave_lengths = waves.to(device), wave_lengths.to(device)
     targets = None if targets is None else targets.to(device)
-    was_training = backbone.training
-    backbone.eval()
     try:
-        backbone.calibration_pass(waves, wave_lengths, targets)
+        with eval_mode(backbone):
+            backbone.calibration_pass(waves, wave_lengths, targets)
     finally:
         for h in handles:
             h.remove()
-        backbone.train(was_training)
     missing = [i for i, c in enumerate(inputs) if c is None]
     if missing:
         raise RuntimeError(f"attention layers {missing} were not called during the forward pass")

@@ -37,6 +37,13 @@ ADDED_DEFAULTS = {
 _ABSENT = "(absent)"
 
 
+def setting(config, dotted: str):
+    """A config's value at an ADDED_DEFAULTS key ('calibration.text'), or that key's default where the config (one
+    written before the key, or a hand-made one) lacks it."""
+    group, key = dotted.split(".")
+    return (config.get(group) or {}).get(key, ADDED_DEFAULTS[dotted])
+
+
 class RunFolderTaken(UserError, RuntimeError):
     """The folder holds another config's run (or checkpoints nobody can vouch for): nothing was written."""
 

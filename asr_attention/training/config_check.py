@@ -14,6 +14,7 @@ from ..backbones import FAMILIES
 from ..backbones.sites import model_site_kinds
 from ..backbones.whisper.packages import DEFAULT_SIZE, SIZES
 from ..config.errors import UserError
+from ..runs.identity import setting
 from ..data.corpora import OOD_SETS
 
 # The allowed names are the registries' own: a variant, feature map or family added there is allowed here.
@@ -177,11 +178,12 @@ def validate_retention(optim: Mapping, model: Mapping) -> None:
     """optim.kl_weight / kl_temperature / ce_weight / distill_text (seq2seq_module.py); a key absent (a config
     written before it) has the default that reproduces the behaviour before it."""
     kl = optim.get("kl_weight")
+    knob = {key: setting({"optim": optim}, f"optim.{key}") for key in ("kl_temperature", "ce_weight", "distill_text")}
     if kl is not None:
         _number_at_least(kl, "optim.kl_weight", 0)
-    _number_at_least(optim.get("kl_temperature", 1.0), "optim.kl_temperature", 0, strict=True)
-    _number_at_least(optim.get("ce_weight", 1.0), "optim.ce_weight", 0)
-    text = _choice({"distill_text": optim.get("distill_text", "reference")}, "optim", "distill_text",
+    _number_at_least(knob["kl_temperature"], "optim.kl_temperature", 0, strict=True)
+    _number_at_least(knob["ce_weight"], "optim.ce_weight", 0)
+    text = _choice({"distill_text": knob["distill_text"]}, "optim", "distill_text",
                    ("reference", "teacher"))
     if kl and not _seq2seq(model):
         _fail("optim.kl_weight", kl, "KL at the decoder output needs Whisper's decoder (model.head=seq2seq); "
@@ -189,7 +191,7 @@ def validate_retention(optim: Mapping, model: Mapping) -> None:
     if text == "teacher" and not _seq2seq(model):
         _fail("optim.distill_text", text, "the teacher's transcripts need Whisper's decoder (model.head=seq2seq); "
               "reference for a CTC head")
-    if optim.get("ce_weight", 1.0) == 0 and not kl and optim.get("distill_weight") is None:
+    if knob["ce_weight"] == 0 and not kl and optim.get("distill_weight") is None:
         _fail("optim.ce_weight", 0, "with no optim.kl_weight or optim.distill_weight there is nothing to train: "
               "set one of them, or ce_weight > 0")
 
@@ -208,8 +210,8 @@ def validate_data_and_calibration(cfg: Mapping) -> None:
         calibration = cfg["calibration"] or {}
         _int_at_least(calibration.get("frames"), "calibration.frames", 1,
                       " (encoder frames of audio that conversion calibrates on)")
-        _choice({"split": calibration.get("split", "val")}, "calibration", "split", ("val", "train"))
-        text = _choice({"text": calibration.get("text", "reference")}, "calibration", "text",
+        _choice({"split": setting(cfg, "calibration.split")}, "calibration", "split", ("val", "train"))
+        text = _choice({"text": setting(cfg, "calibration.text")}, "calibration", "text",
                        ("reference", "teacher"))
         if text == "teacher" and not _seq2seq(cfg.get("model") or {}):
             _fail("calibration.text", text, "the teacher's transcripts need Whisper's decoder (model.head=seq2seq); "

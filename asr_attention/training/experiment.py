@@ -26,8 +26,10 @@ from ..backbones import (
     patch_attention,
     patched_variants,
 )
+from ..backbones.eval_mode import eval_mode
 from ..data.datamodule import ASRDataModule, build_datamodule
 from ..data.text import CharTokenizer
+from ..runs.identity import setting
 from .checkpoint_io import AtomicCheckpointIO
 from .checkpointing import LastCheckpoint
 from .ctc_module import ASRFineTuner, CTCFineTuner
@@ -65,9 +67,8 @@ def build_tokenizer_and_backbone(cfg: DictConfig, datamodule: ASRDataModule | No
 def calibration_args(cfg: DictConfig) -> dict:
     """convert's calibration arguments from a run's config (`calibration:` and the seed; Whisper's decoding options
     for calibration.text=teacher). A key absent (a config written before it) has today's default."""
-    calibration = cfg.calibration
-    args = {"frames": calibration.frames, "seed": cfg.seed, "split": calibration.get("split", "val"),
-            "text": calibration.get("text", "reference"), "utterances": calibration.get("utterances")}
+    args = {"frames": cfg.calibration.frames, "seed": cfg.seed,
+            **{key: setting(cfg, f"calibration.{key}") for key in ("split", "text", "utterances")}}
     if args["text"] == "teacher":
         args["decoding"] = decoding_options(cfg.model)
     return args
@@ -139,10 +140,8 @@ def calibration_text(backbone: Backbone, batch: dict, text: str, decoding) -> to
     if decoding is None:
         raise ValueError("calibration.text=teacher needs the model's decoding options (calibration_args)")
     device = next(backbone.parameters()).device
-    with torch.no_grad():
-        was_training = backbone.training
-        memory = backbone.eval().encode(batch["waves"].to(device), batch["wave_lengths"].to(device))
-        backbone.train(was_training)
+    with torch.no_grad(), eval_mode(backbone):
+        memory = backbone.encode(batch["waves"].to(device), batch["wave_lengths"].to(device))
         ids = transcript_ids(backbone, memory, with_token_limit(backbone, decoding))
     return as_targets(ids)
 

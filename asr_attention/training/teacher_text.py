@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from ..backbones.eval_mode import eval_mode
 from ..backbones.whisper.adapter import Whisper
 from ..backbones.whisper.tokens import IGNORE
 from ..generation.decoding import DecodingOptions, transcribe
@@ -25,12 +26,8 @@ from .utterance_store import fill_missing, utterance_keys
 
 def transcript_ids(teacher: Whisper, memory: Tensor, decoding: DecodingOptions) -> list[list[int]]:
     """The text token ids (before <|endoftext|>) the model writes for each row of its encoder output."""
-    was_training = teacher.training
-    teacher.eval()
-    try:
+    with eval_mode(teacher):
         return [h.tokens for h in transcribe(teacher, memory, decoding)]
-    finally:
-        teacher.train(was_training)
 
 
 def as_targets(ids: Sequence[Sequence[int]], device: torch.device | str = "cpu") -> Tensor:

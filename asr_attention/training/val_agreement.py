@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torchmetrics.functional.text import word_error_rate
 
+from ..backbones.eval_mode import eval_mode
 from ..backbones.whisper.adapter import Whisper
 from ..generation.decoding import DecodingOptions, transcribe
 
@@ -27,15 +28,13 @@ class ValAgreement:
     def record(self, backbone: Whisper, batches: Iterable[dict | None], decoding: DecodingOptions,
                device: torch.device) -> None:
         """The unconverted backbone's transcripts of every val batch (None: a batch of unreadable files)."""
-        was_training = backbone.training
-        backbone.to(device).eval()
-        for batch in batches:
-            if batch is None:
-                continue
-            memory = backbone.encode(batch["waves"].to(device), batch["wave_lengths"].to(device))
-            for key, h in zip(zip(batch["utt_ids"], batch["audio_ids"]), transcribe(backbone, memory, decoding)):
-                self.originals[key] = backbone.tokens.decode(h.tokens)
-        backbone.train(was_training)
+        with eval_mode(backbone.to(device)):
+            for batch in batches:
+                if batch is None:
+                    continue
+                memory = backbone.encode(batch["waves"].to(device), batch["wave_lengths"].to(device))
+                for key, h in zip(zip(batch["utt_ids"], batch["audio_ids"]), transcribe(backbone, memory, decoding)):
+                    self.originals[key] = backbone.tokens.decode(h.tokens)
 
     def update(self, batch: dict, hypotheses: list[str]) -> None:
         if self.originals:
