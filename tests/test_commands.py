@@ -297,3 +297,20 @@ def test_a_ctc_head_with_its_own_characters_and_per_layer_ranks_round_trips(tmp_
     audio = wav(tmp_path / "a.wav", waves[0].numpy())
     transcribe.main([str(tmp_path), audio])
     assert capsys.readouterr().out == f"{audio}\t{tokenizer.ctc_decode(*expected)[0]}\n"
+
+
+def test_the_end_to_end_benchmark_measures_a_trained_run_beside_its_models_rows(run, tmp_path):
+    """--run: the run's rows follow its model's own and carry the name --models gives that model (so the report sets
+    them against transformers' rows of the same model: x hf), labelled with the run's run_name."""
+    from asr_attention.bench import end_to_end
+    from asr_attention.bench.end_to_end_report import best_hf
+
+    data = end_to_end.main(["--models", "whisper", "--variants", "--hf", "dynamic", "--sets", "an4", "--limit", "2",
+                            "--batches", "2", "--max-tokens", "24", "--device", "cpu", "--run", str(run),
+                            "--out", str(tmp_path), "--name", "e2e"])
+    label = "run:" + results(run)["config"]["run_name"]
+    assert [(r["model"], r["decoder"]) for r in data["rows"]] == [("whisper", "hf-dynamic"), ("whisper", label)]
+    trained = data["rows"][1]
+    assert "error" not in trained, trained
+    assert ("whisper", "an4", 2) in best_hf(data["rows"]) and trained["utterances"] == 2
+    assert f"| whisper | an4 | {label} | 2 | 2 |" in (tmp_path / "e2e.md").read_text()

@@ -6,7 +6,8 @@ transformers' in the same process.
 For each model (a conf/model name: `whisper` is tiny.en), each decoder -- transformers' `generate` with its static
 cache (compiled by transformers) and its dynamic one, then ours with each variant at the decoder sites (`mha` the
 loaded weights; `mla` r = d/4 activation-aware, `gqa` 2 KV heads: conf/study/variant presets, calibrated on AN4 val;
-`--run DIR` a trained run's checkpoint) -- each test set (AN4 test, vendored; speechocean762, `--manifest`) and
+`--run DIR` a trained run's best checkpoint, measured right after its model's rows, labelled run:<run_name>) --
+each test set (AN4 test, vendored; speechocean762, `--manifest`) and
 each batch size: the whole set transcribed in batches, audio already in memory, and timed from the waves to the
 text (features, encoder, decoding, detokenising): RTFx = audio seconds / wall seconds, tokens/s, peak GPU memory
 (max_memory_allocated, reset per row), WER (the scoring normaliser), and the utterances whose text differs from
@@ -17,9 +18,10 @@ Before each row, every batch shape it will use (the batch size, and the smaller 
 transformers compiles its static step per shape, our fast path captures a CUDA graph per shape; that time is
 reported as warmup_s. After the timed pass a split pass runs the set again with each stage timed on its own
 (stages_s: ours features + encoder / decoding / text, transformers' features / encoder + decoding / text; the
-encoders are the same computation, so ours minus transformers' first two stages isolates decoding). Batch 1 reads the first --limit-batch1 utterances of each set. The JSON is rewritten after
-every row (a run cut short keeps what it measured), with the Markdown table and the plot beside it
-(end_to_end_report.py). Runs on a CPU too (tests: tiny.en, two utterances, `--hf dynamic`).
+encoders are the same computation, so ours minus transformers' first two stages isolates decoding). Batch 1 reads
+the first --limit-batch1 utterances of each set. The JSON is rewritten after every row (a run cut short keeps what
+it measured), with the Markdown table and the plot beside it (end_to_end_report.py). Runs on a CPU too (tests:
+tiny.en, two utterances, `--hf dynamic`).
 """
 
 from __future__ import annotations
@@ -119,10 +121,24 @@ def ours(model: str, variant: str, device: torch.device, dtype: torch.dtype,
 def run_backbone(run: Path, device: torch.device, dtype: torch.dtype):
     from asr_attention.training.run_model import load_run
 
-    cfg, _, backbone = load_run(run)
+    _, _, backbone = load_run(run)
     backbone.to(device)
     backbone.model.to(dtype)
-    return cfg.model.name, backbone.eval()
+    return backbone.eval()
+
+
+def trained_runs(runs: list[str], models: list[str]) -> list[tuple[str, str, Path]]:
+    """(conf/model name, row label, folder) of each --run: the name --models spells its model with (a run's config
+    says "whisper-base" where --models says whisper_base), so its rows sit beside that model's transformers rows
+    and get their `x hf`; the label is the run's run_name (a sweep's folder is only "0")."""
+    from asr_attention.training.run_model import run_config
+
+    out = []
+    for run in runs:
+        cfg = run_config(Path(run))
+        model = next((m for m in models if model_config(m).model.name == cfg.model.name), cfg.model.name)
+        out.append((model, f"run:{cfg.get('run_name') or Path(run).name}", Path(run)))
+    return out
 
 
 def reference(model: str, device: torch.device, dtype: torch.dtype):
@@ -270,6 +286,7 @@ class Bench:
         sets = [read_set(name, Path(args.manifest), args.limit) for name in args.sets]
         self.data["sets"] = [{"name": s.name, "utterances": len(s.waves), "audio_s": sum(s.seconds)} for s in sets]
         self.log("sets: " + ", ".join(f"{s.name} {len(s.waves)} utts" for s in sets))
+        runs = trained_runs(args.run, args.models)
         for model in args.models:
             if args.hf:
                 hf, tokens = reference(model, self.device, self.dtype)
@@ -291,15 +308,19 @@ class Bench:
                 del pipeline
                 del backbone
                 free(self.device)
-        for run in args.run:
-            model, backbone = run_backbone(Path(run), self.device, self.dtype)
-            self.rows(model, f"run:{Path(run).name}", self.pipeline(backbone), sets)
-            del backbone
-            free(self.device)
+            self.trained_rows([r for r in runs if r[0] == model], sets)  # before the next model: a cut run keeps them
+        self.trained_rows([r for r in runs if r[0] not in args.models], sets)
         self.save()
         write_report(self.data, self.out / self.name, with_plot=True)
         self.log(f"wrote {self.out / self.name}.json, .md" + (", .png" if self.data["rows"] else ""))
         return self.data
+
+    def trained_rows(self, runs: list[tuple[str, str, Path]], sets: list[TestSet]) -> None:
+        for model, label, run in runs:
+            backbone = run_backbone(run, self.device, self.dtype)
+            self.rows(model, label, self.pipeline(backbone), sets)
+            del backbone
+            free(self.device)
 
     def pipeline(self, backbone) -> OursPipeline:
         return OursPipeline(backbone, token_limit(backbone, self.args.max_tokens), self.args.fast, self.args.compile)
