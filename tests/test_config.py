@@ -26,7 +26,8 @@ SEED_MODELS = {
 }
 SEED_ATTENTION = {  # per model: mla's latent_dim follows d_model; sites=None: the family's default sites
     "mha": lambda d: dict(name="mha", sites=None),
-    "mla": lambda d: dict(name="mla", latent_dim=d, calibration="plain", rank_allocation=None, sites=None),
+    "mla": lambda d: dict(name="mla", latent_dim=d, calibration="plain", rank_allocation=None,
+                         cross_latent=None, sites=None),
     "gqa": lambda d: dict(name="gqa", num_kv_heads=2, sites=None),
     "linear": lambda d: dict(name="linear", feature_map="elu", sites=None),
 }
@@ -147,6 +148,13 @@ BAD = [  # overrides, the start of the message (field=value), a word of what is 
     (["model=whisper", "calibration.text=labels"], "calibration.text='labels'", "reference, teacher"),
     (["calibration.text=teacher"], "calibration.text='teacher'", "model.head=seq2seq"),
     (["calibration.utterances=0"], "calibration.utterances=0", "integer >= 1"),
+    # MLA's cross-attention over the encoder output itself: cross sites of Whisper's decoder only
+    (["model=whisper", "attention=mla", "attention.cross_latent=shared"], "attention.cross_latent='shared'",
+     "expected null (a latent per cross layer) or memory"),
+    (["model=whisper", "model.head=ctc", "attention=mla", "attention.cross_latent=memory"],
+     "attention.cross_latent='memory'", "needs cross-attention: Whisper's decoder"),
+    (["model=whisper", "attention=mla", "attention.cross_latent=memory", "attention.sites=[decoder_self]"],
+     "attention.cross_latent='memory'", "needs cross among attention.sites (here ['decoder_self'])"),
 ]
 
 

@@ -27,7 +27,8 @@ MODES = {"greedy": {}, "beam": {"beam_size": 2},
          # every hypothesis is below a log-probability threshold of 0: each is sampled again at 0.4 (seeded)
          "fallback": {"logprob_threshold": 0.0, "temperatures": (0.0, 0.4)}}
 VARIANTS = {"mha": None, "mla": {"name": "mla", "latent_dim": 96}, "gqa": {"name": "gqa", "num_kv_heads": 2},
-            "linear": {"name": "linear", "feature_map": "elu"}}
+            "linear": {"name": "linear", "feature_map": "elu"},
+            "mla_memory": {"name": "mla", "latent_dim": 96, "cross_latent": "memory"}}
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,9 @@ TINY = dict(family="whisper", source=None, pretrained=False, d_model=D, num_head
 SITES = [["encoder"], ["decoder_self"], ["cross"], ["decoder_self", "cross"]]
 EXACT = {"mha": {"name": "mha"}, "mla": {"name": "mla", "latent_dim": D}, "gqa": {"name": "gqa", "num_kv_heads": H}}
 ALL_VARIANTS = {**EXACT, "mla_d4": {"name": "mla", "latent_dim": D // 4}, "gqa_1": {"name": "gqa", "num_kv_heads": 1},
-                "linear": {"name": "linear", "feature_map": "elu"}}
+                "linear": {"name": "linear", "feature_map": "elu"},
+                # cross sites over the encoder output itself, one cache for all of them; the other sites at d/4
+                "mla_d4_memory": {"name": "mla", "latent_dim": D // 4, "cross_latent": "memory"}}
 
 
 def make(head="seq2seq", seed=0):
@@ -460,6 +462,17 @@ def test_kv_cache_report_per_kind_of_site(compose_cfg, run_module):
     assert bytes_of["cross /1500 frames"]["mla"] == 1500 * layers * 96 * 4
     out = run_module("asr_attention.reports.kv_cache", "model=whisper").stdout
     assert "decoder self /token" in out and "cross /s of audio" in out and " 12288 (1.000)" in out
+    # cross_latent=memory: the decoder self column keeps latent_dim, the cross columns hold one d-wide tensor for
+    # every layer; the same figures as the converted model's own accounting (cache_per_site)
+    cfg = compose_cfg("kv_cache", ["model=whisper", "frames=1500", "+study/variant=mla_d2_act_memory"])
+    rows = {col: {r.attention: r.total_bytes for r in rows}
+            for col, rows in whisper_sites(cfg.model, cfg.attention, 1500, 1, torch.float32).items()}
+    assert rows["decoder self /token"]["mla"] == layers * 192 * 4
+    assert rows["cross /1500 frames"]["mla"] == 1500 * d * 4 == rows["cross /1500 frames"]["mha"] // 8
+    backbone = build_backbone({**cfg.model, "pretrained": False})
+    patch_attention(backbone, {**cfg.attention, "calibration": "plain"})
+    assert backbone.cache_per_site()["cross_per_second"] == rows["cross /s of audio"]["mla"]
+    assert backbone.cache_per_site()["decoder_self_per_token"] == rows["decoder self /token"]["mla"]
 
 
 def test_real_tiny_en_transcribes_an4_test_through_our_decoder():

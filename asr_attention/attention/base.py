@@ -59,9 +59,17 @@ class Cache(Mapping[str, Tensor]):
         return len(self.tensors)
 
 
-def cache_nbytes(cache: Mapping[str, Tensor]) -> int:
-    """Bytes the cache tensors really hold: what the measured-cache tests compare to `cache_bytes`."""
-    return sum(t.numel() * t.element_size() for t in cache.values())
+def cache_nbytes(*caches: Mapping[str, Tensor] | None) -> int:
+    """Bytes the caches' tensors really hold, a tensor held by several caches once (the cross layers' one latent
+    under attention.cross_latent=memory): what the measured-cache tests compare to `cache_bytes`."""
+    seen, total = set(), 0
+    for cache in caches:
+        for t in (cache or {}).values():
+            key = (t.data_ptr(), t.numel(), t.dtype, t.device)
+            if key not in seen:
+                seen.add(key)
+                total += t.numel() * t.element_size()
+    return total
 
 
 def linear_from(weight: Tensor, bias: Tensor | None) -> nn.Linear:

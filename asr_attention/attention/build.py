@@ -39,8 +39,10 @@ def build_attention(cfg: Mapping, mha: CanonicalMHA, calibration: Tensor | None 
             raise ValueError("attention.calibration=activation needs calibration data (each site's K/V inputs: "
                              "patch_attention(..., calibration=calibration_batch(capture_attention_calls(...))), "
                              "as experiment.convert does), or set attention.calibration=plain")
+        # latent "input": set by backbones/patch.py at cross sites under attention.cross_latent=memory
         return MultiHeadLatentAttention(
-            mha, latent_dim=int(cfg["latent_dim"]), calibration=calibration if how == "activation" else None
+            mha, latent_dim=int(cfg["latent_dim"]), calibration=calibration if how == "activation" else None,
+            latent_from_input=cfg.get("latent") == "input", owns_cache=cfg.get("owns_cache", True),
         )
     if name == "linear":
         return LinearAttention(mha, feature_map=cfg.get("feature_map", "elu"))

@@ -6,7 +6,10 @@ down = sqrt(S_r) Vh_r (d -> r), up = U_r sqrt(S_r) (r -> 2d), the K/V biases on 
 minimises the error of the projected *activations* X W^T on a calibration batch instead (whiten by X^T X first).
 
 The cache keeps only the latent (r values per frame; two latents under rotary-on-inputs, where K reads rotated
-inputs and V plain ones). Against a cache, attention runs in latent space where that costs fewer FLOPs, which
+inputs and V plain ones). `latent_from_input`: no down projection, the latent is the input itself (r = d, up =
+[W_k; W_v]: exact). At cross-attention that input is the encoder output, the same for every layer, so the layers'
+caches are one tensor (attention.cross_latent=memory, backbones/patch.py): the first holds it (`owns_cache`), the
+others count nothing. Against a cache, attention runs in latent space where that costs fewer FLOPs, which
 is always so for a decode step: the up-projections are folded into the query and the output (`absorbed`), so a
 step reads the latent and never re-expands K or V.
 """
@@ -80,18 +83,27 @@ class MultiHeadLatentAttention(SoftmaxAttention):
     name = "mla"
     step_projections = ("q_proj", "kv_down")
 
-    def __init__(self, mha: CanonicalMHA, latent_dim: int, calibration: Tensor | None = None):
+    def __init__(self, mha: CanonicalMHA, latent_dim: int, calibration: Tensor | None = None,
+                 latent_from_input: bool = False, owns_cache: bool = True):
         d = mha.d_model
         if not 1 <= latent_dim <= 2 * d:
             raise ValueError(f"attention.latent_dim={latent_dim} must be in [1, {2 * d}] (2 * d_model)")
         super().__init__(mha)
+        if latent_from_input and self.position != "none":
+            raise ValueError(f"mla: a latent that is the input itself needs position 'none' (cross-attention), "
+                             f"this layer has {self.position!r}")
         self.kv_heads = self.num_heads
-        self.latent_dim = latent_dim
-        whiten = None if calibration is None else whitening(calibration)
-        up, down = _factor(torch.cat((mha.k_weight, mha.v_weight)), latent_dim, whiten)
-        self.kv_down = nn.Linear(d, latent_dim, bias=False)
-        self.kv_down.weight.data.copy_(down)
-        self.kv_up = nn.Linear(latent_dim, 2 * d, bias=mha.k_bias is not None or mha.v_bias is not None)
+        self.latent_dim = d if latent_from_input else latent_dim
+        self.owns_cache = owns_cache
+        stacked = torch.cat((mha.k_weight, mha.v_weight))
+        if latent_from_input:
+            self.kv_down, up = None, stacked
+            self.step_projections = ("q_proj",)
+        else:
+            up, down = _factor(stacked, latent_dim, None if calibration is None else whitening(calibration))
+            self.kv_down = nn.Linear(d, latent_dim, bias=False)
+            self.kv_down.weight.data.copy_(down)
+        self.kv_up = nn.Linear(self.latent_dim, 2 * d, bias=mha.k_bias is not None or mha.v_bias is not None)
         self.kv_up.weight.data.copy_(up)
         if self.kv_up.bias is not None:
             zeros = mha.v_weight.new_zeros(d)
@@ -103,9 +115,13 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         return 2 if self.position == "rotary_input" else 1
 
     def cache_bytes(self, frames: int, batch: int, dtype: torch.dtype) -> int:
+        if not self.owns_cache:  # the latent is another layer's input tensor, counted there
+            return 0
         return self.latents_per_frame * batch * frames * self.latent_dim * dtype.itemsize
 
     def compress(self, k_input: Tensor, v_input: Tensor) -> dict[str, Tensor]:
+        if self.kv_down is None:  # the input itself, not a copy: layers given the same memory share it
+            return {"latent": v_input}
         if self.position == "rotary_input":  # K reads rotated inputs, V plain ones: two latents
             return {"latent_k": self.kv_down(k_input), "latent_v": self.kv_down(v_input)}
         return {"latent": self.kv_down(v_input)}
@@ -168,6 +184,9 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         return self.o_proj(self.merge_heads(out))
 
     def decode_buffers(self, batch: int, slots: int) -> dict[str, Tensor]:
+        if self.kv_down is None:
+            raise NotImplementedError("mla: a latent that is the input itself is for cross-attention, not a decoder "
+                                      "self-attention cache")
         if self.position == "rotary_input":
             raise NotImplementedError("mla: no preallocated decoder cache under rotary positions (two latents)")
         return {"latent": self.kv_down.weight.new_zeros(batch, slots, self.latent_dim)}
@@ -183,6 +202,8 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         """The merged (2d, d) map up @ down, where it costs fewer FLOPs than down then up: merging costs 2d.r.d
         once per call, then 2d.d per frame against 3.d.r. A narrow latent keeps the two narrow GEMMs."""
         d, r = self.d_model, self.latent_dim
+        if self.kv_down is None:
+            return self.kv_up.weight, self.kv_up.bias
         if tokens * 2 * d * d + 2 * d * r * d < tokens * 3 * d * r:
             return self.kv_up.weight @ self.kv_down.weight, self.kv_up.bias
         return None

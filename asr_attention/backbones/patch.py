@@ -57,9 +57,12 @@ def patch_attention(
         latent_dims = spread_latent_dims(backbone, sites, canonicals, attention_cfg, calibration)
     elif len(latent_dims) != len(sites):
         raise ValueError(f"latent_dims has {len(latent_dims)} layers, the backbone {len(sites)}")
+    shared = memory_latent_sites(backbone, sites, attention_cfg)
     variants: list[AttentionVariant] = []
     for i, (parent, name, original) in enumerate(sites):
         cfg = attention_cfg if latent_dims is None else {**attention_cfg, "latent_dim": latent_dims[i]}
+        if i in shared:
+            cfg = {**cfg, "latent": "input", "owns_cache": i == shared[0]}
         variant = build_attention(cfg, canonicals[i], calibration=calibration[i])
         ref = next(original.parameters())
         variant.to(device=ref.device, dtype=ref.dtype).train(original.training)
@@ -82,6 +85,22 @@ def patch_attention(
         summary["cache_mib_per_1000_frames"],
     )
     return summary
+
+
+def memory_latent_sites(backbone: Backbone, sites: list, attention_cfg: Mapping) -> list[int]:
+    """The cross-attention sites that attend over the encoder output itself under attention.cross_latent=memory
+    (MLA): their K/V maps absorbed (exact), one shared cache, held by the first. [] where it is null."""
+    how = attention_cfg.get("cross_latent")
+    if how is None:
+        return []
+    if how != "memory" or attention_cfg["name"] != "mla":
+        raise ValueError(f"attention.cross_latent={how!r} is not allowed: expected null, or memory with "
+                         f"attention=mla (here {attention_cfg['name']})")
+    cross = [i for i, (parent, name, _) in enumerate(sites) if backbone.site_kind(parent, name) == "cross"]
+    if not cross:
+        raise ValueError("attention.cross_latent=memory: no cross-attention site among the converted ones "
+                         "(attention.sites must include cross, on a model with a decoder)")
+    return cross
 
 
 def spread_latent_dims(backbone: Backbone, sites: list, canonicals: Sequence[CanonicalMHA], attention_cfg: Mapping,

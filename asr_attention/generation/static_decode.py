@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from asr_attention.attention.base import Cache, cache_nbytes
-from asr_attention.backbones.whisper.adapter import Whisper, cross_per_utterance
+from asr_attention.backbones.whisper.adapter import Whisper, cross_per_utterance, cross_rows
 
 
 class PreallocatedCache:
@@ -51,6 +51,7 @@ class PreallocatedCache:
         self.self_buffers = [_in_dtype(layer.self_attn.variant.decode_buffers(batch, slots), dtype)
                              for layer in layers]
         self.cross: list[Cache | None] = [None] * len(layers)
+        self._memory_copy: Tensor | None = None  # the cross layers' one latent under cross_latent=memory
         # the decoder alone (token choice stays eager); fullgraph: no part of it left eager unseen
         self._step = torch.compile(self._forward, fullgraph=True, dynamic=False) if compile else self._forward
         self._graph: torch.cuda.CUDAGraph | None = None
@@ -72,11 +73,20 @@ class PreallocatedCache:
             return cross_per_utterance(site, x, None, self.cross[i], self.beams)[0]
         out, built = cross_per_utterance(site, x, memory, None, self.beams)
         if self.cross[i] is None:
-            self.cross[i] = built
+            self.cross[i] = Cache({k: self._owned(t, memory) for k, t in built.items()}, from_memory=True)
         else:
             for name, t in self.cross[i].items():
                 t.copy_(built[name])
         return out
+
+    def _owned(self, t: Tensor, memory: Tensor) -> Tensor:
+        """A cross cache tensor this cache may write into later: the caller's encoder output itself (a latent that
+        is the input, attention.cross_latent=memory) is copied once, and that copy shared by every layer holding it."""
+        if t.data_ptr() != memory.data_ptr():
+            return t
+        if self._memory_copy is None or self._memory_copy.shape != t.shape:
+            self._memory_copy = t.clone()
+        return self._memory_copy
 
     def advance(self, n: int) -> None:
         self.position += n
@@ -128,8 +138,7 @@ class PreallocatedCache:
         """Some utterances decoded again from the prompt, one row each, in a cache of their own (eager): their
         cross caches kept, self caches empty."""
         again = PreallocatedCache(self.backbone, len(utterances), len(self.slots), dtype=self.dtype)
-        again.cross = [Cache({k: v.index_select(0, utterances) for k, v in c.items()}, from_memory=True)
-                       for c in self.cross]
+        again.cross = cross_rows(self.cross, utterances)
         return again
 
     @property
@@ -164,8 +173,7 @@ class PreallocatedCache:
         return [self.position, self.token] + [t for buffers in self.self_buffers for t in buffers.values()]
 
     def nbytes(self) -> dict[str, int]:
-        return {"decoder_self": sum(cache_nbytes(b) for b in self.self_buffers),
-                "cross": sum(cache_nbytes(c or {}) for c in self.cross)}
+        return {"decoder_self": cache_nbytes(*self.self_buffers), "cross": cache_nbytes(*self.cross)}
 
 
 def _in_dtype(buffers: dict[str, Tensor], dtype: torch.dtype | None) -> dict[str, Tensor]:

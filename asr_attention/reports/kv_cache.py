@@ -61,8 +61,10 @@ def attention_presets(model: Mapping) -> dict[str, dict]:
     return presets
 
 
-def cache_rows(model: Mapping, chosen: Mapping | None, frames: int, batch: int, dtype: torch.dtype) -> list[CacheRow]:
-    """One row per attention variant for this model; `chosen` (an attention config) replaces its preset."""
+def cache_rows(model: Mapping, chosen: Mapping | None, frames: int, batch: int, dtype: torch.dtype,
+               cross: bool = False) -> list[CacheRow]:
+    """One row per attention variant for this model; `chosen` (an attention config) replaces its preset. cross:
+    the rows of cross-attention sites, where MLA's cross_latent=memory keeps one tensor for every layer."""
     mha = random_mha(model["d_model"], model["num_heads"], position=model["position"])
     attentions = attention_presets(model)
     if chosen is not None and chosen["name"] == "native":
@@ -74,11 +76,14 @@ def cache_rows(model: Mapping, chosen: Mapping | None, frames: int, batch: int, 
         with _quiet("asr_attention.attention"):  # build-time notes (e.g. linear drops xl) are noise in a report
             # a cache's size follows the shapes alone: plain SVD stands in for an activation-aware conversion,
             # whose calibration data a table of sizes does not have
-            variant = build_attention({**att, "calibration": "plain"} if att["name"] == "mla" else att, mha)
+            over_memory = cross and att["name"] == "mla" and att.get("cross_latent") == "memory"
+            built = {**att, "calibration": "plain", "latent": "input" if over_memory else None} \
+                if att["name"] == "mla" else att
+            variant = build_attention(built, mha)
         # what shapes one layer's cache; `sites` only says which layers convert; a null option is its default
         options = " ".join(f"{k}={v}" for k, v in att.items() if k not in ("name", "sites") and v is not None)
-        rows.append(CacheRow(name, options, variant.cache_bytes(frames, batch, dtype), model["num_layers"],
-                             chosen is not None and chosen["name"] == name))
+        rows.append(CacheRow(name, options, variant.cache_bytes(frames, batch, dtype),
+                             1 if over_memory else model["num_layers"], chosen is not None and chosen["name"] == name))
     return rows
 
 
@@ -111,8 +116,8 @@ def whisper_sites(model: Mapping, chosen: Mapping | None, frames: int, batch: in
     caching while streaming would hold the same)."""
     per_second = round(1000 / model["frame_ms"])
     return {"decoder self /token": cache_rows(model, chosen, 1, batch, dtype),
-            "cross /s of audio": cache_rows(model, chosen, per_second, batch, dtype),
-            f"cross /{frames} frames": cache_rows(model, chosen, frames, batch, dtype)}
+            "cross /s of audio": cache_rows(model, chosen, per_second, batch, dtype, cross=True),
+            f"cross /{frames} frames": cache_rows(model, chosen, frames, batch, dtype, cross=True)}
 
 
 def format_sites(columns: dict[str, list[CacheRow]], title: str) -> str:

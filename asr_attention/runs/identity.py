@@ -33,6 +33,7 @@ COSMETIC = ("logger", "group", "run_name", "export_dir", "retrain", "checkpoint_
 ADDED_DEFAULTS = {
     "optim.kl_weight": None, "optim.kl_temperature": 1.0, "optim.ce_weight": 1.0, "optim.distill_text": "reference",
     "calibration.split": "val", "calibration.text": "reference", "calibration.utterances": None,
+    "attention.cross_latent": None,
 }
 _ABSENT = "(absent)"
 

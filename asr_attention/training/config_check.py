@@ -114,6 +114,16 @@ def validate_attention(attention: Mapping, model: Mapping) -> None:
             _fail("attention.rank_allocation", allocation, "expected null (latent_dim at every layer) or spectrum")
         if allocation is not None and r > d:  # at d every layer is exact already; a wider latent adds nothing
             _fail("attention.latent_dim", r, f"rank_allocation=spectrum needs latent_dim <= model.d_model = {d}")
+        cross_latent = attention.get("cross_latent")
+        if cross_latent not in (None, "memory"):
+            _fail("attention.cross_latent", cross_latent, "expected null (a latent per cross layer) or memory (the "
+                  "encoder output, shared by every cross layer)")
+        sites = attention.get("sites")
+        if cross_latent == "memory" and not _seq2seq(model):
+            _fail("attention.cross_latent", cross_latent, "needs cross-attention: Whisper's decoder "
+                  "(model=whisper, model.head=seq2seq)")
+        if cross_latent == "memory" and sites is not None and not isinstance(sites, str) and "cross" not in sites:
+            _fail("attention.cross_latent", cross_latent, f"needs cross among attention.sites (here {list(sites)})")
     elif name == "gqa":
         g = _positive_int(attention, "attention", "num_kv_heads")
         if h % g:

@@ -168,13 +168,13 @@ def patch_structure(backbone: Backbone, attention_cfg: DictConfig, latent_dims: 
 def measured_cache_bytes(backbone: Backbone, inputs: list[dict]) -> dict:
     """Run each patched layer over its captured input with use_cache=True and count the bytes it holds, beside
     the analytic figure for the same frames and batch."""
-    measured = analytic = 0
+    analytic, caches = 0, []
     with torch.no_grad():
         for variant, kw in zip(patched_variants(backbone), inputs):
-            _, cache = variant(**kw, use_cache=True)
-            measured += cache_nbytes(cache)
+            caches.append(variant(**kw, use_cache=True)[1])
             b, t, _ = kv_input(kw).shape
             analytic += variant.cache_bytes(t, b, kw["x"].dtype)
+    measured = cache_nbytes(*caches)  # a tensor several layers share counts once
     frames, batch = kv_input(inputs[0]).shape[1], inputs[0]["x"].shape[0]
     return {"frames": frames, "batch": batch, "measured": measured, "analytic": analytic}
 

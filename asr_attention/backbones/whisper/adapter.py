@@ -18,7 +18,7 @@ added before the layers (canonical position "none").
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -144,7 +144,8 @@ class DecoderCache:
     def restart(self, utterances: Tensor) -> "DecoderCache":
         """Some utterances decoded again from the prompt, one row each: their cross caches kept (built once per
         utterance), self caches empty."""
-        return DecoderCache([LayerCache(None, _rows(c.cross, utterances)) for c in self.layers])
+        crosses = cross_rows([c.cross for c in self.layers], utterances)
+        return DecoderCache([LayerCache(None, cross) for cross in crosses])
 
     @property
     def utterances(self) -> int:
@@ -152,15 +153,28 @@ class DecoderCache:
 
     def nbytes(self) -> dict[str, int]:
         """Bytes the decoder self and cross caches really hold (all layers)."""
-        return {"decoder_self": sum(cache_nbytes(c.self_attn or {}) for c in self.layers),
-                "cross": sum(cache_nbytes(c.cross or {}) for c in self.layers)}
+        return {"decoder_self": cache_nbytes(*(c.self_attn for c in self.layers)),
+                "cross": cache_nbytes(*(c.cross for c in self.layers))}
 
 
-def _rows(cache: Cache | None, rows: Tensor) -> Cache | None:
-    """The same cache for some batch rows (every variant's cache tensors are batch-first)."""
+def _rows(cache: Cache | None, rows: Tensor, picked: dict | None = None) -> Cache | None:
+    """The same cache for some batch rows (every variant's cache tensors are batch-first). picked: the selections
+    made so far, by tensor, so that a tensor several layers share (cross_latent=memory) stays one tensor."""
     if cache is None:
         return None
-    return Cache({k: v.index_select(0, rows) for k, v in cache.items()}, from_memory=cache.from_memory)
+    picked = {} if picked is None else picked
+    out = {}
+    for k, v in cache.items():
+        if id(v) not in picked:
+            picked[id(v)] = (v, v.index_select(0, rows))  # v kept alive: its id stays its own
+        out[k] = picked[id(v)][1]
+    return Cache(out, from_memory=cache.from_memory)
+
+
+def cross_rows(caches: Sequence[Cache | None], rows: Tensor) -> list[Cache | None]:
+    """Every layer's cross cache for some utterances, a tensor shared by layers selected once and still shared."""
+    picked: dict = {}
+    return [_rows(c, rows, picked) for c in caches]
 
 
 def canonical_of(module: nn.Module) -> CanonicalMHA:
