@@ -67,14 +67,14 @@ def report_rows(sweep_dir: str | Path, out_dir: str | Path | None, collect) -> t
 
 
 def variant_label(attention: Mapping) -> str:
-    """The attention with the knob that sets its cache: 'mla r=144', 'mla r=96 act spread', 'mla r=192 act,
-    cross memory' (cross sites over the encoder output: attention.cross_latent), 'gqa kv=2', 'mha'."""
+    """The attention with the knob that sets its cache: 'mla r=144', 'mla r=96 act spread', 'mla r=192 act
+    cross-memory' (cross sites over the encoder output: attention.cross_latent), 'gqa kv=2', 'mha'."""
     name = attention.get("name", "?")
     if name == "mla":
         label = f"mla r={attention.get('latent_dim')}"
         label += " act" if attention.get("calibration") == "activation" else ""
         label += " spread" if attention.get("rank_allocation") == "spectrum" else ""
-        return label + (", cross memory" if attention.get("cross_latent") == "memory" else "")
+        return label + (" cross-memory" if attention.get("cross_latent") == "memory" else "")
     if name == "gqa":
         return f"gqa kv={attention.get('num_kv_heads')}"
     if name == "linear":

@@ -49,12 +49,15 @@ SITES = {"encoder": ["encoder"], "decoder_self": ["decoder_self"], "cross": ["cr
 
 def variants(d: int, heads: int = 6) -> dict[str, dict]:
     """The table's rows: mha; gqa with 1-4 KV heads (those dividing the heads); mla at d, d/2, d/4, plain and
-    activation-aware; linear."""
+    activation-aware, and at d/2 with cross-attention over the encoder output ("cross-memory": exact at cross
+    sites, one cache for all of them; rows with a cross site only); linear."""
     out = {"mha": {"name": "mha"}}
     out.update({f"gqa g={g}": {"name": "gqa", "num_kv_heads": g} for g in (1, 2, 3, 4) if heads % g == 0 and g < heads})
     for r, label in ((d, "d"), (d // 2, "d/2"), (d // 4, "d/4")):
         for calibration in ("plain", "activation"):
             out[f"mla r={label} {calibration}"] = {"name": "mla", "latent_dim": r, "calibration": calibration}
+    out["mla r=d/2 activation cross-memory"] = {"name": "mla", "latent_dim": d // 2, "calibration": "activation",
+                                                  "cross_latent": "memory"}
     out["linear"] = {"name": "linear", "feature_map": "elu"}
     return out
 
@@ -197,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     if bad:
         raise SystemExit(f"--sites: {bad} not among {list(SITES)}")
     jobs = [("unconverted", None, [])] + [(f"{name} @ {site}", att, SITES[site])
-                                          for site in args.sites.split(",") for name, att in chosen.items()]
+                                          for site in args.sites.split(",") for name, att in chosen.items()
+                                          if att.get("cross_latent") is None or "cross" in SITES[site]]
     zs = None  # the model loads only if a row is to be measured
     for key, attention, sites in jobs:
         if key in results:
