@@ -59,6 +59,21 @@ def test_cache_bytes_measured_equal_analytic():
         assert measured["cross"] == 2 * 2 * 2 * 1500 * 64 * 2
 
 
+def test_cross_layers_sharing_the_encoder_output_store_it_once_and_each_read_it():
+    """attention.cross_latent=memory at the cross sites (decoder self-attention left MHA): transformers' tokens (it
+    is exact), the cache measured = analytic = one d-wide tensor, and the HBM-bound arithmetic counts one read of it
+    per cross layer."""
+    model = random_whisper("test", torch.device("cpu"), torch.float32, init_std=0.3)
+    d, layers = model.config.d_model, model.config.decoder_layers
+    memory = torch.randn(2, 1500, d, generator=torch.Generator().manual_seed(1))
+    shared = OursGreedy(model, {"name": "mla", "latent_dim": d, "cross_latent": "memory"}, sites=("cross",))
+    tokens = shared(memory, 8)
+    assert torch.equal(tokens, HFGenerate(model, "dynamic", 8)(memory, 8).cpu()) and tokens.unique().numel() > 4
+    stored, read = shared.cache_bytes(2, 2 + 8 - 1, 1500), shared.cache_bytes(2, 2 + 8 - 1, 1500, read=True)
+    assert shared.cache_nbytes() == stored and stored["cross"] == 2 * 1500 * d * 4
+    assert read == {"decoder_self": stored["decoder_self"], "cross": layers * stored["cross"]}
+
+
 def test_generate_command_on_cpu(tmp_path):
     """Both baselines and each variant (growing and preallocated caches) at batch 2, a max-batch search capped at
     4; files written; cache ratios exact."""

@@ -105,6 +105,11 @@ class AttentionVariant(nn.Module):
         """Bytes of the cache (or state) this layer keeps after `frames` frames (tokens, or memory frames)."""
         raise NotImplementedError
 
+    def read_bytes(self, frames: int, batch: int, dtype: torch.dtype) -> int:
+        """Bytes of cache one call of this layer reads: its own cache's, unless it reads a tensor another layer
+        keeps (MLA's shared cross latent): what the HBM-bound limit counts (generation/step_bytes.py)."""
+        return self.cache_bytes(frames, batch, dtype)
+
     @property
     def dropout_p(self) -> float:
         return self.dropout if self.training else 0.0

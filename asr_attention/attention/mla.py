@@ -119,6 +119,9 @@ class MultiHeadLatentAttention(SoftmaxAttention):
             return 0
         return self.latents_per_frame * batch * frames * self.latent_dim * dtype.itemsize
 
+    def read_bytes(self, frames: int, batch: int, dtype: torch.dtype) -> int:
+        return self.latents_per_frame * batch * frames * self.latent_dim * dtype.itemsize  # shared or not
+
     def compress(self, k_input: Tensor, v_input: Tensor) -> dict[str, Tensor]:
         if self.kv_down is None:  # the input itself, not a copy: layers given the same memory share it
             return {"latent": v_input}

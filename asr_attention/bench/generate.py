@@ -53,6 +53,8 @@ VARIANTS = {
     "gqa": ({"name": "gqa", "num_kv_heads": 2}, BOTH),
     "linear": ({"name": "linear", "feature_map": "elu"}, BOTH),
     "mla-self": ({"name": "mla", "latent_dim": 0.25}, ("decoder_self",)),
+    # cross sites over the encoder output itself (exact, one cache for all: attention.cross_latent=memory)
+    "mla-memory": ({"name": "mla", "latent_dim": 0.25, "cross_latent": "memory"}, BOTH),
 }
 DECODERS = {"hf-static": None, "hf-dynamic": None, **VARIANTS,
             **{f"{k}-{how}": v for how in ("graph", "compiled") for k, v in VARIANTS.items()}}
@@ -216,7 +218,8 @@ class Bench:
         measured = decoder.cache_nbytes()
         analytic = decoder.cache_bytes(batch, tokens, ENCODER_FRAMES)
         weights = decoder_weight_bytes(decoder.decoder)
-        step = mean_step_bytes(weights, lambda t: decoder.cache_bytes(batch, t, ENCODER_FRAMES), len(PROMPT), steps)
+        step = mean_step_bytes(weights, lambda t: decoder.cache_bytes(batch, t, ENCODER_FRAMES, read=True),
+                               len(PROMPT), steps)
         return {"cache_measured": measured, "cache_analytic": analytic,
                 "cache_mib": sum(measured.values()) / 2**20, "decoder_weight_bytes": weights,
                 "step_bytes": step, "limit_tokens_per_s": limit_tokens_per_s(batch, step, self.args.bandwidth)}

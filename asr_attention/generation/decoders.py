@@ -105,8 +105,9 @@ class HFGenerate(Decoder):
                        if t is not None)
         return {"decoder_self": total(self.cache.self_attention_cache), "cross": total(self.cache.cross_attention_cache)}
 
-    def cache_bytes(self, batch: int, tokens: int, frames: int) -> dict[str, int]:
-        """What the caches should hold after `tokens` tokens were fed (static: always its full length)."""
+    def cache_bytes(self, batch: int, tokens: int, frames: int, read: bool = False) -> dict[str, int]:
+        """What the caches should hold after `tokens` tokens were fed (static: always its full length); a step
+        reads all of it (`read` changes nothing)."""
         config = self.model.config
         if self.kind == "static":
             tokens = len(PROMPT) + self.max_new_tokens
@@ -150,13 +151,14 @@ class OursGreedy(Decoder):
     def cache_nbytes(self) -> dict[str, int]:
         return self.cache.nbytes()
 
-    def cache_bytes(self, batch: int, tokens: int, frames: int) -> dict[str, int]:
-        """Each site's variant's own analytic figure (MHA K/V, grouped K/V, a latent, a state)."""
+    def cache_bytes(self, batch: int, tokens: int, frames: int, read: bool = False) -> dict[str, int]:
+        """Each site's variant's own analytic figure (MHA K/V, grouped K/V, a latent, a state); read: what a step
+        reads of them instead (cross layers sharing one latent each read it: attention.cross_latent=memory)."""
         dtype = next(self.backbone.parameters()).dtype
         out = {"decoder_self": 0, "cross": 0}
         for layer in self.decoder.layers:
-            out["decoder_self"] += layer.self_attn.variant.cache_bytes(tokens, batch, dtype)
-            out["cross"] += layer.encoder_attn.variant.cache_bytes(frames, batch, dtype)
+            for kind, site, length in (("decoder_self", layer.self_attn, tokens), ("cross", layer.encoder_attn, frames)):
+                out[kind] += (site.variant.read_bytes if read else site.variant.cache_bytes)(length, batch, dtype)
         return out
 
 
@@ -185,9 +187,9 @@ class OursStatic(OursGreedy):
     def cache_nbytes(self) -> dict[str, int]:
         return self.cache.nbytes()
 
-    def cache_bytes(self, batch: int, tokens: int, frames: int) -> dict[str, int]:
+    def cache_bytes(self, batch: int, tokens: int, frames: int, read: bool = False) -> dict[str, int]:
         """The self slots are preallocated for max_steps, whatever the call decoded."""
-        return super().cache_bytes(batch, len(PROMPT) + self.max_steps - 1, frames)
+        return super().cache_bytes(batch, len(PROMPT) + self.max_steps - 1, frames, read)
 
     def held_bytes(self) -> int:
         return 0 if self.cache is None else sum(self.cache.nbytes().values())

@@ -1,7 +1,8 @@
 """What one decode step must read from memory, and the speed that bounds: the HBM-bound limit.
 
 A greedy step of the decoder reads every decoder weight once (the output projection reads the whole token
-embedding; position embeddings are one row and not counted) and every cache once: the cross-attention cache over
+embedding; position embeddings are one row and not counted) and every cache once (a cross latent that all cross
+layers share, attention.cross_latent=memory, once per layer: the variants' `read_bytes`): the cross-attention cache over
 all encoder frames and the self-attention cache over the tokens so far. At batch B the step yields B tokens, so
 limit tokens/s = B / (bytes per step / bandwidth). Self caches grow a token per step: the mean over the steps is
 taken (exact, since cache bytes are linear in tokens).
