@@ -73,6 +73,16 @@ def test_the_preallocated_cache_owns_one_copy_and_reuses_it_for_the_next_batch(c
     assert torch.equal(cross_latents(cache)[0], other) and torch.equal(memory, kept)  # the caller's left alone
 
 
+def test_under_autocast_the_shared_copy_is_in_the_steps_dtype(converted, memory):
+    """A bf16-mixed test step: the one copy is bf16 (as a projected latent would be), the caller's stays fp32."""
+    cache = PreallocatedCache(converted, memory.shape[0], len(converted.tokens.prompt) + 1, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cache.logits(torch.tensor([converted.tokens.prompt[:1]] * memory.shape[0]), memory)
+    latents = cross_latents(cache)
+    assert len({id(t) for t in latents}) == 1 and latents[0].dtype == torch.bfloat16 and memory.dtype == torch.float32
+    assert cache.nbytes()["cross"] == memory.numel() * 2
+
+
 def test_it_is_refused_where_it_cannot_mean_anything(tiny_en):
     with pytest.raises(ValueError, match="attention.cross_latent='memory' is not allowed: expected null, or memory "
                                          "with attention=mla \\(here gqa\\)"):

@@ -81,11 +81,13 @@ class PreallocatedCache:
 
     def _owned(self, t: Tensor, memory: Tensor) -> Tensor:
         """A cross cache tensor this cache may write into later: the caller's encoder output itself (a latent that
-        is the input, attention.cross_latent=memory) is copied once, and that copy shared by every layer holding it."""
+        is the input, attention.cross_latent=memory) is copied once, in the dtype the step computes in (under
+        autocast a latent made by a projection is in it too), and that copy shared by every layer holding it."""
         if t.data_ptr() != memory.data_ptr():
             return t
+        dtype = t.dtype if self.dtype is None or not t.is_floating_point() else self.dtype
         if self._memory_copy is None or self._memory_copy.shape != t.shape:
-            self._memory_copy = t.clone()
+            self._memory_copy = t.to(dtype, copy=True)
         return self._memory_copy
 
     def advance(self, n: int) -> None:
