@@ -115,9 +115,8 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         return 2 if self.position == "rotary_input" else 1
 
     def cache_bytes(self, frames: int, batch: int, dtype: torch.dtype) -> int:
-        if not self.owns_cache:  # the latent is another layer's input tensor, counted there
-            return 0
-        return self.latents_per_frame * batch * frames * self.latent_dim * dtype.itemsize
+        # a latent another layer holds (cross_latent=memory) is counted there, once
+        return self.read_bytes(frames, batch, dtype) if self.owns_cache else 0
 
     def read_bytes(self, frames: int, batch: int, dtype: torch.dtype) -> int:
         return self.latents_per_frame * batch * frames * self.latent_dim * dtype.itemsize  # shared or not

@@ -86,7 +86,7 @@ class PreallocatedCache:
         if t.data_ptr() != memory.data_ptr():
             return t
         dtype = t.dtype if self.dtype is None or not t.is_floating_point() else self.dtype
-        if self._memory_copy is None or self._memory_copy.shape != t.shape:
+        if self._memory_copy is None:  # the first layer of the first build; the others share it
             self._memory_copy = t.to(dtype, copy=True)
         return self._memory_copy
 
