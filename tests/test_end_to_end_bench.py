@@ -57,3 +57,19 @@ def test_a_run_without_its_checkpoint_is_refused_before_anything_is_measured(tmp
     assert f"--run {tmp_path / 'run'}: {tmp_path / 'run' / 'checkpoints'}: expected one best-*.ckpt, found none" \
         in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_profile_reports_each_decoders_time_and_tokens(tmp_path):
+    """bench.profile_end_to_end on a CPU: one AN4 utterance, ours and transformers' dynamic path; the same tokens
+    (identical greedy texts), host ops ranked by time, no GPU kernels on a CPU."""
+    from asr_attention.bench import profile_end_to_end
+
+    data = profile_end_to_end.main(["--model", "whisper", "--set", "an4", "--batch", "1", "--device", "cpu",
+                                    "--decoders", "hf-dynamic", "mha", "--top", "5", "--out", str(tmp_path / "p")])
+    assert list(data["decoders"]) == ["hf-dynamic", "mha"]
+    for r in data["decoders"].values():
+        assert r["wall_s"] > 0 and r["gpu_busy_s"] == 0 and r["kernel_launches"] == 0
+        assert len(r["top_host_ops"]) == 5 and r["top_host_ops"][0]["s"] >= r["top_host_ops"][-1]["s"] > 0
+    assert data["decoders"]["mha"]["tokens"] == data["decoders"]["hf-dynamic"]["tokens"] > 0
+    assert json.loads((tmp_path / "p.json").read_text()) == data
+    assert "| mha |" in (tmp_path / "p.md").read_text()
