@@ -15,7 +15,7 @@ from pathlib import Path
 from asr_attention.reports import cost_matrix, recipe_choice
 from asr_attention.reports.study import CONTROL_ATTENTIONS, aggregate, collect
 
-from markdown_tables import REPO, assert_shown, numbers, shown, table, tables
+from markdown_tables import REPO, assert_shown, header_line, numbers, shown, table, tables
 
 README, RESULTS, SCORING = REPO / "README.md", REPO / "docs/results.md", REPO / "docs/scoring.md"
 
@@ -267,3 +267,31 @@ def test_retention_table_is_the_committed_report():
             assert_shown([100 * a["test_vs_control"], 100 * a["test_vs_control_sd"]], row["vs control"], label)
         assert_shown([100 * a["ood_wer_original"], 100 * a["ood_wer_after"], 100 * a["ood_wer_after_sd"]], ood, label)
         assert_shown([100 * a["ood_vs_original"], 100 * a["ood_vs_original_sd"]], row["vs original"], label)
+
+
+def test_zero_shot_per_site_table_is_the_committed_rows():
+    """benchmarks/zero_shot/README.md's per-site table: every cell is WER from the stored transcripts of the row it
+    names (reports/zero_shot.wer, Whisper's English normaliser), blank exactly where no row was stored."""
+    from asr_attention.reports.zero_shot import wer
+
+    folder = REPO / "benchmarks/zero_shot"
+    stored = {m: json.loads((folder / f"{m}_speechocean762_H100.json").read_text()) for m in ("whisper", "whisper_base")}
+    header = ("| variant | tiny.en: decoder self | cross | self + cross | base: decoder self | cross | "
+              "self + cross |")
+    (matched,) = [t for t in tables(folder / "README.md") if header_line(t[0]) == header]
+    rows = [{"variant": cells[0], "cells": cells[1:]} for cells in matched[1:]]  # the header repeats its names
+    columns = [("whisper", "decoder_self"), ("whisper", "cross"), ("whisper", "decoder_self+cross"),
+               ("whisper_base", "decoder_self"), ("whisper_base", "cross"), ("whisper_base", "decoder_self+cross")]
+    for row in rows:
+        variant = row["variant"].replace(" (elu)", "")
+        assert len(row["cells"]) == len(columns), row
+        for cell, (model, site) in zip(row["cells"], columns):
+            measured = stored[model].get(f"{variant} @ {site}")
+            label = f"{model} {variant} @ {site}"
+            if measured is None:
+                assert cell == "", label
+                continue
+            assert measured["measured_with"]["limit"] == 200 and measured["measured_with"]["device"] == "cuda", label
+            assert_shown([100 * wer(measured["predictions"], True, "english")], cell, label)
+    named = {r["variant"].replace(" (elu)", "") for r in rows}
+    assert named == {k.split(" @ ")[0] for m in stored.values() for k in m if k != "unconverted"}
