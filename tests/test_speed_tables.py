@@ -250,3 +250,28 @@ def test_end_to_end_table_is_the_committed_benchmark():
                 differ.append(ours["differ_from_hf"])
             cell = row["transcripts ≠ transformers'"]
             assert cell == ("" if row["decoder"] == "transformers (faster path)" else " / ".join(map(str, differ)))
+
+
+def test_end_to_end_base_table_is_the_committed_run():
+    """benchmarks/end_to_end/README.md's base table (b301af1): RTFx and its ratio to transformers' faster path at
+    batch 64, tokens/s and its ratio at batch 1, and the MHA transcripts that differ, from the run's JSON."""
+    run = json.loads((REPO / "benchmarks/end_to_end/H100_b301af1_whisper_base.json").read_text())
+    rows = table(REPO / "benchmarks/end_to_end/README.md", "| Whisper base | AN4 batch 64: RTFx (x hf) | "
+                 "speechocean762 batch 64 | AN4 batch 1: tokens/s (x hf) | transcripts ≠ hf |")
+    decoders = {"ours, MHA": "mha",
+                "ours, trained cross-memory run (seed 0)": "run:whisper-base-retain_kl-decoder-mla_d2_act_memory-seed0"}
+    cells = [("AN4 batch 64: RTFx (x hf)", "an4", 64, "rtfx"), ("speechocean762 batch 64", "speechocean762", 64, "rtfx"),
+             ("AN4 batch 1: tokens/s (x hf)", "an4", 1, "tokens_per_s")]
+    assert [r["Whisper base"] for r in rows] == ["transformers, faster path", *decoders]
+    for row in rows:
+        for column, set_name, batch, key in cells:
+            at = [r for r in run["rows"] if (r["set"], r["batch"]) == (set_name, batch)]
+            hf = max((r for r in at if r["decoder"].startswith("hf-")), key=lambda r: r["rtfx"])
+            if row["Whisper base"] == "transformers, faster path":
+                assert_shown([hf[key]], row[column], column)
+                assert f"({hf['decoder'][3:]})" in row[column], column
+                continue
+            ours = next(r for r in at if r["decoder"] == decoders[row["Whisper base"]])
+            assert_shown([ours[key], ours[key] / hf[key]], row[column], f"{row['Whisper base']} {column}")
+    mha = [r["differ_from_hf"] for r in run["rows"] if r["decoder"] == "mha"]
+    assert rows[1]["transcripts ≠ hf"] == " / ".join(map(str, mha))
