@@ -249,7 +249,7 @@ def test_retention_table_is_the_committed_report():
         cell = row["decoder self + cross"]
         variant = "mha" if cell == "mha (control)" else f"mla r={numbers(cell.split(',')[0])[0]} act"
         assert ("activation-aware" in cell) == variant.endswith(" act"), cell
-        variant += " cross-memory" if "(cross-memory)" in cell else ""
+        variant += " cross-memory" if "cross-memory" in cell else ""
         a = aggs[(model, variant)]
         label = f"{model} {variant}"
         assert_shown([a["cut_window"]], row["cache cut"], label)
