@@ -38,6 +38,10 @@ class GreedyDecoder(TokenDecoder):
     def completed(self) -> bool:
         return bool(self.done.all())
 
+    def done_flag(self) -> Tensor | None:
+        # sampling draws from the generator at every step: a step after the end would change later draws
+        return self.done.all() if self.temperature == 0 else None
+
     def finalize(self, tokens: Tensor) -> list[Candidate]:
         return [Candidate.of(row, logprob, self.eot)
                 for row, logprob in zip(tokens[:, self.prompt:].tolist(), self.sum_logprob.tolist())]

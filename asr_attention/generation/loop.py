@@ -1,6 +1,7 @@
 """The one decoding loop: a cache object turns tokens into next-token logits (caches.py, static_decode.py), logit
 filters bar tokens (logit_filters.py), a token decoder picks the next tokens (greedy.py, beam.py), until every
-utterance is done or the token limit is reached. The last token is emitted, never fed."""
+utterance is done (stop_check.py: on a GPU read a step or two late, never waited for) or the token limit is reached.
+The last token is emitted, never fed."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import Tensor
 from asr_attention.backbones.whisper.tokens import WhisperTokens
 
 from .logit_filters import LogitFilter, whisper_filters
+from .stop_check import stop_check
 from .token_decoder import Candidate, TokenDecoder
 
 
@@ -27,12 +29,13 @@ def decode(cache, memory: Tensor | None, decoder: TokenDecoder, tokens: WhisperT
         filters = whisper_filters(tokens, logits.shape[-1], logits.device)
     can_end = not any(f.always_bars(tokens.eot) for f in filters)  # else no row ends early: no host reads
     decoder.reset(rows, len(tokens.prompt), logits.device)
+    ended = stop_check(decoder, logits.device, max_tokens)
     seq = prompt
     for step in range(max_tokens):
         for f in filters:
             logits = f.apply(logits, step)
         seq, source_rows = decoder.update(seq, logits)
-        if step + 1 == max_tokens or (can_end and decoder.completed()):
+        if step + 1 == max_tokens or (can_end and ended(step)):
             break
         if source_rows is not None:
             cache.reorder(source_rows)

@@ -34,7 +34,8 @@ class TokenDecoder:
     """rows_per_utterance: the rows the loop feeds per utterance (beams). Per decode: reset(rows, prompt, device)
     (prompt: the tokens each row starts with), then each step update(tokens, logits) -> (tokens grown by the chosen
     token, the rows whose caches the new rows continue, or None where each row continues its own); completed()
-    once every utterance is done (a host read: the loop asks only where a row can end); finalize(tokens) -> one
+    once every utterance is done (a host read: the loop asks only where a row can end; done_flag() the same on the
+    device, see stop_check.py); finalize(tokens) -> one
     Candidate per utterance."""
 
     rows_per_utterance: int
@@ -47,6 +48,11 @@ class TokenDecoder:
 
     def completed(self) -> bool:
         raise NotImplementedError
+
+    def done_flag(self) -> Tensor | None:
+        """completed() as a 0-dim bool tensor on the device, where the decoder can say it without a host read and
+        a step after the end changes nothing (stop_check.py); None: ask completed()."""
+        return None
 
     def finalize(self, tokens: Tensor) -> list[Candidate]:
         raise NotImplementedError
