@@ -96,20 +96,22 @@ class PreallocatedCache:
     # ---- what the decoding loop asks of a cache ----------------------------------------------------------------
     def logits(self, tokens: Tensor, memory: Tensor | None = None) -> Tensor:
         """Feed tokens (batch, T) one at a time -> the next-token logits (batch, V), float; memory starts a new
-        decode (positions and self caches emptied, cross caches built from it). Single tokens after the prompt go
-        through the step (compiled, replayed as a CUDA graph, as asked); the returned logits of a replay are the
-        graph's own output: read them before the next step."""
+        decode (positions and self caches emptied, cross caches built from it, eagerly, with its first token).
+        Every other token, the prompt's included, goes through the step (compiled, replayed as a CUDA graph, as
+        asked); the returned logits of a replay are the graph's own output: read them before the next step."""
         if memory is not None:
             self.reset()
         if self.fed + tokens.shape[1] > len(self.slots):
             raise ValueError(f"{self.fed + tokens.shape[1]} tokens fed: this cache holds {len(self.slots)} slots")
         self.fed += tokens.shape[1]
-        if tokens.shape[1] > 1 or memory is not None:
-            for i in range(tokens.shape[1]):
-                self.token.copy_(tokens[:, i: i + 1])
-                logits = self._forward(memory if i == 0 else None)
-            return logits
-        self.token.copy_(tokens)
+        for i in range(tokens.shape[1]):
+            self.token.copy_(tokens[:, i: i + 1])
+            # the first token of a new decode also builds the cross caches (eager); every other one, the prompt's
+            # too, is the step: at batch 1 the prompt's eager steps cost as much as the text's replays
+            logits = self._forward(memory) if i == 0 and memory is not None else self._one_step()
+        return logits
+
+    def _one_step(self) -> Tensor:
         if not self.graph:
             return self._step()
         if self._graph is None:
