@@ -55,6 +55,7 @@ from .training.run_model import (
     checkpoint_file,
     inference_module,
     load_weights,
+    rebuilt_backbone,
     run_config,
     run_latent_dims,
     unconverted_model,
@@ -142,7 +143,8 @@ def evaluate(run_dir: Path, overrides: list[str], checkpoint: str = "best", name
         report["before_predictions"] = module.last_predictions
     else:
         patch_structure(backbone, cfg.attention, run_latent_dims(run_dir))
-    load_weights(backbone, ckpt)
+    # trained-weight parts fill in what they leave out from the run's rebuild, not from a calibrated conversion
+    load_weights(backbone, ckpt, rebuilt_backbone(run_dir, cfg)[1] if before and ckpt.is_dir() else None)
     report["after"] = score_on(trainer, module, data, "test", scoring, seed)
     report.update(predictions=module.last_predictions, skipped_files=data.skipped,
                   transcripts=data.transcripts, duration_mismatches=data.duration_mismatches,

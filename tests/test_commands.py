@@ -314,3 +314,38 @@ def test_the_end_to_end_benchmark_measures_a_trained_run_beside_its_models_rows(
     assert "error" not in trained, trained
     assert ("whisper", "an4", 2) in best_hf(data["rows"]) and trained["utterances"] == 2
     assert f"| whisper | an4 | {label} | 2 | 2 |" in (tmp_path / "e2e.md").read_text()
+
+
+def test_trained_weight_parts_stand_in_for_the_checkpoint(run, evaluated, tmp_path):
+    """training/trained_weights.py: the run's best checkpoint as only the tensors training and conversion changed
+    (the converted decoder attention), in parts; a copy of the run folder holding those parts and no checkpoint
+    evaluates to the run's own numbers; a part missing or altered is refused by name."""
+    from asr_attention.training import trained_weights
+
+    paths = trained_weights.main([str(run), "--max-mib", "2"])
+    tensors, _ = trained_weights.read_parts(run / "checkpoints")
+    assert len(paths) > 1 and all(p.stat().st_size < 2.2 * 2**20 for p in paths)
+    assert tensors and all(".self_attn." in k or ".encoder_attn." in k for k in tensors)
+    ckpt = Path(results(run)["best_checkpoint"])
+    assert sum(p.stat().st_size for p in paths) < ckpt.stat().st_size / 4
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for item in (".hydra", "results.json"):
+        os.system(f"cp -r '{run / item}' '{copy / item}'")
+    (copy / "checkpoints").mkdir()
+    for p in paths:
+        p.rename(copy / "checkpoints" / p.name)
+    report = json.loads(evaluate.evaluate(copy, [], before=True).read_text())
+    assert report["after"] == evaluated["report"]["after"] and report["before"] == evaluated["report"]["before"]
+    assert report["predictions"] == evaluated["report"]["predictions"]
+    assert report["checkpoint"] == str(copy / "checkpoints")
+    last = sorted((copy / "checkpoints").glob("trained-*.pt"))[-1]
+    part = torch.load(last, weights_only=True)
+    name = next(iter(part["tensors"]))
+    part["tensors"][name] = part["tensors"][name] + 1e-3
+    torch.save(part, last)
+    with pytest.raises(ValueError, match="is not the run's"):
+        evaluate.evaluate(copy, [])
+    last.unlink()
+    with pytest.raises(ValueError, match="not one complete set"):
+        evaluate.evaluate(copy, [])

@@ -3,7 +3,8 @@
 The run's stored config (.hydra/config.yaml), with Hydra-style overrides on top (`data=manifest`,
 `data.test_split=/x/test.tsv`, `trainer.accelerator=cpu`, `model.decoding.max_tokens=96`); the backbone built from
 it and given the run's attention structure (experiment.patch_structure, at the MLA ranks its results.json
-recorded); then the weights of its best checkpoint (or last.ckpt). A character vocabulary built from training
+recorded); then the weights of its best checkpoint (or last.ckpt; or, where only they came home, the trained-weight
+parts written from the best one: trained_weights.py). A character vocabulary built from training
 texts comes from the run's own data, whatever the overrides say.
 """
 
@@ -25,6 +26,7 @@ from .checkpointing import LAST
 from .converted_model import export
 from .ctc_module import ASRFineTuner
 from .experiment import build_module, build_tokenizer_and_backbone, patch_structure
+from .trained_weights import PARTS, trained_state
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 RUN_CONFIG = Path(".hydra") / "config.yaml"
@@ -103,12 +105,15 @@ def group_node(group: str, name: str) -> DictConfig:
 
 
 def checkpoint_file(run_dir: Path, which: str = "best") -> Path:
-    """best: the run's best-val_wer checkpoint (its checkpoints/ holds one); last: checkpoints/last.ckpt."""
+    """best: the run's best-val_wer checkpoint (its checkpoints/ holds one; where it holds none but the parts
+    trained_weights.py writes from it, the checkpoints/ folder itself); last: checkpoints/last.ckpt."""
     folder = Path(run_dir) / "checkpoints"
     if which == "last":
         path = folder / LAST
     elif which == "best":
         found = sorted(folder.glob("best-*.ckpt"))
+        if not found and any(folder.glob(PARTS)):
+            return folder
         if len(found) != 1:
             held = "none" if not found else ", ".join(p.name for p in found)
             raise FileNotFoundError(f"{folder}: expected one best-*.ckpt, found {held} (--checkpoint last reads "
@@ -128,10 +133,26 @@ def run_latent_dims(run_dir: Path) -> list[int] | None:
     return (results.get("conversion") or {}).get("latent_dims")
 
 
-def load_weights(backbone: Backbone, checkpoint: Path) -> None:
-    """The backbone's weights from a Lightning checkpoint of the run's module (strict: every tensor must fit)."""
+def load_weights(backbone: Backbone, checkpoint: Path, rebuilt: Backbone | None = None) -> None:
+    """The backbone's weights from a Lightning checkpoint of the run's module, or from trained-weight parts (a
+    checkpoints/ folder, see trained_weights.py) over `rebuilt`: the run's backbone as load_run rebuilds it before
+    any weights (default: `backbone` itself, when nothing has changed it yet). Strict: every tensor must fit."""
+    if checkpoint.is_dir():
+        backbone.load_state_dict(trained_state(checkpoint, (rebuilt or backbone).state_dict()), strict=True)
+        return
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in state.items()}, strict=True)
+    backbone.load_state_dict(backbone_state(state), strict=True)
+
+
+def backbone_state(lightning_state: dict) -> dict:
+    return {k.removeprefix("backbone."): v for k, v in lightning_state.items()}
+
+
+def rebuilt_backbone(run_dir: Path, cfg: DictConfig) -> tuple[object, Backbone]:
+    """(tokenizer, the run's backbone before any trained weight: as loaded, with the run's attention structure)."""
+    tokenizer, backbone = unconverted_model(run_dir, cfg)
+    patch_structure(backbone, cfg.attention, run_latent_dims(run_dir))
+    return tokenizer, backbone
 
 
 def unconverted_model(run_dir: Path, cfg: DictConfig) -> tuple[object, Backbone]:
@@ -146,8 +167,7 @@ def load_run(run_dir: Path, overrides: Sequence[str] = (), checkpoint: str = "be
     """(config, tokenizer, backbone in eval mode holding the checkpoint's weights)."""
     cfg = run_config(run_dir, overrides)
     path = checkpoint_file(run_dir, checkpoint)
-    tokenizer, backbone = unconverted_model(run_dir, cfg)
-    patch_structure(backbone, cfg.attention, run_latent_dims(run_dir))
+    tokenizer, backbone = rebuilt_backbone(run_dir, cfg)
     load_weights(backbone, path)
     return cfg, tokenizer, backbone.eval()
 
