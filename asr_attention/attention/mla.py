@@ -24,6 +24,8 @@ from torch import Tensor, nn
 
 from .base import Cache, SoftmaxAttention
 from .canonical import CanonicalMHA
+from .kernels import runs_on
+from .kernels.latent_decode import latent_decode, supported
 from .masks import causal_keep
 
 
@@ -173,7 +175,10 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         q_latent = torch.einsum("bhtd,hdr->bhtr", q, self.kv_up.weight[:d].view(h, hd, r)).reshape(b, 1, h * t, r)
         if is_causal:
             mask = causal_keep(t, s, q.device)
-        if h * t <= FEW_QUERIES:
+        if t == 1 and self._decode_kernel_takes(q_latent, latent_k, latent_v, mask):
+            keep = None if mask is None else mask.reshape(mask.shape[0], mask.shape[-1])
+            out_latent = latent_decode(q_latent.view(b, h, r), latent_k, self.scale, keep).view(b, 1, h, r)
+        elif h * t <= FEW_QUERIES:
             out_latent = _few_queries_attention(q_latent, latent_k, latent_v, mask, h, self.scale, self.dropout_p)
         else:
             if mask is not None:  # SDPA takes the heads-folded layout only
@@ -184,6 +189,13 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         if self.kv_up.bias is not None:
             out = out + self.kv_up.bias[d:].view(1, h, 1, hd)
         return self.o_proj(self.merge_heads(out))
+
+    def _decode_kernel_takes(self, q: Tensor, latent_k: Tensor, latent_v: Tensor, mask: Tensor | None) -> bool:
+        """The fused decode kernel (kernels/latent_decode.py) takes one new token per row where keys and values are
+        one latent, no dropout, a keep mask per (utterance, frame) if any, and an H x r it holds in registers."""
+        per_frame = mask is None or (mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1:3] == (1, 1))
+        return (latent_k is latent_v and per_frame and self.dropout_p == 0
+                and runs_on(q, latent_k) and supported(self.num_heads, latent_k.shape[-1]))
 
     def decode_buffers(self, batch: int, slots: int) -> dict[str, Tensor]:
         if self.kv_down is None:
