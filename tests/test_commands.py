@@ -317,12 +317,12 @@ def test_the_end_to_end_benchmark_measures_a_trained_run_beside_its_models_rows(
 
 
 def test_trained_weight_parts_stand_in_for_the_checkpoint(run, evaluated, tmp_path):
-    """training/trained_weights.py: the run's best checkpoint as only the tensors training and conversion changed
-    (the converted decoder attention), in parts; a copy of the run folder holding those parts and no checkpoint
+    """training/save_trained.py, trained_weights.py: the run's best checkpoint as only the tensors training and
+    conversion changed (the converted decoder attention), in parts; a copy of the run folder holding those parts and no checkpoint
     evaluates to the run's own numbers; a part missing or altered is refused by name."""
-    from asr_attention.training import trained_weights
+    from asr_attention.training import save_trained, trained_weights
 
-    paths = trained_weights.main([str(run), "--max-mib", "2"])
+    paths = save_trained.main([str(run), "--max-mib", "2"])
     tensors, _ = trained_weights.read_parts(run / "checkpoints")
     assert len(paths) > 1 and all(p.stat().st_size < 2.2 * 2**20 for p in paths)
     assert tensors and all(".self_attn." in k or ".encoder_attn." in k for k in tensors)

@@ -1,8 +1,7 @@
 """A run's best checkpoint as only what training and conversion changed: small enough to bring home where a whole
 checkpoint is not (a lent GPU machine returns files of at most 16 MiB; Whisper tiny.en's Lightning checkpoint is
 hundreds), and loaded back by everything that loads a run (evaluate, transcribe, the end-to-end benchmark).
-
-    python -m asr_attention.training.trained_weights RUN_DIR [--max-mib 16]     # from checkpoints/best-*.ckpt
+Written by `python -m asr_attention.training.save_trained RUN_DIR [--max-mib 16]` (from checkpoints/best-*.ckpt).
 
 Kept: every tensor of the checkpoint's backbone that differs from (or is absent in) the backbone as `load_run`
 rebuilds it before loading weights: the pinned pretrained weights with the run's attention structure. Attention-only
@@ -13,7 +12,6 @@ different rebuild fails by name rather than loading a different model."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from pathlib import Path
 
@@ -94,32 +92,3 @@ def trained_state(folder: Path, rebuilt: dict[str, Tensor]) -> dict[str, Tensor]
                          "one they were written with): the rebuild or the pretrained weights differ from the "
                          "run's, or a part is from another run")
     return state
-
-
-def save_trained(run_dir: Path, max_mib: float = 16) -> list[Path]:
-    """The parts of the run's best checkpoint, beside it."""
-    from .run_model import backbone_state, checkpoint_file, rebuilt_backbone, run_config
-
-    path = checkpoint_file(run_dir, "best")
-    if path.is_dir():
-        raise FileNotFoundError(f"{path}: holds parts but no best-*.ckpt to write them from")
-    trained = backbone_state(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
-    rebuilt = rebuilt_backbone(run_dir, run_config(run_dir))[1].state_dict()
-    kept = changed(trained, rebuilt)
-    return write_parts(kept, state_hash(trained), path.parent, int(max_mib * 2**20), path.name)
-
-
-def main(argv: list[str] | None = None) -> list[Path]:
-    p = argparse.ArgumentParser(prog="python -m asr_attention.training.trained_weights",
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--max-mib", type=float, default=16, help="the largest part, MiB of tensor data")
-    args = p.parse_args(argv)
-    paths = save_trained(args.run_dir, args.max_mib)
-    total = sum(p.stat().st_size for p in paths)
-    print(f"{len(paths)} part(s), {total / 2**20:.1f} MiB: " + ", ".join(str(p) for p in paths))
-    return paths
-
-
-if __name__ == "__main__":
-    main()
