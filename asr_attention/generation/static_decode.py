@@ -52,6 +52,7 @@ class PreallocatedCache:
                              for layer in layers]
         self.cross: list[Cache | None] = [None] * len(layers)
         self._memory_copy: Tensor | None = None  # the cross layers' one latent under cross_latent=memory
+        self._memory_owner = -1  # the layer that copies it in at each new batch
         # the decoder alone (token choice stays eager); fullgraph: no part of it left eager unseen
         self._step = torch.compile(self._forward, fullgraph=True, dynamic=False) if compile else self._forward
         self._graph: torch.cuda.CUDAGraph | None = None
@@ -73,13 +74,14 @@ class PreallocatedCache:
             return cross_per_utterance(site, x, None, self.cross[i], self.beams)[0]
         out, built = cross_per_utterance(site, x, memory, None, self.beams)
         if self.cross[i] is None:
-            self.cross[i] = Cache({k: self._owned(t, memory) for k, t in built.items()}, from_memory=True)
+            self.cross[i] = Cache({k: self._owned(t, memory, i) for k, t in built.items()}, from_memory=True)
         else:
             for name, t in self.cross[i].items():
-                t.copy_(built[name])
+                if t is not self._memory_copy or i == self._memory_owner:  # the shared latent: copied once
+                    t.copy_(built[name])
         return out
 
-    def _owned(self, t: Tensor, memory: Tensor) -> Tensor:
+    def _owned(self, t: Tensor, memory: Tensor, i: int) -> Tensor:
         """A cross cache tensor this cache may write into later: the caller's encoder output itself (a latent that
         is the input, attention.cross_latent=memory) is copied once, in the dtype the step computes in (under
         autocast a latent made by a projection is in it too), and that copy shared by every layer holding it."""
@@ -88,6 +90,7 @@ class PreallocatedCache:
         dtype = t.dtype if self.dtype is None or not t.is_floating_point() else self.dtype
         if self._memory_copy is None:  # the first layer of the first build; the others share it
             self._memory_copy = t.to(dtype, copy=True)
+            self._memory_owner = i
         return self._memory_copy
 
     def advance(self, n: int) -> None:
