@@ -414,12 +414,12 @@ def test_the_pool_keeps_a_cache_per_shape_follows_in_place_updates_and_drops_mov
     patch_attention(backbone, {"name": "gqa", "num_kv_heads": 2, "sites": ["decoder_self"]})
     same_hypotheses(transcribed(backbone, memory, True), transcribed(backbone, memory, False))
     assert pool.built == 4 and len(pool) == 1
-    for batch in (1, 2, 3, 4, 5):  # past its capacity the least recently used cache goes
+    for batch in range(1, 10):  # past its capacity the least recently used cache goes
         transcribed(backbone, memory_for(backbone.model, batch), True)
-    assert len(pool) == pool.capacity == 4 and {k[0] for k in pool.caches} == {2, 3, 4, 5}
+    assert len(pool) == pool.capacity == 8 and pool.built == 4 + 8  # batch 3 reused its cache
     with torch.inference_mode():  # Lightning's val and test steps: inference tensors, a cache of their own
         same_hypotheses(transcribed(backbone, memory, True), transcribed(backbone, memory, False))
-    assert [k[-1] for k in pool.caches] == [False, False, False, True]
+    assert [k[-1] for k in pool.caches][-1] is True and sum(k[-1] for k in pool.caches) == 1
     same_hypotheses(transcribed(backbone, memory, True), transcribed(backbone, memory, False))
 
 

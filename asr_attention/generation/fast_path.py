@@ -6,8 +6,9 @@ preallocated cache everywhere (its step eager on a CPU or in train mode, the sam
 caches. compile: the step through torch.compile before the capture (tens of seconds per batch shape).
 
 A graph is captured once per cache, so the caches live on in a `CachePool` on the backbone, one per (rows, beams,
-slots, encoder frames, autocast dtype, graph, compile, inference mode): the batches of an epoch share one, the
-smaller last batch has its own. A replay reads every weight at the address it had at capture: training's optimizer steps and
+slots, encoder frames, autocast dtype, graph, compile, inference mode), at most 8: the batches of an epoch share
+one, the smaller last batch has its own, and so do the quarter-size batches compaction moves running rows into
+(compaction.py). A replay reads every weight at the address it had at capture: training's optimizer steps and
 load_state_dict write the Parameters in place, so replays follow them; a move (`.to()`), a converted site or any
 Parameter replaced changes the weights' fingerprint, and the pool then drops every cache (and its graph) before
 building new ones."""
@@ -77,7 +78,7 @@ class CachePool:
     """Up to `capacity` preallocated caches, least recently used dropped first, valid for the weights they were
     made with (`WeightsFingerprint`)."""
 
-    def __init__(self, capacity: int = 4):
+    def __init__(self, capacity: int = 8):
         if capacity < 1:
             raise ValueError(f"capacity={capacity}: a pool holds at least one cache")
         self.capacity = capacity
@@ -87,19 +88,26 @@ class CachePool:
 
     def get(self, backbone: Whisper, memory: Tensor, beams: int, slots: int, graph: bool,
             compile: bool) -> PreallocatedCache:
-        if self.weights is None or not self.weights.matches(backbone):
-            self.clear()
-            self.weights = WeightsFingerprint(backbone)
         dtype = autocast_dtype(memory.device.type)
         # inference mode (Lightning's val and test steps) makes inference tensors, which no in-place write outside
         # it may touch: a cache made there serves there only
         key = (memory.shape[0] * beams, beams, slots, memory.shape[1], dtype, graph, compile,
                torch.is_inference_mode_enabled())
+        return self.get_key(backbone, key)
+
+    def get_key(self, backbone: Whisper, key: tuple) -> PreallocatedCache:
+        """The cache for `key` (rows, beams, slots, encoder frames, autocast dtype, graph, compile, inference mode),
+        made if missing; compaction asks for smaller row counts of a cache's own key."""
+        if self.weights is None or not self.weights.matches(backbone):
+            self.clear()
+            self.weights = WeightsFingerprint(backbone)
         cache = self.caches.pop(key, None)
         if cache is None:
             while len(self.caches) >= self.capacity:
                 self.caches.popitem(last=False)
-            cache = PreallocatedCache(backbone, key[0], slots, beams=beams, graph=graph, compile=compile, dtype=dtype)
+            rows, beams, slots, _, dtype, graph, compile, _ = key
+            cache = PreallocatedCache(backbone, rows, slots, beams=beams, graph=graph, compile=compile, dtype=dtype)
+            cache.pool_key = key
             self.built += 1
         self.caches[key] = cache  # most recently used last
         return cache

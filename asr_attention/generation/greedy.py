@@ -42,6 +42,10 @@ class GreedyDecoder(TokenDecoder):
         # sampling draws from the generator at every step: a step after the end would change later draws
         return self.done.all() if self.temperature == 0 else None
 
+    def narrow(self, rows: Tensor) -> None:
+        """Keep these rows only, in this order (compaction.py)."""
+        self.sum_logprob, self.done = self.sum_logprob.index_select(0, rows), self.done.index_select(0, rows)
+
     def finalize(self, tokens: Tensor) -> list[Candidate]:
         return [Candidate.of(row, logprob, self.eot)
                 for row, logprob in zip(tokens[:, self.prompt:].tolist(), self.sum_logprob.tolist())]

@@ -141,6 +141,34 @@ class PreallocatedCache:
             for t in buffers.values():
                 t.copy_(t.index_select(0, rows))
 
+    def narrowed(self, rows: Tensor) -> "PreallocatedCache":
+        """The same decode for these rows only, in this order (generation/compaction.py): a cache of len(rows) rows
+        from the backbone's pool where this one came from it (its graph captured once per size), else a new one;
+        self caches, cross caches and the position copied in."""
+        pooled = getattr(self, "pool_key", None)
+        if pooled is not None:
+            from .fast_path import cache_pool  # the pool module builds these caches: imported when used
+
+            to = cache_pool(self.backbone).get_key(self.backbone, (len(rows), *pooled[1:]))
+        else:
+            to = PreallocatedCache(self.backbone, len(rows), len(self.slots), graph=self.graph, dtype=self.dtype)
+        for mine, theirs in zip(self.self_buffers, to.self_buffers):
+            for name, t in theirs.items():
+                t.copy_(mine[name].index_select(0, rows))
+        picked = cross_rows(self.cross, rows)
+        if to.cross[0] is None:  # never built: these tensors become its own (one shared latent stays one)
+            to.cross = picked
+        else:
+            copied = set()
+            for cache, new in zip(to.cross, picked):
+                for name, t in cache.items():
+                    if id(t) not in copied:
+                        t.copy_(new[name])
+                        copied.add(id(t))
+        to.position.copy_(self.position)
+        to.fed = self.fed
+        return to
+
     def restart(self, utterances: Tensor) -> "PreallocatedCache":
         """Some utterances decoded again from the prompt, one row each, in a cache of their own (eager): their
         cross caches kept, self caches empty."""
