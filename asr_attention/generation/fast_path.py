@@ -107,7 +107,7 @@ class CachePool:
                 self.caches.popitem(last=False)
             rows, beams, slots, _, dtype, graph, compile, _ = key
             cache = PreallocatedCache(backbone, rows, slots, beams=beams, graph=graph, compile=compile, dtype=dtype)
-            cache.pool_key = key
+            cache.pool, cache.pool_key = self, key
             self.built += 1
         self.caches[key] = cache  # most recently used last
         return cache

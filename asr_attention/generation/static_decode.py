@@ -57,6 +57,7 @@ class PreallocatedCache:
         self._step = torch.compile(self._forward, fullgraph=True, dynamic=False) if compile else self._forward
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_logits: Tensor | None = None
+        self.pool, self.pool_key = None, None  # the fast path's CachePool that made it, and its key there
 
     # ---- what Whisper.decode asks of a cache -------------------------------------------------------------------
     def positions(self, n: int) -> Tensor:
@@ -145,11 +146,8 @@ class PreallocatedCache:
         """The same decode for these rows only, in this order (generation/compaction.py): a cache of len(rows) rows
         from the backbone's pool where this one came from it (its graph captured once per size), else a new one;
         self caches, cross caches and the position copied in."""
-        pooled = getattr(self, "pool_key", None)
-        if pooled is not None:
-            from .fast_path import cache_pool  # the pool module builds these caches: imported when used
-
-            to = cache_pool(self.backbone).get_key(self.backbone, (len(rows), *pooled[1:]))
+        if self.pool is not None:
+            to = self.pool.get_key(self.backbone, (len(rows), *self.pool_key[1:]))
         else:
             to = PreallocatedCache(self.backbone, len(rows), len(self.slots), graph=self.graph, dtype=self.dtype)
         for mine, theirs in zip(self.self_buffers, to.self_buffers):
