@@ -8,6 +8,8 @@ interpreter (TRITON_INTERPRET=1, set in tests/conftest.py before Triton is impor
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -43,3 +45,10 @@ def key_padding_arg(mask: Tensor | None, placeholder: Tensor) -> tuple[Tensor, t
     if mask.dtype != torch.bool:
         raise TypeError(f"key_padding_mask must be a bool tensor (True = padding), got {mask.dtype}")
     return mask.view(torch.uint8), mask.stride()
+
+
+@functools.cache
+def multiprocessors(device: torch.device) -> int:
+    """The card's SM count, looked up once: every layer of every batch-1 forward asks (to split work until each SM
+    has a few programs), and that forward is bound by the host's time per call."""
+    return torch.cuda.get_device_properties(device).multi_processor_count

@@ -16,12 +16,10 @@ on the PyTorch path. Not yet run on a GPU: its tests run in Triton's interpreter
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
-from . import exact_fp32, triton
+from . import exact_fp32, multiprocessors, triton
 
 if triton is not None:
     import triton.language as tl
@@ -81,11 +79,6 @@ def supported(heads: int, latent_dim: int) -> bool:
     return _pow2(heads) * _pow2(latent_dim) <= 16384
 
 
-@functools.cache
-def _multiprocessors(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def latent_decode(q: Tensor, latent: Tensor, scale: float, keep: Tensor | None = None,
                   splits: int | None = None, block_s: int | None = None) -> Tensor:
     """q: (B, H, r) absorbed queries; latent: (B, S, r), keys and values both; keep: bool broadcastable to (B, S),
@@ -101,7 +94,7 @@ def latent_decode(q: Tensor, latent: Tensor, scale: float, keep: Tensor | None =
     big = block_h * block_r >= 8192
     block_s = block_s or (32 if big or exact_fp32(q, latent) else 64)
     if splits is None:
-        sms = _multiprocessors(latent.device) if latent.is_cuda else 1
+        sms = multiprocessors(latent.device) if latent.is_cuda else 1
         splits = max(1, min(triton.cdiv(4 * sms, b), triton.cdiv(s, block_s)))
     split_len = triton.cdiv(triton.cdiv(s, splits), block_s) * block_s
     splits = triton.cdiv(s, split_len)

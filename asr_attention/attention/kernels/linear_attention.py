@@ -16,12 +16,10 @@ bound by the host's time per launch, pays no launches for them.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
-from . import exact_fp32, key_padding_arg, triton
+from . import exact_fp32, key_padding_arg, multiprocessors, triton
 
 if triton is not None:
     import triton.language as tl
@@ -158,13 +156,6 @@ def _tiles(f: int, hd: int, exact_fp32: bool, fused: bool) -> tuple[int, int, in
     return 64, 64, warps
 
 
-@functools.cache
-def _multiprocessors(device: torch.device) -> int:
-    """The card's SM count, looked up once: every layer of every batch-1 forward asks, and that forward is bound
-    by the host's time per call."""
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 FEATURES = {None: 0, "elu": 1, "relu": 2}
 # Up to this many frames one launch (both passes per head) beats two launches that fill the GPU: a batch-1 forward
 # is bound by launches there, not by the few programs working.
@@ -200,7 +191,7 @@ def linear_attention(
     precision = "ieee" if exact else "tf32"  # 16-bit operands ignore it
     if splits is None:
         # one program per (b, h) leaves most SMs idle at B=1 (16 programs for 16 heads); split T until ~4 per SM
-        sms = _multiprocessors(v.device) if v.is_cuda else 1
+        sms = multiprocessors(v.device) if v.is_cuda else 1
         splits = 1 if b * h >= sms else triton.cdiv(4 * sms, b * h)
     if fused is None:
         fused = splits == 1 or t <= FUSED_FRAMES
