@@ -33,6 +33,8 @@ def test_a_narrowed_cache_continues_its_rows_as_the_whole_batch(variant):
         rows = torch.tensor([6, 1, 6, 6])  # another order, a row repeated (compaction's padding)
         narrow = whole.narrowed(rows)
         assert narrow.rows == 4 and narrow.fed == whole.fed
+        compiled = PreallocatedCache(backbone, 8, 16, compile=True)  # compiled lazily: nothing runs here
+        assert compiled.narrowed(rows).compile and not narrow.compile  # a narrowed cache steps as its source
         for i in range(3, 6):
             expected = whole.logits(tokens[:, i: i + 1]).clone()
             # the same computation per row; a GEMM over 4 rows rounds its last bits as it likes, as over 8

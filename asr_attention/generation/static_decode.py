@@ -42,7 +42,7 @@ class PreallocatedCache:
                 raise ValueError(f"static decoding supports absolute positions only, not "
                                  f"{layer.self_attn.variant.position!r}")
         device = backbone.decoder.embed_tokens.weight.device
-        self.backbone, self.batch, self.beams, self.graph = backbone, batch, beams, graph
+        self.backbone, self.batch, self.beams, self.graph, self.compile = backbone, batch, beams, graph, compile
         self.position = torch.zeros(1, dtype=torch.long, device=device)
         self.slots = torch.arange(slots, device=device)
         self.fed = 0  # tokens fed (host side): past `slots` a write would land outside the buffers
@@ -149,7 +149,8 @@ class PreallocatedCache:
         if self.pool is not None:
             to = self.pool.get_key(self.backbone, (len(rows), *self.pool_key[1:]))
         else:
-            to = PreallocatedCache(self.backbone, len(rows), len(self.slots), graph=self.graph, dtype=self.dtype)
+            to = PreallocatedCache(self.backbone, len(rows), len(self.slots), graph=self.graph, compile=self.compile,
+                                   dtype=self.dtype)
         for mine, theirs in zip(self.self_buffers, to.self_buffers):
             for name, t in theirs.items():
                 t.copy_(mine[name].index_select(0, rows))
