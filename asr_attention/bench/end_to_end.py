@@ -149,6 +149,11 @@ def reference(model: str, device: torch.device, dtype: torch.dtype):
     return hf.to(device, dtype).eval(), tokens
 
 
+def reference_token_limit(hf, tokens) -> int:
+    """transformers' model's own token limit: its target positions less the prompt (as token_limit for ours)."""
+    return hf.config.max_target_positions - len(tokens.prompt)
+
+
 # ---- the measurements ---------------------------------------------------------------------------------------------
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -290,7 +295,7 @@ class Bench:
         for model in args.models:
             if args.hf:
                 hf, tokens = reference(model, self.device, self.dtype)
-                limit = args.max_tokens or hf.config.max_target_positions - len(tokens.prompt)
+                limit = args.max_tokens or reference_token_limit(hf, tokens)
                 self.data["models"].append({"model": model, "max_tokens": limit, "prompt": tokens.prompt})
                 for cache in args.hf:
                     self.rows(model, f"hf-{cache}", HFPipeline(hf, tokens, limit, cache), sets)

@@ -24,14 +24,14 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from .e2e_pipelines import HFPipeline, OursPipeline
-from .end_to_end import DTYPES, SPEECHOCEAN, free, ours, read_set, reference, sync
+from .end_to_end import DTYPES, SPEECHOCEAN, free, ours, read_set, reference, reference_token_limit, sync
 from asr_attention.generation.token_limit import token_limit
 
 
 def pipeline_for(model: str, decoder: str, device: torch.device, dtype: torch.dtype):
     if decoder.startswith("hf-"):
         hf, tokens = reference(model, device, dtype)
-        return HFPipeline(hf, tokens, hf.config.max_target_positions - len(tokens.prompt), decoder[3:])
+        return HFPipeline(hf, tokens, reference_token_limit(hf, tokens), decoder[3:])
     backbone, _ = ours(model, decoder, device, dtype)
     return OursPipeline(backbone, token_limit(backbone, None))
 
