@@ -85,3 +85,14 @@ def test_an_mla_decode_step_takes_the_kernel_and_gives_the_pytorch_paths_output(
         outs[bool(devices)] = torch.cat(steps, 1)
     assert len(calls) == 5, "the kernel was not called at every step"
     torch.testing.assert_close(outs[True], outs[False], rtol=1e-5, atol=1e-5)
+
+
+def test_a_compiled_step_keeps_the_pytorch_path(monkeypatch):
+    """Inside torch.compile the kernel is not taken (inductor failed to build it on an H100: see mla.py); eager
+    and CUDA-graph steps take it."""
+    layer = build_attention({"name": "mla", "latent_dim": 32}, random_mha(64, 4, "none")).eval()
+    monkeypatch.setattr(kernels, "DEVICES", {"cuda", "cpu"})
+    q, latent = torch.randn(2, 1, 4, 32), torch.randn(2, 8, 32)
+    assert layer._decode_kernel_takes(q, latent, latent, None)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not layer._decode_kernel_takes(q, latent, latent, None)

@@ -194,7 +194,9 @@ class MultiHeadLatentAttention(SoftmaxAttention):
         """The fused decode kernel (kernels/latent_decode.py) takes one new token per row where keys and values are
         one latent, no dropout, a keep mask per (utterance, frame) if any, and an H x r it holds in registers."""
         per_frame = mask is None or (mask.dtype == torch.bool and mask.dim() == 4 and mask.shape[1:3] == (1, 1))
-        return (latent_k is latent_v and per_frame and self.dropout_p == 0
+        # not inside torch.compile: inductor fails to build the kernel (it views the bool mask as uint8 and passes
+        # the scale as fp64; H100, eabd522), so compiled steps keep the PyTorch path it compiles itself
+        return (latent_k is latent_v and per_frame and self.dropout_p == 0 and not torch.compiler.is_compiling()
                 and runs_on(q, latent_k) and supported(self.num_heads, latent_k.shape[-1]))
 
     def decode_buffers(self, batch: int, slots: int) -> dict[str, Tensor]:
