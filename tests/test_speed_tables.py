@@ -275,3 +275,28 @@ def test_end_to_end_base_table_is_the_committed_run():
             assert_shown([ours[key], ours[key] / hf[key]], row[column], f"{row['Whisper base']} {column}")
     mha = [r["differ_from_hf"] for r in run["rows"] if r["decoder"] == "mha"]
     assert rows[1]["transcripts ≠ hf"] == " / ".join(map(str, mha))
+
+
+def test_end_to_end_stop_check_table_is_the_committed_runs():
+    """benchmarks/end_to_end/README.md's tiny.en MHA table: a5a1f62 (before the lagged stop check and compaction)
+    against eabd522 (with them), each row from its run's JSON: RTFx and its ratio at batch 64, tokens/s and
+    transformers' static tokens/s at batch 1, the transcripts that differ."""
+    rows = table(REPO / "benchmarks/end_to_end/README.md", "| tiny.en MHA | AN4 batch 64: RTFx (x hf) | "
+                 "speechocean762 batch 64 | AN4 batch 1: tokens/s (hf static) | speechocean762 batch 1 | "
+                 "transcripts ≠ hf |")
+    files = {"a5a1f62": "H100_a5a1f62.json", "eabd522": "H100_eabd522_whisper.json"}
+    assert [r["tiny.en MHA"].split()[0] for r in rows] == list(files)
+    for row, name in zip(rows, files.values()):
+        runs = [r for r in json.loads((REPO / "benchmarks/end_to_end" / name).read_text())["rows"]
+                if r["model"] == "whisper" and "rtfx" in r]
+        at = lambda set_name, batch, decoder: next(  # noqa: E731
+            r for r in runs if (r["set"], r["batch"], r["decoder"]) == (set_name, batch, decoder))
+        for column, set_name in (("AN4 batch 64: RTFx (x hf)", "an4"), ("speechocean762 batch 64", "speechocean762")):
+            hf = max(r["rtfx"] for r in runs if (r["set"], r["batch"]) == (set_name, 64) and r["decoder"][:3] == "hf-")
+            assert_shown([at(set_name, 64, "mha")["rtfx"], at(set_name, 64, "mha")["rtfx"] / hf], row[column], column)
+        batch1 = (("AN4 batch 1: tokens/s (hf static)", "an4"), ("speechocean762 batch 1", "speechocean762"))
+        for column, set_name in batch1:
+            assert_shown([at(set_name, 1, "mha")["tokens_per_s"], at(set_name, 1, "hf-static")["tokens_per_s"]],
+                         row[column], column)
+        differ = [at(s, b, "mha")["differ_from_hf"] for s in ("an4", "speechocean762") for b in (64, 1)]
+        assert sorted(map(int, row["transcripts ≠ hf"].split(" / "))) == sorted(differ)
