@@ -85,3 +85,29 @@ def test_the_loop_narrows_and_gives_the_whole_batchs_hypotheses(tiny_en_memory, 
     assert {k[0] for k in cache_pool(backbone).caches} == {8, *(after for _, after in narrowings)}
     transcribe(backbone, memory, options)  # the same batch again: every cache from the pool
     assert cache_pool(backbone).built == built
+
+
+def test_fewer_than_four_rows_are_never_read_on_the_host():
+    """A quarter of 1 to 3 rows is no row: the loop's host read of the running rows is skipped there (a read is a
+    wait for the GPU at every 16th step of a batch-1 decode)."""
+    from types import SimpleNamespace
+
+    from asr_attention.generation.compaction import EVERY, Compaction
+
+    class Unread:
+        done_flag = staticmethod(lambda: torch.tensor(False))
+        narrow = None
+
+        @property
+        def done(self):
+            raise AssertionError("the running rows were read")
+
+    cache, seq = SimpleNamespace(narrowed=None), torch.zeros(3, 2, dtype=torch.long)
+    for rows in (1, 2, 3):
+        compact, mine = Compaction(cache, Unread(), rows), seq[:rows]
+        assert compact.enabled
+        for step in range(4 * EVERY):
+            kept, kept_seq = compact(step, cache, Unread(), mine)
+            assert kept is cache and kept_seq is mine
+    with pytest.raises(AssertionError, match="were read"):  # 4 rows are read
+        Compaction(cache, Unread(), 4)(EVERY - 1, cache, Unread(), torch.zeros(4, 2, dtype=torch.long))

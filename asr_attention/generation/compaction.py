@@ -18,6 +18,7 @@ from torch import Tensor
 from .token_decoder import Candidate, TokenDecoder
 
 EVERY = 16  # steps between host reads of the rows still running
+SHARE = 4  # running rows move once they fit 1 / SHARE of the current rows
 
 
 class Compaction:
@@ -30,11 +31,12 @@ class Compaction:
 
     def __call__(self, step: int, cache, decoder: TokenDecoder, seq: Tensor):
         """-> (cache, seq): narrowed to the running rows where they fit a quarter of the current ones."""
-        if not self.enabled or step % EVERY != EVERY - 1:
+        # under SHARE rows nothing can move (a quarter of them is no row): no host read at batch 1 to 3
+        if not self.enabled or len(self.origin) < SHARE or step % EVERY != EVERY - 1:
             return cache, seq
         running = torch.nonzero(~decoder.done).flatten().tolist()
         size = 1 << max(0, len(running) - 1).bit_length()
-        if not running or size * 4 > len(self.origin):
+        if not running or size * SHARE > len(self.origin):
             return cache, seq
         still = set(running)
         for i, (row, candidate) in enumerate(zip(self.origin, decoder.finalize(seq))):
